@@ -1,0 +1,1 @@
+"""Datasets, the embedded synthetic FGVC set and transforms."""

@@ -1,0 +1,1 @@
+"""Shared FGVC building blocks: one concept per file, reused across methods."""
