@@ -1,1 +1,4 @@
 """Shared FGVC building blocks: one concept per file, reused across methods."""
+from .class_response import class_response_maps, entropy_gated_response, min_max_normalize
+from .peaks import Peaks, find_peaks, local_maxima, peaks_to_image_coords, peaks_to_normalized_coords
+from .saliency_sampler import SaliencySampler, gaussian_kernel

@@ -1,0 +1,396 @@
+"""The training engine behind `train_fgvc.py` (SPEC §4): one loop for every method and plain timm models.
+
+Accelerate handles devices, mixed precision, gradient accumulation, DDP/FSDP, trackers and
+`save_state`/`load_state`. A method's `forward_train` + `loss` are wrapped in `TrainStep`, so the wrapped
+module's `forward` is what DDP sees. Stages (`model.training_stages()`) run in order on one optimizer and
+one schedule: a stage switches which parameters train, which loss terms count and the learning rates.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors.torch import save_file
+from timm.data import create_transform, resolve_data_config
+from torchvision import transforms as T
+from tqdm.auto import tqdm
+
+from ..data.loading import attach_transform, collate, load_fgvc_dataset
+from ..models._base import TrainingStage
+from .checkpoint import load_weights
+from .config import TrainConfig
+
+__all__ = ['TrainStep', 'train', 'build_model', 'build_transforms', 'parameter_groups', 'stage_schedule']
+
+_logger = logging.getLogger(__name__)
+
+
+class TrainStep(nn.Module):
+    """`forward(x, target)` -> named logits and loss terms; the unit Accelerate prepares (and DDP wraps)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.loss_terms: Optional[Sequence[str]] = None  # set per stage
+
+    def forward(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> Dict[str, Dict[str, torch.Tensor]]:
+        if hasattr(self.model, 'forward_train'):
+            output = self.model.forward_train(x, target)
+            logits, main = output.logits, output.main
+        else:  # a plain timm model: the baseline
+            logits, main = {'main': self.model(x)}, 'main'
+        result = {'logits': dict(logits), 'main': main}
+        if target is not None:
+            if hasattr(self.model, 'loss'):
+                losses = self.model.loss(output, target)
+            else:
+                losses = {'loss_main': F.cross_entropy(logits['main'].float(), target)}
+                losses['loss'] = losses['loss_main']
+            if self.loss_terms is not None:
+                losses['loss'] = sum(losses[k] for k in self.loss_terms)
+            result['losses'] = losses
+        return result
+
+
+@dataclass
+class TrainState:
+    """Counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+    step: int = 0
+    history: List[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {'step': self.step, 'history': json.dumps(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state['step'])
+        self.history = json.loads(state['history'])
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    kwargs = dict(cfg.model_args)
+    is_method = cfg.model.split('.')[0].split(':')[-1] in _method_names()
+    if cfg.pretrained_backbone:
+        if not is_method:
+            raise ValueError('--pretrained-backbone is for timm-fgvc methods; use --pretrained for a timm model.')
+        kwargs['pretrained_backbone'] = True
+    model = timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, **kwargs)
+    if cfg.initial_checkpoint:
+        load_weights(model, cfg.initial_checkpoint)
+    return model
+
+
+def _method_names() -> set:
+    from ..models import _base  # noqa: F401  (registration happens on package import)
+    return {name for name in timm.list_models() if name.split('_')[0] in {'s3n', 'lfd', 'caa', 'hsm', 'ssanet'}}
+
+
+def build_transforms(model: nn.Module, cfg: TrainConfig):
+    """Train / eval transforms from the model's pretrained_cfg (timm), with size overrides from the run."""
+    overrides = {}
+    if cfg.img_size:
+        overrides['input_size'] = (3, cfg.img_size, cfg.img_size)
+    if cfg.crop_pct:
+        overrides['crop_pct'] = cfg.crop_pct
+    data_cfg = resolve_data_config(overrides, model=model)
+    size = data_cfg['input_size'][-1]
+    if cfg.augment:
+        # the FGVC recipe: resize to size / crop_pct, random crop, flip (timm's RandomResizedCrop would cut parts off)
+        train_tf = T.Compose([
+            T.Resize(int(round(size / data_cfg['crop_pct'])), interpolation=T.InterpolationMode.BILINEAR),
+            T.RandomCrop(size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(data_cfg['mean'], data_cfg['std']),
+        ])
+    else:
+        train_tf = create_transform(**data_cfg, is_training=False)
+    eval_cfg = dict(data_cfg)
+    if cfg.test_img_size:
+        eval_cfg['input_size'] = (3, cfg.test_img_size, cfg.test_img_size)
+    return train_tf, create_transform(**eval_cfg, is_training=False), data_cfg
+
+
+def parameter_groups(model: nn.Module, lr: float, backbone_lr: float, weight_decay: float) -> List[dict]:
+    """Two groups: pretrained backbone parameters (backbone_lr) and the method's new parameters (lr)."""
+    if hasattr(model, 'pretrained_parameter_names'):
+        pretrained = set(model.pretrained_parameter_names())
+    else:
+        heads = model.pretrained_cfg.get('classifier') or ()
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        pretrained = {n for n, _ in model.named_parameters() if not any(n.startswith(h + '.') for h in heads)}
+    named = list(model.named_parameters())
+    return [
+        {'params': [p for n, p in named if n in pretrained], 'lr': backbone_lr, 'weight_decay': weight_decay,
+         'name': 'backbone'},
+        {'params': [p for n, p in named if n not in pretrained], 'lr': lr, 'weight_decay': weight_decay,
+         'name': 'new'},
+    ]
+
+
+def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_epoch: int):
+    """Per-stage step ranges and one LR-factor function per param group (backbone, new)."""
+    bounds, start = [], 0
+    for stage in stages:
+        epochs = stage.epochs if stage.epochs is not None else cfg.epochs
+        length = max(1, int(round(epochs * steps_per_epoch)))
+        bounds.append((start, start + length))
+        start += length
+    backbone_lr = cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr * 0.1
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    def stage_of(step: int) -> int:
+        return next((i for i, (a, b) in enumerate(bounds) if step < b), len(bounds) - 1)
+
+    def factor(step: int, group: str) -> float:
+        index = stage_of(step)
+        stage, (a, b) = stages[index], bounds[index]
+        local = step - a
+        if cfg.scheduler == 'cosine':
+            value = 0.5 * (1 + math.cos(math.pi * min(local / (b - a), 1.0)))
+        elif cfg.scheduler == 'step':
+            value = cfg.step_gamma ** int(local / (cfg.step_epochs * steps_per_epoch))
+        elif cfg.scheduler in ('none', 'constant'):
+            value = 1.0
+        else:
+            raise ValueError(f"Unknown scheduler {cfg.scheduler!r}; use 'cosine', 'step' or 'none'.")
+        if local < warmup:
+            value *= (local + 1) / (warmup + 1)
+        if group == 'backbone' and stage.backbone_lr is not None:
+            value *= stage.backbone_lr / backbone_lr
+        elif group == 'new' and stage.lr is not None:
+            value *= stage.lr / cfg.lr
+        return value
+
+    return bounds, stage_of, factor
+
+
+def apply_stage(model: nn.Module, stage: TrainingStage) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad_(stage.is_trainable(name))
+
+
+def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.shape[-1])
+    return (logits.topk(k, -1).indices == target[:, None]).any(-1)
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: TrainConfig) -> dict:
+    step_module.eval()
+    correct: Dict[str, List[torch.Tensor]] = {}
+    losses = []
+    for batch in tqdm(loader, desc='eval', leave=False, disable=not accelerator.is_local_main_process):
+        images = batch['pixel_values']
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            out = step_module(images, batch['labels'])
+        target = batch['labels']
+        hits = {'top1': _accuracy_counts(out['logits'][out['main']], target, 1),
+                'top5': _accuracy_counts(out['logits'][out['main']], target, 5)}
+        for name, logits in out['logits'].items():
+            hits[f'top1_{name}'] = _accuracy_counts(logits, target, 1)
+        for name, value in accelerator.gather_for_metrics(hits).items():
+            correct.setdefault(name, []).append(value.float())
+        losses.append(accelerator.gather_for_metrics(out['losses']['loss'].detach().float().reshape(1)))
+    metrics = {f'eval_{k}': 100.0 * torch.cat(v).mean().item() for k, v in correct.items()}
+    metrics['eval_loss'] = torch.cat(losses).mean().item() if losses else float('nan')
+    metrics['eval_samples'] = int(torch.cat(correct['top1']).numel()) if correct else 0
+    step_module.train()
+    return metrics
+
+
+def _latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    checkpoints = sorted((output_dir / 'checkpoints').glob('step_*'))
+    return checkpoints[-1] if checkpoints else None
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
+    path = output_dir / 'checkpoints' / f'step_{step:08d}'
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process and keep > 0:
+        for old in sorted((output_dir / 'checkpoints').glob('step_*'))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run a whole training job; returns the results that are also written to `results.json`."""
+    output_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        log_with=cfg.log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / 'logs')),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(cfg.seed)
+    synthetic_args = dict(num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
+                          test_per_class=cfg.synthetic_test_per_class, image_size=cfg.synthetic_image_size,
+                          seed=cfg.seed)
+    with accelerator.main_process_first():
+        data = load_fgvc_dataset(
+            cfg.dataset, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.image_column, cfg.label_column,
+            cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples, cfg.max_eval_samples, synthetic_args)
+    model = build_model(cfg, data.num_classes)
+    if getattr(model, 'num_classes', data.num_classes) != data.num_classes:
+        raise ValueError(f'Model {cfg.model} has {model.num_classes} classes but dataset {cfg.dataset!r} has '
+                         f'{data.num_classes}.')
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_tf, eval_tf, data_cfg = build_transforms(model, cfg)
+    train_set = attach_transform(data.train, train_tf, data.image_column, data.label_column)
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
+        collate_fn=collate, num_workers=cfg.num_workers)
+    eval_loader = None
+    if data.eval is not None and len(data.eval):
+        eval_set = attach_transform(data.eval, eval_tf, data.image_column, data.label_column)
+        eval_loader = torch.utils.data.DataLoader(
+            eval_set, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, collate_fn=collate,
+            num_workers=cfg.num_workers)
+
+    stages = model.training_stages() if hasattr(model, 'training_stages') else [TrainingStage('main')]
+    if not 0 <= cfg.start_stage < len(stages):
+        raise ValueError(f'--start-stage {cfg.start_stage} out of range: {cfg.model} has {len(stages)} stage(s) '
+                         f'{[s.name for s in stages]}.')
+    stages = stages[cfg.start_stage:]
+    backbone_lr = cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr * 0.1
+    groups = parameter_groups(model, cfg.lr, backbone_lr, cfg.weight_decay)
+    if cfg.optimizer == 'sgd':
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == 'adamw':
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adamw'.")
+
+    step_module = TrainStep(model)
+    step_module, optimizer, train_loader = accelerator.prepare(step_module, optimizer, train_loader)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))
+    bounds, stage_of, factor = stage_schedule(stages, cfg, steps_per_epoch)
+    total_steps = bounds[-1][1] if cfg.max_steps is None else min(bounds[-1][1], cfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [lambda s, g=g['name']: factor(s, g) for g in groups])
+    accelerator.register_for_checkpointing(scheduler)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+
+    if cfg.resume:
+        resume_path = _latest_checkpoint(output_dir) if cfg.resume == 'latest' else Path(cfg.resume)
+        if resume_path is None or not resume_path.exists():
+            raise FileNotFoundError(f'No checkpoint to resume from at {cfg.resume!r} '
+                                    f'(looked in {output_dir / "checkpoints"}).')
+        accelerator.load_state(str(resume_path))
+        accelerator.print(f'Resumed from {resume_path} at step {state.step}')
+
+    run_config = cfg.to_dict() | {'num_classes': data.num_classes, 'stages': [s.name for s in stages]}
+    accelerator.init_trackers('timm-fgvc', config={k: v for k, v in run_config.items()
+                                                   if isinstance(v, (int, float, str, bool))})
+    inner = accelerator.unwrap_model(step_module).model
+    current_stage = -1
+    start_time = time.time()
+    progress = tqdm(total=total_steps, initial=state.step, desc='train',
+                    disable=not accelerator.is_local_main_process)
+    running: Dict[str, float] = {}
+    count = 0
+    step_module.train()
+    while state.step < total_steps:
+        epoch = state.step // steps_per_epoch
+        skip_batches = (state.step - epoch * steps_per_epoch) * cfg.grad_accum_steps
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+        for batch in loader:
+            index = stage_of(state.step)
+            if index != current_stage:
+                apply_stage(inner, stages[index])
+                accelerator.unwrap_model(step_module).loss_terms = stages[index].loss_terms
+                current_stage = index
+            images = batch['pixel_values']
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with accelerator.accumulate(step_module):
+                with accelerator.autocast():
+                    out = step_module(images, batch['labels'])
+                loss = out['losses']['loss']
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f'Loss is {loss.item()} at step {state.step}; lower --lr or use '
+                                             '--mixed-precision no.')
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.clip_grad:
+                    accelerator.clip_grad_norm_(step_module.parameters(), cfg.clip_grad)
+                optimizer.step()
+                scheduler.step() if accelerator.sync_gradients else None
+                optimizer.zero_grad(set_to_none=True)
+            for name, value in out['losses'].items():
+                running[name] = running.get(name, 0.) + value.detach().float().item()
+            count += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{running['loss'] / count:.3f}", stage=stages[index].name)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
+            if state.step >= total_steps or state.step % steps_per_epoch == 0:
+                break
+        epoch_done = state.step % steps_per_epoch == 0 or state.step >= total_steps
+        if not epoch_done:
+            continue
+        record = {'epoch': math.ceil(state.step / steps_per_epoch), 'step': state.step,
+                  'stage': stages[stage_of(state.step - 1)].name,
+                  'lr': optimizer.param_groups[-1]['lr']}
+        record.update({f'train_{k}': v / max(count, 1) for k, v in running.items()})
+        running, count = {}, 0
+        is_last = state.step >= total_steps
+        if eval_loader is not None and (is_last or record['epoch'] % max(cfg.eval_every, 1) == 0):
+            record.update(evaluate(accelerator, step_module, eval_loader, cfg))
+        state.history.append(record)
+        accelerator.log(record, step=state.step)
+        accelerator.print(json.dumps(record))
+        _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
+    progress.close()
+
+    final = dict(state.history[-1]) if state.history else {}
+    # every process computed the gathered metrics itself: collect them to show they agree
+    top1 = torch.tensor([final.get('eval_top1', float('nan'))], device=accelerator.device)
+    per_process = accelerator.gather(top1).tolist()
+    results = {
+        'model': cfg.model, 'dataset': cfg.dataset, 'num_classes': data.num_classes,
+        'label_names': data.label_names, 'data_config': {k: list(v) if isinstance(v, tuple) else v
+                                                         for k, v in data_cfg.items()},
+        'config': cfg.to_dict(), 'history': state.history, 'final': final,
+        'per_process_eval_top1': per_process, 'num_processes': accelerator.num_processes,
+        'train_seconds': time.time() - start_time, 'device': str(accelerator.device),
+        'params': sum(p.numel() for p in inner.parameters()),
+        'model_args': dict(cfg.model_args),
+    }
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in inner.state_dict().items()}, str(output_dir / 'model.safetensors'))
+        (output_dir / 'results.json').write_text(json.dumps(results, indent=2))
+        accelerator.print(f"Final eval top-1 {final.get('eval_top1', float('nan')):.2f}% -> {output_dir}/results.json")
+    accelerator.end_training()
+    return results
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    from .config import parse_args
+    logging.basicConfig(level=logging.INFO)
+    return train(parse_args(argv))

@@ -1,0 +1,84 @@
+""" Class Response Maps and the entropy-gated response of S3N
+
+Class activation maps ("CAM", Zhou et al., "Learning Deep Features for Discriminative Localization",
+CVPR 2016, https://arxiv.org/abs/1512.04150) computed from a GAP + linear classifier, and the
+top-1 / top-5 selection of "Selective Sparse Sampling for Fine-grained Image Recognition"
+(Ding et al., ICCV 2019, https://openaccess.thecvf.com/content_ICCV_2019/html/Ding_Selective_Sparse_Sampling_for_Fine-Grained_Image_Recognition_ICCV_2019_paper.html),
+Sec. 3.1-3.2, Eq. 1-3.
+
+The functions are differentiable; S3N computes its response maps without gradient, which is the
+caller's choice (`torch.no_grad()` or `.detach()`).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ['class_response_maps', 'min_max_normalize', 'entropy_gated_response']
+
+
+def class_response_maps(
+        features: Tensor,
+        classifier_weight: Tensor,
+        classifier_bias: Optional[Tensor] = None,
+) -> Tensor:
+    """Class response maps M_c = sum_d W_{d,c} S_d (S3N Eq. 1, CAM).
+
+    Global-average-pooling the maps gives the classifier's logits on pooled features.
+
+    Args:
+        features: last feature map S, [B, D, H, W].
+        classifier_weight: weight of the linear classifier, [C, D] (as in `nn.Linear`).
+        classifier_bias: optional [C], added to every cell of its class map.
+
+    Returns:
+        Class response maps, [B, C, H, W].
+    """
+    maps = torch.einsum('bdhw,cd->bchw', features, classifier_weight)  # Eq. 1
+    if classifier_bias is not None:
+        maps = maps + classifier_bias.to(maps.dtype)[None, :, None, None]
+    return maps
+
+
+def min_max_normalize(maps: Tensor, eps: float = 1e-6) -> Tensor:
+    """Min-max normalise each map to [0, 1] over its last two (spatial) dims.
+
+    Any leading dims are kept. A constant map becomes all zeros; a map whose range is below `eps`
+    is divided by `eps` instead of its range.
+    """
+    flat = maps.flatten(-2)
+    lo = flat.amin(dim=-1, keepdim=True).unsqueeze(-1)
+    hi = flat.amax(dim=-1, keepdim=True).unsqueeze(-1)
+    return (maps - lo) / (hi - lo).clamp_min(eps)
+
+
+def entropy_gated_response(
+        class_maps: Tensor,
+        logits: Tensor,
+        top_k: int = 5,
+        delta: float = 0.2,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The response map R of S3N (Eq. 2-3): top-1 class map if confident, else sum of top-k maps.
+
+    The entropy is taken over the top-k probabilities of the full softmax (not renormalised).
+
+    Args:
+        class_maps: class response maps, [B, C, H, W].
+        logits: class scores, [B, C].
+        top_k: number of top classes (5 in the paper); clipped to C.
+        delta: entropy threshold (0.2 in the paper).
+
+    Returns:
+        response: min-max normalised R, [B, H, W] in [0, 1].
+        use_top1: [B] bool, True where H <= delta (the top-1 map was used).
+        entropy: H, [B] float32.
+    """
+    B, C, H, W = class_maps.shape
+    k = min(top_k, C)
+    probs = logits.float().softmax(dim=-1)
+    top_p, top_idx = probs.topk(k, dim=-1)  # sorted, descending
+    entropy = -torch.special.xlogy(top_p, top_p).sum(dim=-1)  # Eq. 2
+    top_maps = class_maps.gather(1, top_idx[:, :, None, None].expand(B, k, H, W))
+    use_top1 = entropy <= delta
+    response = torch.where(use_top1[:, None, None], top_maps[:, 0], top_maps.sum(dim=1))  # Eq. 3
+    return min_max_normalize(response), use_top1, entropy

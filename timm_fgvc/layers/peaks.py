@@ -1,0 +1,99 @@
+""" Class Peak Responses: local maxima of response maps, batched and padded
+
+Peaks as in "Weakly Supervised Instance Segmentation using Class Peak Response" (Zhou et al.,
+CVPR 2018, https://arxiv.org/abs/1804.00880) and "Selective Sparse Sampling for Fine-grained Image
+Recognition" (Ding et al., ICCV 2019), Sec. 3.1-3.2: the local maxima of R within an r x r window
+(r = 3) that are at least the map's mean.
+
+A batch has a different number of peaks per map, so peaks are returned sorted, truncated or padded
+to a fixed `max_peaks`, with a mask.
+"""
+from typing import NamedTuple, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['Peaks', 'local_maxima', 'find_peaks', 'peaks_to_image_coords', 'peaks_to_normalized_coords']
+
+
+class Peaks(NamedTuple):
+    """Fixed-size peaks of a batch of maps."""
+    coords: Tensor  # [B, K, 2] long, (row, col) in map cells; padded entries are 0
+    scores: Tensor  # [B, K] map value at the peak; padded entries are 0
+    mask: Tensor  # [B, K] bool, True for a real peak
+
+
+def local_maxima(maps: Tensor, window: int = 3) -> Tensor:
+    """Cells of maps [B, H, W] equal to the max of their window x window neighbourhood, [B, H, W] bool.
+
+    Plateaus (equal neighbouring maxima) give one True per cell of the plateau.
+    """
+    assert window % 2 == 1, 'window must be odd'
+    pooled = F.max_pool2d(maps.unsqueeze(1), window, stride=1, padding=window // 2).squeeze(1)
+    return maps == pooled
+
+
+def find_peaks(
+        maps: Tensor,
+        window: int = 3,
+        max_peaks: int = 16,
+        min_value: Optional[Union[float, Tensor]] = None,
+) -> Peaks:
+    """Class peak responses of maps [B, H, W], sorted by score, padded to `max_peaks`.
+
+    A peak is a local maximum within a window x window neighbourhood that is >= the map's mean
+    (or >= `min_value`, a float or a [B] tensor) and strictly above the map's minimum, so a
+    constant map has no peak. The `max_peaks` highest are kept.
+    """
+    B, H, W = maps.shape
+    if min_value is None:
+        threshold = maps.float().mean(dim=(1, 2))
+    else:
+        threshold = torch.as_tensor(min_value, device=maps.device, dtype=torch.float32).expand(B)
+    floor = maps.flatten(1).amin(dim=1)
+    is_peak = local_maxima(maps, window)
+    is_peak &= maps.float() >= threshold[:, None, None]
+    is_peak &= maps > floor[:, None, None]
+
+    k = min(max_peaks, H * W)
+    masked = torch.where(is_peak, maps, torch.full_like(maps, float('-inf'))).flatten(1)
+    scores, index = masked.topk(k, dim=1)  # sorted, descending
+    mask = is_peak.flatten(1).gather(1, index)
+    scores = scores.masked_fill(~mask, 0)
+    index = index.masked_fill(~mask, 0)
+    coords = torch.stack((index.div(W, rounding_mode='floor'), index % W), dim=-1)
+    if k < max_peaks:
+        pad = max_peaks - k
+        coords = F.pad(coords, (0, 0, 0, pad))
+        scores = F.pad(scores, (0, pad))
+        mask = F.pad(mask, (0, pad))
+    return Peaks(coords, scores, mask)
+
+
+def peaks_to_image_coords(
+        peaks: Peaks,
+        map_size: Tuple[int, int],
+        image_size: Tuple[int, int],
+) -> Tensor:
+    """Centres of the peaks' map cells in image pixels, (x, y), [B, K, 2] float; padded entries 0.
+
+    The image spans [0, W] x [0, H] (pixel i covers [i, i + 1]); map cell (r, c) of an (h, w) map
+    has its centre at ((c + 0.5) * W / w, (r + 0.5) * H / h).
+    """
+    (h, w), (img_h, img_w) = map_size, image_size
+    scale = peaks.coords.new_tensor([img_w / w, img_h / h], dtype=torch.float32)
+    xy = (peaks.coords.flip(-1).float() + 0.5) * scale
+    return xy * peaks.mask.unsqueeze(-1)
+
+
+def peaks_to_normalized_coords(peaks: Peaks, map_size: Tuple[int, int]) -> Tensor:
+    """Centres of the peaks' map cells in [-1, 1] image coordinates, (x, y), [B, K, 2] float.
+
+    Same convention as `F.grid_sample(align_corners=False)`: -1 and 1 are the outer image edges.
+    Padded entries are 0 (the image centre); use the mask.
+    """
+    h, w = map_size
+    size = peaks.coords.new_tensor([w, h], dtype=torch.float32)
+    xy = (2 * peaks.coords.flip(-1).float() + 1) / size - 1
+    return xy * peaks.mask.unsqueeze(-1)

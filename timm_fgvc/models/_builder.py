@@ -1,0 +1,89 @@
+"""Registration helpers: pretrained cfgs as data and one builder for every method (SPEC §3).
+
+A method file declares `default_cfgs = generate_default_cfgs({...fgvc_cfg(...)...})` and one short
+`@register_model` function per variant calling `build_fgvc_model`, exactly as timm's own model files do.
+"""
+from typing import Any, Dict, Optional, Sequence
+
+from timm.models import build_model_with_cfg
+from timm.models._builder import resolve_pretrained_cfg
+
+from ..data.catalog import DATASETS
+
+__all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'fgvc_cfg', 'tagged_cfgs', 'build_fgvc_model', 'UnpublishedWeightsError']
+
+HUB_ORG = 'timm-fgvc'
+
+# Hub ids whose weights are uploaded; a tag not listed here fails early with how to train it.
+# Keep in sync with `published: true` in hub_configs/ (tests/test_hub_configs.py checks this).
+PUBLISHED_WEIGHTS: frozenset = frozenset()
+
+_PAPER_MEAN = (0.485, 0.456, 0.406)
+_PAPER_STD = (0.229, 0.224, 0.225)
+
+
+class UnpublishedWeightsError(RuntimeError):
+    pass
+
+
+def fgvc_cfg(
+        classifier: Sequence[str],
+        paper_name: str,
+        paper_ids: str,
+        origin_url: str,
+        dataset: Optional[str] = None,
+        input_size: int = 448,
+        test_input_size: Optional[int] = None,
+        crop_pct: float = 448 / 512,
+        **kwargs: Any,
+) -> Dict[str, Any]:
+    """A pretrained cfg for a method variant; with `dataset` set it names a fine-tuned tag on the Hub."""
+    cfg = dict(
+        num_classes=DATASETS[dataset].num_classes if dataset else 1000,
+        input_size=(3, input_size, input_size),
+        test_input_size=(3, test_input_size, test_input_size) if test_input_size else None,
+        crop_pct=crop_pct,
+        crop_mode='center',
+        interpolation='bilinear',
+        mean=_PAPER_MEAN,
+        std=_PAPER_STD,
+        classifier=tuple(classifier),
+        license='apache-2.0',
+        paper_name=paper_name,
+        paper_ids=paper_ids,
+        origin_url=origin_url,
+        first_conv='backbone.conv1',
+    )
+    cfg.update(kwargs)
+    return cfg
+
+
+def tagged_cfgs(variant: str, tags: Sequence[str], **kwargs: Any) -> Dict[str, Dict[str, Any]]:
+    """`{'<variant>.<tag>': cfg}` for each dataset tag, each pointing at `timm-fgvc/<variant>.<tag>`.
+
+    The first tag is the variant's default (as in timm, where `resnet50` means its first tag).
+    """
+    return {
+        f'{variant}.{tag}': fgvc_cfg(dataset=tag, hf_hub_id=f'{HUB_ORG}/{variant}.{tag}', **kwargs)
+        for tag in tags
+    }
+
+
+def build_fgvc_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
+    """`build_model_with_cfg` with a clear error for tags whose weights are not published yet."""
+    if pretrained:
+        cfg = resolve_pretrained_cfg(
+            variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+        from_registry = cfg.source is None and not (cfg.file or cfg.url or cfg.state_dict)
+        hub_id = cfg.hf_hub_id
+        if from_registry and (hub_id is None or hub_id.startswith(HUB_ORG + '/')) and hub_id not in PUBLISHED_WEIGHTS:
+            name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+            raise UnpublishedWeightsError(
+                f'No published weights for {name!r}'
+                + (f' (Hub repo {hub_id} is not released yet)' if hub_id else '') + '. Train them with\n'
+                f'  accelerate launch train_fgvc.py --config hub_configs/{name}.yaml\n'
+                'then load the result with timm.create_model(..., checkpoint_path="<output>/model.safetensors") '
+                'or export it (timm-fgvc export) and use "hf-hub:<your-repo>" / "local-dir:<folder>". '
+                'Use pretrained=False with pretrained_backbone=True for ImageNet backbone weights only.')
+    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

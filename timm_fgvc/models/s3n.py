@@ -1,0 +1,276 @@
+"""S3N: Selective Sparse Sampling Networks.
+
+Paper: "Selective Sparse Sampling for Fine-grained Image Recognition", Y. Ding, Y. Zhou, Y. Zhu, Q. Ye,
+J. Jiao, ICCV 2019 (https://openaccess.thecvf.com/content_ICCV_2019/html/Ding_Selective_Sparse_Sampling_for_Fine-Grained_Image_Recognition_ICCV_2019_paper.html).
+Authors' code: https://github.com/Yao-DD/S3N
+
+Pipeline (one batched pass, no loop over images or peaks):
+  original image -> shared backbone -> class response maps (Eq. 1) -> entropy-gated response R (Eq. 2-3)
+  -> class peak responses (r = 3 local maxima >= mean) -> partition into discriminative / complementary
+  sets (Eq. 4) -> sparse attention (Eq. 5) -> sampling maps Q^d, Q^c (Eq. 6) -> saliency sampler
+  (Eq. 7-8) -> two resampled images -> shared backbone -> O, D, C heads and a joint head on [F_O, F_D, F_C];
+  loss = CE on O, D, C and joint (Eq. 9). `forward` returns the joint logits.
+
+Choices where the paper is open (SPEC §6):
+- Eq. 4 at evaluation uses the deterministic rule score >= 0.5 instead of a random draw, so eval repeats.
+- Eq. 5 distances are measured in units of the image side, so beta does not depend on the input size; the
+  initial beta1, beta2 (sqrt(2) * 0.08, sqrt(2) * 0.2) are the authors' code's Gaussian widths r = 0.08 / 0.2
+  written in the paper's form exp(-d^2 / (R beta^2)).
+- Q^d and Q^c are computed directly on the sampler's 31x31 grid and each sits on a base level (0.09, the
+  authors' code) so that an empty peak set gives the identity grid.
+- Options from the authors' code: `partition='all'` (all peaks feed both maps, their warm-up and Table 4's
+  "All"), per-head label smoothing via `label_smoothing`.
+"""
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import generate_default_cfgs, register_model
+
+from ..layers import SaliencySampler, class_response_maps, entropy_gated_response, find_peaks
+from ._base import FGVCModel, FGVCOutput, check_images
+from ._builder import build_fgvc_model, tagged_cfgs
+
+__all__ = ['S3N', 'sparse_attention', 'selective_partition']
+
+
+def selective_partition(scores: torch.Tensor, valid: torch.Tensor, training: bool,
+                        mode: str = 'probability', eval_threshold: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Split peaks into discriminative T_d and complementary T_c sets, as `[B, K]` bool masks.
+
+    `probability` (the paper): peak -> T_d if R >= zeta, zeta ~ U(0, 1) in training (Eq. 4); at evaluation
+    the deterministic rule R >= `eval_threshold`. `all`: every peak feeds both sets (Table 4's "All").
+    """
+    if mode == 'all':
+        return valid, valid
+    if mode != 'probability':
+        raise ValueError(f"Unknown partition mode {mode!r}; use 'probability' or 'all'.")
+    if training:
+        zeta = torch.rand_like(scores)
+        discriminative = scores >= zeta  # Eq. 4
+    else:
+        discriminative = scores >= eval_threshold
+    discriminative = discriminative & valid
+    return discriminative, valid & ~discriminative
+
+
+def sparse_attention(
+        centers: torch.Tensor,
+        scores: torch.Tensor,
+        discriminative: torch.Tensor,
+        complementary: torch.Tensor,
+        beta1: torch.Tensor,
+        beta2: torch.Tensor,
+        size: Tuple[int, int],
+) -> torch.Tensor:
+    """Eq. 5: a Gaussian per peak, `[B, K, H, W]` on an H x W grid over the image (zero for unused peaks).
+
+    centers: `[B, K, 2]` peak centres (x, y) in [0, 1] image units; scores: `[B, K]` peak values R in (0, 1].
+    Discriminative peaks get amplitude R and squared width R * beta1^2; complementary ones amplitude 1 / R and
+    squared width R * beta2^2 (distances in image-side units).
+    """
+    height, width = size
+    ys = (torch.arange(height, device=centers.device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=centers.device, dtype=torch.float32) + 0.5) / width
+    centers = centers.float()
+    dist2 = ((xs.view(1, 1, 1, -1) - centers[..., 0, None, None]) ** 2
+             + (ys.view(1, 1, -1, 1) - centers[..., 1, None, None]) ** 2)
+    score = scores.float().clamp_min(1e-6)[..., None, None]
+    disc = discriminative[..., None, None]
+    beta2_sq = torch.where(disc, beta1.float() ** 2, beta2.float() ** 2)
+    amplitude = torch.where(disc, score, 1. / score)
+    attention = amplitude * torch.exp(-dist2 / (score * beta2_sq))  # Eq. 5
+    used = (discriminative | complementary)[..., None, None]
+    return attention * used
+
+
+class S3N(FGVCModel):
+    """Selective Sparse Sampling Network: O, D, C branches through one shared timm backbone.
+
+    Args:
+        backbone: timm CNN name (any model whose `forward_features` is a spatial map).
+        num_classes: classes of every head.
+        top_k, entropy_threshold: Eq. 2-3 (5 and delta = 0.2).
+        peak_window: local-maximum window r (3).
+        max_peaks: fixed number of peak slots per image (padded, with a mask).
+        beta_init: initial (beta1, beta2) of Eq. 5, in image-side units.
+        base_level: constant added to each sampling map (Eq. 6) so empty sets give the identity.
+        grid_size, sampler_padding, sampler_fwhm: saliency sampler of Eq. 7-8.
+        partition: 'probability' (Eq. 4) or 'all'.
+        eval_threshold: deterministic Eq. 4 rule at evaluation.
+    """
+    main_head = 'joint'
+    branches = ('original', 'discriminative', 'complementary')
+
+    def __init__(
+            self,
+            backbone: str = 'resnet50',
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            pretrained_backbone: bool = False,
+            drop_rate: float = 0.,
+            backbone_args: Optional[dict] = None,
+            top_k: int = 5,
+            entropy_threshold: float = 0.2,
+            peak_window: int = 3,
+            max_peaks: int = 16,
+            beta_init: Tuple[float, float] = (math.sqrt(2) * 0.08, math.sqrt(2) * 0.2),
+            base_level: float = 0.09,
+            grid_size: int = 31,
+            sampler_padding: int = 30,
+            sampler_fwhm: float = 13.,
+            partition: str = 'probability',
+            eval_threshold: float = 0.5,
+            label_smoothing: Optional[Dict[str, float]] = None,
+    ):
+        super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
+        self.top_k = top_k
+        self.entropy_threshold = entropy_threshold
+        self.peak_window = peak_window
+        self.max_peaks = max_peaks
+        self.base_level = base_level
+        self.grid_size = grid_size
+        self.partition = partition
+        self.eval_threshold = eval_threshold
+        self.beta1 = nn.Parameter(torch.tensor(float(beta_init[0])))
+        self.beta2 = nn.Parameter(torch.tensor(float(beta_init[1])))
+        self.sampler = SaliencySampler(grid_size=grid_size, padding=sampler_padding, fwhm=sampler_fwhm)
+        for name in self.branches:
+            self.add_head(name, self.backbone_features)
+        self.add_head('joint', 3 * self.backbone_features)
+        self.num_features = self.head_hidden_size = 3 * self.backbone_features
+        self.label_smoothing.update(label_smoothing or {})
+
+    def select_peaks(self, feature_map: torch.Tensor, logits: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Class peak responses of the entropy-gated response map (Sec. 3.1-3.2), without gradient."""
+        with torch.no_grad():
+            maps = class_response_maps(feature_map, self.heads['original'].weight)  # Eq. 1
+            response, use_top1, entropy = entropy_gated_response(
+                maps, logits, top_k=self.top_k, delta=self.entropy_threshold)  # Eq. 2-3, min-max normalised
+            peaks = find_peaks(response, window=self.peak_window, max_peaks=self.max_peaks)
+        height, width = response.shape[-2:]
+        scale = torch.tensor([width, height], device=response.device, dtype=torch.float32)
+        centers = (peaks.coords.flip(-1).float() + 0.5) / scale  # (row, col) -> (x, y) in [0, 1]
+        return dict(response=response, use_top1=use_top1, entropy=entropy, peak_centers=centers,
+                    peak_scores=peaks.scores.float(), peak_mask=peaks.mask)
+
+    def sampling_maps(self, peaks: Dict[str, torch.Tensor], size: Tuple[int, int]) -> Dict[str, torch.Tensor]:
+        """Partition (Eq. 4), sparse attention (Eq. 5) and the two sampling maps (Eq. 6) on an H x W grid."""
+        discriminative, complementary = selective_partition(
+            peaks['peak_scores'], peaks['peak_mask'], self.training, self.partition, self.eval_threshold)
+        attention = sparse_attention(
+            peaks['peak_centers'], peaks['peak_scores'], discriminative, complementary,
+            self.beta1, self.beta2, size)
+        q_discriminative = self.base_level + (attention * discriminative[..., None, None]).sum(1)  # Eq. 6
+        q_complementary = self.base_level + (attention * complementary[..., None, None]).sum(1)  # Eq. 6
+        return dict(attention=attention, discriminative=discriminative, complementary=complementary,
+                    q_discriminative=q_discriminative, q_complementary=q_complementary)
+
+    def _forward_branches(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        check_images(x, self.in_chans, self.min_input_size)
+        batch = x.shape[0]
+        feat_original = self.backbone.forward_features(x)
+        logits_original = self.heads['original'](feat_original.mean((2, 3)))
+        peaks = self.select_peaks(feat_original, logits_original)
+        maps = self.sampling_maps(peaks, (self.grid_size, self.grid_size))
+        saliency = torch.cat([maps['q_discriminative'], maps['q_complementary']])
+        resampled, grids = self.sampler(torch.cat([x, x]), saliency)  # Eq. 7-8, both branches in one call
+        feat_resampled = self.backbone.forward_features(resampled)
+        return dict(
+            **peaks, **maps,
+            feat_original=feat_original, logits_original=logits_original,
+            feat_discriminative=feat_resampled[:batch], feat_complementary=feat_resampled[batch:],
+            image_discriminative=resampled[:batch], image_complementary=resampled[batch:],
+            grid_discriminative=grids[:batch], grid_complementary=grids[batch:],
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, 3D, h, w]`: the O, D and C feature maps stacked along channels (F_J before pooling)."""
+        out = self._forward_branches(x)
+        return torch.cat([out['feat_original'], out['feat_discriminative'], out['feat_complementary']], 1)
+
+    def forward_train(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> FGVCOutput:
+        out = self._forward_branches(x)
+        pooled = {name: out[f'feat_{name}'].mean((2, 3)) for name in self.branches}
+        logits = {
+            'original': out['logits_original'],
+            'discriminative': self.heads['discriminative'](pooled['discriminative']),
+            'complementary': self.heads['complementary'](pooled['complementary']),
+            'joint': self.forward_head(torch.cat([pooled[n] for n in self.branches], 1)[..., None, None]),
+        }
+        extras = {k: v for k, v in out.items() if not k.startswith(('feat_', 'logits_'))}
+        attention = F.interpolate(out['attention'], size=x.shape[-2:], mode='bilinear', align_corners=False)
+        return FGVCOutput(logits=logits, main='joint', attention=_normalize_attention(attention), extras=extras)
+
+    def attention_maps(self, x: torch.Tensor, return_details: bool = False):
+        """The sparse attention of Eq. 5 in input-image coordinates: `[B, max_peaks, H, W]`, each in [0, 1].
+
+        Unused peak slots are all-zero maps. Details: peak centres (x, y in pixels), scores, masks, which set
+        each peak went to, the sampling maps, the sampling grids and the two resampled images.
+        """
+        check_images(x, self.in_chans, self.min_input_size)
+        height, width = x.shape[-2:]
+        feat_original = self.backbone.forward_features(x)
+        logits_original = self.heads['original'](feat_original.mean((2, 3)))
+        peaks = self.select_peaks(feat_original, logits_original)
+        maps = self.sampling_maps(peaks, (height, width))
+        attention = _normalize_attention(maps['attention'])
+        if not return_details:
+            return attention
+        saliency = torch.cat([maps['q_discriminative'], maps['q_complementary']])
+        resampled, grids = self.sampler(torch.cat([x, x]), saliency)
+        batch = x.shape[0]
+        scale = torch.tensor([width, height], device=x.device, dtype=torch.float32)
+        details = dict(
+            peak_xy=peaks['peak_centers'] * scale, peak_scores=peaks['peak_scores'], peak_mask=peaks['peak_mask'],
+            discriminative=maps['discriminative'], complementary=maps['complementary'],
+            response=peaks['response'], q_discriminative=maps['q_discriminative'],
+            q_complementary=maps['q_complementary'], grid_discriminative=grids[:batch],
+            grid_complementary=grids[batch:], image_discriminative=resampled[:batch],
+            image_complementary=resampled[batch:],
+        )
+        return attention, details
+
+
+def _normalize_attention(attention: torch.Tensor) -> torch.Tensor:
+    """Scale each peak's map to peak value 1 (maps of unused slots stay zero)."""
+    peak = attention.flatten(-2).amax(-1)[..., None, None]
+    return attention / peak.clamp_min(1e-12)
+
+
+def _create_s3n(variant: str, pretrained: bool = False, **kwargs) -> S3N:
+    return build_fgvc_model(S3N, variant, pretrained, **kwargs)
+
+
+_PAPER = dict(
+    classifier=('heads.joint', 'heads.original', 'heads.discriminative', 'heads.complementary'),
+    paper_name='Selective Sparse Sampling for Fine-grained Image Recognition',
+    paper_ids='ICCV 2019',
+    origin_url='https://github.com/Yao-DD/S3N',
+)
+
+default_cfgs = generate_default_cfgs({
+    **tagged_cfgs('s3n_resnet50', ('cub200', 'aircraft', 'cars'), **_PAPER),
+    **tagged_cfgs('s3n_resnet101', ('cub200',), **_PAPER),
+    **tagged_cfgs('s3n_resnet18', ('cub200',), **_PAPER),
+})
+
+
+@register_model
+def s3n_resnet50(pretrained: bool = False, **kwargs) -> S3N:
+    """S3N with a ResNet-50 backbone (the paper's)."""
+    return _create_s3n('s3n_resnet50', pretrained, **dict(dict(backbone='resnet50'), **kwargs))
+
+
+@register_model
+def s3n_resnet101(pretrained: bool = False, **kwargs) -> S3N:
+    """S3N with a ResNet-101 backbone."""
+    return _create_s3n('s3n_resnet101', pretrained, **dict(dict(backbone='resnet101'), **kwargs))
+
+
+@register_model
+def s3n_resnet18(pretrained: bool = False, **kwargs) -> S3N:
+    """S3N with a ResNet-18 backbone (small, CPU-friendly)."""
+    return _create_s3n('s3n_resnet18', pretrained, **dict(dict(backbone='resnet18'), **kwargs))
