@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from timm_fgvc.layers import class_response_maps, entropy_gated_response, min_max_normalize
 

@@ -63,7 +63,7 @@ def test_peak_region_is_magnified_and_stays_in_place(sampler):
     square = _square(h, w, *PEAK)
     out, _ = sampler(square, _bump(31, *PEAK)[None])
     ratio = (out > 0.5).sum() / (square > 0.5).sum()
-    assert ratio > 1.5  # measured 4.4
+    assert ratio > 1.5  # measured 5.0
     # magnified around the peak: the square's centre of mass barely moves
     ys, xs = torch.nonzero(out[0, 0] > 0.5, as_tuple=True)
     ys0, xs0 = torch.nonzero(square[0, 0] > 0.5, as_tuple=True)
@@ -74,7 +74,7 @@ def test_region_near_the_peak_shrinks(sampler):
     h, w = 80, 96
     square = _square(h, w, -0.3, 0.3)
     out, _ = sampler(square, _bump(31, *PEAK)[None])
-    assert (out > 0.5).sum() / (square > 0.5).sum() < 0.95  # measured 0.80
+    assert (out > 0.5).sum() / (square > 0.5).sum() < 0.95  # measured 0.81
 
 
 def test_same_grid_from_any_saliency_resolution(sampler):
@@ -86,13 +86,17 @@ def test_same_grid_from_any_saliency_resolution(sampler):
 
 def test_grid_is_monotonic_no_fold_over(sampler):
     torch.manual_seed(0)
-    saliency = torch.cat([_bump(14, *PEAK)[None], torch.exp(3 * torch.randn(3, 14, 14))])
+    saliency = torch.cat([_bump(14, *PEAK)[None], torch.exp(3 * torch.randn(3, 14, 14))])  # up to 1e9 contrast
     grid = sampler.sampling_grid(saliency, (50, 70))
     x, y = grid[..., 0], grid[..., 1]
     assert grid.abs().max() <= 1
-    assert (x.diff(dim=2) >= 0).all() and (y.diff(dim=1) >= 0).all()
-    inside = (x[..., 1:].abs() < 1) & (x[..., :-1].abs() < 1)
-    assert (x.diff(dim=2)[inside] > 0).all()
+    assert (x.diff(dim=2) > -1e-6).all() and (y.diff(dim=1) > -1e-6).all()  # float rounding only
+    # strictly increasing on the grid nodes, except where clamped at the border
+    nodes = sampler.sampling_grid(saliency, (31, 31))
+    for d, axis in ((2, 0), (1, 1)):
+        c = nodes[..., axis]
+        step, inside = c.diff(dim=d), (c.narrow(d, 1, 30).abs() < 1) & (c.narrow(d, 0, 30).abs() < 1)
+        assert (step[inside] > 0).all()
 
 
 def test_matches_explicit_eq7_eq8_on_the_grid(sampler):
@@ -106,7 +110,8 @@ def test_matches_explicit_eq7_eq8_on_the_grid(sampler):
     coord = (t - P) * 2 / (G - 1) - 1
     i = torch.arange(G, dtype=torch.float64) + P  # grid cell v in padded index
     # separable Gaussian k(v', v) of FWHM 13 cells, truncated to the 61 x 61 window
-    k1 = torch.exp(-4 * math.log(2) * (t[None, :] - i[:, None]) ** 2 / 13.0 ** 2) * ((t[None, :] - i[:, None]).abs() <= P)
+    d = t[None, :] - i[:, None]
+    k1 = torch.exp(-4 * math.log(2) * d ** 2 / 13.0 ** 2) * (d.abs() <= P)
     wq = torch.einsum('ya,xb,ab->yx', k1, k1, q.double())
     fx = torch.einsum('ya,xb,ab,b->yx', k1, k1, q.double(), coord) / wq  # Eq. 7
     gy = torch.einsum('ya,xb,ab,a->yx', k1, k1, q.double(), coord) / wq  # Eq. 8

@@ -3,7 +3,7 @@
 Class activation maps ("CAM", Zhou et al., "Learning Deep Features for Discriminative Localization",
 CVPR 2016, https://arxiv.org/abs/1512.04150) computed from a GAP + linear classifier, and the
 top-1 / top-5 selection of "Selective Sparse Sampling for Fine-grained Image Recognition"
-(Ding et al., ICCV 2019, https://openaccess.thecvf.com/content_ICCV_2019/html/Ding_Selective_Sparse_Sampling_for_Fine-Grained_Image_Recognition_ICCV_2019_paper.html),
+(Ding et al., ICCV 2019, code https://github.com/Yao-DD/S3N),
 Sec. 3.1-3.2, Eq. 1-3.
 
 The functions are differentiable; S3N computes its response maps without gradient, which is the

@@ -29,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import SaliencySampler, class_response_maps, entropy_gated_response, find_peaks
+from ..layers import (SaliencySampler, class_response_maps, entropy_gated_response, find_peaks,
+                      peaks_to_image_coords)
 from ._base import FGVCModel, FGVCOutput, check_images
 from ._builder import build_fgvc_model, tagged_cfgs
 
@@ -150,9 +151,7 @@ class S3N(FGVCModel):
             response, use_top1, entropy = entropy_gated_response(
                 maps, logits, top_k=self.top_k, delta=self.entropy_threshold)  # Eq. 2-3, min-max normalised
             peaks = find_peaks(response, window=self.peak_window, max_peaks=self.max_peaks)
-        height, width = response.shape[-2:]
-        scale = torch.tensor([width, height], device=response.device, dtype=torch.float32)
-        centers = (peaks.coords.flip(-1).float() + 0.5) / scale  # (row, col) -> (x, y) in [0, 1]
+        centers = peaks_to_image_coords(peaks, response.shape[-2:], (1, 1))  # (x, y) in [0, 1]
         return dict(response=response, use_top1=use_top1, entropy=entropy, peak_centers=centers,
                     peak_scores=peaks.scores.float(), peak_mask=peaks.mask)
 
@@ -261,16 +260,19 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def s3n_resnet50(pretrained: bool = False, **kwargs) -> S3N:
     """S3N with a ResNet-50 backbone (the paper's)."""
-    return _create_s3n('s3n_resnet50', pretrained, **dict(dict(backbone='resnet50'), **kwargs))
+    model_args = dict(backbone='resnet50')
+    return _create_s3n('s3n_resnet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def s3n_resnet101(pretrained: bool = False, **kwargs) -> S3N:
     """S3N with a ResNet-101 backbone."""
-    return _create_s3n('s3n_resnet101', pretrained, **dict(dict(backbone='resnet101'), **kwargs))
+    model_args = dict(backbone='resnet101')
+    return _create_s3n('s3n_resnet101', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def s3n_resnet18(pretrained: bool = False, **kwargs) -> S3N:
     """S3N with a ResNet-18 backbone (small, CPU-friendly)."""
-    return _create_s3n('s3n_resnet18', pretrained, **dict(dict(backbone='resnet18'), **kwargs))
+    model_args = dict(backbone='resnet18')
+    return _create_s3n('s3n_resnet18', pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,45 @@
+"""Shared fixtures: the repository root and a train_fgvc.py-style run folder made without training."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def make_run(tmp_path):
+    """`make_run(model, **results_overrides) -> run_dir`: model.safetensors + results.json as the trainer writes.
+
+    The keys mirror `timm_fgvc.engine.trainer.train`'s results; the config is a real `TrainConfig`.
+    """
+    from timm_fgvc.engine.config import TrainConfig
+
+    def make(model, name='run', label_names=None, eval_top1=61.25, dataset='synthetic', config=None, **overrides):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run_dir / 'model.safetensors'))
+        cfg = TrainConfig(**dict(dict(model=model.pretrained_cfg['architecture'], dataset=dataset, img_size=64,
+                                      epochs=2), **(config or {}))).to_dict()
+        final = {'epoch': 2, 'eval_top1': eval_top1, 'eval_top5': 100.0, 'eval_samples': 20}
+        results = {
+            'model': cfg['model'], 'dataset': dataset, 'num_classes': model.num_classes,
+            'label_names': label_names or [f'class_{i}' for i in range(model.num_classes)],
+            'data_config': {'input_size': [3, 64, 64], 'interpolation': 'bilinear', 'mean': [0.5, 0.4, 0.3],
+                            'std': [0.2, 0.25, 0.3], 'crop_pct': 0.9, 'crop_mode': 'center'},
+            'config': cfg, 'history': [final], 'final': final if eval_top1 is not None else {},
+            'per_process_eval_top1': [eval_top1], 'num_processes': 1, 'train_seconds': 1.0, 'device': 'cpu',
+            'params': sum(p.numel() for p in model.parameters()), 'model_args': dict(cfg['model_args']),
+        }
+        results.update(overrides)
+        (run_dir / 'results.json').write_text(json.dumps(results, indent=2))
+        return run_dir
+
+    return make

@@ -1,0 +1,164 @@
+"""Hub export and reload (SPEC §5): the real timm -> huggingface_hub path, offline, nothing mocked."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+import timm_fgvc  # noqa: F401  (registers the methods)
+from timm_fgvc.hub import export_model, export_run
+from timm_fgvc.models import UnpublishedWeightsError
+
+LABELS = ['acadian_flycatcher', 'baird_sparrow', 'cape_may_warbler', 'gray_catbird', 'indigo_bunting']
+DATA_CONFIG = {'input_size': (3, 64, 64), 'crop_pct': 0.9, 'interpolation': 'bilinear',
+               'mean': (0.5, 0.4, 0.3), 'std': (0.2, 0.25, 0.3)}
+REVISION = '0123456789abcdef0123456789abcdef01234567'
+
+
+def _to_hf_cache(folder, hf_home, repo_id):
+    """Lay an export out as huggingface_hub's cache does after a download of `repo_id` at REVISION."""
+    repo = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
+    snapshot = repo / 'snapshots' / REVISION
+    snapshot.mkdir(parents=True)
+    for path in folder.iterdir():
+        shutil.copy(path, snapshot / path.name)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(REVISION)
+
+
+def _random_model(name, **kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **kwargs).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so a lost buffer would show in the outputs
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def test_export_reloads_through_hf_hub_offline(tmp_path):
+    s3n = _random_model('s3n_resnet18', pretrained_backbone=False)
+    s3n._model_args['pretrained_backbone'] = True  # as recorded by a run built with ImageNet backbone weights
+    baseline = _random_model('resnet18')
+    repos = {'timm-fgvc/s3n_resnet18.synthetic': s3n, 'someone/resnet18.birds5': baseline}
+
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 64)
+    save_file({'x': x}, str(tmp_path / 'input.safetensors'))
+    hf_home = tmp_path / 'hf_home'
+    for repo_id, model in repos.items():
+        folder = export_model(model, tmp_path / repo_id.replace('/', '__'), label_names=LABELS,
+                              data_config=DATA_CONFIG, repo_id=repo_id)
+        assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+        config = json.loads((folder / 'config.json').read_text())
+        assert 'pretrained_backbone' not in config['model_args']
+        _to_hf_cache(folder, hf_home, repo_id)
+    assert s3n._model_args['pretrained_backbone'] is True  # the caller's model is left as it was
+
+    script = textwrap.dedent(f"""
+        import json, sys
+        import torch, timm, timm_fgvc
+        from safetensors.torch import load_file, save_file
+        torch.set_num_threads(1)
+        x = load_file(sys.argv[1])['x']
+        outputs, cfgs = {{}}, {{}}
+        for repo_id in {list(repos)!r}:
+            model = timm.create_model('hf-hub:' + repo_id, pretrained=True).eval()
+            with torch.no_grad():
+                outputs[repo_id] = model(x)
+            cfg = model.pretrained_cfg
+            cfgs[repo_id] = dict(label_names=list(cfg['label_names']), num_classes=cfg['num_classes'],
+                                 model_classes=model.num_classes, input_size=list(cfg['input_size']),
+                                 mean=list(cfg['mean']), hf_hub_id=cfg['hf_hub_id'])
+        save_file(outputs, sys.argv[2])
+        print(json.dumps(cfgs))
+    """)
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1',
+               PYTHONPATH=os.pathsep.join([str(Path(timm_fgvc.__file__).resolve().parents[1]),
+                                           os.environ.get('PYTHONPATH', '')]))
+    env.pop('HF_HUB_CACHE', None)
+    env.pop('HUGGINGFACE_HUB_CACHE', None)
+    proc = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'input.safetensors'),
+                           str(tmp_path / 'output.safetensors')], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfgs = json.loads(proc.stdout.strip().splitlines()[-1])
+    reloaded = load_file(str(tmp_path / 'output.safetensors'))
+
+    torch.set_num_threads(1)
+    for repo_id, model in repos.items():
+        with torch.no_grad():
+            expected = model(x)
+        torch.testing.assert_close(reloaded[repo_id], expected, rtol=0, atol=1e-6)
+        assert cfgs[repo_id] == dict(label_names=LABELS, num_classes=5, model_classes=5, input_size=[3, 64, 64],
+                                     mean=[0.5, 0.4, 0.3], hf_hub_id=repo_id)
+
+
+def test_unpublished_tag_says_how_to_train_without_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError('tried to reach the network')
+
+    monkeypatch.setattr(socket.socket, 'connect', no_network)
+    monkeypatch.setattr(socket, 'create_connection', no_network)
+    with pytest.raises(UnpublishedWeightsError) as info:
+        timm.create_model('s3n_resnet50.cub200', pretrained=True)
+    assert 'train_fgvc.py --config hub_configs/s3n_resnet50.cub200.yaml' in str(info.value)
+    assert 'timm-fgvc/s3n_resnet50.cub200' in str(info.value)
+
+
+def test_export_run_rebuilds_the_run(make_run, tmp_path):
+    model = _random_model('s3n_resnet18')
+    run = make_run(model, label_names=LABELS)
+    folder = export_run(run, tmp_path / 'export')
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 's3n_resnet18' and config['num_classes'] == 5
+    assert config['label_names'] == LABELS
+    cfg = config['pretrained_cfg']
+    # the run's preprocessing, not the architecture's default (448 px, ImageNet mean) or its `cub200` tag
+    assert cfg['input_size'] == [3, 64, 64] and cfg['crop_pct'] == 0.9
+    assert cfg['mean'] == [0.5, 0.4, 0.3] and cfg['std'] == [0.2, 0.25, 0.3]
+    assert cfg['tag'] == 'synthetic'
+    exported = load_file(str(folder / 'model.safetensors'))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(exported[name], tensor), name
+
+
+def test_export_run_rejects_corrupt_weights(make_run, tmp_path):
+    run = make_run(_random_model('s3n_resnet18'))
+    (run / 'model.safetensors').write_bytes(os.urandom(4096))
+    with pytest.raises(ValueError, match='corrupt'):
+        export_run(run, tmp_path / 'export')
+    assert not (tmp_path / 'export' / 'model.safetensors').exists()
+
+
+def test_export_run_names_what_is_missing(make_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match='No training run folder'):
+        export_run(tmp_path / 'nowhere', tmp_path / 'export')
+    run = make_run(_random_model('resnet18'))
+    (run / 'model.safetensors').unlink()
+    with pytest.raises(FileNotFoundError, match='no model.safetensors'):
+        export_run(run, tmp_path / 'export')
+    (run / 'results.json').unlink()
+    with pytest.raises(FileNotFoundError, match='no results.json'):
+        export_run(run, tmp_path / 'export')
+    (run / 'results.json').write_text('{"model": "resnet18"')
+    (run / 'model.safetensors').write_bytes(b'')
+    with pytest.raises(ValueError, match='not valid JSON'):
+        export_run(run, tmp_path / 'export')
+
+
+def test_export_checks_the_hub_config_matches(tmp_path, repo_root):
+    model = _random_model('s3n_resnet18')  # 5 classes, not CUB's 200
+    with pytest.raises(ValueError, match='200 classes'):
+        export_model(model, tmp_path / 'export', hub_config=repo_root / 'hub_configs' / 's3n_resnet18.cub200.yaml')
+    with pytest.raises(ValueError, match="'s3n_resnet50'"):
+        export_model(model, tmp_path / 'export', hub_config=repo_root / 'hub_configs' / 's3n_resnet50.cub200.yaml')

@@ -1,0 +1,212 @@
+"""Hub configs, MODEL_CARDS.md and the exported model card (SPEC §1, §3, §5)."""
+import io
+import json
+import shutil
+
+import pytest
+import timm
+import torch
+import yaml
+from huggingface_hub import ModelCard
+
+import timm_fgvc  # noqa: F401  (registers the methods)
+from timm_fgvc.cards import (NOT_MEASURED, check_model_cards, load_hub_config, load_hub_configs,
+                             record_measurement, render_model_cards, write_model_cards)
+from timm_fgvc.cli import main as cli_main
+from timm_fgvc.data.catalog import DATASETS
+from timm_fgvc.hub import export_model, export_run
+from timm_fgvc.models import HUB_ORG, PUBLISHED_WEIGHTS
+
+
+@pytest.fixture
+def repo_copy(tmp_path, repo_root):
+    """hub_configs/ and MODEL_CARDS.md copied, so tests can change them."""
+    shutil.copytree(repo_root / 'hub_configs', tmp_path / 'hub_configs')
+    shutil.copy(repo_root / 'MODEL_CARDS.md', tmp_path / 'MODEL_CARDS.md')
+    return tmp_path
+
+
+@pytest.fixture(scope='module')
+def cub_model():
+    torch.manual_seed(0)
+    return timm.create_model('s3n_resnet18', num_classes=DATASETS['cub200'].num_classes).eval()
+
+
+def _table(card_text: str, header_start: str):
+    """Rows (as lists of cells) of the Markdown table whose header starts with `header_start`."""
+    lines = card_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [c.strip() for c in lines[start].strip('|').split('|')]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith('|'):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip('|').split('|')))))
+    return rows
+
+
+# --- hub configs <-> the timm registry -------------------------------------------------------------
+def test_hub_configs_match_the_registry(repo_root):
+    configs = load_hub_configs(repo_root)
+    assert configs, 'no hub configs found'
+    pretrained = set(timm.list_pretrained())
+    for cfg in configs:
+        assert cfg['model'] in pretrained, f'{cfg["model"]} is not a registered timm tag'
+        pretrained_cfg = timm.models.get_pretrained_cfg(cfg['model'])
+        assert pretrained_cfg.num_classes == DATASETS[cfg['dataset']].num_classes, cfg['model']
+        assert pretrained_cfg.hf_hub_id == cfg['hub_id']
+        assert cfg['published'] == (cfg['hub_id'] in PUBLISHED_WEIGHTS), cfg['model']
+        assert cfg['train']['model'] == cfg['model'].split('.')[0]
+    registered = {name for name in pretrained
+                  if (timm.models.get_pretrained_cfg(name).hf_hub_id or '').startswith(HUB_ORG + '/')}
+    assert registered == {cfg['model'] for cfg in configs}, 'every timm-fgvc tag needs a hub config and vice versa'
+    assert set(PUBLISHED_WEIGHTS) <= {cfg['hub_id'] for cfg in configs}
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('model', 's3n_resnet50.cars', 'file name stem'),
+    ('hub_id', 'someone/s3n_resnet50.cub200', 'hub_id'),
+    ('dataset', 'imagenet', 'unknown dataset'),
+    ('published', 'yes', 'published'),
+    ('measured', {'top1': None}, 'missing key'),
+])
+def test_load_hub_config_validates(repo_copy, field, value, message):
+    path = repo_copy / 'hub_configs' / 's3n_resnet50.cub200.yaml'
+    data = yaml.safe_load(path.read_text())
+    data[field] = value
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=message):
+        load_hub_configs(repo_copy)
+
+
+# --- MODEL_CARDS.md ------------------------------------------------------------------------------
+def test_model_cards_are_in_sync(repo_root):
+    stream = io.StringIO()
+    assert check_model_cards(repo_root, stream=stream), stream.getvalue()
+
+
+def test_model_cards_go_stale_when_a_config_changes(repo_copy):
+    assert check_model_cards(repo_copy, stream=io.StringIO())
+    path = repo_copy / 'hub_configs' / 's3n_resnet50.cars.yaml'
+    path.write_text(path.read_text().replace('top1: 94.7', 'top1: 94.9'))
+    stream = io.StringIO()
+    assert not check_model_cards(repo_copy, stream=stream)
+    assert '-| [`s3n_resnet50.cars`]' in stream.getvalue() and '94.9' in stream.getvalue()
+    assert cli_main(['cards', '--check', '--root', str(repo_copy)]) == 1
+    assert cli_main(['cards', '--root', str(repo_copy)]) == 0
+    assert check_model_cards(repo_copy, stream=io.StringIO())
+
+
+def test_model_cards_table_keeps_paper_and_measured_apart(repo_root):
+    configs = load_hub_configs(repo_root)
+    text = render_model_cards(configs)
+    assert text.startswith('<!--') and 'timm-fgvc cards' in text.splitlines()[0]
+    rows = {r['Model'].split('`')[1]: r for r in _table(text, '| Model |')}
+    assert sorted(rows) == sorted(c['model'] for c in configs)
+    assert rows['s3n_resnet50.cub200']['Paper top-1'] == '88.5'
+    assert rows['s3n_resnet50.cub200']['Measured top-1'] == NOT_MEASURED
+    assert rows['s3n_resnet50.cub200']['Backbone'] == 'resnet50'
+    assert render_model_cards(list(reversed(configs))) == text  # deterministic
+
+
+def _outside_measured(text: str):
+    """The lines of a hub config outside its `measured:` block (comments included)."""
+    lines, out, inside = text.splitlines(), [], False
+    for line in lines:
+        if line.startswith('measured:'):
+            inside = True
+        elif inside and not line.startswith(' '):
+            inside = False
+        if not inside:
+            out.append(line)
+    return out
+
+
+# --- recording a measurement ---------------------------------------------------------------------
+def test_record_writes_measured_and_keeps_the_rest(repo_copy, make_run, cub_model):
+    path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
+    before = path.read_text()
+    run = make_run(cub_model, eval_top1=71.2345, dataset='bentrevett/caltech-ucsd-birds-200-2011',
+                   config={'img_size': 64, 'epochs': 2})
+    assert cli_main(['record', '--run', str(run), '--hub-config', str(path)]) == 0
+    after = path.read_text()
+    data, old = yaml.safe_load(after), yaml.safe_load(before)
+    assert data['measured']['top1'] == 71.23
+    assert data['measured']['device'] == 'cpu'
+    assert isinstance(data['measured']['date'], str) and len(data['measured']['date']) == 10
+    command = data['measured']['command']
+    assert command.startswith('accelerate launch train_fgvc.py --config hub_configs/s3n_resnet18.cub200.yaml')
+    assert '--img-size 64' in command and '--epochs 2' in command
+    assert {k: v for k, v in data.items() if k != 'measured'} == {k: v for k, v in old.items() if k != 'measured'}
+    # comments and every line outside `measured:` survive
+    assert _outside_measured(after) == _outside_measured(before)
+    assert not check_model_cards(repo_copy, stream=io.StringIO())
+    write_model_cards(repo_copy)
+    rows = {r['Model'].split('`')[1]: r for r in _table((repo_copy / 'MODEL_CARDS.md').read_text(), '| Model |')}
+    assert rows['s3n_resnet18.cub200']['Measured top-1'] == '71.23'
+    assert rows['s3n_resnet18.cub200']['Paper top-1'] == 'not reported'
+
+
+def test_record_refuses_a_run_of_another_dataset(repo_copy, make_run):
+    path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
+    before = path.read_text()
+    run = make_run(timm.create_model('s3n_resnet18', num_classes=5))  # the 5-class synthetic set
+    with pytest.raises(ValueError, match='200'):
+        record_measurement(run, path)
+    assert path.read_text() == before
+
+
+# --- the exported model card ---------------------------------------------------------------------
+def _paper_sentinel_config(repo_root):
+    """The real s3n_resnet18.cub200 hub config with a paper number (the paper has none for ResNet-18)."""
+    cfg = load_hub_config(repo_root / 'hub_configs' / 's3n_resnet18.cub200.yaml')
+    cfg['paper'] = dict(cfg['paper'], top1=77.7)
+    return cfg
+
+
+def test_card_without_measurement_has_no_model_index(tmp_path, repo_root, cub_model):
+    folder = export_model(cub_model, tmp_path / 'export', hub_config=_paper_sentinel_config(repo_root))
+    card = ModelCard.load(folder / 'README.md')
+    data = card.data
+    assert data.library_name == 'timm'
+    assert {'image-classification', 'timm', 'fine-grained', 's3n'} <= set(data.tags)
+    assert data.datasets == ['bentrevett/caltech-ucsd-birds-200-2011']
+    assert data.license == 'apache-2.0'
+    assert data.base_model == 'timm/resnet18.a1_in1k'  # the hub config trains from ImageNet backbone weights
+    assert not data.eval_results and 'model-index' not in card.content.split('\n---', 1)[0]
+    assert "timm.create_model('hf-hub:timm-fgvc/s3n_resnet18.cub200', pretrained=True)" in card.text
+    assert 'import timm_fgvc' in card.text
+    [row] = _table(card.text, '| Dataset |')
+    assert row['Paper top-1 (reported)'] == '77.7'
+    assert row['Measured top-1 (timm-fgvc)'] == NOT_MEASURED
+    assert '77.7' not in yaml.safe_dump(data.to_dict())
+
+
+def test_card_with_measurement_builds_model_index(tmp_path, repo_root, make_run, cub_model):
+    run = make_run(cub_model, eval_top1=64.5, dataset='bentrevett/caltech-ucsd-birds-200-2011',
+                   config={'pretrained_backbone': False})
+    folder = export_run(run, tmp_path / 'export', hub_config=_paper_sentinel_config(repo_root))
+    card = ModelCard.load(folder / 'README.md')
+    data = card.data
+    assert data.library_name == 'timm'
+    assert data.base_model is None  # the run did not start from ImageNet weights
+    results = {r.metric_name: r for r in data.eval_results}
+    top1 = results['Top-1 accuracy']
+    assert top1.metric_value == 64.5 and top1.metric_type == 'accuracy'
+    assert top1.dataset_type == 'bentrevett/caltech-ucsd-birds-200-2011' and top1.verified is False
+    assert results['Top-5 accuracy'].metric_value == 100.0
+    assert [r.metric_value for r in data.eval_results] == [64.5, 100.0]  # never the paper's 77.7
+    [row] = _table(card.text, '| Dataset |')
+    assert row['Paper top-1 (reported)'] == '77.7' and row['Measured top-1 (timm-fgvc)'] == '64.5'
+
+
+def test_card_of_a_measured_hub_config(tmp_path, repo_root, cub_model):
+    cfg = load_hub_config(repo_root / 'hub_configs' / 's3n_resnet18.cub200.yaml')
+    cfg['measured'] = dict(top1=70.1, command='accelerate launch train_fgvc.py --config x.yaml',
+                           date='2025-01-02', device='cuda:0')
+    folder = export_model(cub_model, tmp_path / 'export', hub_config=cfg)
+    card = ModelCard.load(folder / 'README.md')
+    assert [r.metric_value for r in card.data.eval_results] == [70.1]
+    [row] = _table(card.text, '| Dataset |')
+    assert row['Paper top-1 (reported)'] == 'not reported' and row['Measured top-1 (timm-fgvc)'] == '70.1'
+    assert 'accelerate launch train_fgvc.py --config x.yaml' in card.text

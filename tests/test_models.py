@@ -1,0 +1,86 @@
+"""The model contract (SPEC §2) for every registered method variant."""
+import pytest
+import timm
+import torch
+from timm.optim import param_groups_layer_decay
+
+import timm_fgvc
+from timm_fgvc.engine.checkpoint import load_weights
+from timm_fgvc.models import FGVCModel
+
+METHOD_PREFIXES = ('s3n_',)
+TINY = dict(backbone='test_resnet')  # 0.4 M parameters: contract checks stay fast on CPU
+
+
+def registered_methods():
+    return sorted(n for n in timm.list_models() if n.startswith(METHOD_PREFIXES))
+
+
+def test_import_registers_methods():
+    assert {'s3n_resnet18', 's3n_resnet50', 's3n_resnet101'} <= set(timm.list_models('s3n_*'))
+    assert 's3n_resnet50.cub200' in timm.list_pretrained('s3n_*')
+    assert timm.create_model('s3n_resnet50.cub200').pretrained_cfg['hf_hub_id'] == 'timm-fgvc/s3n_resnet50.cub200'
+
+
+@pytest.mark.parametrize('name', registered_methods())
+def test_create_with_num_classes_and_reset_every_head(name):
+    model = timm.create_model(name, num_classes=7, **TINY)
+    assert isinstance(model, FGVCModel) and model.num_classes == 7
+    heads = model.pretrained_cfg['classifier']
+    assert isinstance(heads, tuple) and len(heads) == len(model.heads)
+    for head in heads:
+        assert model.get_submodule(head).out_features == 7
+    model.reset_classifier(3)
+    for head in heads:
+        assert model.get_submodule(head).out_features == 3
+    assert model.get_classifier() is model.get_submodule(heads[0])
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert model(x).shape == (2, 3)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, model.num_features)
+    out = model.forward_train(x)
+    assert torch.allclose(out.prediction, model(x), atol=1e-5)  # forward is the paper's evaluated output
+
+
+@pytest.mark.parametrize('name', registered_methods())
+def test_backbone_override_and_param_groups(name):
+    model = timm.create_model(name, num_classes=4, backbone='test_convnext')
+    assert model.backbone_name == 'test_convnext'
+    model.eval()
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+    groups = param_groups_layer_decay(model, layer_decay=0.5)  # timm's use of group_matcher
+    assert sum(len(g['params']) for g in groups) == len(list(model.parameters()))
+    pretrained = set(model.pretrained_parameter_names())
+    assert pretrained and all(n.startswith('backbone.') for n in pretrained)
+    assert any(n.startswith('heads.') for n, _ in model.named_parameters() if n not in pretrained)
+
+
+def test_bad_inputs_fail_clearly():
+    model = timm.create_model('s3n_resnet18', num_classes=3, **TINY).eval()
+    with pytest.raises(ValueError, match='channels'):
+        model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match='batch'):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match='too small'):
+        model(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match='Unknown timm backbone'):
+        timm.create_model('s3n_resnet18', backbone='not_a_model')
+
+
+def test_mismatched_and_corrupt_checkpoints_fail_clearly(tmp_path):
+    from safetensors.torch import save_file
+    source = timm.create_model('s3n_resnet18', num_classes=5, **TINY)
+    save_file(source.state_dict(), str(tmp_path / 'model.safetensors'))
+    target = timm.create_model('s3n_resnet18', num_classes=5, **TINY)
+    load_weights(target, tmp_path / 'model.safetensors')
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    with pytest.raises(ValueError, match='trained for 5 classes'):
+        load_weights(timm.create_model('s3n_resnet18', num_classes=7, **TINY), tmp_path / 'model.safetensors')
+    (tmp_path / 'bad.safetensors').write_bytes(b'\x00garbage' * 10)
+    with pytest.raises(ValueError, match='corrupt'):
+        load_weights(target, tmp_path / 'bad.safetensors')
+
+
+def test_unpublished_tag_says_how_to_train():
+    with pytest.raises(timm_fgvc.models.UnpublishedWeightsError, match='train_fgvc.py --config'):
+        timm.create_model('s3n_resnet50.cub200', pretrained=True)

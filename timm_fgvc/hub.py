@@ -1,0 +1,415 @@
+"""Hugging Face Hub I/O (SPEC §5): export a model or a training run as a Hub-ready folder, and push it.
+
+    folder = export_run('output/s3n_resnet50.cub200', 'export/s3n_resnet50.cub200',
+                        hub_config='hub_configs/s3n_resnet50.cub200.yaml')
+    push(folder, 'timm-fgvc/s3n_resnet50.cub200')
+    model = timm.create_model('hf-hub:timm-fgvc/s3n_resnet50.cub200', pretrained=True)  # after `import timm_fgvc`
+
+The folder is timm's own format, written by `timm.models._hub.save_for_hf` (config.json with architecture,
+num_classes, num_features, label_names, model_args and pretrained_cfg; model.safetensors), plus a README.md model
+card built with huggingface_hub's `ModelCard` / `ModelCardData` / `EvalResult`. The card's `model-index` holds only
+measured accuracy (a run's results.json or a hub config's `measured:`); the paper's reported accuracy is shown in
+its own column and never enters the metadata.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import timm
+import torch.nn as nn
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models._hub import save_for_hf
+
+from .cards import (CONFIG_DIR, METHODS, NOT_MEASURED, format_number, format_recipe, load_hub_config,
+                    split_model_name, train_command)
+from .data.catalog import DATASETS, DatasetInfo
+from .engine.checkpoint import load_weights
+
+__all__ = ['RUNTIME_MODEL_ARGS', 'EXPORT_FILES', 'export_model', 'export_run', 'read_run', 'build_model_card',
+           'push']
+
+# factory kwargs that act when the model is built, not what the weights are: never replayed by a Hub load
+# (`pretrained_backbone=True` would download the backbone's ImageNet weights under the fine-tuned ones)
+RUNTIME_MODEL_ARGS = ('pretrained_backbone', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay',
+                      'pretrained_strict', 'checkpoint_path', 'cache_dir')
+EXPORT_FILES = ('config.json', 'model.safetensors', 'README.md')
+_PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.ckpt')
+_RESULTS_KEYS = ('model', 'num_classes')
+_RECIPE_KEYS = ('model', 'pretrained', 'pretrained_backbone', 'model_args', 'dataset', 'shots', 'img_size',
+                'test_img_size', 'crop_pct', 'augment', 'epochs', 'max_steps', 'batch_size', 'grad_accum_steps',
+                'optimizer', 'lr', 'backbone_lr', 'momentum', 'weight_decay', 'scheduler', 'warmup_epochs',
+                'mixed_precision', 'seed', 'max_train_samples', 'max_eval_samples')
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _dataset_info(name: Optional[str]) -> Optional[DatasetInfo]:
+    """A catalog entry from a tag or a Hub dataset id."""
+    if not name:
+        return None
+    return DATASETS.get(name) or next((d for d in DATASETS.values() if d.hub_id == name), None)
+
+
+def _architecture(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if not cfg.get('architecture'):
+        raise ValueError('The model has no pretrained_cfg["architecture"]; build it with timm.create_model().')
+    return cfg['architecture']
+
+
+def _base_model(model: nn.Module, run_config: Dict[str, Any]) -> Optional[str]:
+    """The timm Hub id the weights were initialised from, when the run says (None when unknown)."""
+    try:
+        if run_config.get('pretrained_backbone') and getattr(model, 'backbone_name', None):
+            return resolve_pretrained_cfg(model.backbone_name).hf_hub_id
+        if run_config.get('pretrained') and not str(run_config.get('model', '')).startswith(('hf-hub:', 'local-dir:')):
+            return resolve_pretrained_cfg(run_config['model']).hf_hub_id
+    except (RuntimeError, KeyError, ValueError):
+        pass
+    return None
+
+
+def _measured(results: Optional[dict], hub_config: Optional[dict]) -> Optional[Dict[str, Any]]:
+    """The measured accuracy of these weights: a run's final eval, else the hub config's `measured:`."""
+    final = (results or {}).get('final') or {}
+    top1 = final.get('eval_top1')
+    if isinstance(top1, (int, float)) and math.isfinite(top1):
+        config = results.get('config') or {}
+        info = _dataset_info(results.get('dataset'))
+        top5 = final.get('eval_top5')
+        return dict(
+            top1=float(top1), top5=float(top5) if isinstance(top5, (int, float)) and math.isfinite(top5) else None,
+            dataset=info.hub_id if info and info.hub_id else str(results.get('dataset')),
+            dataset_title=info.title if info else str(results.get('dataset')),
+            tag=info.tag if info else None, split=config.get('eval_split'), samples=final.get('eval_samples'),
+            source='results.json of the training run', device=_device(results))
+    if hub_config and hub_config['measured'].get('top1') is not None:
+        m, info = hub_config['measured'], DATASETS[hub_config['dataset']]
+        return dict(top1=float(m['top1']), top5=None, dataset=info.hub_id or info.tag, dataset_title=info.title,
+                    tag=info.tag, split=None, samples=None, device=m.get('device'), date=m.get('date'),
+                    command=m.get('command'), source=f'`measured:` in {CONFIG_DIR}/{hub_config["model"]}.yaml')
+    return None
+
+
+def _md_list(values: Sequence) -> str:
+    return ', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)
+
+
+def _device(results: Dict[str, Any]) -> str:
+    device, processes = str(results.get('device') or 'unknown device'), int(results.get('num_processes') or 1)
+    return device + (f' x{processes} processes' if processes > 1 else '')
+
+
+# --- the model card ------------------------------------------------------------------------------
+def build_model_card(
+        config: Dict[str, Any],
+        *,
+        repo_id: Optional[str] = None,
+        hub_config: Optional[Dict[str, Any]] = None,
+        results: Optional[Dict[str, Any]] = None,
+        base_model: Optional[str] = None,
+        num_params: Optional[int] = None,
+) -> ModelCard:
+    """The README.md of an export, from its timm `config.json` dict, an optional hub config and run results."""
+    pretrained_cfg = config.get('pretrained_cfg') or {}
+    arch = config['architecture']
+    method, backbone, _ = split_model_name(arch)
+    tag = pretrained_cfg.get('tag')
+    name = hub_config['model'] if hub_config else (f'{arch}.{tag}' if tag else arch)
+    repo_id = repo_id or (hub_config or {}).get('hub_id') or f'<your-hub-user>/{name}'
+    info = DATASETS[hub_config['dataset']] if hub_config else _dataset_info(tag or (results or {}).get('dataset'))
+    measured = _measured(results, hub_config)
+    paper = dict((hub_config or {}).get('paper') or {})
+    if not paper and pretrained_cfg.get('paper_name'):
+        paper = dict(title=pretrained_cfg['paper_name'], venue=pretrained_cfg.get('paper_ids'),
+                     url=None, code=pretrained_cfg.get('origin_url'), top1=None)
+    method_name = METHODS.get(method or '', None)
+
+    tags = ['image-classification', 'timm', 'fine-grained', 'timm-fgvc'] + ([method] if method else [])
+    datasets = [info.hub_id] if info is not None and info.hub_id else None
+    eval_results = None
+    if measured:
+        eval_results = [EvalResult(
+            task_type='image-classification', task_name='Fine-grained image classification',
+            dataset_type=measured['dataset'], dataset_name=measured['dataset_title'],
+            dataset_split=measured['split'], metric_type='accuracy', metric_name='Top-1 accuracy',
+            metric_value=round(measured['top1'], 2), verified=False)]
+        if measured['top5'] is not None:
+            eval_results.append(EvalResult(
+                task_type='image-classification', task_name='Fine-grained image classification',
+                dataset_type=measured['dataset'], dataset_name=measured['dataset_title'],
+                dataset_split=measured['split'], metric_type='accuracy', metric_name='Top-5 accuracy',
+                metric_value=round(measured['top5'], 2), verified=False))
+    card_data = ModelCardData(
+        library_name='timm', pipeline_tag='image-classification', tags=tags, datasets=datasets,
+        license=pretrained_cfg.get('license'), base_model=base_model, metrics=['accuracy'] if measured else None,
+        model_name=name if measured else None, eval_results=eval_results)
+
+    num_classes = config['num_classes']
+    input_size = pretrained_cfg.get('input_size') or (3, 224, 224)
+    what = f'{method_name} ({paper.get("title")})' if method_name else f'timm `{arch}` (a baseline)'
+    lines = [f'# {name}', '']
+    lines.append(f'{what} with a `{backbone}` backbone, '
+                 + (f'fine-tuned on {info.title} ({num_classes} classes).' if info
+                    else f'for {num_classes} classes.')
+                 + ' Packaged by timm-fgvc (`pip install timm-fgvc`), a model zoo of fine-grained classification '
+                   'methods that load through `timm`.')
+    lines += ['', '## Model details', '']
+    lines.append(f'- **Architecture:** `{arch}`' + (' (registered with timm by `import timm_fgvc`)' if method else ''))
+    if base_model:
+        lines.append(f'- **Initialised from:** [`{base_model}`](https://huggingface.co/{base_model}) (ImageNet)')
+    lines.append(f'- **Classes:** {num_classes}' + (' (names in `model.pretrained_cfg["label_names"]`)'
+                                                      if config.get('label_names') else ''))
+    if num_params:
+        lines.append(f'- **Parameters:** {num_params / 1e6:.1f} M')
+    lines.append(f'- **Input:** {input_size[-2]}x{input_size[-1]} px'
+                 + (f' (test {pretrained_cfg["test_input_size"][-1]} px)' if pretrained_cfg.get('test_input_size')
+                    else '')
+                 + f', crop_pct {pretrained_cfg.get("crop_pct")}, {pretrained_cfg.get("interpolation")} '
+                   f'interpolation, mean ({_md_list(pretrained_cfg.get("mean", ()))}), '
+                   f'std ({_md_list(pretrained_cfg.get("std", ()))})')
+    if paper.get('title'):
+        link = f'[{paper["title"]}]({paper["url"]})' if paper.get('url') else paper['title']
+        lines.append(f'- **Paper:** {link}' + (f', {paper["venue"]}' if paper.get('venue') else ''))
+    if paper.get('code'):
+        lines.append(f'- **Original code:** {paper["code"]}')
+    lines.append('- **Weights:** `model.safetensors` (no pickle)')
+
+    lines += ['', '## Usage', '', '```python', 'import timm']
+    if method:
+        lines.append('import timm_fgvc  # registers the timm-fgvc architectures with timm')
+    lines += [
+        'from PIL import Image', '',
+        f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
+        'data_config = timm.data.resolve_model_data_config(model)',
+        'transform = timm.data.create_transform(**data_config, is_training=False)', '',
+        "image = Image.open('image.jpg').convert('RGB')",
+        'probabilities = model(transform(image).unsqueeze(0)).softmax(-1)',
+        'top5 = probabilities.topk(5)',
+    ]
+    if config.get('label_names'):
+        lines.append("print([model.pretrained_cfg['label_names'][i] for i in top5.indices[0].tolist()])")
+    lines += ['```']
+
+    lines += ['', '## Training', '']
+    run_config = (results or {}).get('config') or {}
+    if run_config:
+        base = hub_config['train'] if hub_config else None
+        base_path = f'{CONFIG_DIR}/{hub_config["model"]}.yaml' if hub_config else None
+        command = train_command(run_config, base=base, base_path=base_path,
+                                num_processes=int((results or {}).get('num_processes') or 1))
+        recipe = {k: run_config[k] for k in _RECIPE_KEYS if k in run_config}
+        lines += ['These weights come from the training run summarised here (its `results.json`):', '',
+                  f'```bash\n{command}\n```', '', f'Recipe: {format_recipe(recipe, skip=())}']
+        limits = [f'`{k}={run_config[k]}`' for k in ('shots', 'max_steps', 'max_train_samples', 'max_eval_samples')
+                  if run_config.get(k) is not None]
+        if limits:
+            lines += ['', f'Note: a reduced protocol ({", ".join(limits)}); the measured accuracy is not comparable '
+                          'to the paper\'s full-dataset number.']
+    elif hub_config:
+        lines += [f'The recipe of `{CONFIG_DIR}/{hub_config["model"]}.yaml` (timm-fgvc):', '',
+                  f'```bash\naccelerate launch train_fgvc.py --config {CONFIG_DIR}/{hub_config["model"]}.yaml\n```',
+                  '', f'Recipe: {format_recipe(hub_config["train"], skip=())}']
+    else:
+        lines.append('No training record was given with this export.')
+
+    lines += ['', '## Results', '',
+              'Top-1 accuracy (%). *Paper* is the number the authors report (their backbone and protocol); '
+              '*measured* is what timm-fgvc measured for these weights. Only measured numbers enter the '
+              'model-index metadata.', '',
+              '| Dataset | Paper top-1 (reported) | Measured top-1 (timm-fgvc) | Measured top-5 | Measured on |',
+              '|---|---|---|---|---|']
+    paper_top1 = format_number(paper['top1']) if paper.get('top1') is not None else 'not reported'
+
+    def where(m: dict) -> str:
+        parts = [p for p in (f'split `{m["split"]}`' if m.get('split') else None,
+                             f'{m["samples"]} images' if m.get('samples') else None,
+                             m.get('device'), m.get('date')) if p]
+        return ', '.join(parts) or m['source']
+
+    same = measured is not None and info is not None and measured.get('tag') == info.tag
+    if info is not None:
+        cells = ([format_number(measured['top1']), format_number(measured['top5']), where(measured)] if same
+                 else [NOT_MEASURED, '–', '–'])
+        lines.append(f'| {info.title} | {paper_top1} | ' + ' | '.join(cells) + ' |')
+    if measured is not None and not same:
+        lines.append(f'| {measured["dataset_title"]} | – | {format_number(measured["top1"])} | '
+                     f'{format_number(measured["top5"])} | {where(measured)} |')
+    if info is None and measured is None:
+        lines.append(f'| – | {paper_top1} | {NOT_MEASURED} | – | – |')
+    if measured and measured.get('command'):
+        lines += ['', f'Measured with: `{measured["command"]}`']
+
+    if paper.get('title'):
+        lines += ['', '## Citation', '', 'If you use this model, please cite the paper:', '',
+                  f'> {paper["title"]}. {paper.get("venue") or ""}. {paper.get("url") or ""}'.rstrip()]
+    body = '\n'.join(lines) + '\n'
+    return ModelCard(f'---\n{card_data.to_yaml()}\n---\n\n{body}')
+
+
+# --- export --------------------------------------------------------------------------------------
+def export_model(
+        model: nn.Module,
+        out_dir: Union[str, Path],
+        *,
+        label_names: Optional[Sequence[str]] = None,
+        results: Optional[Dict[str, Any]] = None,
+        hub_config: Optional[Union[str, Path, Dict[str, Any]]] = None,
+        data_config: Optional[Dict[str, Any]] = None,
+        repo_id: Optional[str] = None,
+) -> Path:
+    """Write a Hub-ready folder for `model`: config.json + model.safetensors (timm's `save_for_hf`) + README.md.
+
+    `label_names` default to the model's `pretrained_cfg['label_names']`; `data_config` (input_size, crop_pct,
+    mean, std, interpolation, ...) is the preprocessing the weights expect; `results` is a run's results.json
+    and `hub_config` a `hub_configs/*.yaml` (path or dict) for the card. Runtime-only model args
+    (`RUNTIME_MODEL_ARGS`) are left out of config.json. `repo_id` names the repo in the card's usage snippet
+    (default: the hub config's `hub_id`).
+    """
+    out_dir = Path(out_dir)
+    hub_config = load_hub_config(hub_config) if hub_config is not None else None
+    arch = _architecture(model)
+    num_classes = model.num_classes
+    if hub_config:
+        expected_arch = hub_config['model'].split('.')[0]
+        info = DATASETS[hub_config['dataset']]
+        if arch != expected_arch:
+            raise ValueError(f'The model is {arch!r} but hub config {hub_config["model"]!r} is for {expected_arch!r}.')
+        if num_classes != info.num_classes:
+            raise ValueError(f'The model has {num_classes} classes but {hub_config["model"]!r} is for {info.title} '
+                             f'({info.num_classes} classes).')
+    if label_names is None:
+        label_names = (model.pretrained_cfg or {}).get('label_names')
+        if label_names is not None and len(label_names) != num_classes:
+            label_names = None  # the architecture's default cfg, not these weights
+    if label_names is not None:
+        label_names = [str(n) for n in label_names]
+        if len(label_names) != num_classes:
+            raise ValueError(f'{len(label_names)} label names for a model with {num_classes} classes.')
+
+    # the dataset tag of these weights: the hub config's, else the run's (a tag left from the architecture's
+    # default cfg, e.g. `a1_in1k` or `cub200`, would misdescribe fine-tuned weights)
+    results_info = _dataset_info((results or {}).get('dataset'))
+    dataset_tag = hub_config['dataset'] if hub_config else (results_info.tag if results_info else None)
+    if hub_config and results_info and results_info.tag != hub_config['dataset']:
+        raise ValueError(f'The run was trained on {results_info.title} but hub config {hub_config["model"]!r} is '
+                         f'for {DATASETS[hub_config["dataset"]].title}.')
+
+    saved_args = getattr(model, '_model_args', None)
+    if saved_args is not None:
+        model._model_args = {k: v for k, v in saved_args.items() if k not in RUNTIME_MODEL_ARGS}
+    try:
+        save_for_hf(model, out_dir, model_config={'label_names': label_names} if label_names else None,
+                    safe_serialization=True, data_config=data_config)
+    finally:
+        if saved_args is not None:
+            model._model_args = saved_args
+
+    config_path = out_dir / 'config.json'
+    config = json.loads(config_path.read_text())
+    if dataset_tag:
+        config['pretrained_cfg']['tag'] = dataset_tag
+    else:
+        config['pretrained_cfg'].pop('tag', None)
+    config_path.write_text(json.dumps(config, indent=2))
+
+    run_config = dict((results or {}).get('config') or {})
+    if not run_config and hub_config:
+        run_config = dict(hub_config['train'])
+    card = build_model_card(
+        config, repo_id=repo_id, hub_config=hub_config, results=results, base_model=_base_model(model, run_config),
+        num_params=sum(p.numel() for p in model.parameters()))
+    card.save(out_dir / 'README.md')
+    return out_dir
+
+
+def read_run(run_dir: Union[str, Path], weights: bool = True) -> Dict[str, Any]:
+    """A training run's results.json (checked), with clear errors for a missing or damaged run folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f'No training run folder at {run_dir}.')
+    results_path = run_dir / 'results.json'
+    if not results_path.is_file():
+        raise FileNotFoundError(f'Run folder {run_dir} has no results.json; train_fgvc.py writes it (with '
+                                'model.safetensors) when training finishes. Is the run complete?')
+    if weights and not (run_dir / 'model.safetensors').is_file():
+        raise FileNotFoundError(f'Run folder {run_dir} has no model.safetensors (the final weights written by '
+                                'train_fgvc.py). Is the run complete?')
+    try:
+        results = json.loads(results_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f'{results_path} is not valid JSON ({e}); the run folder is damaged.') from e
+    if not isinstance(results, dict):
+        raise ValueError(f'{results_path} does not hold a results object.')
+    missing = [k for k in _RESULTS_KEYS if k not in results]
+    if missing:
+        raise ValueError(f'{results_path} lacks {missing}; it was not written by train_fgvc.py.')
+    return results
+
+
+def _run_data_config(results: Dict[str, Any]) -> Dict[str, Any]:
+    """The preprocessing of a run (its eval transform), as a timm data config."""
+    data = results.get('data_config') or {}
+    out = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+           if k in ('input_size', 'crop_pct', 'crop_mode', 'mean', 'std', 'interpolation')}
+    test_size = (results.get('config') or {}).get('test_img_size')
+    if test_size:
+        channels = out.get('input_size', (3,))[0]
+        out['test_input_size'] = (channels, test_size, test_size)
+    return out
+
+
+def export_run(
+        run_dir: Union[str, Path],
+        out_dir: Union[str, Path],
+        hub_config: Optional[Union[str, Path, Dict[str, Any]]] = None,
+        repo_id: Optional[str] = None,
+) -> Path:
+    """Rebuild a train_fgvc.py run's model from its results.json + model.safetensors and `export_model` it.
+
+    The export carries the run's label names and preprocessing (input_size, crop_pct, mean, std, interpolation,
+    test size), and its card the run's measured accuracy and recipe.
+    """
+    run_dir = Path(run_dir)
+    results = read_run(run_dir)
+    name = results['model']
+    if ':' not in name:
+        name = name.split('.')[0]  # the run's tag named its dataset, not these weights
+    model = timm.create_model(name, pretrained=False, num_classes=results['num_classes'],
+                              **(results.get('model_args') or {}))
+    load_weights(model, run_dir / 'model.safetensors')
+    model.eval()
+    label_names = results.get('label_names')
+    if label_names is not None and len(label_names) != results['num_classes']:
+        raise ValueError(f'{run_dir / "results.json"} has {len(label_names)} label names for '
+                         f'{results["num_classes"]} classes.')
+    return export_model(model, out_dir, label_names=label_names, results=results, hub_config=hub_config,
+                        data_config=_run_data_config(results), repo_id=repo_id)
+
+
+# --- push ----------------------------------------------------------------------------------------
+def push(
+        folder: Union[str, Path],
+        repo_id: str,
+        token: Optional[str] = None,
+        private: bool = False,
+        commit_message: str = 'Upload timm-fgvc model (config.json, model.safetensors, model card)',
+):
+    """Upload an exported folder to `repo_id` (created if needed); returns the commit info. Needs a token."""
+    folder = Path(folder)
+    missing = [n for n in EXPORT_FILES if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f'{folder} is not an export folder: missing {missing}. Run `timm-fgvc export` first.')
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f'{folder} holds pickle weights {pickles}; only model.safetensors is uploaded. Remove them.')
+    if f'hf-hub:{repo_id}' not in (folder / 'README.md').read_text():
+        warnings.warn(f'The model card in {folder} does not show loading from hf-hub:{repo_id}; re-export with '
+                      f'--repo-id {repo_id} to fix its usage snippet.')
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
