@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import timm_fgvc  # noqa: F401  (registers the methods)
-from timm_fgvc.hub import export_model, export_run
+from timm_fgvc.cli import main as cli_main
+from timm_fgvc.hub import export_model, export_run, push
 from timm_fgvc.models import UnpublishedWeightsError
 
 LABELS = ['acadian_flycatcher', 'baird_sparrow', 'cape_may_warbler', 'gray_catbird', 'indigo_bunting']
@@ -162,3 +163,21 @@ def test_export_checks_the_hub_config_matches(tmp_path, repo_root):
         export_model(model, tmp_path / 'export', hub_config=repo_root / 'hub_configs' / 's3n_resnet18.cub200.yaml')
     with pytest.raises(ValueError, match="'s3n_resnet50'"):
         export_model(model, tmp_path / 'export', hub_config=repo_root / 'hub_configs' / 's3n_resnet50.cub200.yaml')
+
+
+def test_cli_export_and_its_errors(make_run, tmp_path, capsys):
+    run = make_run(_random_model('resnet18'), label_names=LABELS)
+    assert cli_main(['export', '--run', str(run), '--out', str(tmp_path / 'export')]) == 0
+    assert json.loads((tmp_path / 'export' / 'config.json').read_text())['label_names'] == LABELS
+    assert cli_main(['export', '--run', str(tmp_path / 'missing'), '--out', str(tmp_path / 'x')]) == 2
+    assert 'No training run folder' in capsys.readouterr().err
+
+
+def test_push_refuses_incomplete_or_pickled_folders(make_run, tmp_path):
+    """Checked before any Hub call: these raise without a token or network."""
+    with pytest.raises(FileNotFoundError, match='README.md'):
+        push(tmp_path, 'someone/model')
+    folder = export_run(make_run(_random_model('resnet18')), tmp_path / 'export')
+    (folder / 'pytorch_model.bin').write_bytes(b'pickle')
+    with pytest.raises(ValueError, match='pickle'):
+        push(folder, 'someone/model')

@@ -1,6 +1,5 @@
 """Hub configs, MODEL_CARDS.md and the exported model card (SPEC §1, §3, §5)."""
 import io
-import json
 import shutil
 
 import pytest

@@ -60,7 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .hub import push
             info = push(args.folder, args.repo_id, token=args.token, private=args.private,
                         commit_message=args.commit_message)
-            print(f'Pushed {args.folder} -> https://huggingface.co/{args.repo_id} ({getattr(info, "commit_url", info)})')
+            url = getattr(info, 'commit_url', info)
+            print(f'Pushed {args.folder} -> https://huggingface.co/{args.repo_id} ({url})')
             print('If this is a timm-fgvc release: set `published: true` in its hub config, add the repo to '
                   'PUBLISHED_WEIGHTS (timm_fgvc/models/_builder.py) and run `timm-fgvc cards`.')
         elif args.action == 'cards':

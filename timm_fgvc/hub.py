@@ -17,7 +17,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import timm
 import torch.nn as nn
@@ -379,8 +379,8 @@ def export_run(
     name = results['model']
     if ':' not in name:
         name = name.split('.')[0]  # the run's tag named its dataset, not these weights
-    model = timm.create_model(name, pretrained=False, num_classes=results['num_classes'],
-                              **(results.get('model_args') or {}))
+    model_args = {k: v for k, v in (results.get('model_args') or {}).items() if k not in RUNTIME_MODEL_ARGS}
+    model = timm.create_model(name, pretrained=False, num_classes=results['num_classes'], **model_args)
     load_weights(model, run_dir / 'model.safetensors')
     model.eval()
     label_names = results.get('label_names')

@@ -15,7 +15,8 @@ import datasets
 import numpy as np
 import torch
 
-__all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices', 'attach_transform']
+__all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices', 'attach_transform',
+           'SeededTransform', 'collate']
 
 _IMAGE_NAMES = ('image', 'img', 'images', 'picture', 'pixel_values')
 _LABEL_NAMES = ('label', 'labels', 'class', 'fine_label', 'category', 'target')
@@ -136,14 +137,41 @@ def load_fgvc_dataset(
                     image_column=image_column, label_column=label_column, source=source)
 
 
+class SeededTransform:
+    """A random transform whose draws depend only on (seed, epoch, sample index).
+
+    Augmentation is then identical whatever the number of workers or processes, and a resumed run
+    sees exactly the images the interrupted one would have seen. The global RNG is left untouched.
+    """
+
+    def __init__(self, transform: Callable, seed: int = 0):
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def __call__(self, image, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_003 + int(index)) % (2 ** 63))
+            return self.transform(image)
+
+
 def attach_transform(dataset: datasets.Dataset, transform: Callable, image_column: str,
                      label_column: str) -> datasets.Dataset:
-    """Lazily map rows to `{'pixel_values': Tensor, 'labels': int}` with a torchvision/timm transform."""
+    """Lazily map rows to `{'pixel_values': Tensor, 'labels': int}` with a torchvision/timm transform.
+
+    A `SeededTransform` gets each row's index (an `__index__` column is added for it).
+    """
+    seeded = isinstance(transform, SeededTransform)
+    if seeded:
+        dataset = dataset.add_column('__index__', list(range(len(dataset))))
+
     def apply(batch: Dict[str, list]) -> Dict[str, list]:
-        return {
-            'pixel_values': [transform(image.convert('RGB')) for image in batch[image_column]],
-            'labels': batch[label_column],
-        }
+        images = [image.convert('RGB') for image in batch[image_column]]
+        if seeded:
+            pixels = [transform(image, index) for image, index in zip(images, batch['__index__'])]
+        else:
+            pixels = [transform(image) for image in images]
+        return {'pixel_values': pixels, 'labels': batch[label_column]}
     return dataset.with_transform(apply)
 
 

@@ -61,6 +61,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     clip_grad: Optional[float] = None
     mixed_precision: str = 'no'
+    cpu: bool = False
     channels_last: bool = False
     start_stage: int = 0
     seed: int = 0

@@ -28,7 +28,7 @@ from timm.data import create_transform, resolve_data_config
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from ..data.loading import attach_transform, collate, load_fgvc_dataset
+from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc_dataset
 from ..models._base import TrainingStage
 from .checkpoint import load_weights
 from .config import TrainConfig
@@ -189,6 +189,12 @@ def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int) -> torc
 
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: TrainConfig) -> dict:
+    """Top-1/top-5 of the main logits and top-1 of every head, gathered over processes."""
+    with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training run's random stream
+        return _evaluate(accelerator, step_module, loader, cfg)
+
+
+def _evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: TrainConfig) -> dict:
     step_module.eval()
     correct: Dict[str, List[torch.Tensor]] = {}
     losses = []
@@ -230,7 +236,9 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep
 def train(cfg: TrainConfig) -> dict:
     """Run a whole training job; returns the results that are also written to `results.json`."""
     output_dir = Path(cfg.output_dir)
+    distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
     accelerator = Accelerator(
+        cpu=cfg.cpu or (distributed and not torch.cuda.is_available()),  # CPU-only DDP needs gloo via cpu=True
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum_steps,
         log_with=cfg.log_with or None,
@@ -253,16 +261,18 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_tf, eval_tf, data_cfg = build_transforms(model, cfg)
+    train_tf = SeededTransform(train_tf, cfg.seed)
     train_set = attach_transform(data.train, train_tf, data.image_column, data.label_column)
+    # loaders draw their worker base seed from their own generator, not the global RNG that the model uses
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
-        collate_fn=collate, num_workers=cfg.num_workers)
+        collate_fn=collate, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     eval_loader = None
     if data.eval is not None and len(data.eval):
         eval_set = attach_transform(data.eval, eval_tf, data.image_column, data.label_column)
         eval_loader = torch.utils.data.DataLoader(
             eval_set, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, collate_fn=collate,
-            num_workers=cfg.num_workers)
+            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
     stages = model.training_stages() if hasattr(model, 'training_stages') else [TrainingStage('main')]
     if not 0 <= cfg.start_stage < len(stages):
@@ -314,6 +324,7 @@ def train(cfg: TrainConfig) -> dict:
         epoch = state.step // steps_per_epoch
         skip_batches = (state.step - epoch * steps_per_epoch) * cfg.grad_accum_steps
         train_loader.set_epoch(epoch)
+        train_tf.epoch = epoch
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
         for batch in loader:
             index = stage_of(state.step)
