@@ -151,9 +151,10 @@ def build_model_card(
 
     num_classes = config['num_classes']
     input_size = pretrained_cfg.get('input_size') or (3, 224, 224)
-    what = f'{method_name} ({paper.get("title")})' if method_name else f'timm `{arch}` (a baseline)'
+    what = (f'{method_name} ({paper.get("title")}) with a `{backbone}` backbone' if method_name
+            else f'The plain timm `{arch}` (a baseline without an FGVC method)')
     lines = [f'# {name}', '']
-    lines.append(f'{what} with a `{backbone}` backbone, '
+    lines.append(f'{what}, '
                  + (f'fine-tuned on {info.title} ({num_classes} classes).' if info
                     else f'for {num_classes} classes.')
                  + ' Packaged by timm-fgvc (`pip install timm-fgvc`), a model zoo of fine-grained classification '

@@ -15,7 +15,7 @@ __all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'fgvc_cfg', 'tagged_cfgs', 'build_fgv
 HUB_ORG = 'timm-fgvc'
 
 # Hub ids whose weights are uploaded; a tag not listed here fails early with how to train it.
-# Keep in sync with `published: true` in hub_configs/ (tests/test_hub_configs.py checks this).
+# Keep in sync with `published: true` in hub_configs/ (tests/test_model_cards.py checks this).
 PUBLISHED_WEIGHTS: frozenset = frozenset()
 
 _PAPER_MEAN = (0.485, 0.456, 0.406)
