@@ -81,6 +81,9 @@ def _load_raw(source: str, config_name: Optional[str], synthetic_args: Optional[
     if os.path.isdir(source):
         try:
             return datasets.load_dataset('imagefolder', data_dir=source)
+        except datasets.data_files.EmptyDatasetError as e:
+            raise ValueError(f'No images found in {source!r}. Expected <dir>/<class>/<image> or '
+                             '<dir>/<split>/<class>/<image> (jpg, png, ...).') from e
         except ValueError as e:
             raise ValueError(f'Could not read an image folder at {source!r} ({e}). Expected '
                              '<dir>/<class>/<image> or <dir>/<split>/<class>/<image>.') from e

@@ -1,0 +1,115 @@
+"""Shared helpers of the benchmark scripts: method discovery, run metadata, results files.
+
+The scripts in `bench/` are run as files (`python bench/throughput.py ...`), not imported as a package, so
+this module is imported by path (`bench/` is on `sys.path` when a script in it runs).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / 'bench' / 'results'
+if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO))
+
+import timm  # noqa: E402
+import timm_fgvc  # noqa: E402,F401  (registers the methods with timm)
+
+# method prefix -> (display name, paper backbone, paper resolution); SPEC §6 and the papers' experiment sections
+METHODS: Dict[str, tuple] = {
+    's3n': ('S3N', 'resnet50', 448),
+    'lfd': ('LFD', 'resnet50', 448),
+    'caa': ('CAA', 'resnet50', 448),
+    'hsm': ('HSM', 'resnet152', 224),
+    'ssanet': ('SSANet', 'resnet50', 448),
+}
+SMALL_BACKBONE, SMALL_RESOLUTION = 'resnet18', 224
+
+
+def registered_variants(methods: Optional[Sequence[str]] = None) -> List[str]:
+    """Every registered `<method>_<backbone>` (no tags) of the given method prefixes, from the timm registry."""
+    methods = list(methods) if methods else list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f'Unknown method(s) {unknown}; known: {list(METHODS)}.')
+    return sorted(n for n in timm.list_models() if n.split('_')[0] in methods)
+
+
+def split_variant(name: str) -> tuple:
+    """`'s3n_resnet50'` -> `('s3n', 'resnet50')`."""
+    method, _, backbone = name.partition('_')
+    return method, backbone
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                model = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f'{model} ({os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()})'
+
+
+def git_revision() -> Optional[str]:
+    try:
+        rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (rev + ('-dirty' if dirty else '')) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def command_line() -> str:
+    """The command as typed, relative to the repo root, for the README's 'command' column."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(REPO)
+    except ValueError:
+        pass
+    return ' '.join(['python', shlex.quote(str(script))] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def run_metadata(device: torch.device) -> dict:
+    return {
+        'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+        'device': device_name(device),
+        'device_type': device.type,
+        'torch': torch.__version__,
+        'timm': timm.__version__,
+        'timm_fgvc': getattr(timm_fgvc, '__version__', None),
+        'git': git_revision(),
+        'command': command_line(),
+    }
+
+
+def merge_results(path: Path, entries: List[dict], key_fields: Sequence[str]) -> List[dict]:
+    """Add `entries` to the JSON list in `path`, replacing older entries with the same key; returns the list."""
+    old = []
+    if path.exists():
+        try:
+            old = json.loads(path.read_text()).get('entries', [])
+        except (ValueError, AttributeError):
+            old = []
+    key = lambda e: tuple(json.dumps(e.get(k), sort_keys=True) for k in key_fields)  # noqa: E731
+    new_keys = {key(e) for e in entries}
+    merged = [e for e in old if key(e) not in new_keys] + list(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({'entries': merged}, indent=2) + '\n')
+    return merged

@@ -1,0 +1,541 @@
+#!/usr/bin/env python
+"""Throughput of every method against its backbone bound; torch.compile and torch.export checks.
+
+For each registered method variant (by default the paper's backbone at the paper's resolution and the resnet18
+variant at 224), on the current device:
+
+- inference: the method's eval `forward` vs the backbone bound, both under `torch.inference_mode()`;
+- training: `forward_train` + `loss` + backward + SGD step vs the bound's passes with backward + SGD step;
+- peak memory of each (CUDA: `torch.cuda.max_memory_allocated` above the memory held before the step;
+  CPU: peak resident set size above the RSS before the step, sampled every 2 ms by a thread, and the
+  `resource.getrusage` max-RSS delta; both approximate: allocator caching and the sampling interval blur them);
+- `overhead = method time / bound time` (target: inference <= 1.15, training <= 1.25);
+- with `--compile`: `torch.compile` of the eval forward, checked against eager (allclose), and the timed passes
+  use the compiled modules;
+- `torch.export.export(model.eval(), (x,))` of the eval forward (skip with `--no-export`): success, or the
+  error's first line.
+
+The backbone bound is the plain backbone passes a method cannot avoid (see `BOUNDS` below): the same timm
+backbone (a fresh `create_backbone(<backbone>)`, same weights layout and memory format), called with
+`forward_features` on the shapes the method feeds it. Timing: `--warmup` untimed iterations, then the median of
+`--iters` timed ones (`time.perf_counter`, `torch.cuda.synchronize()` on CUDA).
+
+    python bench/throughput.py --quick                                   # CPU smoke: resnet18 variants, 2 images
+    python bench/throughput.py --variants s3n_resnet18 --batch-size 8 --iters 5
+    python bench/throughput.py --device cuda --amp bf16 --channels-last --compile --batch-size 16
+
+Results are merged into `bench/results/throughput_<device>.json` (one entry per variant and setting).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (METHODS, RESULTS_DIR, SMALL_BACKBONE, SMALL_RESOLUTION, merge_results,  # noqa: E402
+                     registered_variants, run_metadata, split_variant)
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from timm_fgvc.models import create_backbone  # noqa: E402
+
+INFERENCE_TARGET, TRAINING_TARGET = 1.15, 1.25
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The backbone bound of each method: the plain backbone passes it cannot avoid
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pass:
+    """One plain backbone pass: `batch_factor * B` images of `size` px; `input_grad`: the input needs a gradient
+    (in training, a method whose parameters learn through a resampled image must back-propagate into it)."""
+    batch_factor: int
+    size: int
+    input_grad: bool = False
+    module: str = 'backbone'  # 'backbone' or 'alexnet_conv1_4' (HSM's saliency branch)
+
+
+def _s3n_bound(model: nn.Module, size: int) -> List[Pass]:
+    # O on the input, then D and C on the two resampled images of the input's size, batched as the model does.
+    # beta1/beta2 learn through the resampled images (grid_sample -> grid -> sampling maps -> Eq. 5), so in
+    # training the 2B pass must also back-propagate into its input.
+    return [Pass(1, size), Pass(2, size, input_grad=True)]
+
+
+def _lfd_bound(model: nn.Module, size: int) -> List[Pass]:
+    # the image at full size, then m = 6 regions cropped (roi_align, no grad into the image) and zoomed to 224
+    # at the paper's 448 (half the input side in general)
+    regions = int(getattr(model, 'num_regions', 6))
+    region_size = int(getattr(model, 'region_size', None) or size // 2)
+    return [Pass(1, size), Pass(regions, region_size)]
+
+
+def _caa_bound(model: nn.Module, size: int) -> List[Pass]:
+    # one pass per scale at the input size (each scale zooms its crop back to the input size); training counts
+    # every scale with backward (joint fine-tuning; a staged run back-propagates through fewer)
+    scales = int(getattr(model, 'num_scales', 3))
+    return [Pass(scales, size)]
+
+
+def _hsm_bound(model: nn.Module, size: int) -> List[Pass]:
+    # one backbone pass plus the saliency branch (AlexNet conv1-4 shapes, Sec. 3): both are plain CNN passes the
+    # method cannot avoid; the modulation itself (l * (s + 1)) is the method's overhead
+    return [Pass(1, size), Pass(1, size, module='alexnet_conv1_4')]
+
+
+def _ssanet_bound(model: nn.Module, size: int) -> List[Pass]:
+    # the image (navigator + anchors on its map), then K = 4 part crops zoomed to half the input side (NTS-Net
+    # style); scale candidates from roi_align on a shared map cost nothing more (the SPEC's fast option), the
+    # paper's separate crops add K * S candidate passes
+    parts = int(getattr(model, 'num_parts', 4))
+    passes = [Pass(1, size), Pass(parts, size // 2)]
+    if getattr(model, 'candidate_features', 'roi_align') != 'roi_align':
+        passes.append(Pass(parts * int(getattr(model, 'num_scales', 5)), size // 2))
+    return passes
+
+
+BOUNDS: Dict[str, tuple] = {
+    's3n': (_s3n_bound, '3 passes at the input size (B + 2B images; the 2B pass back-propagates into its input '
+                        'in training)'),
+    'lfd': (_lfd_bound, '1 pass at the input size + m = 6 region passes at half the input size (224 at 448)'),
+    'caa': (_caa_bound, '1 pass per scale (3) at the input size'),
+    'hsm': (_hsm_bound, '1 backbone pass + the AlexNet conv1-4 saliency branch, both at the input size'),
+    'ssanet': (_ssanet_bound, '1 pass at the input size + K = 4 part passes at half the input size'),
+}
+
+
+def alexnet_conv1_4() -> nn.Module:
+    """HSM's saliency branch shapes (AlexNet conv1-4 and a 1x1 conv to one map)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 1, 1), nn.ReLU(inplace=True))
+
+
+class BackboneBound(nn.Module):
+    """The bound as a module: `forward(B images)` runs every pass on random inputs of the pass's shape.
+
+    The inputs are made once per batch size (outside the timed region) so the bound times only the passes.
+    """
+
+    def __init__(self, backbone_name: str, passes: List[Pass], in_chans: int = 3):
+        super().__init__()
+        self.passes = passes
+        self.backbone = create_backbone(backbone_name, in_chans=in_chans)
+        if any(p.module == 'alexnet_conv1_4' for p in passes):
+            self.saliency = alexnet_conv1_4()
+        self._inputs: Dict[tuple, List[torch.Tensor]] = {}
+
+    def make_inputs(self, batch: int, device, dtype, channels_last: bool, training: bool) -> List[torch.Tensor]:
+        inputs = []
+        for p in self.passes:
+            x = torch.randn(p.batch_factor * batch, 3, p.size, p.size, device=device, dtype=dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            inputs.append(x.requires_grad_(training and p.input_grad))
+        return inputs
+
+    def run(self, inputs: List[torch.Tensor], forward_features: Optional[Callable] = None) -> torch.Tensor:
+        """Sum of the passes' mean features (a scalar to back-propagate)."""
+        forward_features = forward_features or self.backbone.forward_features
+        total = 0.
+        for p, x in zip(self.passes, inputs):
+            out = self.saliency(x) if p.module == 'alexnet_conv1_4' else forward_features(x)
+            total = total + out.float().mean()
+        return total
+
+    def describe(self) -> str:
+        return ' + '.join(f"{p.batch_factor}B x {p.size}px{' (input grad)' if p.input_grad else ''}"
+                          f"{' [' + p.module + ']' if p.module != 'backbone' else ''}" for p in self.passes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Timing and memory
+# --------------------------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+class _RSSSampler:
+    """Peak RSS while active, sampled every `interval` seconds by a thread (CPU memory, approximate)."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def __enter__(self):
+        self.start_rss = self.peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def peak_memory(fn: Callable[[], None], device: torch.device) -> dict:
+    """Memory one call of `fn` needs above what was held before it, in MiB."""
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return {'peak_mib': (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20,
+                'how': 'torch.cuda.max_memory_allocated above the allocation before the call'}
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with _RSSSampler() as sampler:
+        fn()
+    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {'peak_mib': (sampler.peak - sampler.start_rss) / 2 ** 20,
+            'maxrss_delta_mib': (maxrss_after - maxrss_before) / 1024,
+            'how': 'CPU, approximate: peak RSS (sampled every 2 ms) above the RSS before the call; '
+                   'maxrss_delta is the process max-RSS growth (0 when an earlier step already peaked higher)'}
+
+
+def summary(times: List[float], batch: int) -> dict:
+    median = statistics.median(times)
+    return {'median_s': median, 'images_per_s': batch / median, 'times_s': [round(t, 5) for t in times]}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One variant
+# --------------------------------------------------------------------------------------------------------------
+def autocast_ctx(device: torch.device, amp: str):
+    if amp == 'none':
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}[amp])
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {text[0] if text else ""}'[:300]
+
+
+def _main_output(out):
+    return out if torch.is_tensor(out) else out[0] if isinstance(out, (tuple, list)) else out
+
+
+def compare(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> dict:
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+    diff = (a - b).abs()
+    return {'allclose': bool(torch.allclose(a, b, rtol=rtol, atol=atol)), 'max_abs_diff': float(diff.max()),
+            'rtol': rtol, 'atol': atol, 'same_argmax': bool((a.argmax(-1) == b.argmax(-1)).all())}
+
+
+def export_check(model: nn.Module, x: torch.Tensor) -> dict:
+    """`torch.export.export` of the eval forward (fp32, no autocast); the exported program must match eager."""
+    model.eval()
+    start = time.perf_counter()
+    try:
+        program = torch.export.export(model, (x,))
+    except Exception as e:  # report, do not stop the benchmark
+        return {'ok': False, 'error': first_line(e), 'seconds': time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    with torch.inference_mode():
+        match = compare(program.module()(x), model(x), rtol=1e-4, atol=1e-4)
+    return {'ok': True, 'seconds': seconds, 'matches_eager': match}
+
+
+def compile_check(model: nn.Module, x: torch.Tensor, amp: str, device: torch.device, mode: Optional[str]) -> tuple:
+    """`torch.compile` of the eval forward; returns (report, compiled module or None)."""
+    model.eval()
+    start = time.perf_counter()
+    try:
+        compiled = torch.compile(model, mode=mode)
+        with torch.inference_mode(), autocast_ctx(device, amp):
+            out_compiled = compiled(x)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            out_eager = model(x)
+    except Exception as e:
+        return {'ok': False, 'error': first_line(e), 'seconds': time.perf_counter() - start}, None
+    tol = 1e-3 if amp == 'none' else 5e-2
+    return {'ok': True, 'first_call_seconds': seconds,
+            'matches_eager': compare(out_compiled, out_eager, rtol=tol, atol=tol)}, compiled
+
+
+def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
+    method, backbone_name = split_variant(name)
+    bound_fn, bound_text = BOUNDS[method]
+    batch = args.batch_size
+    torch.manual_seed(args.seed)
+    model = timm.create_model(name, num_classes=args.num_classes).to(device)
+    passes = bound_fn(model, size)
+    bound = BackboneBound(model.backbone_name, passes).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    bound = bound.to(memory_format=memory_format)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, args.num_classes, (batch,), device=device)
+    entry = {
+        'variant': name, 'method': method, 'method_name': METHODS[method][0], 'backbone': backbone_name,
+        'img_size': size, 'batch_size': batch, 'amp': args.amp, 'channels_last': args.channels_last,
+        'compile': args.compile, 'num_classes': args.num_classes, 'warmup': args.warmup, 'iters': args.iters,
+        'params_m': sum(p.numel() for p in model.parameters()) / 1e6,
+        'bound': {'definition': bound_text, 'passes': bound.describe()},
+        'paper_variant': backbone_name == METHODS[method][1] and size == METHODS[method][2],
+    }
+    print(f'\n== {name} @ {size}px, batch {batch}, amp {args.amp}, channels_last {args.channels_last}, '
+          f'compile {args.compile}; bound: {bound.describe()}', flush=True)
+
+    # --- compile / export checks (eval forward) ---
+    infer_model, bound_features = model, None
+    if args.compile:
+        report, compiled = compile_check(model, x, args.amp, device, args.compile_mode)
+        entry['torch_compile'] = report
+        print(f'  torch.compile: {json.dumps(report)}', flush=True)
+        if compiled is not None:
+            infer_model = compiled
+            bound_features = torch.compile(bound.backbone.forward_features, mode=args.compile_mode)
+    if args.export:
+        entry['torch_export'] = export_check(model, x)
+        print(f"  torch.export: {json.dumps(entry['torch_export'])}", flush=True)
+
+    # --- inference ---
+    model.eval()
+    bound.eval()
+    bound_inputs = bound.make_inputs(batch, device, x.dtype, args.channels_last, training=False)
+
+    def method_infer():
+        with torch.inference_mode(), autocast_ctx(device, args.amp):
+            infer_model(x)
+
+    def bound_infer():
+        with torch.inference_mode(), autocast_ctx(device, args.amp):
+            bound.run(bound_inputs, bound_features)
+
+    inference = {'method': summary(time_fn(method_infer, device, args.warmup, args.iters), batch),
+                 'bound': summary(time_fn(bound_infer, device, args.warmup, args.iters), batch)}
+    inference['overhead'] = inference['method']['median_s'] / inference['bound']['median_s']
+    inference['target'] = INFERENCE_TARGET
+    entry['inference'] = inference
+    print(f"  inference: method {inference['method']['images_per_s']:.2f} img/s, bound "
+          f"{inference['bound']['images_per_s']:.2f} img/s, overhead {inference['overhead']:.3f} "
+          f"(target <= {INFERENCE_TARGET})", flush=True)
+    if not args.no_memory:
+        entry['memory_inference'] = {'method': peak_memory(method_infer, device),
+                                     'bound': peak_memory(bound_infer, device)}
+
+    # --- training ---
+    model.train()
+    bound.train()
+    bound_inputs = bound.make_inputs(batch, device, x.dtype, args.channels_last, training=True)
+    method_opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    bound_opt = torch.optim.SGD(bound.parameters(), lr=1e-4, momentum=0.9)
+    forward_train = model.forward_train
+    if args.compile and entry.get('torch_compile', {}).get('ok'):
+        forward_train = torch.compile(model.forward_train, mode=args.compile_mode)
+
+    def method_step():
+        with autocast_ctx(device, args.amp):
+            out = forward_train(x, y)
+            loss = model.loss(out, y)['loss']
+        loss.backward()
+        method_opt.step()
+        method_opt.zero_grad(set_to_none=True)
+
+    def bound_step():
+        with autocast_ctx(device, args.amp):
+            loss = bound.run(bound_inputs, bound_features)
+        loss.backward()
+        bound_opt.step()
+        bound_opt.zero_grad(set_to_none=True)
+        for t in bound_inputs:
+            t.grad = None
+
+    training = {'method': summary(time_fn(method_step, device, args.warmup, args.iters), batch),
+                'bound': summary(time_fn(bound_step, device, args.warmup, args.iters), batch)}
+    training['overhead'] = training['method']['median_s'] / training['bound']['median_s']
+    training['target'] = TRAINING_TARGET
+    entry['training'] = training
+    print(f"  training:  method {training['method']['images_per_s']:.2f} img/s, bound "
+          f"{training['bound']['images_per_s']:.2f} img/s, overhead {training['overhead']:.3f} "
+          f"(target <= {TRAINING_TARGET})", flush=True)
+    if not args.no_memory:
+        entry['memory_training'] = {'method': peak_memory(method_step, device),
+                                    'bound': peak_memory(bound_step, device)}
+        mi, mt = entry['memory_inference'], entry['memory_training']
+        print(f"  peak memory (MiB): inference method {mi['method']['peak_mib']:.0f} / bound "
+              f"{mi['bound']['peak_mib']:.0f}; training method {mt['method']['peak_mib']:.0f} / bound "
+              f"{mt['bound']['peak_mib']:.0f}", flush=True)
+    entry['within_target'] = bool(inference['overhead'] <= INFERENCE_TARGET
+                                  and training['overhead'] <= TRAINING_TARGET)
+
+    if args.profile:
+        entry['profile'] = profile_variant(name, method_infer, method_step, device, args)
+    del model, bound, method_opt, bound_opt
+    gc.collect()
+    return entry
+
+
+def profile_variant(name: str, infer: Callable, step: Callable, device: torch.device, args) -> dict:
+    """torch.profiler tables of one inference call and one training step, sorted by self device/CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    sort_by = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    tables = {}
+    for label, fn in (('inference', infer), ('training', step)):
+        fn()  # warm
+        _sync(device)
+        with profile(activities=activities) as prof:
+            fn()
+            _sync(device)
+        table = prof.key_averages().table(sort_by=sort_by, row_limit=args.profile_rows)
+        tables[label] = table
+        print(f'\n-- profile {name} {label} (sorted by {sort_by}) --\n{table}', flush=True)
+    out = Path(args.profile_dir) / f'profile_{name}_{device.type}.txt'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text('\n\n'.join(f'## {k}\n{v}' for k, v in tables.items()))
+    return {'file': str(out), 'sort_by': sort_by}
+
+
+# --------------------------------------------------------------------------------------------------------------
+def select_variants(args) -> List[tuple]:
+    """(variant, resolution) pairs from `--variants`: 'paper', 'small', 'all' or explicit variant names."""
+    registered = registered_variants(args.methods)
+    chosen = []
+    for item in args.variants:
+        if item in ('paper', 'small', 'all'):
+            for name in registered:
+                method, backbone = split_variant(name)
+                _, paper_backbone, paper_size = METHODS[method]
+                if item in ('paper', 'all') and backbone == paper_backbone:
+                    chosen.append((name, paper_size))
+                if item in ('small', 'all') and backbone == SMALL_BACKBONE:
+                    chosen.append((name, SMALL_RESOLUTION))
+                if item == 'all' and backbone not in (paper_backbone, SMALL_BACKBONE):
+                    chosen.append((name, paper_size))
+        elif item in registered:
+            method, backbone = split_variant(item)
+            chosen.append((item, SMALL_RESOLUTION if backbone == SMALL_BACKBONE else METHODS[method][2]))
+        else:
+            raise SystemExit(f'Unknown variant {item!r}; registered: {registered}.')
+    if args.img_size:
+        chosen = [(name, args.img_size) for name, _ in chosen]
+    return list(dict.fromkeys(chosen))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--methods', nargs='*', default=None, help=f'method prefixes (default: all of {list(METHODS)})')
+    p.add_argument('--variants', nargs='*', default=['paper', 'small'],
+                   help="'paper' (paper backbone at paper resolution), 'small' (resnet18 at 224), 'all', or names")
+    p.add_argument('--img-size', type=int, default=None, help='override every variant\'s resolution')
+    p.add_argument('--batch-size', type=int, default=None, help='default 16 on CUDA, 4 on CPU')
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--iters', type=int, default=5)
+    p.add_argument('--num-classes', type=int, default=200)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--amp', choices=('none', 'bf16', 'fp16'), default='none',
+                   help='autocast dtype (fp16 is timed without a GradScaler)')
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--compile', action='store_true', help='torch.compile the eval forward (checked against eager), '
+                   'the bound, and forward_train; the timings then use the compiled modules')
+    p.add_argument('--compile-mode', default=None, help="torch.compile mode, e.g. 'max-autotune'")
+    p.add_argument('--no-export', dest='export', action='store_false', help='skip the torch.export check')
+    p.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurements')
+    p.add_argument('--profile', action='store_true', help='torch.profiler tables of the method (inference, training)')
+    p.add_argument('--profile-rows', type=int, default=25)
+    p.add_argument('--profile-dir', default=tempfile.gettempdir())
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
+    p.add_argument('--quick', action='store_true',
+                   help='CPU smoke run: resnet18 variants at 224, batch 2, 1 warm-up + 2 timed iterations; '
+                        'results go to a temp file unless --out is given')
+    p.add_argument('--out', default=None, help='results JSON (default bench/results/throughput_<device>.json)')
+    args = p.parse_args(argv)
+    if args.quick:
+        args.variants = ['small'] if args.variants == ['paper', 'small'] else args.variants
+        args.batch_size = args.batch_size or 2
+        args.warmup, args.iters = 1, 2
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size is None:
+        args.batch_size = 16 if device.type == 'cuda' else 4
+    if args.amp == 'fp16' and device.type == 'cpu':
+        raise SystemExit('--amp fp16 is for CUDA; use --amp bf16 on CPU.')
+    variants = select_variants(args)
+    if not variants:
+        raise SystemExit('No registered variant matches --methods/--variants.')
+    meta = run_metadata(device)
+    print(f"timm-fgvc throughput on {meta['device']} (torch {meta['torch']}): "
+          f"{', '.join(f'{n}@{s}' for n, s in variants)}", flush=True)
+    entries = []
+    for name, size in variants:
+        entry = bench_variant(name, size, args, device)
+        entry.update(meta)
+        entries.append(entry)
+    out = Path(args.out) if args.out else (
+        Path(tempfile.gettempdir()) / f'throughput_{device.type}_quick.json' if args.quick
+        else RESULTS_DIR / f'throughput_{device.type}.json')
+    merge_results(out, entries, ('variant', 'img_size', 'batch_size', 'amp', 'channels_last', 'compile',
+                                 'device_type'))
+    print('\n| variant | px | batch | infer img/s (method / bound) | overhead | train img/s (method / bound) '
+          '| overhead | export |')
+    print('|---|---|---|---|---|---|---|---|')
+    for e in entries:
+        i, t = e['inference'], e['training']
+        export = e.get('torch_export', {})
+        print(f"| {e['variant']} | {e['img_size']} | {e['batch_size']} | {i['method']['images_per_s']:.2f} / "
+              f"{i['bound']['images_per_s']:.2f} | {i['overhead']:.3f} | {t['method']['images_per_s']:.2f} / "
+              f"{t['bound']['images_per_s']:.2f} | {t['overhead']:.3f} | "
+              f"{'ok' if export.get('ok') else export.get('error', 'skipped')} |")
+    print(f'\nwrote {out}')
+    return entries
+
+
+if __name__ == '__main__':
+    main()
