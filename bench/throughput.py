@@ -6,9 +6,9 @@ variant at 224), on the current device:
 
 - inference: the method's eval `forward` vs the backbone bound, both under `torch.inference_mode()`;
 - training: `forward_train` + `loss` + backward + SGD step vs the bound's passes with backward + SGD step;
-- peak memory of each (CUDA: `torch.cuda.max_memory_allocated` above the memory held before the step;
-  CPU: peak resident set size above the RSS before the step, sampled every 2 ms by a thread, and the
-  `resource.getrusage` max-RSS delta; both approximate: allocator caching and the sampling interval blur them);
+- peak memory of each, weights, gradients and optimizer state included (CUDA: `torch.cuda.max_memory_allocated`;
+  CPU: peak live tensor bytes from torch's `MemTracker`, approximate: tensors only, no oneDNN workspaces or
+  allocator overhead);
 - `overhead = method time / bound time` (target: inference <= 1.15, training <= 1.25);
 - with `--compile`: `torch.compile` of the eval forward, checked against eager (allclose), and the timed passes
   use the compiled modules;
@@ -18,7 +18,8 @@ variant at 224), on the current device:
 The backbone bound is the plain backbone passes a method cannot avoid (see `BOUNDS` below): the same timm
 backbone (a fresh `create_backbone(<backbone>)`, same weights layout and memory format), called with
 `forward_features` on the shapes the method feeds it. Timing: `--warmup` untimed iterations, then the median of
-`--iters` timed ones (`time.perf_counter`, `torch.cuda.synchronize()` on CUDA).
+`--iters` timed ones (`time.perf_counter`, `torch.cuda.synchronize()` on CUDA), method and bound interleaved so
+that load from other processes on a shared machine hits both alike.
 
     python bench/throughput.py --quick                                   # CPU smoke: resnet18 variants, 2 images
     python bench/throughput.py --variants s3n_resnet18 --batch-size 8 --iters 5
@@ -33,11 +34,9 @@ import gc
 import json
 import math
 import os
-import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -175,67 +174,56 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> List[float]:
+def time_pair(fn_a: Callable[[], None], fn_b: Callable[[], None], device: torch.device, warmup: int,
+              iters: int) -> tuple:
+    """Times of `fn_a` and `fn_b`, interleaved (a, b, b, a, a, b, ...) so that load from other processes on a
+    shared machine hits both alike; `warmup` untimed calls of each first."""
     for _ in range(warmup):
-        fn()
+        fn_a()
+        fn_b()
     _sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    times = ([], [])
+    for i in range(iters):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for which in order:
+            fn = (fn_a, fn_b)[which]
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[which].append(time.perf_counter() - start)
     return times
 
 
-def _rss_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+def peak_memory(fn: Callable[[], None], device: torch.device, *track) -> dict:
+    """Peak memory of one call of `fn`, in MiB, including the weights, gradients and optimizer state it holds.
 
-
-class _RSSSampler:
-    """Peak RSS while active, sampled every `interval` seconds by a thread (CPU memory, approximate)."""
-
-    def __init__(self, interval: float = 0.002):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def __enter__(self):
-        self.start_rss = self.peak = _rss_bytes()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-
-
-def peak_memory(fn: Callable[[], None], device: torch.device) -> dict:
-    """Memory one call of `fn` needs above what was held before it, in MiB."""
+    CUDA: `torch.cuda.max_memory_allocated`. CPU: the peak of live tensor bytes seen by
+    `torch.distributed._tools.mem_tracker.MemTracker` (a dispatch-mode tracker): approximate, it counts
+    tensors only (not oneDNN workspaces or allocator overhead).
+    """
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
-        return {'peak_mib': (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20,
-                'how': 'torch.cuda.max_memory_allocated above the allocation before the call'}
-    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with _RSSSampler() as sampler:
-        fn()
-    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {'peak_mib': (sampler.peak - sampler.start_rss) / 2 ** 20,
-            'maxrss_delta_mib': (maxrss_after - maxrss_before) / 1024,
-            'how': 'CPU, approximate: peak RSS (sampled every 2 ms) above the RSS before the call; '
-                   'maxrss_delta is the process max-RSS growth (0 when an earlier step already peaked higher)'}
+        return {'peak_mib': torch.cuda.max_memory_allocated(device) / 2 ** 20,
+                'how': 'torch.cuda.max_memory_allocated'}
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+        tracker = MemTracker()
+        if track:
+            tracker.track_external(*track)
+        with tracker:
+            fn()
+        peak = tracker.get_tracker_snapshot('peak')[device]
+    except Exception as e:  # the tracker is a private torch tool: report, do not fail the benchmark
+        return {'peak_mib': None, 'error': first_line(e)}
+    return {'peak_mib': peak['Total'] / 2 ** 20,
+            'by_kind_mib': {getattr(k, 'value', str(k)): round(v / 2 ** 20, 2) for k, v in peak.items()
+                            if k != 'Total'},
+            'how': 'CPU, approximate: peak live tensor bytes (torch MemTracker), no allocator/oneDNN overhead'}
 
 
 def summary(times: List[float], batch: int) -> dict:
@@ -350,8 +338,8 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
         with torch.inference_mode(), autocast_ctx(device, args.amp):
             bound.run(bound_inputs, bound_features)
 
-    inference = {'method': summary(time_fn(method_infer, device, args.warmup, args.iters), batch),
-                 'bound': summary(time_fn(bound_infer, device, args.warmup, args.iters), batch)}
+    method_times, bound_times = time_pair(method_infer, bound_infer, device, args.warmup, args.iters)
+    inference = {'method': summary(method_times, batch), 'bound': summary(bound_times, batch)}
     inference['overhead'] = inference['method']['median_s'] / inference['bound']['median_s']
     inference['target'] = INFERENCE_TARGET
     entry['inference'] = inference
@@ -359,8 +347,8 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
           f"{inference['bound']['images_per_s']:.2f} img/s, overhead {inference['overhead']:.3f} "
           f"(target <= {INFERENCE_TARGET})", flush=True)
     if not args.no_memory:
-        entry['memory_inference'] = {'method': peak_memory(method_infer, device),
-                                     'bound': peak_memory(bound_infer, device)}
+        entry['memory_inference'] = {'method': peak_memory(method_infer, device, model),
+                                     'bound': peak_memory(bound_infer, device, bound)}
 
     # --- training ---
     model.train()
@@ -398,12 +386,12 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
           f"{training['bound']['images_per_s']:.2f} img/s, overhead {training['overhead']:.3f} "
           f"(target <= {TRAINING_TARGET})", flush=True)
     if not args.no_memory:
-        entry['memory_training'] = {'method': peak_memory(method_step, device),
-                                    'bound': peak_memory(bound_step, device)}
+        entry['memory_training'] = {'method': peak_memory(method_step, device, model, method_opt),
+                                    'bound': peak_memory(bound_step, device, bound, bound_opt)}
         mi, mt = entry['memory_inference'], entry['memory_training']
-        print(f"  peak memory (MiB): inference method {mi['method']['peak_mib']:.0f} / bound "
-              f"{mi['bound']['peak_mib']:.0f}; training method {mt['method']['peak_mib']:.0f} / bound "
-              f"{mt['bound']['peak_mib']:.0f}", flush=True)
+        fmt = lambda m: 'n/a' if m.get('peak_mib') is None else f"{m['peak_mib']:.0f}"  # noqa: E731
+        print(f"  peak memory (MiB): inference method {fmt(mi['method'])} / bound {fmt(mi['bound'])}; "
+              f"training method {fmt(mt['method'])} / bound {fmt(mt['bound'])}", flush=True)
     entry['within_target'] = bool(inference['overhead'] <= INFERENCE_TARGET
                                   and training['overhead'] <= TRAINING_TARGET)
 
