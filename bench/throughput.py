@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from timm_fgvc.models import create_backbone  # noqa: E402
 
@@ -176,30 +178,89 @@ def _sync(device: torch.device) -> None:
 
 def time_pair(fn_a: Callable[[], None], fn_b: Callable[[], None], device: torch.device, warmup: int,
               iters: int) -> tuple:
-    """Times of `fn_a` and `fn_b`, interleaved (a, b, b, a, a, b, ...) so that load from other processes on a
-    shared machine hits both alike; `warmup` untimed calls of each first."""
+    """Wall and process-CPU times of `fn_a` and `fn_b`: `((wall_a, cpu_a), (wall_b, cpu_b))`.
+
+    `warmup` untimed calls of each first; then the two are interleaved (a b, b a, a b, ...) so that load from
+    other processes on a shared machine hits both alike. The process CPU time (`time.process_time`, all
+    threads) is what a CPU run costs whatever else the machine is doing.
+    """
     for _ in range(warmup):
         fn_a()
         fn_b()
     _sync(device)
-    times = ([], [])
+    times = (([], []), ([], []))
     for i in range(iters):
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        for which in order:
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
             fn = (fn_a, fn_b)[which]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
-            times[which].append(time.perf_counter() - start)
+            times[which][0].append(time.perf_counter() - start)
+            times[which][1].append(time.process_time() - start_cpu)
     return times
 
 
-def peak_memory(fn: Callable[[], None], device: torch.device, *track) -> dict:
-    """Peak memory of one call of `fn`, in MiB, including the weights, gradients and optimizer state it holds.
+class TensorMemory(TorchDispatchMode):
+    """Live and peak bytes of the CPU tensor storages that ops create while the mode is active.
 
-    CUDA: `torch.cuda.max_memory_allocated`. CPU: the peak of live tensor bytes seen by
-    `torch.distributed._tools.mem_tracker.MemTracker` (a dispatch-mode tracker): approximate, it counts
-    tensors only (not oneDNN workspaces or allocator overhead).
+    Storages that exist before (weights, buffers, gradients, optimizer state, inputs: pass them as `held`)
+    count once in the baseline, never again; a new storage counts from the op that made it until it is freed.
+    """
+
+    def __init__(self, held: List[torch.Tensor] = ()):
+        super().__init__()
+        self._ids = set()
+        self._held = []  # keeps the held storages alive, so their ids stay unique
+        self.baseline = 0
+        for t in held:
+            st = t.untyped_storage()
+            if id(st) not in self._ids and st.device.type == 'cpu':
+                self._ids.add(id(st))
+                self._held.append(st)
+                self.baseline += st.nbytes()
+        self.live = self.peak = 0
+
+    def _free(self, nbytes: int, key: int) -> None:
+        self.live -= nbytes
+        self._ids.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == 'cpu':
+                st = t.untyped_storage()
+                key = id(st)
+                if key in self._ids:
+                    continue
+                nbytes = st.nbytes()
+                self._ids.add(key)
+                weakref.finalize(st, self._free, nbytes, key)
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+        return out
+
+
+def _held_tensors(*objects) -> List[torch.Tensor]:
+    held = []
+    for obj in objects:
+        if isinstance(obj, nn.Module):
+            held += list(obj.parameters()) + list(obj.buffers())
+            held += [p.grad for p in obj.parameters() if p.grad is not None]
+        elif isinstance(obj, torch.optim.Optimizer):
+            held += [v for state in obj.state.values() for v in state.values() if torch.is_tensor(v)]
+        elif torch.is_tensor(obj):
+            held.append(obj)
+        elif isinstance(obj, (list, tuple)):
+            held += _held_tensors(*obj)
+    return held
+
+
+def peak_memory(fn: Callable[[], None], device: torch.device, *held) -> dict:
+    """Peak memory of one call of `fn`, in MiB, counting the weights, gradients, optimizer state and inputs.
+
+    CUDA: `torch.cuda.max_memory_allocated`. CPU (approximate): the weights, buffers, optimizer state and inputs
+    `held` plus the peak of live tensor storages the call creates, tracked by a `TorchDispatchMode`; it counts
+    tensors only, not oneDNN scratch buffers or allocator overhead.
     """
     gc.collect()
     if device.type == 'cuda':
@@ -211,24 +272,37 @@ def peak_memory(fn: Callable[[], None], device: torch.device, *track) -> dict:
         return {'peak_mib': torch.cuda.max_memory_allocated(device) / 2 ** 20,
                 'how': 'torch.cuda.max_memory_allocated'}
     try:
-        from torch.distributed._tools.mem_tracker import MemTracker
-        tracker = MemTracker()
-        if track:
-            tracker.track_external(*track)
+        tracker = TensorMemory(_held_tensors(*held))
         with tracker:
             fn()
-        peak = tracker.get_tracker_snapshot('peak')[device]
-    except Exception as e:  # the tracker is a private torch tool: report, do not fail the benchmark
+    except Exception as e:  # report, do not fail the benchmark
         return {'peak_mib': None, 'error': first_line(e)}
-    return {'peak_mib': peak['Total'] / 2 ** 20,
-            'by_kind_mib': {getattr(k, 'value', str(k)): round(v / 2 ** 20, 2) for k, v in peak.items()
-                            if k != 'Total'},
-            'how': 'CPU, approximate: peak live tensor bytes (torch MemTracker), no allocator/oneDNN overhead'}
+    return {'peak_mib': (tracker.baseline + tracker.peak) / 2 ** 20, 'held_mib': tracker.baseline / 2 ** 20,
+            'how': 'CPU, approximate: held tensors + peak of live tensor storages created by the call '
+                   '(TorchDispatchMode), no oneDNN scratch or allocator overhead'}
 
 
-def summary(times: List[float], batch: int) -> dict:
-    median = statistics.median(times)
-    return {'median_s': median, 'images_per_s': batch / median, 'times_s': [round(t, 5) for t in times]}
+def summary(times: tuple, batch: int) -> dict:
+    wall, cpu = times
+    median = statistics.median(wall)
+    return {'median_s': median, 'images_per_s': batch / median, 'min_s': min(wall), 'max_s': max(wall),
+            'cpu_median_s': statistics.median(cpu), 'times_s': [round(t, 5) for t in wall]}
+
+
+def print_result(kind: str, result: dict) -> None:
+    cpu = f", from CPU times {result['overhead_cpu_time']:.3f}" if 'overhead_cpu_time' in result else ''
+    print(f"  {kind + ':':11s}method {result['method']['images_per_s']:.2f} img/s, bound "
+          f"{result['bound']['images_per_s']:.2f} img/s, overhead {result['overhead']:.3f} (from min times "
+          f"{result['overhead_min']:.3f}{cpu}; target <= {result['target']})", flush=True)
+
+
+def overheads(result: dict, device: torch.device) -> None:
+    """`overhead` from the median wall times; on CPU also from the process CPU times (robust to other load)."""
+    method, bound = result['method'], result['bound']
+    result['overhead'] = method['median_s'] / bound['median_s']
+    result['overhead_min'] = method['min_s'] / bound['min_s']
+    if device.type == 'cpu':
+        result['overhead_cpu_time'] = method['cpu_median_s'] / bound['cpu_median_s']
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -340,15 +414,13 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
 
     method_times, bound_times = time_pair(method_infer, bound_infer, device, args.warmup, args.iters)
     inference = {'method': summary(method_times, batch), 'bound': summary(bound_times, batch)}
-    inference['overhead'] = inference['method']['median_s'] / inference['bound']['median_s']
+    overheads(inference, device)
     inference['target'] = INFERENCE_TARGET
     entry['inference'] = inference
-    print(f"  inference: method {inference['method']['images_per_s']:.2f} img/s, bound "
-          f"{inference['bound']['images_per_s']:.2f} img/s, overhead {inference['overhead']:.3f} "
-          f"(target <= {INFERENCE_TARGET})", flush=True)
+    print_result('inference', inference)
     if not args.no_memory:
-        entry['memory_inference'] = {'method': peak_memory(method_infer, device, model),
-                                     'bound': peak_memory(bound_infer, device, bound)}
+        entry['memory_inference'] = {'method': peak_memory(method_infer, device, model, x),
+                                     'bound': peak_memory(bound_infer, device, bound, bound_inputs)}
 
     # --- training ---
     model.train()
@@ -377,17 +449,15 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
         for t in bound_inputs:
             t.grad = None
 
-    training = {'method': summary(time_fn(method_step, device, args.warmup, args.iters), batch),
-                'bound': summary(time_fn(bound_step, device, args.warmup, args.iters), batch)}
-    training['overhead'] = training['method']['median_s'] / training['bound']['median_s']
+    method_times, bound_times = time_pair(method_step, bound_step, device, args.warmup, args.iters)
+    training = {'method': summary(method_times, batch), 'bound': summary(bound_times, batch)}
+    overheads(training, device)
     training['target'] = TRAINING_TARGET
     entry['training'] = training
-    print(f"  training:  method {training['method']['images_per_s']:.2f} img/s, bound "
-          f"{training['bound']['images_per_s']:.2f} img/s, overhead {training['overhead']:.3f} "
-          f"(target <= {TRAINING_TARGET})", flush=True)
+    print_result('training', training)
     if not args.no_memory:
-        entry['memory_training'] = {'method': peak_memory(method_step, device, model, method_opt),
-                                    'bound': peak_memory(bound_step, device, bound, bound_opt)}
+        entry['memory_training'] = {'method': peak_memory(method_step, device, model, method_opt, x),
+                                    'bound': peak_memory(bound_step, device, bound, bound_opt, bound_inputs)}
         mi, mt = entry['memory_inference'], entry['memory_training']
         fmt = lambda m: 'n/a' if m.get('peak_mib') is None else f"{m['peak_mib']:.0f}"  # noqa: E731
         print(f"  peak memory (MiB): inference method {fmt(mi['method'])} / bound {fmt(mi['bound'])}; "

@@ -6,6 +6,8 @@
     timm-fgvc record --run output/s3n_resnet50.cub200 --hub-config hub_configs/s3n_resnet50.cub200.yaml
     timm-fgvc cards            # regenerate MODEL_CARDS.md from hub_configs/
     timm-fgvc cards --check    # exit 1 when MODEL_CARDS.md is stale (CI)
+    timm-fgvc explain --model s3n_resnet18 --checkpoint output/run/model.safetensors --num-classes 10 \\
+                      --image a.jpg b.jpg --out attention.png
 
 Also `python -m timm_fgvc.cli ...`. Exit status: 0 ok, 1 stale model cards, 2 an error (message on stderr).
 """
@@ -19,8 +21,8 @@ __all__ = ['build_parser', 'main']
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-fgvc', description='timm-fgvc Hub tools: export, push, cards, record.')
-    sub = parser.add_subparsers(dest='action', required=True, metavar='{export,push,cards,record}')
+    parser = argparse.ArgumentParser(prog='timm-fgvc', description='timm-fgvc tools: export, push, cards, record, explain.')
+    sub = parser.add_subparsers(dest='action', required=True, metavar='{export,push,cards,record,explain}')
 
     p = sub.add_parser('export', help='write a Hub-ready folder (config.json, model.safetensors, README.md) '
                                       'from a train_fgvc.py run')
@@ -46,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--command', help='the command that produced the run (default: rebuilt from its results.json)')
     p.add_argument('--same-dataset', action='store_true',
                    help='confirm that the run\'s local dataset folder is the hub config\'s dataset (official split)')
+
+    p = sub.add_parser('explain', help='render where a model attends (attention_maps) over some images to a PNG')
+    p.add_argument('--model', required=True, help="a registered name, 'hf-hub:<repo>' or 'local-dir:<folder>'")
+    p.add_argument('--checkpoint', help='model.safetensors of a run (with a registered --model)')
+    p.add_argument('--num-classes', type=int, help='classes of the checkpoint (with --checkpoint)')
+    p.add_argument('--model-args', default='{}', help='JSON object of extra model arguments')
+    p.add_argument('--image', nargs='+', required=True, help='image files')
+    p.add_argument('--img-size', type=int, help='input size (default: the model\'s pretrained_cfg)')
+    p.add_argument('--out', required=True, help='the PNG to write')
     return parser
 
 
@@ -78,6 +89,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                                           same_dataset=args.same_dataset)
             print(f'Recorded measured top-1 {measured["top1"]} in {args.hub_config}; run `timm-fgvc cards` to '
                   'update MODEL_CARDS.md.')
+        elif args.action == 'explain':
+            import json
+
+            import timm
+
+            from . import models  # noqa: F401  (registers the methods)
+            from .engine.checkpoint import load_weights
+            from .explain import explain_files
+            kwargs = json.loads(args.model_args)
+            if args.num_classes:
+                kwargs['num_classes'] = args.num_classes
+            model = timm.create_model(args.model, pretrained=args.model.startswith(('hf-hub:', 'local-dir:')),
+                                      **kwargs)
+            if args.checkpoint:
+                load_weights(model, args.checkpoint)
+            print(f'Wrote {explain_files(model, args.image, args.out, img_size=args.img_size)}')
     except (FileNotFoundError, ValueError) as e:
         print(f'timm-fgvc {args.action}: error: {e}', file=sys.stderr)
         return 2

@@ -81,10 +81,10 @@ class TrainState:
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     kwargs = dict(cfg.model_args)
-    is_method = cfg.model.split('.')[0].split(':')[-1] in _method_names()
     if cfg.pretrained_backbone:
-        if not is_method:
-            raise ValueError('--pretrained-backbone is for timm-fgvc methods; use --pretrained for a timm model.')
+        if not is_fgvc_model(cfg.model):
+            raise ValueError(f'--pretrained-backbone is for timm-fgvc methods; {cfg.model} is a plain timm model: '
+                             'use --pretrained for its ImageNet weights.')
         kwargs['pretrained_backbone'] = True
     model = timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, **kwargs)
     if cfg.initial_checkpoint:
@@ -92,9 +92,11 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def _method_names() -> set:
-    from ..models import _base  # noqa: F401  (registration happens on package import)
-    return {name for name in timm.list_models() if name.split('_')[0] in {'s3n', 'lfd', 'caa', 'hsm', 'ssanet'}}
+def is_fgvc_model(name: str) -> bool:
+    """True for a model registered by timm-fgvc (a method), False for timm's own models."""
+    architecture = timm.models.split_model_name_tag(timm.models.parse_model_name(name)[1])[0]
+    return timm.models.is_model(architecture) and \
+        timm.models.model_entrypoint(architecture).__module__.startswith('timm_fgvc.')
 
 
 def build_transforms(model: nn.Module, cfg: TrainConfig):

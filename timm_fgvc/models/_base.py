@@ -193,9 +193,12 @@ class FGVCModel(nn.Module):
         return self.backbone_feature_map(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3))
-        x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.heads[self.main_head](x)
+        return self.pooled_head(x.mean((2, 3)), pre_logits)
+
+    def pooled_head(self, pooled: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The main head on already pooled features `[B, num_features]` (dropout, then the classifier)."""
+        pooled = F.dropout(pooled, p=self.drop_rate, training=self.training)
+        return pooled if pre_logits else self.heads[self.main_head](pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

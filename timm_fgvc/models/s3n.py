@@ -197,7 +197,7 @@ class S3N(FGVCModel):
             'original': out['logits_original'],
             'discriminative': self.heads['discriminative'](pooled['discriminative']),
             'complementary': self.heads['complementary'](pooled['complementary']),
-            'joint': self.forward_head(torch.cat([pooled[n] for n in self.branches], 1)[..., None, None]),
+            'joint': self.pooled_head(torch.cat([pooled[n] for n in self.branches], 1)),  # on F_J
         }
         extras = {k: v for k, v in out.items() if not k.startswith(('feat_', 'logits_'))}
         attention = F.interpolate(out['attention'], size=x.shape[-2:], mode='bilinear', align_corners=False)

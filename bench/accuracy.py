@@ -1,0 +1,436 @@
+#!/usr/bin/env python
+"""Accuracy of every method against its plain timm backbone (the baseline), with an identical budget.
+
+Each method variant (`<method>_<backbone>`, default backbone resnet18) and the plain timm backbone (`resnet18`)
+are trained by the same engine (`timm_fgvc.engine.trainer.train` with a `TrainConfig`) with the same data,
+input size, epochs, batch size, optimiser, learning rates (backbone and new layers alike: no ImageNet weights
+exist here, everything trains from scratch), schedule and seed. The report gives top-1 / top-5 of each and the
+method's gain over the baseline (per seed, then the mean), on
+
+- `synthetic`: the embedded synthetic FGVC set (`timm_fgvc.data.synthetic`), plus the **hit rate** of each
+  model's attention on the test split (S3N Table 1): a peak counts as a hit when it lies inside a ground-truth
+  part box (boxes mapped through the eval transform's resize / centre crop into model-input pixels); the
+  per-image rate hits / (hits + misses) is averaged over images. The same with the object box (the paper's
+  CUB protocol used the object's bounding box), the hit rate of the top peak alone, part coverage (share of
+  visible parts holding at least one peak), and the chance level (a peak at a random cell centre of the
+  backbone's feature grid). The baseline's "attention" is the argmax cell of its top-1 class activation map.
+- `cub`: the first `--cub-classes` classes of CUB-200-2011 from `../shared/data/cub200_s160.tar` (unpacked to a
+  temp dir outside the repo), official train/test split, at `--cub-img-size` px.
+
+    python bench/accuracy.py --quick                          # smoke run: a few steps, tiny data (CPU, ~5 min)
+    python bench/accuracy.py --suites synthetic --epochs 5 --batch-size 16
+    python bench/accuracy.py --suites cub --cub-classes 50 --cub-img-size 128 --epochs 10
+
+Results: `bench/results/accuracy_<suite>.json` (`--quick` writes to a temp dir unless `--results-dir`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (METHODS, REPO, RESULTS_DIR, merge_results, registered_variants, run_metadata,  # noqa: E402
+                     split_variant)
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from timm_fgvc.data.synthetic import render_sample  # noqa: E402
+from timm_fgvc.engine.config import TrainConfig  # noqa: E402
+from timm_fgvc.engine.trainer import build_transforms, train  # noqa: E402
+
+DEFAULT_CUB_TAR = REPO.parent / 'shared' / 'data' / 'cub200_s160.tar'
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------
+def prepare_cub_subset(tar_path: Path, num_classes: int, workdir: Path) -> Tuple[Path, List[str]]:
+    """Extract the first `num_classes` classes (sorted folder names) of both splits into `workdir`.
+
+    Returns the image-folder root (`<root>/{train,test}/<class>/*.jpg`, what the engine's `dataset=<dir>`
+    reads with `datasets`' imagefolder) and the class names. Only the needed members are extracted.
+    """
+    root = workdir / f'cub200_s160_first{num_classes}'
+    marker = root / '.complete'
+    with tarfile.open(tar_path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        parts = [Path(m.name).parts for m in members]
+        base = next(i for i, p in enumerate(parts[0]) if p in ('train', 'test'))
+        classes = sorted({p[base + 1] for p in parts if len(p) > base + 2 and p[base] == 'train'})
+        if len(classes) < num_classes:
+            raise SystemExit(f'{tar_path} has {len(classes)} classes, fewer than --cub-classes {num_classes}.')
+        keep = set(classes[:num_classes])
+        if not marker.exists():
+            for member, p in zip(members, parts):
+                if len(p) > base + 2 and p[base] in ('train', 'test') and p[base + 1] in keep:
+                    target = root.joinpath(*p[base:])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src:
+                        target.write_bytes(src.read())
+            marker.touch()
+    return root, classes[:num_classes]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hit rate
+# --------------------------------------------------------------------------------------------------------------
+_NON_GEOMETRIC = ('ToTensor', 'MaybeToTensor', 'PILToTensor', 'MaybePILToTensor', 'Normalize',
+                  'ConvertImageDtype', 'ToDtype')
+
+
+def eval_geometry(transform, width: int, height: int) -> Tuple[float, float, float, float, int, int]:
+    """How the eval transform maps input pixels to model-input pixels: (sx, sy, ox, oy, out_w, out_h), so that
+    `x' = x * sx - ox` (pixel-edge coordinates). Knows torchvision `Resize` and `CenterCrop` (timm's eval
+    transform); any other geometric step raises, so a new transform cannot silently give wrong boxes."""
+    from torchvision import transforms as T
+    sx = sy = 1.
+    ox = oy = 0.
+    w, h = width, height
+    for t in getattr(transform, 'transforms', [transform]):
+        if isinstance(t, T.Resize):
+            size = t.size
+            if isinstance(size, int) or len(size) == 1:
+                size = size if isinstance(size, int) else size[0]
+                short, long = (w, h) if w <= h else (h, w)
+                new_short, new_long = size, int(size * long / short)
+                if t.max_size is not None and new_long > t.max_size:
+                    new_short, new_long = int(t.max_size * new_short / new_long), t.max_size
+                new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+            else:
+                new_h, new_w = size
+            sx, sy, ox, oy = sx * new_w / w, sy * new_h / h, ox * new_w / w, oy * new_h / h
+            w, h = new_w, new_h
+        elif isinstance(t, T.CenterCrop):
+            th, tw = t.size
+            if th > h or tw > w:
+                raise ValueError('CenterCrop with padding is not supported by the hit-rate mapping.')
+            left, top = int(round((w - tw) / 2.0)), int(round((h - th) / 2.0))
+            ox, oy = ox + left, oy + top
+            w, h = tw, th
+        elif type(t).__name__ not in _NON_GEOMETRIC:
+            raise ValueError(f'Unknown transform {type(t).__name__} in the eval transform; teach eval_geometry '
+                             'how it moves pixels.')
+    return sx, sy, ox, oy, w, h
+
+
+def map_box(box, geometry) -> Optional[List[float]]:
+    """A pixel box through the eval geometry, clipped to the model input; None if nothing of it is left."""
+    sx, sy, ox, oy, w, h = geometry
+    x0, y0, x1, y1 = box[0] * sx - ox, box[1] * sy - oy, box[2] * sx - ox, box[3] * sy - oy
+    x0, y0, x1, y1 = max(x0, 0.), max(y0, 0.), min(x1, float(w)), min(y1, float(h))
+    return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else None
+
+
+def _inside(points: torch.Tensor, boxes: List[List[float]]) -> torch.Tensor:
+    """[K] bool: point (x, y) inside any box (x0 <= x < x1, y0 <= y < y1)."""
+    hit = torch.zeros(points.shape[0], dtype=torch.bool)
+    for x0, y0, x1, y1 in boxes:
+        hit |= (points[:, 0] >= x0) & (points[:, 0] < x1) & (points[:, 1] >= y0) & (points[:, 1] < y1)
+    return hit
+
+
+@torch.no_grad()
+def attention_points(model, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """Attention peaks in model-input pixels: (xy [B, K, 2], mask [B, K], score [B, K], kind).
+
+    - a method whose `attention_maps(x, return_details=True)` gives `peak_xy` / `peak_mask` (S3N): its peaks;
+    - one that gives `region_boxes` [B, K, 4] (x0, y0, x1, y1 px) / `region_mask`: the regions' centres;
+    - other methods: the argmax of each of its K attention maps (maps that are all zero are masked out);
+    - a plain timm model (the baseline): the argmax cell of its top-1 class activation map (CAM).
+    """
+    if hasattr(model, 'attention_maps'):
+        maps, details = model.attention_maps(x, return_details=True)
+        if 'peak_xy' in details:
+            mask = details['peak_mask'].bool()
+            score = details.get('peak_scores', mask.float())
+            return details['peak_xy'].float().cpu(), mask.cpu(), score.float().cpu(), 'attention peaks'
+        if 'region_boxes' in details:
+            boxes = details['region_boxes'].float()
+            mask = details.get('region_mask', torch.ones(boxes.shape[:2], dtype=torch.bool)).bool()
+            score = details.get('region_scores', mask.float())
+            centres = torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), -1)
+            return centres.cpu(), mask.cpu(), score.float().cpu(), 'region centres'
+        B, K, H, W = maps.shape
+        flat = maps.flatten(2)
+        score, index = flat.max(-1)
+        xy = torch.stack(((index % W).float() + 0.5, (index // W).float() + 0.5), -1)
+        return xy.cpu(), (score > 0).cpu(), score.float().cpu(), 'attention-map maxima'
+    features = model.forward_features(x)  # [B, D, h, w]
+    head = model.get_classifier()
+    logits = model.forward_head(features)
+    weight = head.weight[logits.argmax(-1)]
+    cam = torch.einsum('bdhw,bd->bhw', features.float(), weight.float())
+    h, w = cam.shape[-2:]
+    index = cam.flatten(1).argmax(-1)
+    scale = torch.tensor([x.shape[-1] / w, x.shape[-2] / h])
+    xy = torch.stack(((index % w).float() + 0.5, (index // w).float() + 0.5), -1) * scale
+    return xy[:, None].cpu(), torch.ones(len(xy), 1, dtype=torch.bool), torch.ones(len(xy), 1), 'top-1 CAM argmax'
+
+
+def feature_grid(baseline_name: str, size: int) -> Tuple[int, int]:
+    """(h, w) of the plain backbone's feature map at `size` px: the grid attention peaks live on."""
+    backbone = timm.create_model(baseline_name, num_classes=0, global_pool='')
+    with torch.no_grad():
+        return tuple(backbone.forward_features(torch.zeros(1, 3, size, size)).shape[-2:])
+
+
+def hit_rates(model, cfg: TrainConfig, eval_tf, grid: Tuple[int, int], batch_size: int = 32) -> dict:
+    """Hit rates of the model's attention on the synthetic test split (see the module docstring)."""
+    model.eval()
+    n = cfg.synthetic_classes * cfg.synthetic_test_per_class
+    per_image = {'part': [], 'object': [], 'top_part': [], 'top_object': [], 'chance_part': [], 'chance_object': []}
+    parts_seen = parts_hit = peaks_total = no_peaks = 0
+    kind = None
+    for start in range(0, n, batch_size):
+        samples = [render_sample(i, num_classes=cfg.synthetic_classes, image_size=cfg.synthetic_image_size,
+                                 seed=cfg.seed, split='test') for i in range(start, min(start + batch_size, n))]
+        x = torch.stack([eval_tf(s['image'].convert('RGB')) for s in samples])
+        geometry = eval_geometry(eval_tf, *samples[0]['image'].size)
+        xy, mask, score, kind = attention_points(model, x)
+        gh, gw = grid
+        cells = torch.stack(torch.meshgrid((torch.arange(gw) + 0.5) * geometry[4] / gw,
+                                           (torch.arange(gh) + 0.5) * geometry[5] / gh, indexing='xy'), -1)
+        cells = cells.reshape(-1, 2)
+        for b, s in enumerate(samples):
+            part_boxes = [m for m in (map_box(box, geometry) for box in s['part_boxes']) if m is not None]
+            object_box = [m for m in [map_box(s['object_box'], geometry)] if m is not None]
+            per_image['chance_part'].append(_inside(cells, part_boxes).float().mean().item())
+            per_image['chance_object'].append(_inside(cells, object_box).float().mean().item())
+            points = xy[b][mask[b]]
+            peaks_total += len(points)
+            for box in part_boxes:
+                parts_seen += 1
+                parts_hit += int(_inside(points, [box]).any()) if len(points) else 0
+            if not len(points):
+                no_peaks += 1
+                continue
+            top = xy[b][mask[b]][score[b][mask[b]].argmax()][None]
+            per_image['part'].append(_inside(points, part_boxes).float().mean().item())
+            per_image['object'].append(_inside(points, object_box).float().mean().item())
+            per_image['top_part'].append(_inside(top, part_boxes).float().item())
+            per_image['top_object'].append(_inside(top, object_box).float().item())
+    mean = lambda v: 100. * statistics.fmean(v) if v else float('nan')  # noqa: E731
+    return {
+        'points': kind,
+        'part_hit_rate': mean(per_image['part']),
+        'object_hit_rate': mean(per_image['object']),
+        'top_peak_part_hit_rate': mean(per_image['top_part']),
+        'top_peak_object_hit_rate': mean(per_image['top_object']),
+        'part_coverage': 100. * parts_hit / max(parts_seen, 1),
+        'chance_part_hit_rate': mean(per_image['chance_part']),
+        'chance_object_hit_rate': mean(per_image['chance_object']),
+        'mean_peaks_per_image': peaks_total / n,
+        'images': n, 'images_without_peaks': no_peaks,
+        'feature_grid': list(grid),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------------------------
+def base_config(args, suite: str, dataset: str, seed: int) -> dict:
+    """Every field that must be identical for the method and its baseline."""
+    size = args.img_size if suite == 'synthetic' else args.cub_img_size
+    cfg = dict(
+        dataset=dataset, img_size=size, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, backbone_lr=args.backbone_lr if args.backbone_lr is not None else args.lr,
+        momentum=0.9, weight_decay=args.weight_decay, scheduler=args.scheduler, warmup_epochs=args.warmup_epochs,
+        seed=seed, cpu=args.cpu, mixed_precision=args.mixed_precision, num_workers=args.workers,
+        eval_every=max(args.epochs, 1), keep_checkpoints=1, max_steps=args.max_steps, augment=True,
+    )
+    if suite == 'synthetic':
+        cfg.update(synthetic_classes=args.synthetic_classes, synthetic_train_per_class=args.synthetic_train_per_class,
+                   synthetic_test_per_class=args.synthetic_test_per_class,
+                   synthetic_image_size=args.synthetic_image_size or size)
+    return cfg
+
+
+def load_trained(name: str, num_classes: int, output_dir: Path, model_args: dict):
+    model = timm.create_model(name, num_classes=num_classes, **model_args)
+    model.load_state_dict(load_file(str(output_dir / 'model.safetensors')))
+    return model.eval()
+
+
+def run_one(name: str, base: dict, model_args: dict, workdir: Path, suite: str, seed: int, grid) -> dict:
+    output_dir = workdir / suite / f'seed{seed}' / name
+    cfg = TrainConfig(model=name, model_args=dict(model_args), output_dir=str(output_dir), **base)
+    method, _ = split_variant(name)
+    if method in METHODS:
+        stages = timm.create_model(name, num_classes=2, **model_args).training_stages()
+        staged = [s.name for s in stages if s.epochs is not None]
+        if staged:
+            print(f'WARNING: {name} stages {staged} carry their own epochs; the run is longer than --epochs '
+                  '(the engine has no per-stage override yet).', flush=True)
+    print(f'\n=== {suite} seed {seed}: {name} -> {output_dir}', flush=True)
+    start = time.time()
+    results = train(cfg)
+    wall = time.time() - start
+    final = results.get('final', {})
+    record = {
+        'model': name, 'seed': seed, 'top1': final.get('eval_top1'), 'top5': final.get('eval_top5'),
+        'per_head_top1': {k[len('eval_top1_'):]: v for k, v in final.items() if k.startswith('eval_top1_')},
+        'final_train_loss': final.get('train_loss'), 'eval_samples': final.get('eval_samples'),
+        'train_seconds': results.get('train_seconds'), 'wall_seconds': wall, 'params': results.get('params'),
+        'steps': final.get('step'), 'num_classes': results.get('num_classes'), 'engine_device': results.get('device'),
+    }
+    if suite == 'synthetic':
+        model = load_trained(name, results['num_classes'], output_dir, model_args)
+        _, eval_tf, _ = build_transforms(model, cfg)
+        start = time.time()
+        record['hit_rate'] = hit_rates(model, cfg, eval_tf, grid)
+        record['hit_rate']['seconds'] = time.time() - start
+        print(f"hit rate ({record['hit_rate']['points']}): part {record['hit_rate']['part_hit_rate']:.1f}%, "
+              f"object {record['hit_rate']['object_hit_rate']:.1f}% (chance part "
+              f"{record['hit_rate']['chance_part_hit_rate']:.1f}%, object "
+              f"{record['hit_rate']['chance_object_hit_rate']:.1f}%)", flush=True)
+    print(f"{name}: top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}%, {wall:.0f} s", flush=True)
+    return record
+
+
+def _stats(values: List[float]) -> dict:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {'mean': None, 'std': None, 'n': 0}
+    return {'mean': statistics.fmean(values), 'std': statistics.stdev(values) if len(values) > 1 else 0.,
+            'n': len(values)}
+
+
+def summarise(runs: List[dict], baseline: str, methods: List[str]) -> List[dict]:
+    """Per model: top-1/top-5 over seeds, gain over the baseline (paired by seed), hit rates, wall time."""
+    by_model: Dict[str, Dict[int, dict]] = {}
+    for r in runs:
+        by_model.setdefault(r['model'], {})[r['seed']] = r
+    rows = []
+    for name in [baseline] + methods:
+        per_seed = by_model.get(name, {})
+        row = {'model': name, 'role': 'baseline' if name == baseline else 'method',
+               'top1': _stats([r['top1'] for r in per_seed.values()]),
+               'top5': _stats([r['top5'] for r in per_seed.values()]),
+               'wall_seconds': sum(r['wall_seconds'] for r in per_seed.values()),
+               'seeds': sorted(per_seed)}
+        if name != baseline:
+            base = by_model.get(baseline, {})
+            gains = [r['top1'] - base[s]['top1'] for s, r in per_seed.items() if s in base]
+            row['gain_top1'] = _stats(gains)
+            row['beats_baseline'] = bool(gains) and statistics.fmean(gains) > 0
+        hits = [r['hit_rate'] for r in per_seed.values() if 'hit_rate' in r]
+        if hits:
+            row['hit_rate'] = {k: _stats([h[k] for h in hits])['mean'] for k in hits[0]
+                               if isinstance(hits[0][k], (int, float))}
+            row['hit_rate']['points'] = hits[0]['points']
+        rows.append(row)
+    return rows
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--suites', nargs='+', default=['synthetic'], choices=('synthetic', 'cub'))
+    p.add_argument('--methods', nargs='*', default=None, help=f'method prefixes (default: all of {list(METHODS)})')
+    p.add_argument('--backbone', default='resnet18', help='backbone of the method variants and the baseline')
+    p.add_argument('--model-args', type=json.loads, default={}, help='JSON kwargs for the method models')
+    p.add_argument('--baseline-args', type=json.loads, default={}, help='JSON kwargs for the baseline')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0])
+    # the shared budget
+    p.add_argument('--epochs', type=int, default=5)
+    p.add_argument('--max-steps', type=int, default=None)
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--optimizer', default='sgd', choices=('sgd', 'adamw'))
+    p.add_argument('--lr', type=float, default=0.05)
+    p.add_argument('--backbone-lr', type=float, default=None, help='default: --lr (from scratch)')
+    p.add_argument('--weight-decay', type=float, default=1e-4)
+    p.add_argument('--scheduler', default='cosine')
+    p.add_argument('--warmup-epochs', type=float, default=0.)
+    p.add_argument('--mixed-precision', default='no')
+    p.add_argument('--cpu', action='store_true', help='force the CPU even where CUDA is available')
+    p.add_argument('--workers', type=int, default=0)
+    # synthetic suite
+    p.add_argument('--img-size', type=int, default=96, help='model input size on the synthetic suite')
+    p.add_argument('--synthetic-classes', type=int, default=10)
+    p.add_argument('--synthetic-train-per-class', type=int, default=40)
+    p.add_argument('--synthetic-test-per-class', type=int, default=10)
+    p.add_argument('--synthetic-image-size', type=int, default=None, help='rendered size (default --img-size)')
+    # CUB suite
+    p.add_argument('--cub-tar', default=str(DEFAULT_CUB_TAR))
+    p.add_argument('--cub-classes', type=int, default=50)
+    p.add_argument('--cub-img-size', type=int, default=128)
+    # output
+    p.add_argument('--workdir', default=None, help='run outputs and the CUB subset (default: a temp dir)')
+    p.add_argument('--results-dir', default=None, help='default bench/results (a temp dir with --quick)')
+    p.add_argument('--quick', action='store_true', help='smoke run: 4 classes x 8 images, 64 px, 3 steps')
+    args = p.parse_args(argv)
+    if args.quick:
+        args.synthetic_classes, args.synthetic_train_per_class, args.synthetic_test_per_class = 4, 8, 4
+        args.img_size, args.cub_img_size, args.cub_classes = 64, 64, 3
+        args.epochs, args.max_steps, args.batch_size = 1, 3, 8
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    variants = [n for n in registered_variants(args.methods) if split_variant(n)[1] == args.backbone]
+    if not variants:
+        raise SystemExit(f'No registered method variant with backbone {args.backbone!r}.')
+    baseline = args.backbone
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix='timm_fgvc_bench_'))
+    results_dir = Path(args.results_dir) if args.results_dir else (
+        Path(tempfile.gettempdir()) / 'timm_fgvc_bench_quick' if args.quick else RESULTS_DIR)
+    device = torch.device('cuda' if torch.cuda.is_available() and not args.cpu else 'cpu')
+    meta = run_metadata(device)
+    print(f"timm-fgvc accuracy: {variants} vs {baseline} on {args.suites}; device {meta['device']}; "
+          f"workdir {workdir}", flush=True)
+    for suite in args.suites:
+        start = time.time()
+        if suite == 'cub':
+            dataset, classes = prepare_cub_subset(Path(args.cub_tar), args.cub_classes, workdir)
+            dataset = str(dataset)
+            data_text = (f'CUB-200-2011 (cub200_s160), first {args.cub_classes} classes, official split, '
+                         f'{args.cub_img_size} px, from scratch')
+        else:
+            dataset = 'synthetic'
+            data_text = (f'synthetic, {args.synthetic_classes} classes x {args.synthetic_train_per_class} train / '
+                         f'{args.synthetic_test_per_class} test, rendered at '
+                         f'{args.synthetic_image_size or args.img_size} px, {args.img_size} px input, from scratch')
+        grid = feature_grid(baseline, args.img_size) if suite == 'synthetic' else None
+        runs = []
+        for seed in args.seeds:
+            base = base_config(args, suite, dataset, seed)
+            runs.append(run_one(baseline, base, args.baseline_args, workdir, suite, seed, grid))
+            for name in variants:
+                runs.append(run_one(name, base, args.model_args, workdir, suite, seed, grid))
+        summary = summarise(runs, baseline, variants)
+        budget = {k: v for k, v in base_config(args, suite, dataset, 0).items() if k not in ('seed', 'dataset')}
+        entry = {'suite': suite, 'data': data_text, 'baseline': baseline, 'backbone': args.backbone,
+                 'budget': budget, 'seeds': args.seeds, 'model_args': args.model_args,
+                 'baseline_args': args.baseline_args, 'summary': summary, 'runs': runs,
+                 'wall_seconds': time.time() - start, 'quick': args.quick, **meta}
+        out = results_dir / f'accuracy_{suite}.json'
+        merge_results(out, [entry], ('suite', 'backbone', 'quick'))
+        print(f'\n{suite}: {data_text}; budget {json.dumps(budget)}')
+        print('| model | top-1 | gain | part hit rate | object hit rate | chance (part / object) | wall s |')
+        print('|---|---|---|---|---|---|---|')
+        for row in summary:
+            hr = row.get('hit_rate', {})
+            fmt = lambda v: '–' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.1f}'  # noqa
+            gain = row.get('gain_top1', {}).get('mean')
+            print(f"| {row['model']} | {fmt(row['top1']['mean'])} | {fmt(gain) if gain is not None else '–'} | "
+                  f"{fmt(hr.get('part_hit_rate'))} | {fmt(hr.get('object_hit_rate'))} | "
+                  f"{fmt(hr.get('chance_part_hit_rate'))} / {fmt(hr.get('chance_object_hit_rate'))} | "
+                  f"{row['wall_seconds']:.0f} |")
+        print(f'wrote {out}', flush=True)
+
+
+if __name__ == '__main__':
+    main()
