@@ -92,8 +92,8 @@ def test_part_boxes_cover_exactly_the_planted_parts(image_size):
             assert 0 <= x0 < x1 <= S and 0 <= y0 < y1 <= S
             # inside the object box
             assert ox0 <= x0 and oy0 <= y0 and x1 <= ox1 and y1 <= oy1
-            # small: a part is roughly 8-12% of the side (at most ~1.3 * sqrt(2) * 11% rotated)
-            assert 0.05 * S <= x1 - x0 <= 0.22 * S and 0.05 * S <= y1 - y0 <= 0.22 * S
+            # small: a part is ~12% of the side at scale 1 (8.4% .. 1.3 * sqrt(2) * 12% rotated)
+            assert 0.07 * S <= x1 - x0 <= 0.25 * S and 0.07 * S <= y1 - y0 <= 0.25 * S
             sub = diff[y0:y1, x0:x1]
             # the box is filled by its part (disc: pi/4 of its box) ...
             assert sub.mean() > 0.5
@@ -171,9 +171,10 @@ def test_class_information_is_only_in_the_fine_details():
     """A tiny CNN learns the classes from sharp images but not from blurred ones.
 
     Measured (10 classes, 40 train / 20 test per class, 64 px, 200 Adam steps,
-    over torch seeds 0-2 and data seeds 0-2): sharp test accuracy 0.60-0.71,
-    blurred (Gaussian radius = side/8) 0.07-0.115 (chance 0.10).  A bigger
-    learner (2x width, 400 steps) reaches 0.855 sharp vs 0.105 blurred.
+    torch/data seeds 0-2): sharp test accuracy 0.695-0.81 (0.71 with the seeds
+    used here), blurred (Gaussian radius = side/8) 0.09-0.125 (chance 0.10).
+    A bigger learner (2x width, 400 steps) reaches 0.905 sharp vs 0.085 blurred:
+    it memorises the blurred train set (0.42) without generalising.
     """
     import torch
 

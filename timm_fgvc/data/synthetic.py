@@ -16,7 +16,7 @@ Each image shows one *object* on a cluttered background:
 * **Parts** (the only class signal): two small markers sit on the body's major
   axis and move/scale/rotate rigidly with it -- a round *head* (black/white,
   near one end) and a square *tail* (navy/yellow, near the other end), each about
-  11% of the image side across at scale 1.  Their different outline and colour
+  12% of the image side across at scale 1.  Their different outline and colour
   pair tell head and tail apart, so the object's 180-degree symmetry does not
   make classes ambiguous.  Each part is filled with one of
   ``len(PART_PATTERNS)`` binary fine patterns (stripes, a dot, a checker,
@@ -130,9 +130,13 @@ _BODY_PALETTE = np.array(
 # Geometry, as fractions of the image side at object scale 1.
 _BODY_A = 0.22  # semi-major axis
 _BODY_B_RANGE = (0.50, 0.62)  # semi-minor / semi-major
-_PART_R = 0.055  # part "radius" (disc radius; square half-side * 1.0)
-_PART_OFFSET = 0.70  # part centre along the major axis, in units of semi-major axis
+_PART_R = 0.06  # part "radius" (disc radius = square half-side): 12% of the side across
+_PART_OFFSET = 0.65  # part centre along the major axis, in units of semi-major axis
 _SCALE_RANGE = (0.7, 1.3)
+# Numbers of background distractors, as [low, high) ranges.
+_N_BLOBS = (3, 7)
+_N_LINES = (1, 4)
+_N_PATCHES = (0, 3)
 
 
 def _split_key(split: str) -> int:
@@ -333,7 +337,7 @@ def render_sample(
     cv.rgb += base
 
     # distractor blobs
-    for _ in range(int(rng.integers(3, 7))):
+    for _ in range(int(rng.integers(*_N_BLOBS))):
         r1 = float(rng.uniform(0.03, 0.11)) * S
         r2 = r1 * float(rng.uniform(0.4, 1.0))
         _ellipse(
@@ -341,11 +345,11 @@ def render_sample(
             float(rng.uniform(0, math.pi)), rng.uniform(0.05, 0.95, size=3),
         )
     # distractor lines
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(*_N_LINES))):
         x0, y0, x1, y1 = rng.uniform(0, S, size=4)
         _line(cv, x0, y0, x1, y1, float(rng.uniform(0.8, 2.5)) * S / 128.0, rng.uniform(0.05, 0.95, size=3))
     # part-sized distractor patches: random 3x3 cell pattern in body-palette colours
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(*_N_PATCHES))):
         pr = _PART_R * S * float(rng.uniform(*_SCALE_RANGE))
         px, py = rng.uniform(pr, S - pr, size=2)
         pth = float(rng.uniform(0, 2 * math.pi))
