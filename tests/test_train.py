@@ -16,8 +16,8 @@ from timm_fgvc.models import TrainingStage
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ['--synthetic-classes', '4', '--synthetic-train-per-class', '16', '--synthetic-test-per-class', '3',
-         '--synthetic-image-size', '64', '--img-size', '64', '--batch-size', '8',
-         '--model-args', '{"backbone": "test_resnet"}']
+         '--synthetic-image-size', '64', '--batch-size', '8', '--model', 's3n_tiny',
+         '--optimizer', 'sgd', '--lr', '0.05', '--weight-decay', '1e-4', '--warmup-epochs', '0']
 
 
 def small_config(output_dir, **overrides) -> TrainConfig:

@@ -19,8 +19,10 @@ __all__ = ['TrainConfig', 'parse_args', 'load_yaml_config']
 
 @dataclass
 class TrainConfig:
+    """Defaults train S3N-tiny from scratch on the synthetic set (the README's main job); the paper recipes
+    live in hub_configs/*.yaml."""
     # model
-    model: str = 's3n_resnet18'
+    model: str = 's3n_tiny'
     pretrained: bool = False
     pretrained_backbone: bool = False
     model_args: Dict[str, Any] = field(default_factory=dict)
@@ -37,27 +39,27 @@ class TrainConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     synthetic_classes: int = 10
-    synthetic_train_per_class: int = 40
-    synthetic_test_per_class: int = 10
+    synthetic_train_per_class: int = 100
+    synthetic_test_per_class: int = 20
     synthetic_image_size: int = 96
-    img_size: Optional[int] = 96
+    img_size: Optional[int] = None  # default: the model's pretrained_cfg (the synthetic set: its own size)
     test_img_size: Optional[int] = None
     crop_pct: Optional[float] = None
     augment: bool = True
     num_workers: int = 0
     # optimisation
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 32
     eval_batch_size: Optional[int] = None
-    optimizer: str = 'sgd'
-    lr: float = 0.05
+    optimizer: str = 'adamw'
+    lr: float = 3e-3
     backbone_lr: Optional[float] = None
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     scheduler: str = 'cosine'
     step_epochs: float = 30
     step_gamma: float = 0.1
-    warmup_epochs: float = 0.
+    warmup_epochs: float = 1.
     grad_accum_steps: int = 1
     clip_grad: Optional[float] = None
     mixed_precision: str = 'no'

@@ -102,10 +102,13 @@ def is_fgvc_model(name: str) -> bool:
 def build_transforms(model: nn.Module, cfg: TrainConfig):
     """Train / eval transforms from the model's pretrained_cfg (timm), with size overrides from the run."""
     overrides = {}
-    if cfg.img_size:
-        overrides['input_size'] = (3, cfg.img_size, cfg.img_size)
-    if cfg.crop_pct:
-        overrides['crop_pct'] = cfg.crop_pct
+    img_size, crop_pct = cfg.img_size, cfg.crop_pct
+    if cfg.dataset == 'synthetic':  # generated at the size to use, with parts anywhere up to the border
+        img_size, crop_pct = img_size or cfg.synthetic_image_size, crop_pct or 1.0
+    if img_size:
+        overrides['input_size'] = (3, img_size, img_size)
+    if crop_pct:
+        overrides['crop_pct'] = crop_pct
     data_cfg = resolve_data_config(overrides, model=model)
     size = data_cfg['input_size'][-1]
     if cfg.augment:

@@ -32,7 +32,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..layers import (SaliencySampler, class_response_maps, entropy_gated_response, find_peaks,
                       peaks_to_image_coords)
 from ._base import FGVCModel, FGVCOutput, check_images
-from ._builder import build_fgvc_model, tagged_cfgs
+from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['S3N', 'sparse_attention', 'selective_partition']
 
@@ -254,6 +254,7 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('s3n_resnet50', ('cub200', 'aircraft', 'cars'), **_PAPER),
     **tagged_cfgs('s3n_resnet101', ('cub200',), **_PAPER),
     **tagged_cfgs('s3n_resnet18', ('cub200',), **_PAPER),
+    's3n_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
 })
 
 
@@ -276,3 +277,10 @@ def s3n_resnet18(pretrained: bool = False, **kwargs) -> S3N:
     """S3N with a ResNet-18 backbone (small, CPU-friendly)."""
     model_args = dict(backbone='resnet18')
     return _create_s3n('s3n_resnet18', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def s3n_tiny(pretrained: bool = False, **kwargs) -> S3N:
+    """S3N on timm's 0.4 M-parameter `test_resnet`: the CPU demo (the default `train_fgvc.py` run) and tests."""
+    model_args = dict(backbone='test_resnet')
+    return _create_s3n('s3n_tiny', pretrained, **dict(model_args, **kwargs))
