@@ -53,7 +53,7 @@ class TrainConfig:
     eval_batch_size: Optional[int] = None
     optimizer: str = 'adamw'
     lr: float = 3e-3
-    backbone_lr: Optional[float] = None
+    backbone_lr: Optional[float] = None  # default: lr / 10 with a pretrained backbone, lr from scratch
     momentum: float = 0.9
     weight_decay: float = 0.05
     scheduler: str = 'cosine'

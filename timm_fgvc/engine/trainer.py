@@ -145,6 +145,14 @@ def parameter_groups(model: nn.Module, lr: float, backbone_lr: float, weight_dec
     ]
 
 
+def resolve_backbone_lr(cfg: TrainConfig) -> float:
+    """`--backbone-lr`, else lr / 10 for a pretrained backbone (the paper recipes) and lr when from scratch."""
+    if cfg.backbone_lr is not None:
+        return cfg.backbone_lr
+    pretrained = cfg.pretrained or cfg.pretrained_backbone or cfg.initial_checkpoint
+    return cfg.lr * 0.1 if pretrained else cfg.lr
+
+
 def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_epoch: int):
     """Per-stage step ranges and one LR-factor function per param group (backbone, new)."""
     bounds, start = [], 0
@@ -153,7 +161,7 @@ def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_
         length = max(1, int(round(epochs * steps_per_epoch)))
         bounds.append((start, start + length))
         start += length
-    backbone_lr = cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr * 0.1
+    backbone_lr = resolve_backbone_lr(cfg)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
 
     def stage_of(step: int) -> int:
@@ -284,8 +292,7 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f'--start-stage {cfg.start_stage} out of range: {cfg.model} has {len(stages)} stage(s) '
                          f'{[s.name for s in stages]}.')
     stages = stages[cfg.start_stage:]
-    backbone_lr = cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr * 0.1
-    groups = parameter_groups(model, cfg.lr, backbone_lr, cfg.weight_decay)
+    groups = parameter_groups(model, cfg.lr, resolve_backbone_lr(cfg), cfg.weight_decay)
     if cfg.optimizer == 'sgd':
         optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == 'adamw':
