@@ -17,7 +17,7 @@ from timm_fgvc.models import TrainingStage
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ['--synthetic-classes', '4', '--synthetic-train-per-class', '16', '--synthetic-test-per-class', '3',
          '--synthetic-image-size', '64', '--batch-size', '8', '--model', 's3n_tiny',
-         '--optimizer', 'sgd', '--lr', '0.05', '--weight-decay', '1e-4', '--warmup-epochs', '0']
+         '--optimizer', 'sgd', '--lr', '0.02', '--weight-decay', '1e-4', '--warmup-epochs', '0']
 
 
 def small_config(output_dir, **overrides) -> TrainConfig:
@@ -36,10 +36,11 @@ def run_cli(args, launcher=(sys.executable,), timeout=600):
 
 
 def test_cli_training_lowers_the_loss(tmp_path):
-    run_cli(SMALL + ['--epochs', '3', '--output-dir', str(tmp_path)])
+    run_cli(SMALL + ['--epochs', '5', '--optimizer', 'adamw', '--lr', '3e-3', '--weight-decay', '0.05',
+                     '--output-dir', str(tmp_path)])
     results = json.loads((tmp_path / 'results.json').read_text())
     losses = [h['train_loss'] for h in results['history']]
-    assert len(losses) == 3 and losses[-1] < 0.9 * losses[0], losses
+    assert len(losses) == 5 and losses[-1] < 0.85 * losses[0], losses
     assert {'eval_top1', 'eval_top5', 'eval_top1_joint', 'eval_top1_original'} <= set(results['final'])
     assert results['final']['eval_samples'] == 12 and results['label_names'][0] == results['label_names'][0]
     state = load_file(str(tmp_path / 'model.safetensors'))
@@ -122,7 +123,7 @@ def test_yaml_config_with_cli_overrides():
 def test_stages_switch_trainable_parts_and_learning_rates():
     stages = [TrainingStage('saliency', trainable=('heads.',), epochs=2, lr=0.1),
               TrainingStage('finetune', epochs=1, lr=0.01, backbone_lr=0.001)]
-    cfg = TrainConfig(lr=0.1, backbone_lr=0.01, scheduler='none')
+    cfg = TrainConfig(lr=0.1, backbone_lr=0.01, scheduler='none', warmup_epochs=0)
     bounds, stage_of, factor = stage_schedule(stages, cfg, steps_per_epoch=5)
     assert bounds == [(0, 10), (10, 15)] and stage_of(9) == 0 and stage_of(10) == 1
     assert factor(3, 'new') == 1.0 and factor(12, 'new') == pytest.approx(0.1)
