@@ -17,11 +17,20 @@ method's gain over the baseline (per seed, then the mean), on
 - `cub`: the first `--cub-classes` classes of CUB-200-2011 from `../shared/data/cub200_s160.tar` (unpacked to a
   temp dir outside the repo), official train/test split, at `--cub-img-size` px.
 
-    python bench/accuracy.py --quick                          # smoke run: a few steps, tiny data (CPU, ~5 min)
-    python bench/accuracy.py --suites synthetic --epochs 5 --batch-size 16
+    python bench/accuracy.py --quick                          # smoke run: a few steps, tiny data (CPU, ~3 min)
+    python bench/accuracy.py --backbone test_resnet --threads 1   # s3n_tiny vs test_resnet, engine defaults
+    python bench/accuracy.py --epochs 12 --batch-size 16 --optimizer sgd --lr 0.05 --warmup-epochs 1 \
+        --synthetic-train-per-class 40 --synthetic-test-per-class 10 --threads 1     # S3N-R18 vs R18, ~14 min CPU
     python bench/accuracy.py --suites cub --cub-classes 50 --cub-img-size 128 --epochs 10
 
-Results: `bench/results/accuracy_<suite>.json` (`--quick` writes to a temp dir unless `--results-dir`).
+Budget flags left unset take the engine's `TrainConfig` defaults (the same for both models); the backbone's
+learning rate equals `--lr` (nothing is pretrained here). The baseline gets the method's data config
+(`pretrained_cfg_overlay`: crop, interpolation, mean / std) and the run checks that both saw identically
+transformed images (`identical_transforms` in the results).
+
+Results: `bench/results/accuracy_<suite>.json` (`--quick` writes to a temp dir unless `--results-dir`); a run with
+a different budget is added next to the earlier ones (the report shows the latest and lists the others as
+"also tried"), a run with the same budget replaces its older entry.
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import tarfile
@@ -43,7 +53,6 @@ from _common import (METHODS, REPO, RESULTS_DIR, merge_results, registered_varia
 
 import timm  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from timm_fgvc.data.synthetic import render_sample  # noqa: E402
@@ -67,7 +76,7 @@ def prepare_cub_subset(tar_path: Path, num_classes: int, workdir: Path) -> Tuple
     with tarfile.open(tar_path) as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
         parts = [Path(m.name).parts for m in members]
-        base = next(i for i, p in enumerate(parts[0]) if p in ('train', 'test'))
+        base = next(p.index('train') for p in parts if 'train' in p[:-1])  # depth of <split>/<class>/<image>
         classes = sorted({p[base + 1] for p in parts if len(p) > base + 2 and p[base] == 'train'})
         if len(classes) < num_classes:
             raise SystemExit(f'{tar_path} has {len(classes)} classes, fewer than --cub-classes {num_classes}.')
@@ -240,21 +249,78 @@ def hit_rates(model, cfg: TrainConfig, eval_tf, grid: Tuple[int, int], batch_siz
 # --------------------------------------------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------------------------------------------
+_ENGINE = TrainConfig()  # the engine's defaults fill every budget flag left unset
+
+
+def _value(args, name: str):
+    value = getattr(args, name)
+    return getattr(_ENGINE, name) if value is None else value
+
+
+def input_size(args, suite: str) -> int:
+    if suite == 'cub':
+        return args.cub_img_size
+    return args.img_size or _value(args, 'synthetic_image_size')
+
+
 def base_config(args, suite: str, dataset: str, seed: int) -> dict:
     """Every field that must be identical for the method and its baseline."""
-    size = args.img_size if suite == 'synthetic' else args.cub_img_size
+    lr = _value(args, 'lr')
+    epochs = _value(args, 'epochs')
     cfg = dict(
-        dataset=dataset, img_size=size, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        lr=args.lr, backbone_lr=args.backbone_lr if args.backbone_lr is not None else args.lr,
-        momentum=0.9, weight_decay=args.weight_decay, scheduler=args.scheduler, warmup_epochs=args.warmup_epochs,
-        seed=seed, cpu=args.cpu, mixed_precision=args.mixed_precision, num_workers=args.workers,
-        eval_every=max(args.epochs, 1), keep_checkpoints=1, max_steps=args.max_steps, augment=True,
+        dataset=dataset, img_size=input_size(args, suite), crop_pct=args.crop_pct or (1.0 if suite == 'synthetic'
+                                                                                        else 0.875),
+        epochs=epochs, batch_size=_value(args, 'batch_size'), optimizer=_value(args, 'optimizer'), lr=lr,
+        backbone_lr=args.backbone_lr if args.backbone_lr is not None else lr, momentum=_ENGINE.momentum,
+        weight_decay=_value(args, 'weight_decay'), scheduler=_value(args, 'scheduler'),
+        warmup_epochs=_value(args, 'warmup_epochs'), seed=seed, cpu=args.cpu, mixed_precision=args.mixed_precision,
+        num_workers=args.workers, eval_every=max(epochs, 1), keep_checkpoints=1, max_steps=args.max_steps,
+        augment=True,
     )
     if suite == 'synthetic':
-        cfg.update(synthetic_classes=args.synthetic_classes, synthetic_train_per_class=args.synthetic_train_per_class,
-                   synthetic_test_per_class=args.synthetic_test_per_class,
-                   synthetic_image_size=args.synthetic_image_size or size)
+        cfg.update(synthetic_classes=_value(args, 'synthetic_classes'),
+                   synthetic_train_per_class=_value(args, 'synthetic_train_per_class'),
+                   synthetic_test_per_class=_value(args, 'synthetic_test_per_class'),
+                   synthetic_image_size=_value(args, 'synthetic_image_size'))
     return cfg
+
+
+def aligned_baseline_args(method_name: str, model_args: dict, baseline_args: dict) -> dict:
+    """The baseline's kwargs with the method's data config (crop, interpolation, mean / std) as its
+    `pretrained_cfg_overlay`, so both see identically preprocessed images (timm's resnet18 cfg differs)."""
+    cfg = timm.create_model(method_name, num_classes=2, **model_args).pretrained_cfg
+    overlay = {k: cfg[k] for k in ('interpolation', 'mean', 'std', 'crop_pct', 'crop_mode') if k in cfg}
+    overlay.update(baseline_args.get('pretrained_cfg_overlay', {}))
+    return {**baseline_args, 'pretrained_cfg_overlay': overlay}
+
+
+def reproduce_command(args, suite: str, budget: dict) -> str:
+    """The run as a command with every budget flag explicit, so it still means the same run after the
+    engine's defaults change."""
+    flags = ['--suites', suite, '--backbone', args.backbone]
+    if args.variants:
+        flags += ['--variants', *args.variants]
+    if args.methods:
+        flags += ['--methods', *args.methods]
+    flags += ['--seeds', *map(str, args.seeds)]
+    names = ['epochs', 'max_steps', 'batch_size', 'optimizer', 'lr', 'backbone_lr', 'weight_decay', 'scheduler',
+             'warmup_epochs', 'crop_pct', 'mixed_precision']
+    if suite == 'synthetic':
+        names += ['synthetic_classes', 'synthetic_train_per_class', 'synthetic_test_per_class',
+                  'synthetic_image_size']
+        if budget['img_size'] != budget['synthetic_image_size']:
+            names.append('img_size')
+    for name in names:
+        if budget.get(name) is not None:
+            flags += ['--' + name.replace('_', '-'), str(budget[name])]
+    if suite == 'cub':
+        flags += ['--cub-classes', str(args.cub_classes), '--cub-img-size', str(args.cub_img_size)]
+    for name in ('model_args', 'baseline_args'):
+        if getattr(args, name):
+            flags += ['--' + name.replace('_', '-'), json.dumps(getattr(args, name))]
+    if args.threads:
+        flags += ['--threads', str(args.threads)]
+    return ' '.join(['python', 'bench/accuracy.py'] + [shlex.quote(f) for f in flags])
 
 
 def load_trained(name: str, num_classes: int, output_dir: Path, model_args: dict):
@@ -285,9 +351,10 @@ def run_one(name: str, base: dict, model_args: dict, workdir: Path, suite: str, 
         'train_seconds': results.get('train_seconds'), 'wall_seconds': wall, 'params': results.get('params'),
         'steps': final.get('step'), 'num_classes': results.get('num_classes'), 'engine_device': results.get('device'),
     }
+    model = load_trained(name, results['num_classes'], output_dir, model_args)
+    train_tf, eval_tf, _ = build_transforms(model, cfg)
+    record['transforms'] = {'train': repr(train_tf), 'eval': repr(eval_tf)}
     if suite == 'synthetic':
-        model = load_trained(name, results['num_classes'], output_dir, model_args)
-        _, eval_tf, _ = build_transforms(model, cfg)
         start = time.time()
         record['hit_rate'] = hit_rates(model, cfg, eval_tf, grid)
         record['hit_rate']['seconds'] = time.time() - start
@@ -334,34 +401,62 @@ def summarise(runs: List[dict], baseline: str, methods: List[str]) -> List[dict]
     return rows
 
 
+def select_variants(args) -> List[str]:
+    """Registered method variants whose backbone is `--backbone` (or the `--variants` given, which must have it)."""
+    registered = registered_variants(args.methods)
+    if args.variants:
+        unknown = [v for v in args.variants if v not in registered]
+        if unknown:
+            raise SystemExit(f'Unknown variant(s) {unknown}; registered: {registered}.')
+        candidates = args.variants
+    else:
+        candidates = registered
+    chosen = [n for n in candidates if split_variant(n)[1] == args.backbone]
+    if not chosen or args.variants:  # names that do not spell the backbone (s3n_tiny -> test_resnet)
+        chosen = [n for n in candidates if timm.create_model(n, num_classes=2).backbone_name == args.backbone]
+    if args.variants and len(chosen) != len(args.variants):
+        raise SystemExit(f'--variants {args.variants}: every variant must have the backbone --backbone '
+                         f'{args.backbone!r}, the baseline.')
+    if not chosen:
+        raise SystemExit(f'No registered method variant with backbone {args.backbone!r}.')
+    return chosen
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--suites', nargs='+', default=['synthetic'], choices=('synthetic', 'cub'))
     p.add_argument('--methods', nargs='*', default=None, help=f'method prefixes (default: all of {list(METHODS)})')
-    p.add_argument('--backbone', default='resnet18', help='backbone of the method variants and the baseline')
+    p.add_argument('--backbone', default='resnet18',
+                   help="timm backbone of the method variants (e.g. test_resnet for s3n_tiny); the baseline is "
+                        "this plain timm model")
+    p.add_argument('--variants', nargs='*', default=None, help='method variants by name (default: by --backbone)')
     p.add_argument('--model-args', type=json.loads, default={}, help='JSON kwargs for the method models')
     p.add_argument('--baseline-args', type=json.loads, default={}, help='JSON kwargs for the baseline')
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
-    # the shared budget
-    p.add_argument('--epochs', type=int, default=5)
+    # the shared budget; unset flags take the engine's TrainConfig defaults
+    engine = lambda name: f"default: the engine's ({getattr(_ENGINE, name)})"  # noqa: E731
+    p.add_argument('--epochs', type=int, default=None, help=engine('epochs'))
     p.add_argument('--max-steps', type=int, default=None)
-    p.add_argument('--batch-size', type=int, default=16)
-    p.add_argument('--optimizer', default='sgd', choices=('sgd', 'adamw'))
-    p.add_argument('--lr', type=float, default=0.05)
-    p.add_argument('--backbone-lr', type=float, default=None, help='default: --lr (from scratch)')
-    p.add_argument('--weight-decay', type=float, default=1e-4)
-    p.add_argument('--scheduler', default='cosine')
-    p.add_argument('--warmup-epochs', type=float, default=0.)
+    p.add_argument('--batch-size', type=int, default=None, help=engine('batch_size'))
+    p.add_argument('--optimizer', default=None, choices=('sgd', 'adamw'), help=engine('optimizer'))
+    p.add_argument('--lr', type=float, default=None, help=engine('lr'))
+    p.add_argument('--backbone-lr', type=float, default=None, help='default: --lr (everything trains from scratch)')
+    p.add_argument('--weight-decay', type=float, default=None, help=engine('weight_decay'))
+    p.add_argument('--scheduler', default=None, help=engine('scheduler'))
+    p.add_argument('--warmup-epochs', type=float, default=None, help=engine('warmup_epochs'))
+    p.add_argument('--crop-pct', type=float, default=None, help='default: 1.0 on the synthetic set, 0.875 on CUB')
     p.add_argument('--mixed-precision', default='no')
     p.add_argument('--cpu', action='store_true', help='force the CPU even where CUDA is available')
     p.add_argument('--workers', type=int, default=0)
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch.set_num_threads; 1 is far steadier than 2 on a CPU shared with other jobs')
     # synthetic suite
-    p.add_argument('--img-size', type=int, default=96, help='model input size on the synthetic suite')
-    p.add_argument('--synthetic-classes', type=int, default=10)
-    p.add_argument('--synthetic-train-per-class', type=int, default=40)
-    p.add_argument('--synthetic-test-per-class', type=int, default=10)
-    p.add_argument('--synthetic-image-size', type=int, default=None, help='rendered size (default --img-size)')
+    p.add_argument('--img-size', type=int, default=None, help='synthetic input size (default: the rendered size)')
+    p.add_argument('--synthetic-classes', type=int, default=None, help=engine('synthetic_classes'))
+    p.add_argument('--synthetic-train-per-class', type=int, default=None, help=engine('synthetic_train_per_class'))
+    p.add_argument('--synthetic-test-per-class', type=int, default=None, help=engine('synthetic_test_per_class'))
+    p.add_argument('--synthetic-image-size', type=int, default=None, help=engine('synthetic_image_size'))
     # CUB suite
     p.add_argument('--cub-tar', default=str(DEFAULT_CUB_TAR))
     p.add_argument('--cub-classes', type=int, default=50)
@@ -369,20 +464,21 @@ def parse_args(argv=None):
     # output
     p.add_argument('--workdir', default=None, help='run outputs and the CUB subset (default: a temp dir)')
     p.add_argument('--results-dir', default=None, help='default bench/results (a temp dir with --quick)')
+    p.add_argument('--note', default=None, help='free text kept with the results (e.g. what else was tried)')
     p.add_argument('--quick', action='store_true', help='smoke run: 4 classes x 8 images, 64 px, 3 steps')
     args = p.parse_args(argv)
     if args.quick:
         args.synthetic_classes, args.synthetic_train_per_class, args.synthetic_test_per_class = 4, 8, 4
-        args.img_size, args.cub_img_size, args.cub_classes = 64, 64, 3
+        args.synthetic_image_size, args.cub_img_size, args.cub_classes = 64, 64, 3
         args.epochs, args.max_steps, args.batch_size = 1, 3, 8
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    variants = [n for n in registered_variants(args.methods) if split_variant(n)[1] == args.backbone]
-    if not variants:
-        raise SystemExit(f'No registered method variant with backbone {args.backbone!r}.')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = select_variants(args)
     baseline = args.backbone
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='timm_fgvc_bench_'))
     results_dir = Path(args.results_dir) if args.results_dir else (
@@ -400,24 +496,34 @@ def main(argv=None):
                          f'{args.cub_img_size} px, from scratch')
         else:
             dataset = 'synthetic'
-            data_text = (f'synthetic, {args.synthetic_classes} classes x {args.synthetic_train_per_class} train / '
-                         f'{args.synthetic_test_per_class} test, rendered at '
-                         f'{args.synthetic_image_size or args.img_size} px, {args.img_size} px input, from scratch')
-        grid = feature_grid(baseline, args.img_size) if suite == 'synthetic' else None
+            data_text = (f"synthetic, {_value(args, 'synthetic_classes')} classes x "
+                         f"{_value(args, 'synthetic_train_per_class')} train / "
+                         f"{_value(args, 'synthetic_test_per_class')} test, rendered at "
+                         f"{_value(args, 'synthetic_image_size')} px, {input_size(args, suite)} px input, "
+                         'from scratch')
+        grid = feature_grid(baseline, input_size(args, suite)) if suite == 'synthetic' else None
+        baseline_args = aligned_baseline_args(variants[0], args.model_args, args.baseline_args)
         runs = []
         for seed in args.seeds:
             base = base_config(args, suite, dataset, seed)
-            runs.append(run_one(baseline, base, args.baseline_args, workdir, suite, seed, grid))
+            runs.append(run_one(baseline, base, baseline_args, workdir, suite, seed, grid))
             for name in variants:
                 runs.append(run_one(name, base, args.model_args, workdir, suite, seed, grid))
         summary = summarise(runs, baseline, variants)
+        same_transforms = len({json.dumps(r['transforms']) for r in runs}) == 1
+        if not same_transforms:
+            print('WARNING: the models did not see identically transformed images: '
+                  f"{sorted({json.dumps(r['transforms']) for r in runs})}", flush=True)
         budget = {k: v for k, v in base_config(args, suite, dataset, 0).items() if k not in ('seed', 'dataset')}
         entry = {'suite': suite, 'data': data_text, 'baseline': baseline, 'backbone': args.backbone,
                  'budget': budget, 'seeds': args.seeds, 'model_args': args.model_args,
-                 'baseline_args': args.baseline_args, 'summary': summary, 'runs': runs,
-                 'wall_seconds': time.time() - start, 'quick': args.quick, **meta}
+                 'baseline_args': baseline_args, 'identical_transforms': same_transforms,
+                 'transforms': runs[0]['transforms'], 'summary': summary, 'runs': runs,
+                 'wall_seconds': time.time() - start, 'quick': args.quick, 'note': args.note,
+                 'threads': torch.get_num_threads(), **meta,
+                 'reproduce': reproduce_command(args, suite, budget)}
         out = results_dir / f'accuracy_{suite}.json'
-        merge_results(out, [entry], ('suite', 'backbone', 'quick'))
+        merge_results(out, [entry], ('suite', 'backbone', 'quick', 'budget', 'seeds', 'model_args'))
         print(f'\n{suite}: {data_text}; budget {json.dumps(budget)}')
         print('| model | top-1 | gain | part hit rate | object hit rate | chance (part / object) | wall s |')
         print('|---|---|---|---|---|---|---|')

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import statistics
 import sys
@@ -132,18 +131,20 @@ def alexnet_conv1_4() -> nn.Module:
 
 
 class BackboneBound(nn.Module):
-    """The bound as a module: `forward(B images)` runs every pass on random inputs of the pass's shape.
+    """The bound as a module: `run(inputs, target)` does every pass on inputs of the pass's shape.
 
-    The inputs are made once per batch size (outside the timed region) so the bound times only the passes.
+    Each backbone pass ends as a plain classifier does (global average pool, one linear head, cross-entropy
+    when a target is given), so its backward carries the same kind of gradients as the method's heads do; the
+    head and loss cost next to nothing. The inputs are made outside the timed region.
     """
 
-    def __init__(self, backbone_name: str, passes: List[Pass], in_chans: int = 3):
+    def __init__(self, backbone_name: str, passes: List[Pass], num_classes: int, in_chans: int = 3):
         super().__init__()
         self.passes = passes
         self.backbone = create_backbone(backbone_name, in_chans=in_chans)
+        self.head = nn.Linear(self.backbone.num_features, num_classes)
         if any(p.module == 'alexnet_conv1_4' for p in passes):
             self.saliency = alexnet_conv1_4()
-        self._inputs: Dict[tuple, List[torch.Tensor]] = {}
 
     def make_inputs(self, batch: int, device, dtype, channels_last: bool, training: bool) -> List[torch.Tensor]:
         inputs = []
@@ -154,14 +155,19 @@ class BackboneBound(nn.Module):
             inputs.append(x.requires_grad_(training and p.input_grad))
         return inputs
 
-    def run(self, inputs: List[torch.Tensor], forward_features: Optional[Callable] = None) -> torch.Tensor:
-        """Sum of the passes' mean features (a scalar to back-propagate)."""
+    def run(self, inputs: List[torch.Tensor], target: Optional[torch.Tensor] = None,
+            forward_features: Optional[Callable] = None) -> torch.Tensor:
+        """The summed loss of the passes (with `target`), or the last pass's logits (without)."""
         forward_features = forward_features or self.backbone.forward_features
-        total = 0.
+        total, logits = 0., None
         for p, x in zip(self.passes, inputs):
-            out = self.saliency(x) if p.module == 'alexnet_conv1_4' else forward_features(x)
-            total = total + out.float().mean()
-        return total
+            if p.module == 'alexnet_conv1_4':
+                total = total + self.saliency(x).float().mean()
+                continue
+            logits = self.head(forward_features(x).mean((2, 3)))
+            if target is not None:
+                total = total + F.cross_entropy(logits.float(), target.repeat(p.batch_factor))
+        return total if target is not None else logits
 
     def describe(self) -> str:
         return ' + '.join(f"{p.batch_factor}B x {p.size}px{' (input grad)' if p.input_grad else ''}"
@@ -319,10 +325,6 @@ def first_line(e: BaseException) -> str:
     return f'{type(e).__name__}: {text[0] if text else ""}'[:300]
 
 
-def _main_output(out):
-    return out if torch.is_tensor(out) else out[0] if isinstance(out, (tuple, list)) else out
-
-
 def compare(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> dict:
     a, b = a.detach().float().cpu(), b.detach().float().cpu()
     diff = (a - b).abs()
@@ -341,7 +343,16 @@ def export_check(model: nn.Module, x: torch.Tensor) -> dict:
     seconds = time.perf_counter() - start
     with torch.inference_mode():
         match = compare(program.module()(x), model(x), rtol=1e-4, atol=1e-4)
-    return {'ok': True, 'seconds': seconds, 'matches_eager': match}
+    report = {'ok': True, 'seconds': seconds, 'matches_eager': match}
+    try:  # the same with a symbolic batch size (static spatial size)
+        dynamic = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch', min=2)},))
+        x3 = torch.cat([x, x[:1]])
+        with torch.inference_mode():
+            report['dynamic_batch'] = {'ok': True, 'matches_eager': compare(dynamic.module()(x3), model(x3),
+                                                                            rtol=1e-4, atol=1e-4)}
+    except Exception as e:
+        report['dynamic_batch'] = {'ok': False, 'error': first_line(e)}
+    return report
 
 
 def compile_check(model: nn.Module, x: torch.Tensor, amp: str, device: torch.device, mode: Optional[str]) -> tuple:
@@ -363,25 +374,26 @@ def compile_check(model: nn.Module, x: torch.Tensor, amp: str, device: torch.dev
 
 
 def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
-    method, backbone_name = split_variant(name)
+    method, _ = split_variant(name)
     bound_fn, bound_text = BOUNDS[method]
     batch = args.batch_size
     torch.manual_seed(args.seed)
     model = timm.create_model(name, num_classes=args.num_classes).to(device)
     passes = bound_fn(model, size)
-    bound = BackboneBound(model.backbone_name, passes).to(device)
+    bound = BackboneBound(model.backbone_name, passes, args.num_classes).to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     bound = bound.to(memory_format=memory_format)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, args.num_classes, (batch,), device=device)
     entry = {
-        'variant': name, 'method': method, 'method_name': METHODS[method][0], 'backbone': backbone_name,
+        'variant': name, 'method': method, 'method_name': METHODS[method][0], 'backbone': model.backbone_name,
         'img_size': size, 'batch_size': batch, 'amp': args.amp, 'channels_last': args.channels_last,
         'compile': args.compile, 'num_classes': args.num_classes, 'warmup': args.warmup, 'iters': args.iters,
+        'flush_denormal': bool(args.flush_denormal and device.type == 'cpu'), 'threads': torch.get_num_threads(),
         'params_m': sum(p.numel() for p in model.parameters()) / 1e6,
         'bound': {'definition': bound_text, 'passes': bound.describe()},
-        'paper_variant': backbone_name == METHODS[method][1] and size == METHODS[method][2],
+        'paper_variant': model.backbone_name == METHODS[method][1] and size == METHODS[method][2],
     }
     print(f'\n== {name} @ {size}px, batch {batch}, amp {args.amp}, channels_last {args.channels_last}, '
           f'compile {args.compile}; bound: {bound.describe()}', flush=True)
@@ -410,7 +422,7 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
 
     def bound_infer():
         with torch.inference_mode(), autocast_ctx(device, args.amp):
-            bound.run(bound_inputs, bound_features)
+            bound.run(bound_inputs, None, bound_features)
 
     method_times, bound_times = time_pair(method_infer, bound_infer, device, args.warmup, args.iters)
     inference = {'method': summary(method_times, batch), 'bound': summary(bound_times, batch)}
@@ -442,7 +454,7 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
 
     def bound_step():
         with autocast_ctx(device, args.amp):
-            loss = bound.run(bound_inputs, bound_features)
+            loss = bound.run(bound_inputs, y, bound_features)
         loss.backward()
         bound_opt.step()
         bound_opt.zero_grad(set_to_none=True)
@@ -494,8 +506,18 @@ def profile_variant(name: str, infer: Callable, step: Callable, device: torch.de
 
 
 # --------------------------------------------------------------------------------------------------------------
+def default_size(name: str) -> int:
+    """A variant's own input size: 224 for the resnet18 variant, else its pretrained_cfg's (the paper's)."""
+    method, backbone = split_variant(name)
+    if backbone == SMALL_BACKBONE:
+        return SMALL_RESOLUTION
+    cfg = timm.models.get_pretrained_cfg(name)
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else METHODS[method][2]
+
+
 def select_variants(args) -> List[tuple]:
-    """(variant, resolution) pairs from `--variants`: 'paper', 'small', 'all' or explicit variant names."""
+    """(variant, resolution) pairs from `--variants`: 'paper' (the paper's backbone at the paper's resolution),
+    'small' (the resnet18 variant at 224), 'all' (every registered variant at its own size) or names."""
     registered = registered_variants(args.methods)
     chosen = []
     for item in args.variants:
@@ -505,13 +527,12 @@ def select_variants(args) -> List[tuple]:
                 _, paper_backbone, paper_size = METHODS[method]
                 if item in ('paper', 'all') and backbone == paper_backbone:
                     chosen.append((name, paper_size))
-                if item in ('small', 'all') and backbone == SMALL_BACKBONE:
+                elif item in ('small', 'all') and backbone == SMALL_BACKBONE:
                     chosen.append((name, SMALL_RESOLUTION))
-                if item == 'all' and backbone not in (paper_backbone, SMALL_BACKBONE):
-                    chosen.append((name, paper_size))
+                elif item == 'all':
+                    chosen.append((name, default_size(name)))
         elif item in registered:
-            method, backbone = split_variant(item)
-            chosen.append((item, SMALL_RESOLUTION if backbone == SMALL_BACKBONE else METHODS[method][2]))
+            chosen.append((item, default_size(item)))
         else:
             raise SystemExit(f'Unknown variant {item!r}; registered: {registered}.')
     if args.img_size:
@@ -544,6 +565,9 @@ def parse_args(argv=None):
     p.add_argument('--profile-dir', default=tempfile.gettempdir())
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
+    p.add_argument('--flush-denormal', action='store_true',
+                   help='torch.set_flush_denormal(True) (CPU): denormal gradients make the backward of randomly '
+                        'initialised nets slow in a data-dependent way on x86, which blurs method / bound ratios')
     p.add_argument('--quick', action='store_true',
                    help='CPU smoke run: resnet18 variants at 224, batch 2, 1 warm-up + 2 timed iterations; '
                         'results go to a temp file unless --out is given')
@@ -561,6 +585,8 @@ def main(argv=None):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        print('WARNING: this CPU cannot flush denormals; --flush-denormal has no effect.')
     if args.batch_size is None:
         args.batch_size = 16 if device.type == 'cuda' else 4
     if args.amp == 'fp16' and device.type == 'cpu':
@@ -580,7 +606,7 @@ def main(argv=None):
         Path(tempfile.gettempdir()) / f'throughput_{device.type}_quick.json' if args.quick
         else RESULTS_DIR / f'throughput_{device.type}.json')
     merge_results(out, entries, ('variant', 'img_size', 'batch_size', 'amp', 'channels_last', 'compile',
-                                 'device_type'))
+                                 'flush_denormal', 'device_type'))
     print('\n| variant | px | batch | infer img/s (method / bound) | overhead | train img/s (method / bound) '
           '| overhead | export |')
     print('|---|---|---|---|---|---|---|---|')
