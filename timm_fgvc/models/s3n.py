@@ -200,7 +200,8 @@ class S3N(FGVCModel):
             'joint': self.pooled_head(torch.cat([pooled[n] for n in self.branches], 1)),  # on F_J
         }
         extras = {k: v for k, v in out.items() if not k.startswith(('feat_', 'logits_'))}
-        attention = F.interpolate(out['attention'], size=x.shape[-2:], mode='bilinear', align_corners=False)
+        with torch.no_grad():  # for visualisation and hit rates only; no loss uses it
+            attention = F.interpolate(out['attention'], size=x.shape[-2:], mode='bilinear', align_corners=False)
         return FGVCOutput(logits=logits, main='joint', attention=_normalize_attention(attention), extras=extras)
 
     def attention_maps(self, x: torch.Tensor, return_details: bool = False):
