@@ -167,23 +167,30 @@ class S3N(FGVCModel):
         return dict(attention=attention, discriminative=discriminative, complementary=complementary,
                     q_discriminative=q_discriminative, q_complementary=q_complementary)
 
-    def _forward_branches(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _attend_and_resample(self, x: torch.Tensor, size: Tuple[int, int],
+                             resample: bool = True) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
+        """O-branch pass, peaks and sampling maps on a `size` grid; with `resample`, both resampled images
+        from one sampler call (returned stacked `[2B, C, H, W]`, D first, and split into the dict)."""
         check_images(x, self.in_chans, self.min_input_size)
-        batch = x.shape[0]
         feat_original = self.backbone.forward_features(x)
         logits_original = self.heads['original'](feat_original.mean((2, 3)))
         peaks = self.select_peaks(feat_original, logits_original)
-        maps = self.sampling_maps(peaks, (self.grid_size, self.grid_size))
-        saliency = torch.cat([maps['q_discriminative'], maps['q_complementary']])
+        out = dict(**peaks, **self.sampling_maps(peaks, size), feat_original=feat_original,
+                   logits_original=logits_original)
+        if not resample:
+            return out, None
+        batch = x.shape[0]
+        saliency = torch.cat([out['q_discriminative'], out['q_complementary']])
         resampled, grids = self.sampler(torch.cat([x, x]), saliency)  # Eq. 7-8, both branches in one call
+        out.update(image_discriminative=resampled[:batch], image_complementary=resampled[batch:],
+                   grid_discriminative=grids[:batch], grid_complementary=grids[batch:])
+        return out, resampled
+
+    def _forward_branches(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out, resampled = self._attend_and_resample(x, (self.grid_size, self.grid_size))
         feat_resampled = self.backbone.forward_features(resampled)
-        return dict(
-            **peaks, **maps,
-            feat_original=feat_original, logits_original=logits_original,
-            feat_discriminative=feat_resampled[:batch], feat_complementary=feat_resampled[batch:],
-            image_discriminative=resampled[:batch], image_complementary=resampled[batch:],
-            grid_discriminative=grids[:batch], grid_complementary=grids[batch:],
-        )
+        batch = x.shape[0]
+        return dict(out, feat_discriminative=feat_resampled[:batch], feat_complementary=feat_resampled[batch:])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, 3D, h, w]`: the O, D and C feature maps stacked along channels (F_J before pooling)."""
@@ -210,27 +217,16 @@ class S3N(FGVCModel):
         Unused peak slots are all-zero maps. Details: peak centres (x, y in pixels), scores, masks, which set
         each peak went to, the sampling maps, the sampling grids and the two resampled images.
         """
-        check_images(x, self.in_chans, self.min_input_size)
         height, width = x.shape[-2:]
-        feat_original = self.backbone.forward_features(x)
-        logits_original = self.heads['original'](feat_original.mean((2, 3)))
-        peaks = self.select_peaks(feat_original, logits_original)
-        maps = self.sampling_maps(peaks, (height, width))
-        attention = _normalize_attention(maps['attention'])
+        out, _ = self._attend_and_resample(x, (height, width), resample=return_details)
+        attention = _normalize_attention(out['attention'])
         if not return_details:
             return attention
-        saliency = torch.cat([maps['q_discriminative'], maps['q_complementary']])
-        resampled, grids = self.sampler(torch.cat([x, x]), saliency)
-        batch = x.shape[0]
         scale = torch.tensor([width, height], device=x.device, dtype=torch.float32)
-        details = dict(
-            peak_xy=peaks['peak_centers'] * scale, peak_scores=peaks['peak_scores'], peak_mask=peaks['peak_mask'],
-            discriminative=maps['discriminative'], complementary=maps['complementary'],
-            response=peaks['response'], q_discriminative=maps['q_discriminative'],
-            q_complementary=maps['q_complementary'], grid_discriminative=grids[:batch],
-            grid_complementary=grids[batch:], image_discriminative=resampled[:batch],
-            image_complementary=resampled[batch:],
-        )
+        keys = ('peak_scores', 'peak_mask', 'discriminative', 'complementary', 'response', 'q_discriminative',
+                'q_complementary', 'grid_discriminative', 'grid_complementary', 'image_discriminative',
+                'image_complementary')
+        details = dict(peak_xy=out['peak_centers'] * scale, **{k: out[k] for k in keys})
         return attention, details
 
 
