@@ -311,6 +311,17 @@ def overheads(result: dict, device: torch.device) -> None:
         result['overhead_cpu_time'] = method['cpu_median_s'] / bound['cpu_median_s']
 
 
+def time_against_bound(kind: str, method_fn: Callable[[], None], bound_fn: Callable[[], None],
+                       device: torch.device, args, batch: int, target: float) -> dict:
+    """Time method and bound interleaved, summarise both, add the overheads and the target, print."""
+    method_times, bound_times = time_pair(method_fn, bound_fn, device, args.warmup, args.iters)
+    result = {'method': summary(method_times, batch), 'bound': summary(bound_times, batch)}
+    overheads(result, device)
+    result['target'] = target
+    print_result(kind, result)
+    return result
+
+
 # --------------------------------------------------------------------------------------------------------------
 # One variant
 # --------------------------------------------------------------------------------------------------------------
@@ -424,12 +435,8 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
         with torch.inference_mode(), autocast_ctx(device, args.amp):
             bound.run(bound_inputs, None, bound_features)
 
-    method_times, bound_times = time_pair(method_infer, bound_infer, device, args.warmup, args.iters)
-    inference = {'method': summary(method_times, batch), 'bound': summary(bound_times, batch)}
-    overheads(inference, device)
-    inference['target'] = INFERENCE_TARGET
-    entry['inference'] = inference
-    print_result('inference', inference)
+    entry['inference'] = time_against_bound('inference', method_infer, bound_infer, device, args, batch,
+                                            INFERENCE_TARGET)
     if not args.no_memory:
         entry['memory_inference'] = {'method': peak_memory(method_infer, device, model, x),
                                      'bound': peak_memory(bound_infer, device, bound, bound_inputs)}
@@ -461,12 +468,8 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
         for t in bound_inputs:
             t.grad = None
 
-    method_times, bound_times = time_pair(method_step, bound_step, device, args.warmup, args.iters)
-    training = {'method': summary(method_times, batch), 'bound': summary(bound_times, batch)}
-    overheads(training, device)
-    training['target'] = TRAINING_TARGET
-    entry['training'] = training
-    print_result('training', training)
+    entry['training'] = time_against_bound('training', method_step, bound_step, device, args, batch,
+                                           TRAINING_TARGET)
     if not args.no_memory:
         entry['memory_training'] = {'method': peak_memory(method_step, device, model, method_opt, x),
                                     'bound': peak_memory(bound_step, device, bound, bound_opt, bound_inputs)}
@@ -474,8 +477,8 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
         fmt = lambda m: 'n/a' if m.get('peak_mib') is None else f"{m['peak_mib']:.0f}"  # noqa: E731
         print(f"  peak memory (MiB): inference method {fmt(mi['method'])} / bound {fmt(mi['bound'])}; "
               f"training method {fmt(mt['method'])} / bound {fmt(mt['bound'])}", flush=True)
-    entry['within_target'] = bool(inference['overhead'] <= INFERENCE_TARGET
-                                  and training['overhead'] <= TRAINING_TARGET)
+    entry['within_target'] = bool(entry['inference']['overhead'] <= INFERENCE_TARGET
+                                  and entry['training']['overhead'] <= TRAINING_TARGET)
 
     if args.profile:
         entry['profile'] = profile_variant(name, method_infer, method_step, device, args)
