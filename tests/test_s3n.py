@@ -1,13 +1,11 @@
 """S3N: partition (Eq. 4), sparse attention (Eq. 5), sampling maps (Eq. 6), the batched forward, learning."""
-import math
 
-import pytest
 import timm
 import torch
 
 import timm_fgvc  # noqa: F401
 from timm_fgvc.data.synthetic import make_synthetic_fgvc
-from timm_fgvc.models.s3n import S3N, selective_partition, sparse_attention
+from timm_fgvc.models.s3n import selective_partition, sparse_attention
 
 TINY = dict(backbone='test_resnet')
 

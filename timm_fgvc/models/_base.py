@@ -7,9 +7,8 @@ surface (`forward_features`, `forward_head`, `get_classifier`, `reset_classifier
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import timm
 import torch
