@@ -19,8 +19,9 @@ from timm_fgvc.models import HUB_ORG, PUBLISHED_WEIGHTS
 
 @pytest.fixture
 def repo_copy(tmp_path, repo_root):
-    """hub_configs/ and MODEL_CARDS.md copied, so tests can change them."""
+    """hub_configs/, bench/results/ and MODEL_CARDS.md copied, so tests can change them."""
     shutil.copytree(repo_root / 'hub_configs', tmp_path / 'hub_configs')
+    shutil.copytree(repo_root / 'bench' / 'results', tmp_path / 'bench' / 'results')
     shutil.copy(repo_root / 'MODEL_CARDS.md', tmp_path / 'MODEL_CARDS.md')
     return tmp_path
 
@@ -94,6 +95,39 @@ def test_model_cards_go_stale_when_a_config_changes(repo_copy):
     assert cli_main(['cards', '--check', '--root', str(repo_copy)]) == 1
     assert cli_main(['cards', '--root', str(repo_copy)]) == 0
     assert check_model_cards(repo_copy, stream=io.StringIO())
+
+
+def test_model_cards_show_the_benchmark_results(repo_copy):
+    """A changed throughput result makes MODEL_CARDS.md stale; regenerated, the card shows the new overhead."""
+    import json
+
+    path = repo_copy / 'bench' / 'results' / 'throughput_cpu.json'
+    data = json.loads(path.read_text())
+    entry = next(e for e in data['entries'] if e['variant'] == 's3n_resnet50')
+    entry['inference']['overhead'] = 1.37
+    path.write_text(json.dumps(data))
+    stream = io.StringIO()
+    assert not check_model_cards(repo_copy, stream=stream)
+    assert 'bench/results' in stream.getvalue()
+    write_model_cards(repo_copy)
+    text = (repo_copy / 'MODEL_CARDS.md').read_text()
+    card = text.split('## s3n_resnet50.cub200')[1].split('\n## ')[0]
+    assert 'Speed measured here: inference 1.37x' in card
+    rows = _table(text.split('## Benchmarks measured here')[1], '| Method | Variant |')
+    row = next(r for r in rows if r['Variant'] == '`s3n_resnet50`')
+    assert row['Inference overhead'].startswith('1.37 (**above**')
+    # without bench/results (an installed package) there is no benchmark section
+    assert '## Benchmarks measured here' not in render_model_cards(load_hub_configs(repo_copy))
+
+
+def test_bench_report_is_in_sync(repo_root):
+    """README.md, bench/README.md and MODEL_CARDS.md show what bench/results/*.json hold."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(repo_root / 'bench' / 'report.py'), '--check'],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_model_cards_table_keeps_paper_and_measured_apart(repo_root):

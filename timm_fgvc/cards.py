@@ -4,7 +4,9 @@
 package's measured accuracy (`measured:`, filled by `timm-fgvc record` from a run's results.json) and the
 training recipe (`train:`, read by train_fgvc.py). MODEL_CARDS.md is rendered from them by `timm-fgvc cards`;
 `timm-fgvc cards --check` (CI) fails when it is stale. Paper and measured numbers stay in separate columns and a
-model without a measurement says "not yet measured".
+model without a measurement says "not yet measured". When the repository has benchmark results
+(`bench/results/*.json`), MODEL_CARDS.md also shows them: a speed line per model card and the tables of
+`bench/README.md` (rendered by `timm_fgvc.benchmarks`, the same code as `bench/report.py`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .models._builder import HUB_ORG
 __all__ = [
     'METHODS', 'NOT_MEASURED', 'CARDS_FILE', 'CONFIG_DIR', 'split_model_name', 'load_hub_config',
     'load_hub_configs', 'render_model_cards', 'write_model_cards', 'check_model_cards', 'format_number',
-    'format_recipe', 'train_command', 'record_measurement', 'update_measured',
+    'format_recipe', 'train_command', 'record_measurement', 'update_measured', 'load_bench_results',
 ]
 
 # method prefix -> display name (SPEC §3)
@@ -200,9 +202,25 @@ def _backbone(cfg: Dict[str, Any]) -> str:
     return (cfg['train'].get('model_args') or {}).get('backbone', backbone)
 
 
-def render_model_cards(configs: Sequence[Dict[str, Any]]) -> str:
-    """The Markdown of MODEL_CARDS.md for these hub configs (deterministic: sorted by model name)."""
+def load_bench_results(root: Union[str, Path] = '.') -> Dict[str, List[dict]]:
+    """`{'throughput': [...], 'accuracy': [...]}` from `<root>/bench/results/*.json` (empty lists without it)."""
+    from .benchmarks import RESULTS_DIR, load_results
+
+    folder = Path(root) / RESULTS_DIR
+    return {kind: load_results(f'{kind}_*.json', folder, root) for kind in ('throughput', 'accuracy')}
+
+
+def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[str, List[dict]]] = None) -> str:
+    """The Markdown of MODEL_CARDS.md for these hub configs (deterministic: sorted by model name).
+
+    `bench` (from `load_bench_results`) adds each card's measured speed and a "Benchmarks measured here" section.
+    """
+    from .benchmarks import paper_top1, render, speed_summary
+
     configs = sorted(configs, key=lambda c: c['model'])
+    bench = bench or {}
+    throughput, accuracy = bench.get('throughput') or [], bench.get('accuracy') or []
+    has_bench = bool(throughput or accuracy)
     lines = [
         f'<!-- Generated from {CONFIG_DIR}/*.yaml by `{REGENERATE}`: do not edit by hand. Change the hub config',
         f'     (or record a run with `timm-fgvc record`) and run `{REGENERATE}`; CI runs `{REGENERATE} --check`. -->',
@@ -212,7 +230,9 @@ def render_model_cards(configs: Sequence[Dict[str, Any]]) -> str:
         f'Every planned Hugging Face Hub model of timm-fgvc, one per file in `{CONFIG_DIR}/`. **Paper top-1** is the '
         'accuracy the paper reports (for the paper\'s own backbone and protocol); **measured top-1** is what this '
         f'package measured with the recorded command. They are never mixed: "{NOT_MEASURED}" means no run of this '
-        'package has been recorded for that model.',
+        'package has been recorded for that model.' + (
+            ' Speed and accuracy measured by the benchmark scripts are under '
+            '[Benchmarks measured here](#benchmarks-measured-here).' if has_bench else ''),
         '',
         '| Model | Method | Backbone | Dataset | Hub id | Published | Paper top-1 | Measured top-1 |',
         '|---|---|---|---|---|---|---|---|',
@@ -251,6 +271,14 @@ def render_model_cards(configs: Sequence[Dict[str, Any]]) -> str:
             if measured.get('command'):
                 lines.append(f'- Measured with: `{measured["command"]}`')
         lines.append(f'- Recipe (`train:`): {format_recipe(cfg["train"])}')
+        for speed in speed_summary(throughput, cfg['model'].split('.')[0]):
+            lines.append(f'- Speed measured here: {speed}')
+    if has_bench:
+        block, _ = render(throughput, accuracy, paper_top1(configs))
+        lines += ['', '## Benchmarks measured here', '',
+                  'From `bench/results/*.json` (`python bench/report.py` renders the same tables into README.md and '
+                  '`bench/README.md`). These runs are short CPU benchmarks of this package, not the papers\' '
+                  'protocol: read the paper columns as context, not as a target.', '', block.rstrip('\n')]
     return '\n'.join(lines) + '\n'
 
 
@@ -262,7 +290,7 @@ def _anchor(model: str) -> str:
 def write_model_cards(root: Union[str, Path] = '.') -> Path:
     """Render `<root>/MODEL_CARDS.md` from `<root>/hub_configs/`."""
     path = Path(root) / CARDS_FILE
-    path.write_text(render_model_cards(load_hub_configs(root)))
+    path.write_text(render_model_cards(load_hub_configs(root), load_bench_results(root)))
     return path
 
 
@@ -270,7 +298,7 @@ def check_model_cards(root: Union[str, Path] = '.', stream: Optional[TextIO] = N
     """True when MODEL_CARDS.md equals what `timm-fgvc cards` renders now; else False and a diff on `stream`."""
     stream = sys.stderr if stream is None else stream
     path = Path(root) / CARDS_FILE
-    expected = render_model_cards(load_hub_configs(root))
+    expected = render_model_cards(load_hub_configs(root), load_bench_results(root))
     current = path.read_text() if path.is_file() else None
     if current == expected:
         return True
@@ -279,7 +307,8 @@ def check_model_cards(root: Union[str, Path] = '.', stream: Optional[TextIO] = N
         return False
     diff = difflib.unified_diff(current.splitlines(keepends=True), expected.splitlines(keepends=True),
                                 fromfile=f'{CARDS_FILE} (committed)', tofile=f'{CARDS_FILE} (from {CONFIG_DIR}/)')
-    stream.write(f'{path} is out of date with {CONFIG_DIR}/; run `{REGENERATE}` to regenerate it.\n')
+    stream.write(f'{path} is out of date with {CONFIG_DIR}/ and bench/results/; run `{REGENERATE}` to regenerate '
+                 'it.\n')
     stream.writelines(diff)
     return False
 
