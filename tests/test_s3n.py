@@ -5,7 +5,7 @@ import torch
 
 import timm_fgvc  # noqa: F401
 from timm_fgvc.data.synthetic import make_synthetic_fgvc
-from timm_fgvc.models.s3n import selective_partition, sparse_attention
+from timm_fgvc.models.s3n import sampling_map, selective_partition, sparse_attention, sparse_attention_factors
 
 TINY = dict(backbone='test_resnet')
 
@@ -52,6 +52,22 @@ def test_sparse_attention_matches_eq5():
     # a discriminative peak is narrower (beta1 < beta2) and its amplitude grows with R, a complementary one's shrinks
     unused = sparse_attention(centers, scores, disc & False, comp & False, beta1, beta2, (size, size))
     assert unused.abs().max() == 0
+
+
+def test_sampling_maps_sum_the_member_attention_eq6():
+    """Eq. 6 from the separable factors (one matmul) equals base + the sum of the members' Eq. 5 maps."""
+    torch.manual_seed(0)
+    centers, scores = torch.rand(3, 5, 2), torch.rand(3, 5) * 0.9 + 0.1
+    disc = torch.rand(3, 5) > 0.5
+    valid = torch.rand(3, 5) > 0.2
+    disc, comp = disc & valid, ~disc & valid
+    beta1, beta2 = torch.tensor(0.11), torch.tensor(0.28)
+    attention = sparse_attention(centers, scores, disc, comp, beta1, beta2, (31, 23))
+    factors = sparse_attention_factors(centers, scores, disc, comp, beta1, beta2, (31, 23))
+    for members in (disc, comp):
+        expected = 0.09 + (attention * members[..., None, None]).sum(1)
+        assert torch.allclose(sampling_map(*factors, members, 0.09), expected, atol=1e-5)
+    assert torch.allclose(sampling_map(*factors, torch.zeros_like(disc), 0.09), torch.full((3, 31, 23), 0.09))
 
 
 def test_empty_peak_set_gives_identity_resampling_and_peak_magnifies():

@@ -26,7 +26,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import (SaliencySampler, class_response_maps, entropy_gated_response, find_peaks,
@@ -34,7 +33,7 @@ from ..layers import (SaliencySampler, class_response_maps, entropy_gated_respon
 from ._base import FGVCModel, FGVCOutput, check_images
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
-__all__ = ['S3N', 'sparse_attention', 'selective_partition']
+__all__ = ['S3N', 'sparse_attention', 'sparse_attention_factors', 'sampling_map', 'selective_partition']
 
 
 def selective_partition(scores: torch.Tensor, valid: torch.Tensor, training: bool,
@@ -57,6 +56,38 @@ def selective_partition(scores: torch.Tensor, valid: torch.Tensor, training: boo
     return discriminative, valid & ~discriminative
 
 
+# exp(-30) ~ 1e-13: far below the base level of Eq. 6; keeps the products of the two axes out of float32
+# denormals, which are slow on CPUs.
+_MIN_EXPONENT = -30.
+
+
+def sparse_attention_factors(
+        centers: torch.Tensor,
+        scores: torch.Tensor,
+        discriminative: torch.Tensor,
+        complementary: torch.Tensor,
+        beta1: torch.Tensor,
+        beta2: torch.Tensor,
+        size: Tuple[int, int],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 5 as separable factors: `(amplitude [B, K], along_y [B, K, H], along_x [B, K, W])`.
+
+    The Gaussian of Eq. 5 is isotropic, so exp(-d^2 / s) = exp(-dx^2 / s) * exp(-dy^2 / s): the map of peak k is
+    `amplitude[k] * along_y[k, :, None] * along_x[k, None, :]`, with H + W exponentials per peak instead of H * W.
+    Unused peak slots have amplitude 0.
+    """
+    height, width = size
+    ys = (torch.arange(height, device=centers.device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=centers.device, dtype=torch.float32) + 0.5) / width
+    centers = centers.float()
+    score = scores.float().clamp_min(1e-6)
+    width2 = score * torch.where(discriminative, beta1.float() ** 2, beta2.float() ** 2)  # R * beta^2
+    amplitude = torch.where(discriminative, score, 1. / score) * (discriminative | complementary)
+    along_x = torch.exp((-(xs - centers[..., 0, None]) ** 2 / width2[..., None]).clamp_min(_MIN_EXPONENT))
+    along_y = torch.exp((-(ys - centers[..., 1, None]) ** 2 / width2[..., None]).clamp_min(_MIN_EXPONENT))
+    return amplitude, along_y, along_x
+
+
 def sparse_attention(
         centers: torch.Tensor,
         scores: torch.Tensor,
@@ -72,19 +103,19 @@ def sparse_attention(
     Discriminative peaks get amplitude R and squared width R * beta1^2; complementary ones amplitude 1 / R and
     squared width R * beta2^2 (distances in image-side units).
     """
-    height, width = size
-    ys = (torch.arange(height, device=centers.device, dtype=torch.float32) + 0.5) / height
-    xs = (torch.arange(width, device=centers.device, dtype=torch.float32) + 0.5) / width
-    centers = centers.float()
-    dist2 = ((xs.view(1, 1, 1, -1) - centers[..., 0, None, None]) ** 2
-             + (ys.view(1, 1, -1, 1) - centers[..., 1, None, None]) ** 2)
-    score = scores.float().clamp_min(1e-6)[..., None, None]
-    disc = discriminative[..., None, None]
-    beta2_sq = torch.where(disc, beta1.float() ** 2, beta2.float() ** 2)
-    amplitude = torch.where(disc, score, 1. / score)
-    attention = amplitude * torch.exp(-dist2 / (score * beta2_sq))  # Eq. 5
-    used = (discriminative | complementary)[..., None, None]
-    return attention * used
+    amplitude, along_y, along_x = sparse_attention_factors(
+        centers, scores, discriminative, complementary, beta1, beta2, size)
+    return amplitude[..., None, None] * along_y[..., :, None] * along_x[..., None, :]  # Eq. 5
+
+
+def sampling_map(amplitude: torch.Tensor, along_y: torch.Tensor, along_x: torch.Tensor, members: torch.Tensor,
+                 base_level: float) -> torch.Tensor:
+    """Eq. 6: base level + the sum of the sparse attention of the peaks in `members` (`[B, K]`), `[B, H, W]`.
+
+    One batched matmul over the separable factors (`[B, H, K] @ [B, K, W]`); no `[B, K, H, W]` tensor is built.
+    """
+    weights = (amplitude * members)[..., None] * along_y  # [B, K, H]
+    return base_level + weights.transpose(1, 2) @ along_x  # Eq. 6
 
 
 class S3N(FGVCModel):
@@ -155,27 +186,36 @@ class S3N(FGVCModel):
         return dict(response=response, use_top1=use_top1, entropy=entropy, peak_centers=centers,
                     peak_scores=peaks.scores.float(), peak_mask=peaks.mask)
 
-    def sampling_maps(self, peaks: Dict[str, torch.Tensor], size: Tuple[int, int]) -> Dict[str, torch.Tensor]:
-        """Partition (Eq. 4), sparse attention (Eq. 5) and the two sampling maps (Eq. 6) on an H x W grid."""
+    def sampling_maps(self, peaks: Dict[str, torch.Tensor], size: Tuple[int, int],
+                      return_attention: bool = True) -> Dict[str, torch.Tensor]:
+        """Partition (Eq. 4), sparse attention (Eq. 5) and the two sampling maps (Eq. 6) on an H x W grid.
+
+        The per-peak attention `[B, K, H, W]` is only built with `return_attention` (for visualisation); the
+        sampling maps come from its separable factors either way.
+        """
         discriminative, complementary = selective_partition(
             peaks['peak_scores'], peaks['peak_mask'], self.training, self.partition, self.eval_threshold)
-        attention = sparse_attention(
+        amplitude, along_y, along_x = sparse_attention_factors(
             peaks['peak_centers'], peaks['peak_scores'], discriminative, complementary,
-            self.beta1, self.beta2, size)
-        q_discriminative = self.base_level + (attention * discriminative[..., None, None]).sum(1)  # Eq. 6
-        q_complementary = self.base_level + (attention * complementary[..., None, None]).sum(1)  # Eq. 6
-        return dict(attention=attention, discriminative=discriminative, complementary=complementary,
-                    q_discriminative=q_discriminative, q_complementary=q_complementary)
+            self.beta1, self.beta2, size)  # Eq. 5
+        out = dict(
+            discriminative=discriminative, complementary=complementary,
+            q_discriminative=sampling_map(amplitude, along_y, along_x, discriminative, self.base_level),  # Eq. 6
+            q_complementary=sampling_map(amplitude, along_y, along_x, complementary, self.base_level),  # Eq. 6
+        )
+        if return_attention:
+            out['attention'] = amplitude[..., None, None] * along_y[..., :, None] * along_x[..., None, :]
+        return out
 
-    def _attend_and_resample(self, x: torch.Tensor, size: Tuple[int, int],
-                             resample: bool = True) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
+    def _attend_and_resample(self, x: torch.Tensor, size: Tuple[int, int], resample: bool = True,
+                             return_attention: bool = False) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
         """O-branch pass, peaks and sampling maps on a `size` grid; with `resample`, both resampled images
         from one sampler call (returned stacked `[2B, C, H, W]`, D first, and split into the dict)."""
         check_images(x, self.in_chans, self.min_input_size)
         feat_original = self.backbone.forward_features(x)
         logits_original = self.heads['original'](feat_original.mean((2, 3)))
         peaks = self.select_peaks(feat_original, logits_original)
-        out = dict(**peaks, **self.sampling_maps(peaks, size), feat_original=feat_original,
+        out = dict(**peaks, **self.sampling_maps(peaks, size, return_attention), feat_original=feat_original,
                    logits_original=logits_original)
         if not resample:
             return out, None
@@ -207,8 +247,9 @@ class S3N(FGVCModel):
             'joint': self.pooled_head(torch.cat([pooled[n] for n in self.branches], 1)),  # on F_J
         }
         extras = {k: v for k, v in out.items() if not k.startswith(('feat_', 'logits_'))}
-        with torch.no_grad():  # for visualisation and hit rates only; no loss uses it
-            attention = F.interpolate(out['attention'], size=x.shape[-2:], mode='bilinear', align_corners=False)
+        with torch.no_grad():  # Eq. 5 at image resolution, for visualisation and hit rates; no loss uses it
+            attention = sparse_attention(out['peak_centers'], out['peak_scores'], out['discriminative'],
+                                         out['complementary'], self.beta1, self.beta2, x.shape[-2:])
         return FGVCOutput(logits=logits, main='joint', attention=_normalize_attention(attention), extras=extras)
 
     def attention_maps(self, x: torch.Tensor, return_details: bool = False):
@@ -218,7 +259,7 @@ class S3N(FGVCModel):
         each peak went to, the sampling maps, the sampling grids and the two resampled images.
         """
         height, width = x.shape[-2:]
-        out, _ = self._attend_and_resample(x, (height, width), resample=return_details)
+        out, _ = self._attend_and_resample(x, (height, width), resample=return_details, return_attention=True)
         attention = _normalize_attention(out['attention'])
         if not return_details:
             return attention
