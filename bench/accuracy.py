@@ -331,14 +331,16 @@ def load_trained(name: str, num_classes: int, output_dir: Path, model_args: dict
 
 def run_one(name: str, base: dict, model_args: dict, workdir: Path, suite: str, seed: int, grid) -> dict:
     output_dir = workdir / suite / f'seed{seed}' / name
-    cfg = TrainConfig(model=name, model_args=dict(model_args), output_dir=str(output_dir), **base)
     method, _ = split_variant(name)
     if method in METHODS:
+        # staged recipes (CAA, HSM, SSANet) share the baseline's epochs equally between their stages, so both
+        # run the same number of optimiser steps (the stages' own paper epochs would not be the same budget)
         stages = timm.create_model(name, num_classes=2, **model_args).training_stages()
-        staged = [s.name for s in stages if s.epochs is not None]
-        if staged:
-            print(f'WARNING: {name} stages {staged} carry their own epochs; the run is longer than --epochs '
-                  '(the engine has no per-stage override yet).', flush=True)
+        if len(stages) > 1 or stages[0].epochs is not None:
+            base = dict(base, stage_epochs=[base['epochs'] / len(stages)] * len(stages))
+            print(f"{name}: {len(stages)} stage(s) {[s.name for s in stages]}, {base['stage_epochs']} epochs each "
+                  f"({base['epochs']} in all, as the baseline)", flush=True)
+    cfg = TrainConfig(model=name, model_args=dict(model_args), output_dir=str(output_dir), **base)
     print(f'\n=== {suite} seed {seed}: {name} -> {output_dir}', flush=True)
     start = time.time()
     results = train(cfg)

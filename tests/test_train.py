@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from timm_fgvc.data.loading import few_shot_indices, load_fgvc_dataset
 from timm_fgvc.engine.config import TrainConfig, parse_args
-from timm_fgvc.engine.trainer import apply_stage, stage_schedule, train
+from timm_fgvc.engine.trainer import apply_stage, resolve_stage_epochs, stage_schedule, train
 from timm_fgvc.models import TrainingStage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,3 +135,17 @@ def test_stages_switch_trainable_parts_and_learning_rates():
     assert trainable and all(n.startswith('heads.') for n in trainable)
     apply_stage(model, stages[1])
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_stage_epochs_override_the_papers_stage_lengths():
+    stages = [TrainingStage('scale1', epochs=40), TrainingStage('scale2', epochs=40), TrainingStage('scale3')]
+    assert resolve_stage_epochs(stages, TrainConfig(epochs=7)) == [40, 40, 7]
+    assert resolve_stage_epochs(stages, TrainConfig(stage_epochs=[2])) == [2, 2, 2]
+    cfg = TrainConfig(stage_epochs=[1, 0.5, 2], scheduler='none', warmup_epochs=0)
+    bounds, _, _ = stage_schedule(stages, cfg, steps_per_epoch=10)
+    assert bounds == [(0, 10), (10, 15), (15, 35)]
+    with pytest.raises(ValueError, match='one value per stage'):
+        resolve_stage_epochs(stages, TrainConfig(stage_epochs=[1, 2]))
+    with pytest.raises(ValueError, match='positive'):
+        resolve_stage_epochs(stages, TrainConfig(stage_epochs=[0]))
+    assert parse_args(['--stage-epochs', '1', '0.5', '2']).stage_epochs == [1.0, 0.5, 2.0]

@@ -66,6 +66,7 @@ class TrainConfig:
     cpu: bool = False
     channels_last: bool = False
     start_stage: int = 0
+    stage_epochs: List[float] = field(default_factory=list)  # per stage (one value: every stage); [] = the model's
     seed: int = 0
     max_steps: Optional[int] = None
     # output, checkpoints and logging
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif get_origin(base) in (dict, Dict):
             parser.add_argument(flag, type=json.loads, default=None, help='JSON object')
         elif get_origin(base) in (list, List):
-            parser.add_argument(flag, nargs='*', default=None)
+            parser.add_argument(flag, nargs='*', type=(get_args(base) or (str,))[0], default=None)
         else:
             parser.add_argument(flag, type=_optional(base) if optional else base, default=None)
     return parser

@@ -33,7 +33,8 @@ from ..models._base import TrainingStage
 from .checkpoint import load_weights
 from .config import TrainConfig
 
-__all__ = ['TrainStep', 'train', 'build_model', 'build_transforms', 'parameter_groups', 'stage_schedule']
+__all__ = ['TrainStep', 'train', 'build_model', 'build_transforms', 'parameter_groups', 'resolve_stage_epochs',
+           'stage_schedule']
 
 _logger = logging.getLogger(__name__)
 
@@ -153,11 +154,27 @@ def resolve_backbone_lr(cfg: TrainConfig) -> float:
     return cfg.lr * 0.1 if pretrained else cfg.lr
 
 
-def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_epoch: int):
+def resolve_stage_epochs(stages: Sequence[TrainingStage], cfg: TrainConfig, model_name: str = '') -> List[float]:
+    """Epochs of each stage: `cfg.stage_epochs` (one value for every stage, or one per stage) over the model's own
+    (the paper's) stage epochs, over `cfg.epochs`."""
+    override = [float(e) for e in cfg.stage_epochs or []]
+    if len(override) == 1:
+        override = override * len(stages)
+    if override and len(override) != len(stages):
+        raise ValueError(f'--stage-epochs gives {len(override)} values but {model_name or "the model"} has '
+                         f'{len(stages)} stage(s) {[s.name for s in stages]}: give one value per stage or a single '
+                         'value for all of them.')
+    if any(e <= 0 for e in override):
+        raise ValueError(f'--stage-epochs must be positive, got {cfg.stage_epochs}.')
+    return override or [float(s.epochs if s.epochs is not None else cfg.epochs) for s in stages]
+
+
+def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_epoch: int,
+                   stage_epochs: Optional[Sequence[float]] = None):
     """Per-stage step ranges and one LR-factor function per param group (backbone, new)."""
     bounds, start = [], 0
-    for stage in stages:
-        epochs = stage.epochs if stage.epochs is not None else cfg.epochs
+    stage_epochs = list(stage_epochs) if stage_epochs is not None else resolve_stage_epochs(stages, cfg)
+    for epochs in stage_epochs:
         length = max(1, int(round(epochs * steps_per_epoch)))
         bounds.append((start, start + length))
         start += length
@@ -291,6 +308,7 @@ def train(cfg: TrainConfig) -> dict:
     if not 0 <= cfg.start_stage < len(stages):
         raise ValueError(f'--start-stage {cfg.start_stage} out of range: {cfg.model} has {len(stages)} stage(s) '
                          f'{[s.name for s in stages]}.')
+    stage_epochs = resolve_stage_epochs(stages, cfg, cfg.model)[cfg.start_stage:]
     stages = stages[cfg.start_stage:]
     groups = parameter_groups(model, cfg.lr, resolve_backbone_lr(cfg), cfg.weight_decay)
     if cfg.optimizer == 'sgd':
@@ -305,7 +323,7 @@ def train(cfg: TrainConfig) -> dict:
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))
-    bounds, stage_of, factor = stage_schedule(stages, cfg, steps_per_epoch)
+    bounds, stage_of, factor = stage_schedule(stages, cfg, steps_per_epoch, stage_epochs)
     total_steps = bounds[-1][1] if cfg.max_steps is None else min(bounds[-1][1], cfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [lambda s, g=g['name']: factor(s, g) for g in groups])
