@@ -265,9 +265,11 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   the same engine (`timm_fgvc.engine.trainer.train`) and reports top-1, gain over the baseline and, on the
   synthetic set, the attention hit rate. `--suites synthetic cub`, `--epochs`, `--batch-size`, `--lr`,
   `--img-size`, `--synthetic-classes`, `--synthetic-train-per-class`, `--cub-classes 50 --cub-img-size 128`,
-  `--seeds 0 1 2`, `--quick` (smoke run, a few steps). Writes `bench/results/accuracy_<suite>.json`.
-- `python bench/report.py` — renders this file and the README block from `bench/results/*.json`
-  (`--check` for CI).
+  `--seeds 0 1 2`, `--quick` (smoke run, a few steps). Staged methods split the epochs equally over their
+  stages (`--stage-epochs` of the engine), so both sides run the same number of steps. Writes
+  `bench/results/accuracy_<suite>.json`.
+- `python bench/report.py` — renders this file, the README block and the benchmark section of MODEL_CARDS.md
+  from `bench/results/*.json` (`--check`: exit 1 when one is stale; the test suite runs it).
 
 Every number in the tables below links to the command that produced it (the Cmd column).
 """
