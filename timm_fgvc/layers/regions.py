@@ -1,0 +1,141 @@
+""" Region proposals, batched fixed-K non-maximum suppression and crop-and-zoom
+
+Shared by the methods that look at image regions:
+- LFD (Sec. 3.2): every cell of the attention map proposes a fixed square region centred on it (160 px on a
+  448 px image); rank by the map, NMS at IoU 0.25, keep m = 6; crop and zoom each to 224 px.
+- CAA (Sec. 3.3): the bounding box of the Otsu mask, cropped and zoomed to the input size for the next scale.
+- SSANet: anchors scored by a navigator, NMS, top K = 4 parts, and their scale candidates.
+
+Everything is batched and fixed-shape: NMS returns exactly K regions per image (padded, with a mask, when fewer
+survive), boxes are `(x1, y1, x2, y2)` in continuous input-pixel coordinates (pixel i spans [i, i + 1]), and
+crops come from one `torchvision.ops.roi_align` call over all B x K boxes.
+"""
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torchvision.ops import roi_align
+
+__all__ = ['Regions', 'box_iou', 'cell_centered_boxes', 'nms_top_k', 'propose_square_regions', 'crop_regions',
+           'mask_bounding_box']
+
+Size = Union[int, Tuple[int, int]]
+
+
+def _pair(size: Size) -> Tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class Regions(NamedTuple):
+    """K regions per image, sorted by score; padded slots repeat the image's best box and have mask False."""
+    boxes: Tensor  # [B, K, 4] (x1, y1, x2, y2) in input pixels
+    scores: Tensor  # [B, K] proposal score; padded slots 0
+    mask: Tensor  # [B, K] bool, True for a real region
+    indices: Tensor  # [B, K] long, index of the region among the proposals
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of every pair, batched: `[..., N, 4]` and `[..., M, 4]` -> `[..., N, M]`."""
+    area1 = (boxes1[..., 2] - boxes1[..., 0]).clamp_min(0) * (boxes1[..., 3] - boxes1[..., 1]).clamp_min(0)
+    area2 = (boxes2[..., 2] - boxes2[..., 0]).clamp_min(0) * (boxes2[..., 3] - boxes2[..., 1]).clamp_min(0)
+    top_left = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    bottom_right = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    wh = (bottom_right - top_left).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[..., :, None] + area2[..., None, :] - inter).clamp_min(1e-12)
+
+
+def cell_centered_boxes(map_size: Size, image_size: Size, box_size: Size, device=None,
+                        keep_inside: bool = True) -> Tensor:
+    """One `box_size` box per cell of an `h x w` map, centred on the cell's centre in the image: `[h * w, 4]`.
+
+    Cells are in row-major order (index = row * w + col), as `map.flatten(-2)`. With `keep_inside` a box that
+    would cross the image border is shifted inside (its size, and so the zoom of its crop, stays the same);
+    otherwise it is clipped.
+    """
+    (h, w), (height, width), (box_h, box_w) = _pair(map_size), _pair(image_size), _pair(box_size)
+    cy = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * height / h
+    cx = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * width / w
+    cy, cx = torch.meshgrid(cy, cx, indexing='ij')
+    x1, y1 = cx.flatten() - box_w / 2, cy.flatten() - box_h / 2
+    if keep_inside:
+        x1 = x1.clamp(0, max(width - box_w, 0))
+        y1 = y1.clamp(0, max(height - box_h, 0))
+    boxes = torch.stack([x1, y1, x1 + box_w, y1 + box_h], -1)
+    limits = torch.tensor([width, height, width, height], device=device, dtype=torch.float32)
+    return torch.minimum(boxes.clamp_min(0), limits)  # clip (boxes larger than the image, or keep_inside=False)
+
+
+def nms_top_k(boxes: Tensor, scores: Tensor, k: int, iou_threshold: float,
+              valid: Optional[Tensor] = None) -> Regions:
+    """Greedy non-maximum suppression keeping the `k` best regions per image, batched and fixed-shape.
+
+    boxes `[B, N, 4]` (or `[N, 4]`, shared by the batch), scores `[B, N]`, valid `[B, N]` bool (optional).
+    Each of the k rounds takes every image's best remaining box and removes the boxes whose IoU with it is above
+    `iou_threshold` (as `torchvision.ops.nms`, whose first k it equals). The rounds loop over the k output slots,
+    never over images; an image with fewer than k surviving boxes gets padded slots (mask False).
+    """
+    batch, num = scores.shape
+    if boxes.ndim == 2:
+        boxes = boxes.expand(batch, num, 4)
+    k = min(k, num)
+    remaining = scores.float().masked_fill(~valid, float('-inf')) if valid is not None else scores.float().clone()
+    chosen, chosen_scores = [], []
+    for _ in range(k):
+        best = remaining.argmax(1, keepdim=True)  # [B, 1]
+        chosen.append(best)
+        chosen_scores.append(remaining.gather(1, best))
+        best_box = boxes.gather(1, best[..., None].expand(-1, -1, 4))  # [B, 1, 4]
+        suppressed = box_iou(best_box.float(), boxes.float())[:, 0] > iou_threshold
+        remaining = remaining.masked_fill(suppressed, float('-inf')).scatter(1, best, float('-inf'))
+    indices, top_scores = torch.cat(chosen, 1), torch.cat(chosen_scores, 1)
+    mask = torch.isfinite(top_scores)
+    indices = torch.where(mask, indices, indices[:, :1])  # pad with the best box (a valid crop)
+    top_scores = torch.where(mask, top_scores, torch.zeros_like(top_scores))
+    top_boxes = boxes.gather(1, indices[..., None].expand(-1, -1, 4))
+    return Regions(boxes=top_boxes, scores=top_scores, mask=mask, indices=indices)
+
+
+def propose_square_regions(attention: Tensor, image_size: Size, box_size: Size, k: int,
+                           iou_threshold: float) -> Regions:
+    """LFD Sec. 3.2: each cell of `attention` `[B, h, w]` proposes a `box_size` square centred on it, scored by
+    its attention value; greedy NMS keeps the k most discriminative."""
+    boxes = cell_centered_boxes(attention.shape[-2:], image_size, box_size, device=attention.device)
+    return nms_top_k(boxes, attention.flatten(1), k, iou_threshold)
+
+
+def crop_regions(images: Tensor, boxes: Tensor, output_size: Size, sampling_ratio: int = 1) -> Tensor:
+    """Crop `boxes` `[B, K, 4]` (input pixels) out of `images` `[B, C, H, W]` and resize each to `output_size`:
+    `[B, K, C, oh, ow]`, one `roi_align` over all B x K boxes.
+
+    With `sampling_ratio=1` this is a bilinear resize of the crop (`F.interpolate(..., 'bilinear',
+    align_corners=False)`); a larger ratio averages ratio x ratio samples per output pixel (anti-aliasing when a
+    box is shrunk). Gradients flow to the images, not to the boxes.
+    """
+    batch, k = boxes.shape[:2]
+    out_h, out_w = _pair(output_size)
+    batch_index = torch.arange(batch, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
+    rois = torch.cat([batch_index[:, None], boxes.reshape(-1, 4)], 1).to(images.dtype)
+    crops = roi_align(images, rois.detach(), (out_h, out_w), spatial_scale=1.0, sampling_ratio=sampling_ratio,
+                      aligned=True)
+    return crops.view(batch, k, images.shape[1], out_h, out_w)
+
+
+def mask_bounding_box(mask: Tensor, image_size: Optional[Size] = None) -> Tensor:
+    """Bounding box of the True cells of masks `[B, h, w]`, `[B, 4]` (x1, y1, x2, y2), in image pixels when
+    `image_size` is given (else in cells). An empty mask gives the whole image."""
+    h, w = mask.shape[-2:]
+    rows, cols = mask.any(-1), mask.any(-2)  # [B, h], [B, w]
+    empty = ~rows.any(-1)
+    arange_h = torch.arange(h, device=mask.device)
+    arange_w = torch.arange(w, device=mask.device)
+    y1 = torch.where(rows, arange_h, h).amin(-1)
+    y2 = torch.where(rows, arange_h + 1, 0).amax(-1)
+    x1 = torch.where(cols, arange_w, w).amin(-1)
+    x2 = torch.where(cols, arange_w + 1, 0).amax(-1)
+    boxes = torch.stack([x1, y1, x2, y2], -1).float()
+    boxes = torch.where(empty[:, None], torch.tensor([0., 0., w, h], device=mask.device), boxes)
+    if image_size is not None:
+        height, width = _pair(image_size)
+        boxes = boxes * torch.tensor([width / w, height / h, width / w, height / h], device=mask.device)
+    return boxes
