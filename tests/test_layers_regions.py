@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import nms
 
-from timm_fgvc.layers import (box_iou, cell_centered_boxes, crop_regions, mask_bounding_box, nms_top_k,
+from timm_fgvc.layers import (anchor_boxes, box_iou, crop_regions, mask_bounding_box, nms_top_k,
                               propose_square_regions)
 
 
@@ -59,10 +59,22 @@ def test_square_proposals_land_on_planted_peaks():
     assert torch.all(iou.triu(1) <= 0.25 + 1e-6)
 
 
-def test_cell_centered_boxes_clip_without_keep_inside():
-    boxes = cell_centered_boxes((2, 2), (100, 100), 60, keep_inside=False)
-    assert torch.equal(boxes[0], torch.tensor([0., 0., 55., 55.]))  # centred at (25, 25), clipped at 0
-    assert torch.equal(boxes[3], torch.tensor([45., 45., 100., 100.]))
+def test_anchor_boxes_sizes_ratios_order_and_borders():
+    """NTS-style anchors (SSANet): A = sizes x ratios boxes per cell, centred on it, width / height = ratio."""
+    boxes = anchor_boxes((3, 4), (96, 128), sizes=[16, 32], aspect_ratios=[0.5, 1, 2], keep_inside=False)
+    assert boxes.shape == (3 * 4 * 6, 4)
+    per_cell = boxes.view(3, 4, 2, 3, 4)
+    centre = (per_cell[1, 2, ..., :2] + per_cell[1, 2, ..., 2:]) / 2  # cell (row 1, col 2): (80, 48) px
+    assert torch.allclose(centre, torch.tensor([80., 48.]).expand(2, 3, 2))
+    wh = per_cell[1, 2, ..., 2:] - per_cell[1, 2, ..., :2]
+    assert torch.allclose(wh[..., 0] / wh[..., 1], torch.tensor([0.5, 1., 2.]).expand(2, 3))
+    assert torch.allclose((wh[..., 0] * wh[..., 1]).sqrt(), torch.tensor([[16.], [32.]]).expand(2, 3))
+    clipped = anchor_boxes((2, 2), (100, 100), [60], keep_inside=False)
+    assert torch.equal(clipped[0], torch.tensor([0., 0., 55., 55.]))  # centred at (25, 25), clipped at 0
+    assert torch.equal(clipped[3], torch.tensor([45., 45., 100., 100.]))
+    shifted = anchor_boxes((2, 2), (100, 100), [60])
+    assert torch.equal(shifted[0], torch.tensor([0., 0., 60., 60.]))  # shifted inside, size kept
+    assert torch.equal(anchor_boxes((1, 1), (50, 50), [80])[0], torch.tensor([0., 0., 50., 50.]))
 
 
 def test_crop_regions_is_a_bilinear_zoom_of_the_box():

@@ -3,5 +3,5 @@ from .class_response import class_response_maps, entropy_gated_response, min_max
 from .peaks import Peaks, find_peaks, local_maxima, peaks_to_image_coords, peaks_to_normalized_coords
 from .saliency_sampler import SaliencySampler, gaussian_kernel
 from .otsu import otsu_mask, otsu_threshold
-from .regions import (Regions, box_iou, cell_centered_boxes, crop_regions, mask_bounding_box, nms_top_k,
+from .regions import (Regions, anchor_boxes, box_iou, crop_regions, mask_bounding_box, nms_top_k,
                       propose_square_regions)

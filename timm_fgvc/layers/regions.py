@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-__all__ = ['Regions', 'box_iou', 'cell_centered_boxes', 'nms_top_k', 'propose_square_regions', 'crop_regions',
+__all__ = ['Regions', 'box_iou', 'anchor_boxes', 'nms_top_k', 'propose_square_regions', 'crop_regions',
            'mask_bounding_box']
 
 Size = Union[int, Tuple[int, int]]
@@ -45,25 +45,31 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / (area1[..., :, None] + area2[..., None, :] - inter).clamp_min(1e-12)
 
 
-def cell_centered_boxes(map_size: Size, image_size: Size, box_size: Size, device=None,
-                        keep_inside: bool = True) -> Tensor:
-    """One `box_size` box per cell of an `h x w` map, centred on the cell's centre in the image: `[h * w, 4]`.
+def anchor_boxes(map_size: Size, image_size: Size, sizes: Sequence[float], aspect_ratios: Sequence[float] = (1.,),
+                 keep_inside: bool = True, device=None) -> Tensor:
+    """Anchors centred on every cell of an `h x w` map over the image: `[h * w * A, 4]`, A = sizes x ratios.
 
-    Cells are in row-major order (index = row * w + col), as `map.flatten(-2)`. With `keep_inside` a box that
-    would cross the image border is shifted inside (its size, and so the zoom of its crop, stays the same);
-    otherwise it is clipped.
+    Each cell (row-major, as `map.flatten(-2)`) gets one box per (size, aspect ratio): width size * sqrt(ratio),
+    height size / sqrt(ratio) (ratio = w / h), in input pixels; index = cell * A + size_index * R + ratio_index.
+    LFD's proposals are one 160 px square per cell; SSANet's (as NTS-Net) several sizes and ratios per cell. With
+    `keep_inside` a box that crosses the image border is shifted inside (its size, and so the zoom of its crop,
+    stays the same); a box larger than the image, or any box with `keep_inside=False`, is clipped.
     """
-    (h, w), (height, width), (box_h, box_w) = _pair(map_size), _pair(image_size), _pair(box_size)
+    (h, w), (height, width) = _pair(map_size), _pair(image_size)
+    size = torch.as_tensor(sizes, dtype=torch.float32, device=device)[:, None]
+    ratio = torch.as_tensor(aspect_ratios, dtype=torch.float32, device=device)[None, :]
+    box_w, box_h = (size * ratio.sqrt()).flatten(), (size / ratio.sqrt()).flatten()  # [A]
     cy = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * height / h
     cx = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * width / w
     cy, cx = torch.meshgrid(cy, cx, indexing='ij')
-    x1, y1 = cx.flatten() - box_w / 2, cy.flatten() - box_h / 2
+    x1 = cx.reshape(-1, 1) - box_w / 2  # [h * w, A]
+    y1 = cy.reshape(-1, 1) - box_h / 2
     if keep_inside:
-        x1 = x1.clamp(0, max(width - box_w, 0))
-        y1 = y1.clamp(0, max(height - box_h, 0))
-    boxes = torch.stack([x1, y1, x1 + box_w, y1 + box_h], -1)
+        x1 = torch.minimum(x1, width - box_w).clamp_min(0)
+        y1 = torch.minimum(y1, height - box_h).clamp_min(0)
+    boxes = torch.stack([x1, y1, x1 + box_w, y1 + box_h], -1).reshape(-1, 4)
     limits = torch.tensor([width, height, width, height], device=device, dtype=torch.float32)
-    return torch.minimum(boxes.clamp_min(0), limits)  # clip (boxes larger than the image, or keep_inside=False)
+    return torch.minimum(boxes.clamp_min(0), limits)
 
 
 def nms_top_k(boxes: Tensor, scores: Tensor, k: int, iou_threshold: float,
@@ -100,7 +106,9 @@ def propose_square_regions(attention: Tensor, image_size: Size, box_size: Size, 
                            iou_threshold: float) -> Regions:
     """LFD Sec. 3.2: each cell of `attention` `[B, h, w]` proposes a `box_size` square centred on it, scored by
     its attention value; greedy NMS keeps the k most discriminative."""
-    boxes = cell_centered_boxes(attention.shape[-2:], image_size, box_size, device=attention.device)
+    box_h, box_w = _pair(box_size)
+    boxes = anchor_boxes(attention.shape[-2:], image_size, [(box_h * box_w) ** 0.5], [box_w / box_h],
+                         device=attention.device)
     return nms_top_k(boxes, attention.flatten(1), k, iou_threshold)
 
 
