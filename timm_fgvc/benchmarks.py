@@ -14,12 +14,11 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .cards import METHODS
+
 __all__ = ['PAPER', 'RESULTS_DIR', 'load_results', 'paper_top1', 'render', 'speed_summary']
 
 RESULTS_DIR = Path('bench') / 'results'
-
-from .cards import METHODS
-
 # What the papers report besides the method's own top-1 (which hub_configs hold): the fine-tuned backbone
 # baseline of the same paper and the attention hit rate, per dataset tag, with the source.
 PAPER: Dict[str, dict] = {
@@ -60,7 +59,6 @@ def paper_top1(configs: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]
         if top1 is not None:
             table.setdefault(cfg['model'].split('.')[0], {})[cfg['dataset']] = float(top1)
     return table
-
 
 
 def fmt(value, digits: int = 2, suffix: str = '') -> str:
