@@ -81,9 +81,7 @@ def _s3n_bound(model: nn.Module, size: int) -> List[Pass]:
 def _lfd_bound(model: nn.Module, size: int) -> List[Pass]:
     # the image at full size, then m = 6 regions cropped (roi_align, no grad into the image) and zoomed to 224
     # at the paper's 448 (half the input side in general)
-    regions = int(getattr(model, 'num_regions', 6))
-    region_size = int(getattr(model, 'region_size', None) or size // 2)
-    return [Pass(1, size), Pass(regions, region_size)]
+    return [Pass(1, size), Pass(model.num_regions, model.zoom_size(size))]
 
 
 def _caa_bound(model: nn.Module, size: int) -> List[Pass]:

@@ -32,6 +32,19 @@ def test_explanation_sheet_marks_peaks_and_shows_branch_images(tmp_path):
     assert (ring == colour).all(-1).any()  # the peak's circle is drawn around it
 
 
+def test_explanation_sheet_boxes_lfd_regions_by_rank():
+    torch.manual_seed(0)
+    model = timm.create_model('lfd_resnet18', num_classes=4, backbone='test_resnet')
+    images = torch.randn(2, 3, 96, 96)
+    explanation = explain_images(model, images)
+    sheet = np.asarray(render_explanation(images, explanation, (0.5,) * 3, (0.25,) * 3))
+    assert sheet.shape == (2 * (96 + 14), (2 + 4) * 96, 3)  # input+boxes, attention, the top-4 zoomed regions
+    for b in range(2):
+        x1, y1, x2, y2 = explanation['region_boxes'][b, 0].long().tolist()
+        top_edge = sheet[b * 110 + y1, x1:min(x2, 95)]
+        assert (top_edge == (230, 30, 30)).all(-1).mean() > 0.5  # the top-1 region's box, in red
+
+
 def test_cli_writes_a_png(tmp_path):
     for i in range(2):
         render_sample(i, num_classes=4, image_size=64)['image'].save(tmp_path / f'{i}.png')

@@ -38,6 +38,8 @@ def test_nms_top_k_pads_when_few_regions_survive():
     assert regions.indices[0, :2].tolist() == [1, 3] and regions.mask[0].tolist() == [True, True, False, False]
     assert torch.equal(regions.boxes[0, 2], boxes[1]) and regions.scores[0, 2] == 0  # padded with the best box
     assert box_iou(regions.boxes[0, :2], regions.boxes[0, :2])[0, 1] <= 0.25
+    fewer_boxes_than_k = nms_top_k(boxes[:2], scores[:, :2], k=3, iou_threshold=0.95)
+    assert fewer_boxes_than_k.indices.shape == (1, 3) and fewer_boxes_than_k.mask[0].tolist() == [True, True, False]
 
 
 def test_square_proposals_land_on_planted_peaks():

@@ -8,7 +8,7 @@ import timm_fgvc
 from timm_fgvc.engine.checkpoint import load_weights
 from timm_fgvc.models import FGVCModel
 
-METHOD_PREFIXES = ('s3n_',)
+METHOD_PREFIXES = ('s3n_', 'lfd_')
 TINY = dict(backbone='test_resnet')  # 0.4 M parameters: contract checks stay fast on CPU
 
 
@@ -53,6 +53,20 @@ def test_backbone_override_and_param_groups(name):
     pretrained = set(model.pretrained_parameter_names())
     assert pretrained and all(n.startswith('backbone.') for n in pretrained)
     assert any(n.startswith('heads.') for n, _ in model.named_parameters() if n not in pretrained)
+
+
+@pytest.mark.parametrize('name', registered_methods())
+def test_works_under_autocast_and_channels_last(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **TINY).eval()
+    x = torch.randn(2, 3, 96, 96)
+    reference = model(x)
+    model_cl = model.to(memory_format=torch.channels_last)
+    assert torch.allclose(model_cl(x.contiguous(memory_format=torch.channels_last)), reference, atol=1e-3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out_bf16 = model(x)
+    assert torch.isfinite(out_bf16).all()
+    assert (out_bf16.float().argmax(-1) == reference.argmax(-1)).float().mean() >= 0.5
 
 
 def test_bad_inputs_fail_clearly():

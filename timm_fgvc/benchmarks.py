@@ -29,6 +29,11 @@ PAPER: Dict[str, dict] = {
         'source': 'S3N paper, Sec. 4.3 / Table 5 (ResNet-50 baseline "FT ResNet") and Table 1 (mean hit rate of '
                   'the sparse attention in the ground-truth bounding boxes)',
     },
+    'lfd': {
+        'backbone': 'resnet50',
+        'baseline_top1': {'cub200': 84.5},
+        'source': 'LFD paper, Table 1 (ResNet-50 baseline of its ref. [18], CUB only); no hit rate reported',
+    },
 }
 DATASET_TITLES = {'cub200': 'CUB', 'aircraft': 'Aircraft', 'cars': 'Cars', 'flowers102': 'Flowers'}
 

@@ -3,9 +3,10 @@
     timm-fgvc explain --model s3n_resnet50 --checkpoint output/run/model.safetensors --num-classes 200 \\
                       --image bird.jpg --out bird_attention.png
 
-One row per image: the input with every peak marked (red: discriminative set, blue: complementary), the
-attention (the max over the K maps) as a heat overlay, and, for methods that resample or crop, the images the
-branches saw (S3N: the discriminative and complementary resampled images).
+One row per image: the input with every peak marked (red: discriminative set, blue: complementary) or every
+region boxed (top-1 to top-4 in red, green, blue, yellow, as LFD's Fig. 2), the attention (the max over the K
+maps) as a heat overlay, and, for methods that resample or crop, the images the branches saw (S3N: the
+discriminative and complementary resampled images; LFD: the top zoomed regions).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from PIL import Image, ImageDraw
 __all__ = ['denormalize', 'heat_overlay', 'explain_images', 'render_explanation']
 
 _DISCRIMINATIVE, _COMPLEMENTARY, _PEAK = (230, 30, 30), (30, 90, 230), (250, 250, 40)
+_RANKS = ((230, 30, 30), (30, 200, 30), (30, 90, 230), (250, 250, 40))  # region top-1 .. top-4
+_MAX_REGION_IMAGES = 4
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -51,8 +54,13 @@ def render_explanation(images: torch.Tensor, explanation: Dict[str, torch.Tensor
     """A PIL image with one row per input: peaks, attention overlay, and the branch images if any."""
     rgb = denormalize(images, mean, std)
     batch, height, width = rgb.shape[:3]
-    branch_keys = [k for k in ('image_discriminative', 'image_complementary') if k in explanation]
-    columns = 2 + len(branch_keys)
+    branches = [explanation[k] for k in ('image_discriminative', 'image_complementary') if k in explanation]
+    if 'zoomed_regions' in explanation:  # [B, m, C, z, z] -> the top regions at the input's size
+        regions = explanation['zoomed_regions'][:, :_MAX_REGION_IMAGES].float()
+        resized = torch.nn.functional.interpolate(regions.flatten(0, 1), size=(height, width), mode='bilinear',
+                                                  align_corners=False).view(batch, -1, 3, height, width)
+        branches += list(resized.unbind(1))
+    columns = 2 + len(branches)
     sheet = Image.new('RGB', (columns * width, batch * (height + 14)), (255, 255, 255))
     heat = explanation['attention'].amax(1).float().cpu().numpy()
     probs = explanation['logits'].float().softmax(-1)
@@ -68,13 +76,15 @@ def render_explanation(images: torch.Tensor, explanation: Dict[str, torch.Tensor
                     colour = _DISCRIMINATIVE if explanation['discriminative'][b, k] else _COMPLEMENTARY
                 r = max(2, width // 40)
                 draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=2)
-        if 'boxes' in explanation:
-            for box in explanation['boxes'][b].tolist():
-                draw.rectangle(box, outline=_PEAK, width=2)
+        if 'region_boxes' in explanation:
+            mask = explanation.get('region_mask', torch.ones(explanation['region_boxes'].shape[:2], dtype=torch.bool))
+            for k in mask[b].nonzero().flatten().tolist()[::-1]:  # the best region drawn last, on top
+                draw.rectangle(explanation['region_boxes'][b, k].tolist(), outline=_RANKS[min(k, len(_RANKS) - 1)],
+                               width=2)
         sheet.paste(marked, (0, top))
         sheet.paste(Image.fromarray(heat_overlay(rgb[b], heat[b])), (width, top))
-        for i, key in enumerate(branch_keys):
-            sheet.paste(Image.fromarray(denormalize(explanation[key][b:b + 1], mean, std)[0]), ((2 + i) * width, top))
+        for i, branch in enumerate(branches):
+            sheet.paste(Image.fromarray(denormalize(branch[b:b + 1], mean, std)[0]), ((2 + i) * width, top))
         label = int(probs[b].argmax())
         name = label_names[label] if label_names and label < len(label_names) else str(label)
         ImageDraw.Draw(sheet).text((2, top + height), f'{name} ({probs[b, label]:.2f})', fill=(0, 0, 0))

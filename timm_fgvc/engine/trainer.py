@@ -213,7 +213,11 @@ def apply_stage(model: nn.Module, stage: TrainingStage) -> None:
 
 
 def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """Per sample: 1 if the target is in the top k; for `[B, K, C]` logits (per region/part), the share of the
+    K predictions that have it."""
     k = min(k, logits.shape[-1])
+    if logits.ndim == 3:
+        return (logits.topk(k, -1).indices == target[:, None, None]).any(-1).float().mean(-1)
     return (logits.topk(k, -1).indices == target[:, None]).any(-1)
 
 

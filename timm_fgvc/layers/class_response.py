@@ -9,12 +9,15 @@ Sec. 3.1-3.2, Eq. 1-3.
 The functions are differentiable; S3N computes its response maps without gradient, which is the
 caller's choice (`torch.no_grad()` or `.detach()`).
 """
+import math
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['class_response_maps', 'min_max_normalize', 'entropy_gated_response']
+__all__ = ['class_response_maps', 'min_max_normalize', 'entropy_gated_response', 'max_class_response',
+           'gaussian_smooth']
 
 
 def class_response_maps(
@@ -82,3 +85,27 @@ def entropy_gated_response(
     use_top1 = entropy <= delta
     response = torch.where(use_top1[:, None, None], top_maps[:, 0], top_maps.sum(dim=1))  # Eq. 3
     return min_max_normalize(response), use_top1, entropy
+
+
+def max_class_response(features: Tensor, classifier_weight: Tensor) -> Tensor:
+    """Element-wise max over all C class activation maps, `[B, H, W]` (LFD Eq. 2).
+
+    LFD pools every class's map instead of the predicted class's, so a wrong top-1 prediction does not decide
+    where the model looks. One einsum and a max over classes.
+    """
+    return class_response_maps(features, classifier_weight).amax(1)  # Eq. 2
+
+
+def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
+    """Gaussian smoothing of maps `[B, H, W]` with standard deviation `sigma` (in cells), separable, with
+    replicate padding so border cells are not pulled towards zero. `sigma <= 0` returns the maps unchanged."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, math.ceil(2 * sigma))
+    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
+    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    out = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode='replicate')
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
+    return out.squeeze(1)

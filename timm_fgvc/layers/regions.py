@@ -79,12 +79,12 @@ def nms_top_k(boxes: Tensor, scores: Tensor, k: int, iou_threshold: float,
     boxes `[B, N, 4]` (or `[N, 4]`, shared by the batch), scores `[B, N]`, valid `[B, N]` bool (optional).
     Each of the k rounds takes every image's best remaining box and removes the boxes whose IoU with it is above
     `iou_threshold` (as `torchvision.ops.nms`, whose first k it equals). The rounds loop over the k output slots,
-    never over images; an image with fewer than k surviving boxes gets padded slots (mask False).
+    never over images; an image with fewer than k surviving boxes (or fewer than k boxes at all) gets padded
+    slots (mask False).
     """
     batch, num = scores.shape
     if boxes.ndim == 2:
         boxes = boxes.expand(batch, num, 4)
-    k = min(k, num)
     remaining = scores.float().masked_fill(~valid, float('-inf')) if valid is not None else scores.float().clone()
     chosen, chosen_scores = [], []
     for _ in range(k):

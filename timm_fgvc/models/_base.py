@@ -25,7 +25,8 @@ class FGVCOutput:
     """What `forward_train` returns: named logits plus everything losses and visualisation need.
 
     `logits` maps a head name (e.g. `joint`, `original`, `discriminative`, `complementary`) to
-    `[B, num_classes]` logits; `main` names the evaluated prediction; `attention` holds `[B, K, H, W]`
+    `[B, num_classes]` logits (or `[B, K, num_classes]`: one prediction per region/part, with an optional
+    `extras['<name>_mask']` `[B, K]`); `main` names the evaluated prediction; `attention` holds `[B, K, H, W]`
     maps in input-image coordinates (values in [0, 1]); `extras` holds method tensors (peaks, grids,
     resampled images, auxiliary terms) by name.
     """
@@ -207,13 +208,24 @@ class FGVCModel(nn.Module):
 
     # --- training ------------------------------------------------------------------------------
     def loss(self, output: FGVCOutput, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Cross-entropy on every named logit, weighted by `loss_weights` (default 1); `loss` is the sum."""
+        """Cross-entropy on every named logit, weighted by `loss_weights` (default 1); `loss` is the sum.
+
+        Logits `[B, K, C]` (one prediction per region or part) get the mean cross-entropy over their K slots,
+        counting only the slots of `output.extras['<name>_mask']` (`[B, K]` bool) when the method gives one.
+        """
         if output.prediction.shape[-1] != self.num_classes:
             raise ValueError(f'Model has {self.num_classes} classes but logits have {output.prediction.shape[-1]}.')
         terms = {}
         for name, logits in output.logits.items():
-            terms[f'loss_{name}'] = F.cross_entropy(
-                logits.float(), target, label_smoothing=self.label_smoothing.get(name, 0.))
+            smoothing = self.label_smoothing.get(name, 0.)
+            if logits.ndim == 3:
+                per_slot = F.cross_entropy(logits.float().flatten(0, 1), target.repeat_interleave(logits.shape[1]),
+                                           label_smoothing=smoothing, reduction='none').view(logits.shape[:2])
+                mask = output.extras.get(f'{name}_mask')
+                mask = torch.ones_like(per_slot) if mask is None else mask.to(per_slot.dtype)
+                terms[f'loss_{name}'] = (per_slot * mask).sum() / mask.sum().clamp_min(1)
+            else:
+                terms[f'loss_{name}'] = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
         total = sum(self.loss_weights.get(k[len('loss_'):], 1.) * v for k, v in terms.items())
         return {'loss': total, **terms}
 

@@ -30,7 +30,7 @@ def fgvc_cfg(
         classifier: Sequence[str],
         paper_name: str,
         paper_ids: str,
-        origin_url: str,
+        origin_url: Optional[str] = None,  # the authors' code, where public
         dataset: Optional[str] = None,
         input_size: int = 448,
         test_input_size: Optional[int] = None,
