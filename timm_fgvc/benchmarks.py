@@ -176,41 +176,43 @@ def accuracy_tables(entries: List[dict], commands: Commands, paper: Dict[str, Di
     entries = [e for e in entries if include_quick or not e.get('quick')]
     if not entries:
         return '_No accuracy results yet: run `python bench/accuracy.py`._\n'
+    # the newest result of every (suite, backbone, method variant); an entry may hold several methods
     latest: Dict[tuple, dict] = {}
     for e in sorted(entries, key=lambda e: e.get('date', '')):
-        latest[(e['suite'], e['backbone'])] = e
+        for row in e['summary']:
+            if row['role'] == 'method':
+                latest[(e['suite'], e['backbone'], row['model'])] = e
     rows = ['| Suite | Method | Backbone | Top-1 method | Top-1 baseline | Gain | Beats baseline | '
             'Hit rate part / object (chance) | Paper (method / baseline / gain / hit rate) | Wall | Date, device '
             '| Cmd |',
             '|---|---|---|---|---|---|---|---|---|---|---|---|']
-    parts = []
-    for (suite, backbone), e in sorted(latest.items(), key=lambda kv: (kv[0][0] != 'synthetic', kv[0])):
+    parts, described = [], []
+    for (suite, backbone, model), e in sorted(latest.items(), key=lambda kv: (kv[0][0] != 'synthetic', kv[0])):
         summary = {row['model']: row for row in e['summary']}
-        base = summary[e['baseline']]
+        base, row = summary[e['baseline']], summary[model]
         ref = commands.ref(e['command'], e['_file'], e.get('reproduce'))
-        for row in e['summary']:
-            if row['role'] != 'method':
-                continue
-            method = row['model'].split('_')[0]
-            gain = row.get('gain_top1', {})
-            seeds = f" ± {gain['std']:.2f} ({gain['n']} seeds)" if gain.get('n', 0) > 1 else ''
-            hr = row.get('hit_rate') or {}
-            base_hr = base.get('hit_rate') or {}
-            hit = '–' if not hr else (
-                f"{fmt(hr.get('part_hit_rate'), 1)} / {fmt(hr.get('object_hit_rate'), 1)} "
-                f"({fmt(hr.get('chance_part_hit_rate'), 1)} / {fmt(hr.get('chance_object_hit_rate'), 1)}); "
-                f"baseline CAM {fmt(base_hr.get('part_hit_rate'), 1)} / {fmt(base_hr.get('object_hit_rate'), 1)}")
-            rows.append(
-                f"| {suite} | {METHODS.get(method, method)} | {backbone} | {fmt(row['top1']['mean'])} | "
-                f"{fmt(base['top1']['mean'])} | {signed(gain.get('mean'))}{seeds} | "
-                f"{'yes' if row.get('beats_baseline') else '**no**'} | {hit} | {paper_cell(method, paper)} | "
-                f"{(row['wall_seconds'] + base['wall_seconds']) / 60:.0f} min | {_day(e)}, {_short_device(e)} | "
-                f"{ref} |")
-        budget = e['budget']
-        parts.append(f"- {suite} ({ref}): {e['data']}; budget for both: {budget_text(budget)}; "
+        method = model.split('_')[0]
+        gain = row.get('gain_top1', {})
+        seeds = f" ± {gain['std']:.2f} ({gain['n']} seeds)" if gain.get('n', 0) > 1 else ''
+        hr = row.get('hit_rate') or {}
+        base_hr = base.get('hit_rate') or {}
+        hit = '–' if not hr else (
+            f"{fmt(hr.get('part_hit_rate'), 1)} / {fmt(hr.get('object_hit_rate'), 1)} "
+            f"({fmt(hr.get('chance_part_hit_rate'), 1)} / {fmt(hr.get('chance_object_hit_rate'), 1)}); "
+            f"baseline CAM {fmt(base_hr.get('part_hit_rate'), 1)} / {fmt(base_hr.get('object_hit_rate'), 1)}")
+        rows.append(
+            f"| {suite} | {METHODS.get(method, method)} | {backbone} | {fmt(row['top1']['mean'])} | "
+            f"{fmt(base['top1']['mean'])} | {signed(gain.get('mean'))}{seeds} | "
+            f"{'yes' if row.get('beats_baseline') else '**no**'} | {hit} | {paper_cell(method, paper)} | "
+            f"{(row['wall_seconds'] + base['wall_seconds']) / 60:.0f} min | {_day(e)}, {_short_device(e)} | "
+            f"{ref} |")
+        if any(e is d for d in described):
+            continue
+        described.append(e)
+        parts.append(f"- {suite} ({ref}): {e['data']}; budget for both: {budget_text(e['budget'])}; "
                      f"seeds {e['seeds']}; torch threads {e.get('threads', '?')}"
                      + (f"; note: {e['note']}" if e.get('note') else ''))
-    tried = [e for e in entries if latest.get((e['suite'], e['backbone'])) is not e]
+    tried = [e for e in entries if not any(e is d for d in described)]
     text = '\n'.join(rows) + '\n\n' + '\n'.join(parts) + '\n'
     if tried:
         text += '\nAlso tried (earlier budgets):\n' + '\n'.join(
@@ -219,9 +221,9 @@ def accuracy_tables(entries: List[dict], commands: Commands, paper: Dict[str, Di
             + f" ({commands.ref(e['command'], e['_file'], e.get('reproduce'))})"
             + (f"; note: {e['note']}" if e.get('note') else '') for e in tried) + '\n'
     sources = [f"- {METHODS.get(m, m)}: {p['source']}." for m, p in PAPER.items()]
-    text += ('\nHit rate: share of attention peaks inside the ground-truth part boxes (or object box), per image, '
-             'averaged over the test images (S3N Table 1); chance = a peak at a random cell of the backbone\'s '
-             'feature grid; the baseline\'s point is the argmax of its top-1 class activation map. The paper\'s '
+    text += ('\nHit rate: share of attention peaks (S3N) or region centres (LFD) inside the ground-truth part boxes '
+             '(or object box), per image, averaged over the test images (S3N Table 1); chance = a point at a random '
+             'cell of the backbone\'s feature grid; the baseline\'s point is the argmax of its top-1 class activation map. The paper\'s '
              'hit rate uses CUB\'s object boxes and ImageNet-pretrained ResNet-50 at 448 px: compare it with the '
              'object column only loosely. Paper numbers:\n' + '\n'.join(sources) +
              '\n- Paper top-1: `hub_configs/*.yaml` (`paper.top1`).\n')
