@@ -50,7 +50,9 @@ def test_export_reloads_through_hf_hub_offline(tmp_path):
     s3n = _random_model('s3n_resnet18', pretrained_backbone=False)
     s3n._model_args['pretrained_backbone'] = True  # as recorded by a run built with ImageNet backbone weights
     baseline = _random_model('resnet18')
-    repos = {'timm-fgvc/s3n_resnet18.synthetic': s3n, 'someone/resnet18.birds5': baseline}
+    lfd = _random_model('lfd_resnet18', backbone='test_resnet')  # a method with a backbone override
+    repos = {'timm-fgvc/s3n_resnet18.synthetic': s3n, 'timm-fgvc/lfd_resnet18.synthetic': lfd,
+             'someone/resnet18.birds5': baseline}
 
     torch.manual_seed(1)
     x = torch.randn(2, 3, 64, 64)
