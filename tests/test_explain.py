@@ -45,6 +45,20 @@ def test_explanation_sheet_boxes_lfd_regions_by_rank():
         assert (top_edge == (230, 30, 30)).all(-1).mean() > 0.5  # the top-1 region's box, in red
 
 
+def test_explanation_sheet_shows_caa_scales():
+    torch.manual_seed(0)
+    model = timm.create_model('caa_resnet18', num_classes=4, backbone='test_resnet')
+    images = torch.randn(1, 3, 96, 96)
+    explanation = explain_images(model, images)
+    sheet = np.asarray(render_explanation(images, explanation, (0.5,) * 3, (0.25,) * 3))
+    assert sheet.shape == (96 + 14, (2 + 2) * 96, 3)  # input+boxes, attention, the inputs of scales 1 and 2
+    zoomed = explanation['zoomed_regions'][0, 0]
+    expected = np.asarray(render_explanation(zoomed[None], dict(attention=torch.zeros(1, 1, 96, 96),
+                                                                logits=explanation['logits']),
+                                             (0.5,) * 3, (0.25,) * 3))[:96, :96]
+    assert np.array_equal(sheet[:96, 2 * 96:3 * 96], expected)  # column 3 is scale 1's input
+
+
 def test_cli_writes_a_png(tmp_path):
     for i in range(2):
         render_sample(i, num_classes=4, image_size=64)['image'].save(tmp_path / f'{i}.png')

@@ -8,7 +8,7 @@ import timm_fgvc
 from timm_fgvc.engine.checkpoint import load_weights
 from timm_fgvc.models import FGVCModel
 
-METHOD_PREFIXES = ('s3n_', 'lfd_')
+METHOD_PREFIXES = ('s3n_', 'lfd_', 'caa_')
 TINY = dict(backbone='test_resnet')  # 0.4 M parameters: contract checks stay fast on CPU
 
 
@@ -51,7 +51,7 @@ def test_backbone_override_and_param_groups(name):
     groups = param_groups_layer_decay(model, layer_decay=0.5)  # timm's use of group_matcher
     assert sum(len(g['params']) for g in groups) == len(list(model.parameters()))
     pretrained = set(model.pretrained_parameter_names())
-    assert pretrained and all(n.startswith('backbone.') for n in pretrained)
+    assert pretrained and all(n.startswith(model.backbone_prefixes) for n in pretrained)
     assert any(n.startswith('heads.') for n, _ in model.named_parameters() if n not in pretrained)
 
 

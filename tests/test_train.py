@@ -137,6 +137,24 @@ def test_stages_switch_trainable_parts_and_learning_rates():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_staged_method_trains_one_scale_after_another_through_the_engine(tmp_path):
+    """CAA with two scales, one epoch each: the second stage trains scale 1's parts and leaves scale 0's alone,
+    weights and BatchNorm statistics."""
+    cfg = small_config(tmp_path, model='caa_tiny', model_args={'num_scales': 2}, stage_epochs=[1.0], epochs=1,
+                       keep_checkpoints=5)
+    results = train(cfg)
+    assert [h['stage'] for h in results['history']] == ['scale_0', 'scale_1']
+    checkpoints = sorted((tmp_path / 'checkpoints').glob('step_*'))
+    after_first = {k[len('model.'):]: v for k, v in load_file(str(checkpoints[0] / 'model.safetensors')).items()}
+    final = load_file(str(tmp_path / 'model.safetensors'))
+    for key in ('heads.object_0.weight', 'heads.local_0.weight', 'backbone.conv1.0.weight',
+                'backbone.conv1.1.running_mean'):
+        assert torch.equal(after_first[key], final[key]), key
+    for key in ('heads.object_1.weight', 'zoom_backbones.0.conv1.0.weight', 'zoom_backbones.0.conv1.1.running_mean'):
+        assert not torch.equal(after_first[key], final[key]), key
+    assert {'eval_top1_object_0', 'eval_top1_local_1', 'eval_top1_combined'} <= set(results['final'])
+
+
 def test_stage_epochs_override_the_papers_stage_lengths():
     stages = [TrainingStage('scale1', epochs=40), TrainingStage('scale2', epochs=40), TrainingStage('scale3')]
     assert resolve_stage_epochs(stages, TrainConfig(epochs=7)) == [40, 40, 7]

@@ -34,6 +34,11 @@ PAPER: Dict[str, dict] = {
         'baseline_top1': {'cub200': 84.5},
         'source': 'LFD paper, Table 1 (ResNet-50 baseline of its ref. [18], CUB only); no hit rate reported',
     },
+    'caa': {
+        'backbone': 'resnet50',
+        'baseline_top1': {'cub200': 84.0, 'aircraft': 87.9, 'cars': 91.2},
+        'source': 'CAA paper, Tables 2-4 ("ResNet50 (single scale)" baseline); no hit rate reported',
+    },
 }
 DATASET_TITLES = {'cub200': 'CUB', 'aircraft': 'Aircraft', 'cars': 'Cars', 'flowers102': 'Flowers'}
 

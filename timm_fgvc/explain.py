@@ -4,9 +4,9 @@
                       --image bird.jpg --out bird_attention.png
 
 One row per image: the input with every peak marked (red: discriminative set, blue: complementary) or every
-region boxed (top-1 to top-4 in red, green, blue, yellow, as LFD's Fig. 2), the attention (the max over the K
+region boxed (top-1 to top-4 in red, green, blue, yellow, as LFD's Fig. 2; CAA: each scale's zoom box), the attention (the max over the K
 maps) as a heat overlay, and, for methods that resample or crop, the images the branches saw (S3N: the
-discriminative and complementary resampled images; LFD: the top zoomed regions).
+discriminative and complementary resampled images; LFD: the top zoomed regions; CAA: each later scale's input).
 """
 from __future__ import annotations
 
@@ -76,6 +76,9 @@ def render_explanation(images: torch.Tensor, explanation: Dict[str, torch.Tensor
                     colour = _DISCRIMINATIVE if explanation['discriminative'][b, k] else _COMPLEMENTARY
                 r = max(2, width // 40)
                 draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=2)
+        if 'scale_boxes' in explanation:  # CAA: the box each later scale zoomed into (scale 0 is the whole image)
+            for k, box in list(enumerate(explanation['scale_boxes'][b].tolist()))[1:]:
+                draw.rectangle(box, outline=_RANKS[min(k - 1, len(_RANKS) - 1)], width=2)
         if 'region_boxes' in explanation:
             mask = explanation.get('region_mask', torch.ones(explanation['region_boxes'].shape[:2], dtype=torch.bool))
             for k in mask[b].nonzero().flatten().tolist()[::-1]:  # the best region drawn last, on top

@@ -46,6 +46,14 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model = model
         self.loss_terms: Optional[Sequence[str]] = None  # set per stage
+        self.frozen_norms: List[nn.Module] = []  # set per stage: norm layers whose parameters the stage freezes
+
+    def train(self, mode: bool = True):
+        # a frozen part keeps its normalisation statistics too: its BatchNorm layers stay in eval mode
+        super().train(mode)
+        for module in self.frozen_norms:
+            module.train(False)
+        return self
 
     def forward(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> Dict[str, Dict[str, torch.Tensor]]:
         if hasattr(self.model, 'forward_train'):
@@ -207,9 +215,15 @@ def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_
     return bounds, stage_of, factor
 
 
-def apply_stage(model: nn.Module, stage: TrainingStage) -> None:
+def apply_stage(model: nn.Module, stage: TrainingStage) -> List[nn.Module]:
+    """Freeze what the stage does not train and tell the model which stage runs; returns the BatchNorm layers
+    the stage freezes (the engine keeps them in eval mode so their running statistics stay put)."""
     for name, param in model.named_parameters():
         param.requires_grad_(stage.is_trainable(name))
+    if hasattr(model, 'set_training_stage'):
+        model.set_training_stage(stage)
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
 
 
 def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
@@ -363,8 +377,10 @@ def train(cfg: TrainConfig) -> dict:
         for batch in loader:
             index = stage_of(state.step)
             if index != current_stage:
-                apply_stage(inner, stages[index])
-                accelerator.unwrap_model(step_module).loss_terms = stages[index].loss_terms
+                frozen_norms = apply_stage(inner, stages[index])
+                unwrapped = accelerator.unwrap_model(step_module)
+                unwrapped.loss_terms, unwrapped.frozen_norms = stages[index].loss_terms, frozen_norms
+                step_module.train()
                 current_stage = index
             images = batch['pixel_values']
             if cfg.channels_last:

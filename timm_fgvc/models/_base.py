@@ -7,6 +7,7 @@ surface (`forward_features`, `forward_head`, `get_classifier`, `reset_classifier
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -129,6 +130,8 @@ class FGVCModel(nn.Module):
         self.backbone_name = backbone
         self.backbone = create_backbone(backbone, pretrained=pretrained_backbone, in_chans=in_chans,
                                         **(backbone_args or {}))
+        # state-dict prefixes of every backbone (pretrained, lower lr, timm's layer groups); CAA adds its zoom ones
+        self.backbone_prefixes: Tuple[str, ...] = ('backbone.',)
         self.backbone_features = self.backbone.num_features
         self.feature_reduction = self.backbone.feature_info[-1]['reduction']
         self.heads = nn.ModuleDict()
@@ -166,10 +169,11 @@ class FGVCModel(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
         """The backbone's own groups under `backbone.`; the method's new parts fall in the last group."""
         inner = self.backbone.group_matcher(coarse=coarse)
+        owner = '(?:' + '|'.join(re.escape(p.rstrip('.')) for p in self.backbone_prefixes) + ')'
 
         def prefix(pattern: str) -> str:
             alternatives = pattern.lstrip('^').split('|')
-            return '^' + '|'.join(r'backbone\.' + a.lstrip('^') for a in alternatives)
+            return '^' + '|'.join(owner + r'\.' + a.lstrip('^') for a in alternatives)
 
         matcher = {}
         for key, value in inner.items():
@@ -233,9 +237,12 @@ class FGVCModel(nn.Module):
         """One stage that trains everything; staged methods override this."""
         return [TrainingStage(name='main')]
 
+    def set_training_stage(self, stage: TrainingStage) -> None:
+        """Called by the engine when a stage starts; a staged method may skip work the stage does not train."""
+
     def pretrained_parameter_names(self) -> List[str]:
         """Parameters that come from a pretrained backbone (lower learning rate in the paper recipes)."""
-        return [n for n, _ in self.named_parameters() if n.startswith('backbone.')]
+        return [n for n, _ in self.named_parameters() if n.startswith(self.backbone_prefixes)]
 
     def attention_maps(self, x: torch.Tensor, return_details: bool = False):
         """`[B, K, H, W]` maps in input-image coordinates, in [0, 1]; methods override.

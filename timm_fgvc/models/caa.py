@@ -1,0 +1,304 @@
+"""CAA: attention generated from classifier activations, with multi-scale crop-and-zoom.
+
+Paper: "Generating Attention from Classifier Activations for Fine-grained Recognition", W. Luo, X. Yang, X. Mo,
+Y. Lu, L. S. Davis, J. Li, J. Yang, S.-N. Lim, 2018 (https://arxiv.org/abs/1811.10770).
+
+Pipeline at each scale (one batched pass; the scales follow each other because each zooms into the last):
+  image -> backbone -> feature maps f(X) -> n = 16 local classifiers (1x1 convs to L + 1 outputs, the last one
+  background) -> max over classifiers: aggregated activations A (Eq. 1) -> attention M = max over the L
+  non-background channels (Sec. 4.3) -> binary object mask M_b by Otsu's threshold, per image -> local loss on A
+  with M_b as a surrogate segmentation mask (Eq. 2-4) and an object-level head on the spatial max-pool of
+  M_b f(X) (Eq. 5); loss = local + object (Eq. 6). The bounding box of M_b is cropped and zoomed to the input
+  size: the next scale's image (Sec. 4.4).
+  Prediction per scale = mean of softmax(object logits) and softmax(spatial mean of A without background); the
+  final prediction is the mean over scales (Sec. 4.4.3). Scales train one after another (`training_stages`).
+
+Choices where the paper is open (SPEC §6):
+- One backbone per scale (the paper trains a model per scale); `share_backbone=True` uses one for all.
+- `forward` returns the log of the averaged probability, so softmax of the output is the paper's prediction and
+  its argmax the predicted class.
+- The object feature is the max over the masked locations (equal to max-pooling M_b f(X) for the non-negative
+  maps of ReLU backbones, and also right for backbones whose maps can be negative); an empty M_b (a constant M)
+  pools over the whole map and crops nothing.
+- Otsu uses a 256-bin histogram of each image's M; the next scale's crop is the bounding box of M_b's cells.
+"""
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import generate_default_cfgs, register_model
+
+from ..layers import crop_regions, mask_bounding_box, min_max_normalize, otsu_mask
+from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images, create_backbone
+from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
+
+__all__ = ['CAA', 'LocalClassifiers', 'local_loss']
+
+
+class LocalClassifiers(nn.Module):
+    """n linear classifiers applied at every location, each to L + 1 classes (the last is background), max-pooled
+    over classifiers (Eq. 1): `[B, D, h, w] -> [B, L + 1, h, w]` (the aggregated activations A).
+
+    The n classifiers are one 1x1 convolution with n (L + 1) outputs; its `weight` and `bias` sit on this module
+    (as an `nn.Linear` head's do), so timm drops them like any classifier when `num_classes` changes.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, num_classifiers: int = 16):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = num_classes
+        self.num_classifiers = num_classifiers
+        conv = nn.Conv2d(in_features, num_classifiers * (num_classes + 1), kernel_size=1)  # PyTorch's conv init
+        self.weight = nn.Parameter(conv.weight.detach())
+        self.bias = nn.Parameter(conv.bias.detach())
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = feature_map.shape
+        activations = F.conv2d(feature_map, self.weight, self.bias)
+        return activations.view(batch, self.num_classifiers, self.out_features + 1, height, width).amax(1)  # Eq. 1
+
+
+def local_loss(activations: torch.Tensor, object_mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 2-4: per location, cross-entropy to the image's class inside M_b and to background outside, weighted by
+    the attended fraction w: `1 / (WH) ((1 - w) l1 + w l0)`, averaged over the batch.
+
+    activations: A `[B, L + 1, h, w]` (background last); object_mask: M_b `[B, h, w]` bool; target `[B]`.
+    """
+    log_p = F.log_softmax(activations.float(), dim=1)
+    mask = object_mask.to(log_p.dtype)
+    attended = mask.mean((1, 2))  # w
+    target_log_p = log_p.gather(1, target.view(-1, 1, 1, 1).expand(-1, 1, *log_p.shape[-2:])).squeeze(1)
+    loss_object = -(target_log_p * mask).sum((1, 2))  # l1 (Eq. 4)
+    loss_background = -(log_p[:, -1] * (1 - mask)).sum((1, 2))  # l0 (Eq. 3)
+    cells = mask.shape[-1] * mask.shape[-2]
+    return (((1 - attended) * loss_object + attended * loss_background) / cells).mean()  # Eq. 2
+
+
+class CAA(FGVCModel):
+    """Attention from classifier activations: local classifiers, Otsu object masks, object heads, per scale.
+
+    Args:
+        backbone: timm CNN name (any model whose `forward_features` is a spatial map).
+        num_classes: L, the fine-grained classes (the local classifiers add a background class).
+        num_scales: scales, each zooming into the previous one's attended box (3).
+        num_classifiers: n local classifiers per scale (16).
+        share_backbone: one backbone for every scale instead of one per scale.
+        otsu_bins: histogram bins of Otsu's threshold (256).
+    """
+    main_head = 'object_0'
+
+    def __init__(
+            self,
+            backbone: str = 'resnet50',
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            pretrained_backbone: bool = False,
+            drop_rate: float = 0.,
+            backbone_args: Optional[dict] = None,
+            num_scales: int = 3,
+            num_classifiers: int = 16,
+            share_backbone: bool = False,
+            otsu_bins: int = 256,
+    ):
+        super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
+        self.num_classifiers = num_classifiers
+        if num_scales < 1:
+            raise ValueError(f'num_scales must be >= 1, got {num_scales}.')
+        self.num_scales = num_scales
+        self.share_backbone = share_backbone
+        self.otsu_bins = otsu_bins
+        self.zoom_backbones = nn.ModuleList()
+        if not share_backbone:
+            for _ in range(num_scales - 1):
+                self.zoom_backbones.append(create_backbone(backbone, pretrained=pretrained_backbone,
+                                                           in_chans=in_chans, **(backbone_args or {})))
+            self.backbone_prefixes += tuple(f'zoom_backbones.{k}.' for k in range(num_scales - 1))
+        for k in range(num_scales):
+            self.add_head(f'object_{k}', self.backbone_features)
+            self.add_head(f'local_{k}', self.backbone_features)
+        self.num_features = self.head_hidden_size = num_scales * self.backbone_features
+        self._train_scales: Optional[int] = None  # set by set_training_stage: scales a stage needs
+
+    def _make_head(self, name: str, in_features: int, num_classes: int) -> nn.Module:
+        if name.startswith('local_'):
+            return LocalClassifiers(in_features, num_classes, self.num_classifiers)
+        return super()._make_head(name, in_features, num_classes)
+
+    def scale_backbone(self, scale: int) -> nn.Module:
+        return self.backbone if scale == 0 or self.share_backbone else self.zoom_backbones[scale - 1]
+
+    # --- one scale ---------------------------------------------------------------------------------------------
+    def attend(self, scale: int, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Backbone, local classifiers (Eq. 1), attention M, Otsu mask M_b and the object head (Eq. 5)."""
+        feature_map = self.scale_backbone(scale).forward_features(x)
+        activations = self.heads[f'local_{scale}'](feature_map)  # A, [B, L + 1, h, w]
+        attention = activations[:, :-1].amax(1)  # M: max over the non-background channels
+        object_mask = otsu_mask(attention.detach(), self.otsu_bins)  # M_b
+        pool_mask = object_mask | ~object_mask.flatten(1).any(1)[:, None, None]  # empty M_b: the whole map
+        object_feature = feature_map.masked_fill(~pool_mask[:, None], float('-inf')).amax((2, 3))
+        return dict(activations=activations, attention=attention, object_mask=object_mask,
+                    object_feature=object_feature,
+                    object_logits=self.heads[f'object_{scale}'](F.dropout(object_feature, self.drop_rate,
+                                                                           self.training)),
+                    local_logits=activations[:, :-1].mean((2, 3)))  # averaged local prediction
+
+    def _forward_scales(self, x: torch.Tensor, num_scales: Optional[int] = None) -> List[Dict[str, torch.Tensor]]:
+        """Every scale in turn; scale k + 1 sees the bounding box of scale k's M_b zoomed to the input size.
+        `box` is each scale's view in the original image's pixels (scale 0: the whole image)."""
+        check_images(x, self.in_chans, self.min_input_size)
+        height, width = x.shape[-2:]
+        batch = x.shape[0]
+        box = torch.tensor([0., 0., width, height], device=x.device).expand(batch, 4)
+        scales = []
+        for k in range(num_scales or self.num_scales):
+            out = self.attend(k, x)
+            out.update(image=x, box=box)
+            scales.append(out)
+            if k + 1 < (num_scales or self.num_scales):
+                crop = mask_bounding_box(out['object_mask'], image_size=(height, width))  # in this scale's pixels
+                with torch.no_grad():
+                    x = crop_regions(x, crop[:, None], (height, width))[:, 0]
+                scale = (box[:, 2:] - box[:, :2]) / torch.tensor([width, height], device=x.device)
+                box = torch.cat([box[:, :2] + crop[:, :2] * scale, box[:, :2] + crop[:, 2:] * scale], 1)
+        return scales
+
+    @staticmethod
+    def _combine(scales: List[Dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Log of the mean over scales of the per-scale prediction (mean of object and local softmax)."""
+        probs = [(s['object_logits'].float().softmax(-1) + s['local_logits'].float().softmax(-1)) / 2
+                 for s in scales]
+        return torch.stack(probs).mean(0).clamp_min(1e-12).log()
+
+    # --- timm surface ------------------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, S, D + L]`: per scale, the object-level feature and the averaged local prediction."""
+        scales = self._forward_scales(x)
+        return torch.stack([torch.cat([s['object_feature'], s['local_logits']], 1) for s in scales], 1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        dim = self.backbone_features
+        if pre_logits:
+            return x[..., :dim].flatten(1)
+        scales = [dict(object_logits=self.heads[f'object_{k}'](x[:, k, :dim]), local_logits=x[:, k, dim:])
+                  for k in range(x.shape[1])]
+        return self._combine(scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._combine(self._forward_scales(x))
+
+    def forward_train(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> FGVCOutput:
+        scales = self._forward_scales(x, self._train_scales if self.training else None)
+        logits = {'combined': self._combine(scales)}
+        extras = {}
+        for k, s in enumerate(scales):
+            logits[f'object_{k}'] = s['object_logits']
+            logits[f'local_{k}'] = s['local_logits']
+            extras.update({f'activations_{k}': s['activations'], f'object_mask_{k}': s['object_mask']})
+        extras['scale_boxes'] = torch.stack([s['box'] for s in scales], 1)
+        return FGVCOutput(logits=logits, main='combined', attention=self._attention_in_image(scales, x.shape[-2:]),
+                          extras=extras)
+
+    def loss(self, output: FGVCOutput, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Per scale k: `loss_local_k` (Eq. 2-4) and `loss_object_k` (Eq. 5); `loss` is their sum (Eq. 6 per
+        scale; the stages pick one scale's terms)."""
+        if output.prediction.shape[-1] != self.num_classes:
+            raise ValueError(f'Model has {self.num_classes} classes but logits have {output.prediction.shape[-1]}.')
+        terms = {}
+        for k in range(self.num_scales):
+            if f'object_{k}' not in output.logits:
+                continue
+            terms[f'loss_local_{k}'] = local_loss(output.extras[f'activations_{k}'],
+                                                  output.extras[f'object_mask_{k}'], target)
+            terms[f'loss_object_{k}'] = F.cross_entropy(output.logits[f'object_{k}'].float(), target)  # Eq. 5
+        return {'loss': sum(terms.values()), **terms}
+
+    def training_stages(self) -> List[TrainingStage]:
+        """One stage per scale, in order (Sec. 4.4.2): its backbone and heads, its two loss terms, 40 epochs."""
+        stages = []
+        for k in range(self.num_scales):
+            backbone = 'backbone.' if k == 0 or self.share_backbone else f'zoom_backbones.{k - 1}.'
+            stages.append(TrainingStage(
+                name=f'scale_{k}', trainable=(backbone, f'heads.local_{k}.', f'heads.object_{k}.'),
+                loss_terms=(f'loss_local_{k}', f'loss_object_{k}'), epochs=40))
+        return stages
+
+    def set_training_stage(self, stage: TrainingStage) -> None:
+        # a scale's stage needs that scale and the ones it zooms from, not the later ones
+        self._train_scales = int(stage.name.rsplit('_', 1)[1]) + 1 if stage.name.startswith('scale_') else None
+
+    # --- attention ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _attention_in_image(scales: List[Dict[str, torch.Tensor]], size) -> torch.Tensor:
+        """Each scale's M in the original image's coordinates (zero outside its box), `[B, S, H, W]` in [0, 1]."""
+        height, width = size
+        maps = []
+        for s in scales:
+            attention = min_max_normalize(s['attention'].detach().float()[:, None])  # [B, 1, h, w]
+            box = s['box']
+            # affine map from the original image's normalised coordinates into this scale's box
+            sx = width / (box[:, 2] - box[:, 0]).clamp_min(1e-6)
+            sy = height / (box[:, 3] - box[:, 1]).clamp_min(1e-6)
+            tx = (width - box[:, 0] - box[:, 2]) / (box[:, 2] - box[:, 0]).clamp_min(1e-6)
+            ty = (height - box[:, 1] - box[:, 3]) / (box[:, 3] - box[:, 1]).clamp_min(1e-6)
+            zero = torch.zeros_like(sx)
+            theta = torch.stack([torch.stack([sx, zero, tx], -1), torch.stack([zero, sy, ty], -1)], 1)
+            grid = F.affine_grid(theta, [attention.shape[0], 1, height, width], align_corners=False)
+            inside = (grid.abs() <= 1).all(-1)[:, None]  # zero padding alone would bleed half a cell outside
+            sampled = F.grid_sample(attention, grid, mode='bilinear', padding_mode='border', align_corners=False)
+            maps.append(sampled * inside)
+        return torch.cat(maps, 1)
+
+    def attention_maps(self, x: torch.Tensor, return_details: bool = False):
+        """Each scale's attention M in input-image coordinates, `[B, S, H, W]` in [0, 1] (zero outside the box the
+        scale zoomed into). Details: `scale_boxes` `[B, S, 4]` (x1, y1, x2, y2 px in the input), the Otsu masks
+        `object_mask_k` on each scale's feature grid, and the zoomed images `zoomed_regions` `[B, S - 1, C, H, W]`.
+        """
+        scales = self._forward_scales(x)
+        attention = self._attention_in_image(scales, x.shape[-2:])
+        if not return_details:
+            return attention
+        details = {'scale_boxes': torch.stack([s['box'] for s in scales], 1)}
+        details.update({f'object_mask_{k}': s['object_mask'] for k, s in enumerate(scales)})
+        if len(scales) > 1:
+            details['zoomed_regions'] = torch.stack([s['image'] for s in scales[1:]], 1)
+        return attention, details
+
+
+def _create_caa(variant: str, pretrained: bool = False, **kwargs) -> CAA:
+    return build_fgvc_model(CAA, variant, pretrained, **kwargs)
+
+
+_PAPER = dict(
+    classifier=('heads.object_0', 'heads.local_0', 'heads.object_1', 'heads.local_1', 'heads.object_2',
+                'heads.local_2'),
+    paper_name='Generating Attention from Classifier Activations for Fine-grained Recognition',
+    paper_ids='arXiv:1811.10770',
+)
+
+default_cfgs = generate_default_cfgs({
+    **tagged_cfgs('caa_resnet50', ('cub200', 'aircraft', 'cars'), **_PAPER),
+    **tagged_cfgs('caa_resnet18', ('cub200',), **_PAPER),
+    'caa_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
+})
+
+
+@register_model
+def caa_resnet50(pretrained: bool = False, **kwargs) -> CAA:
+    """CAA with ResNet-50 backbones (the paper's), one per scale."""
+    model_args = dict(backbone='resnet50')
+    return _create_caa('caa_resnet50', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def caa_resnet18(pretrained: bool = False, **kwargs) -> CAA:
+    """CAA with ResNet-18 backbones (small, CPU-friendly)."""
+    model_args = dict(backbone='resnet18')
+    return _create_caa('caa_resnet18', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def caa_tiny(pretrained: bool = False, **kwargs) -> CAA:
+    """CAA on timm's 0.4 M-parameter `test_resnet`: CPU demo and tests."""
+    model_args = dict(backbone='test_resnet')
+    return _create_caa('caa_tiny', pretrained, **dict(model_args, **kwargs))
