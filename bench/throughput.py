@@ -54,6 +54,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from timm_fgvc.models import create_backbone  # noqa: E402
+from timm_fgvc.models.hsm import SaliencyBranch  # noqa: E402
 
 INFERENCE_TARGET, TRAINING_TARGET = 1.15, 1.25
 
@@ -68,7 +69,7 @@ class Pass:
     batch_factor: int
     size: int
     input_grad: bool = False
-    module: str = 'backbone'  # 'backbone' or 'alexnet_conv1_4' (HSM's saliency branch)
+    module: str = 'backbone'  # 'backbone' or 'saliency_branch' (HSM's AlexNet conv1-4 branch)
 
 
 def _s3n_bound(model: nn.Module, size: int) -> List[Pass]:
@@ -94,7 +95,7 @@ def _caa_bound(model: nn.Module, size: int) -> List[Pass]:
 def _hsm_bound(model: nn.Module, size: int) -> List[Pass]:
     # one backbone pass plus the saliency branch (AlexNet conv1-4 shapes, Sec. 3): both are plain CNN passes the
     # method cannot avoid; the modulation itself (l * (s + 1)) is the method's overhead
-    return [Pass(1, size), Pass(1, size, module='alexnet_conv1_4')]
+    return [Pass(1, size), Pass(1, size, module='saliency_branch')]
 
 
 def _ssanet_bound(model: nn.Module, size: int) -> List[Pass]:
@@ -118,16 +119,6 @@ BOUNDS: Dict[str, tuple] = {
 }
 
 
-def alexnet_conv1_4() -> nn.Module:
-    """HSM's saliency branch shapes (AlexNet conv1-4 and a 1x1 conv to one map)."""
-    return nn.Sequential(
-        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(256, 1, 1), nn.ReLU(inplace=True))
-
-
 class BackboneBound(nn.Module):
     """The bound as a module: `run(inputs, target)` does every pass on inputs of the pass's shape.
 
@@ -141,8 +132,8 @@ class BackboneBound(nn.Module):
         self.passes = passes
         self.backbone = create_backbone(backbone_name, in_chans=in_chans)
         self.head = nn.Linear(self.backbone.num_features, num_classes)
-        if any(p.module == 'alexnet_conv1_4' for p in passes):
-            self.saliency = alexnet_conv1_4()
+        if any(p.module == 'saliency_branch' for p in passes):
+            self.saliency = SaliencyBranch()  # the model's own saliency branch, a plain CNN pass
 
     def make_inputs(self, batch: int, device, dtype, channels_last: bool, training: bool) -> List[torch.Tensor]:
         inputs = []
@@ -159,7 +150,7 @@ class BackboneBound(nn.Module):
         forward_features = forward_features or self.backbone.forward_features
         total, logits = 0., None
         for p, x in zip(self.passes, inputs):
-            if p.module == 'alexnet_conv1_4':
+            if p.module == 'saliency_branch':
                 total = total + self.saliency(x).float().mean()
                 continue
             logits = self.head(forward_features(x).mean((2, 3)))

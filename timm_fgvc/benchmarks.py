@@ -39,6 +39,12 @@ PAPER: Dict[str, dict] = {
         'baseline_top1': {'cub200': 84.0, 'aircraft': 87.9, 'cars': 91.2},
         'source': 'CAA paper, Tables 2-4 ("ResNet50 (single scale)" baseline); no hit rate reported',
     },
+    'hsm': {
+        'backbone': 'resnet152',
+        'baseline_top1': {'flowers102': 95.4, 'cars': 90.7, 'cub200': 83.7},
+        'source': 'HSM paper, Table 2 (ResNet-152 "Baseline-RGB" and Approach B, all training images "K"); no hit '
+                  'rate reported',
+    },
 }
 DATASET_TITLES = {'cub200': 'CUB', 'aircraft': 'Aircraft', 'cars': 'Cars', 'flowers102': 'Flowers'}
 
