@@ -46,26 +46,28 @@ def make_run(tmp_path):
 
 @pytest.fixture
 def short_training():
-    """`short_training(model, num_classes, image_size, lr, steps=30) -> {term: (first, last)}`: full-batch SGD
-    (momentum 0.9) of `forward_train` + `loss` on 8 synthetic images per class; each loss term's mean over the
-    first and over the last 5 steps."""
+    """`short_training(model, num_classes, image_size, lr, steps=30, terms=None) -> {term: (first, last)}`:
+    full-batch SGD (momentum 0.9) of `forward_train` + `loss` on 8 synthetic images per class, on the sum of
+    `terms` (a stage's loss terms; default the model's total); each loss term's mean over the first and over the
+    last 5 steps."""
     import torch
     from torchvision.transforms.functional import to_tensor
 
     from timm_fgvc.data.synthetic import make_synthetic_fgvc
 
-    def run(model, num_classes, image_size, lr, steps=30):
+    def run(model, num_classes, image_size, lr, steps=30, terms=None):
         data = make_synthetic_fgvc(num_classes=num_classes, train_per_class=8, test_per_class=1,
                                    image_size=image_size, seed=0)['train']
         images = torch.stack([to_tensor(img) for img in data['image']])
         labels = torch.tensor(data['label'])
         model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
         history = []
         for _ in range(steps):
             losses = model.loss(model.forward_train(images, labels), labels)
+            total = sum(losses[t] for t in terms) if terms else losses['loss']
             optimizer.zero_grad()
-            losses['loss'].backward()
+            total.backward()
             optimizer.step()
             history.append({k: v.item() for k, v in losses.items()})
         return {term: (sum(h[term] for h in history[:5]) / 5, sum(h[term] for h in history[-5:]) / 5)

@@ -8,7 +8,7 @@ import timm_fgvc
 from timm_fgvc.engine.checkpoint import load_weights
 from timm_fgvc.models import FGVCModel
 
-METHOD_PREFIXES = ('s3n_', 'lfd_', 'caa_', 'hsm_')
+METHOD_PREFIXES = ('s3n_', 'lfd_', 'caa_', 'hsm_', 'ssanet_')
 TINY = dict(backbone='test_resnet')  # 0.4 M parameters: contract checks stay fast on CPU
 
 

@@ -44,6 +44,10 @@ PAPER: Dict[str, dict] = {
         'baseline_top1': {'flowers102': 95.4, 'cars': 90.7, 'cub200': 83.7},
         'source': 'HSM paper, Table 2 (ResNet-152 "Baseline-RGB" and Approach B, all training images "K"); no hit '
                   'rate reported',
+    },    'ssanet': {
+        'backbone': 'resnet50',
+        'baseline_top1': {'cub200': 84.5},
+        'source': 'SSANet paper, Table 3 (ResNet-50 baseline, CUB only); no hit rate reported',
     },
 }
 DATASET_TITLES = {'cub200': 'CUB', 'aircraft': 'Aircraft', 'cars': 'Cars', 'flowers102': 'Flowers'}

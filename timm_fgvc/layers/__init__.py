@@ -5,4 +5,5 @@ from .peaks import Peaks, find_peaks, local_maxima, peaks_to_image_coords, peaks
 from .saliency_sampler import SaliencySampler, gaussian_kernel
 from .otsu import otsu_mask, otsu_threshold
 from .regions import (Regions, anchor_boxes, box_iou, crop_regions, mask_bounding_box, nms_top_k,
-                      propose_square_regions)
+                      propose_square_regions, scale_candidates)
+from .alignment import circulant_alignment, oriented_pooling

@@ -4,7 +4,7 @@ Shared by the methods that look at image regions:
 - LFD (Sec. 3.2): every cell of the attention map proposes a fixed square region centred on it (160 px on a
   448 px image); rank by the map, NMS at IoU 0.25, keep m = 6; crop and zoom each to 224 px.
 - CAA (Sec. 3.3): the bounding box of the Otsu mask, cropped and zoomed to the input size for the next scale.
-- SSANet: anchors scored by a navigator, NMS, top K = 4 parts, and their scale candidates.
+- SSANet: anchors scored by a navigator, NMS, top K = 4 parts, and their scale candidates (Sec. 3.2).
 
 Everything is batched and fixed-shape: NMS returns exactly K regions per image (padded, with a mask, when fewer
 survive), boxes are `(x1, y1, x2, y2)` in continuous input-pixel coordinates (pixel i spans [i, i + 1]), and
@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 __all__ = ['Regions', 'box_iou', 'anchor_boxes', 'nms_top_k', 'propose_square_regions', 'crop_regions',
-           'mask_bounding_box']
+           'mask_bounding_box', 'scale_candidates']
 
 Size = Union[int, Tuple[int, int]]
 
@@ -147,3 +147,34 @@ def mask_bounding_box(mask: Tensor, image_size: Optional[Size] = None) -> Tensor
         height, width = _pair(image_size)
         boxes = boxes * torch.tensor([width / w, height / h, width / w, height / h], device=mask.device)
     return boxes
+
+
+def scale_candidates(boxes: Tensor, centre: Tensor, num_scales: int = 5, alpha: float = 1.2,
+                     image_size: Optional[Size] = None) -> Tensor:
+    """SSANet's S scale candidates of every box (Sec. 3.2), `[B, K, S, 4]`, ordered from smallest to largest.
+
+    boxes `[B, K, 4]`; centre `[B, 2]` (x, y): the centre of all the selected proposals. Relative to it, each box
+    has a far vertex psi and a near vertex eta: the box is expanded by alpha^1 .. alpha^((S-1)/2) keeping psi
+    fixed (growing towards the centre) and shrunk by alpha^-1 .. alpha^-((S-1)/2) keeping eta fixed; the middle
+    candidate is the box itself. With `image_size`, candidates are clipped to the image.
+    """
+    if num_scales % 2 != 1:
+        raise ValueError(f'num_scales must be odd (the box, then as many expanded as shrunk), got {num_scales}.')
+    half = (num_scales - 1) // 2
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    corners = torch.stack([torch.stack([x1, y1], -1), torch.stack([x2, y1], -1),
+                           torch.stack([x1, y2], -1), torch.stack([x2, y2], -1)], -2)  # [B, K, 4, 2]
+    distance = (corners - centre[:, None, None, :]).square().sum(-1)  # [B, K, 4]
+    far = corners.gather(2, distance.argmax(-1)[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]  # psi
+    near = corners.gather(2, distance.argmin(-1)[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]  # eta
+    exponents = torch.arange(-half, half + 1, device=boxes.device, dtype=boxes.dtype)
+    factors = alpha ** exponents  # [S]: shrink ... 1 ... expand
+    fixed = torch.where((exponents < 0)[None, None, :, None], near[:, :, None], far[:, :, None])  # [B, K, S, 2]
+    opposite = torch.where(fixed == boxes[:, :, None, :2], boxes[:, :, None, 2:], boxes[:, :, None, :2])
+    moved = fixed + factors[None, None, :, None] * (opposite - fixed)
+    out = torch.cat([torch.minimum(fixed, moved), torch.maximum(fixed, moved)], -1)
+    if image_size is not None:
+        height, width = _pair(image_size)
+        limits = torch.tensor([width, height, width, height], device=boxes.device, dtype=boxes.dtype)
+        out = torch.minimum(out.clamp_min(0), limits)
+    return out

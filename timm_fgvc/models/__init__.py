@@ -5,3 +5,4 @@ from .caa import CAA
 from .hsm import HSM
 from .lfd import LFD
 from .s3n import S3N
+from .ssanet import SSANet

@@ -1,0 +1,58 @@
+"""SSANet's alignment layers: circulant scale alignment (Eq. 6-7), oriented pooling (Eq. 9-13), scale candidates."""
+import torch
+
+from timm_fgvc.layers import circulant_alignment, oriented_pooling, scale_candidates
+
+
+def test_circulant_alignment_equals_the_circulant_matrices_of_eq6_and_eq7():
+    torch.manual_seed(0)
+    scales, dim, classes = 5, 6, 3
+    phi = torch.randn(2, scales, dim)  # two parts' candidates
+    weight = torch.randn(classes, scales, dim)
+    expected = torch.zeros(2, classes)
+    for b in range(2):
+        for c in range(classes):
+            total = torch.zeros(scales)
+            for k in range(dim):
+                # Eq. 6: row r of C_k is the candidates' k-th elements shifted cyclically by r
+                circulant = torch.stack([torch.roll(phi[b, :, k], -r) for r in range(scales)])
+                total += circulant @ weight[c, :, k]
+            expected[b, c] = total.max()  # Eq. 7
+    assert torch.allclose(circulant_alignment(phi, weight), expected, atol=1e-4)
+    # scale alignment: a cyclic shift of the candidates' scales leaves the response unchanged
+    assert torch.allclose(circulant_alignment(torch.roll(phi, 2, dims=1), weight), expected, atol=1e-4)
+
+
+def test_oriented_pooling_eq9_to_12_and_rotation_consistency():
+    x = torch.arange(2 * 7 * 7, dtype=torch.float32).view(1, 2, 7, 7)
+    gamma = oriented_pooling(x, patch=3, grid=3)  # 3 x 3 patches at stride 2 on a 7 x 7 map
+    patches = x.unfold(2, 3, 2).unfold(3, 3, 2)  # [1, 2, 3, 3, 3, 3]: (row i, col j) of the patch grid
+    vectors = patches.permute(0, 2, 3, 1, 4, 5).reshape(1, 3, 3, -1)  # x_ij
+    p = vectors.amax(2)  # max over j (Eq. 9's p_i)
+    q = vectors.amax(1)  # max over i (Eq. 10's q_j)
+    assert torch.equal(gamma[0, 0], p[0].flatten()) and torch.equal(gamma[0, 1], q[0].flatten())
+    assert torch.equal(gamma[0, 2], p[0].flip(0).flatten()) and torch.equal(gamma[0, 3], q[0].flip(0).flatten())
+    # the paper's 2 x 2 example: Gamma_v of [[a, b], [c, d]] equals Gamma_h of its rotation [[c, a], [d, b]]
+    a, b, c, d = 1., 4., 3., 2.
+    original = torch.tensor([[[[a, b], [c, d]]]])
+    rotated = torch.tensor([[[[c, a], [d, b]]]])
+    assert torch.equal(oriented_pooling(original, 1, 2)[0, 1], oriented_pooling(rotated, 1, 2)[0, 0])
+    # Eq. 13: with one classifier, the max over orientations is the same for a map and its 90-degree rotation
+    torch.manual_seed(0)
+    maps = torch.randn(1, 4, 3, 3)
+    w = torch.randn(3 * 4)
+    logit = lambda m: (oriented_pooling(m, 1, 3)[0] @ w).max()  # noqa: E731
+    assert torch.allclose(logit(maps), logit(torch.rot90(maps, 1, (2, 3))))
+
+
+def test_scale_candidates_expand_about_the_far_vertex_and_shrink_about_the_near_one():
+    boxes = torch.tensor([[[10., 10., 30., 40.]]])
+    centre = torch.tensor([[50., 45.]])  # the box's far vertex is (10, 10), its near one (30, 40)
+    candidates = scale_candidates(boxes, centre, num_scales=5, alpha=1.2)[0, 0]
+    assert torch.equal(candidates[2], boxes[0, 0])
+    areas = (candidates[:, 2] - candidates[:, 0]) * (candidates[:, 3] - candidates[:, 1])
+    assert torch.allclose(areas / areas[2], torch.tensor([1.2 ** -4, 1.2 ** -2, 1., 1.2 ** 2, 1.2 ** 4]))
+    assert torch.all(candidates[3:, :2] == torch.tensor([10., 10.]))  # expanded: far vertex fixed
+    assert torch.all(candidates[:2, 2:] == torch.tensor([30., 40.]))  # shrunk: near vertex fixed
+    clipped = scale_candidates(torch.tensor([[[60., 60., 95., 95.]]]), torch.tensor([[0., 0.]]), 5, 1.5, 100)
+    assert clipped.max() <= 100 and clipped.min() >= 0

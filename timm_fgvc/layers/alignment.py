@@ -1,0 +1,62 @@
+""" Scale and spatial alignment of part features (SSANet's DSM and OP modules)
+
+"Spatial-Scale Aligned Network for Fine-Grained Recognition" (Gao, Xu, Sun, Liu, Tai):
+- Discriminative Scale Mining (Sec. 3.2): the features of S scale candidates of a part form, per feature
+  element k, a circulant matrix C_k (Eq. 6); the response is the max over cyclic shifts of sum_k C_k w^k
+  (Eq. 7), i.e. the best alignment of the candidates' scales with the classifier's scale slots. Computed for
+  every class at once with an FFT over the scale axis (cross-correlation theorem), O(K S log S).
+- Oriented Pooling (Sec. 3.3): overlapping sub-patches of a feature map, max over each row and each column of
+  the patch grid, in four orientations (Eq. 9-12); the logit is the max over the orientations (Eq. 13).
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['circulant_alignment', 'oriented_pooling']
+
+
+def circulant_alignment(candidates: Tensor, weight: Tensor) -> Tensor:
+    """Eq. 6-7: `max_r sum_k sum_n w[c, n, k] * phi[(n + r) mod S, k]` for every class c.
+
+    candidates: `[..., S, D]` features of S scale candidates (phi^n); weight: `[..., C, S, D]` per-class filters
+    w^n (broadcast against the candidates' leading dims). Returns `[..., C]`. The cyclic cross-correlation over
+    the scale axis is `ifft(conj(fft(phi)) * fft(w))`, summed over k before the inverse transform.
+    """
+    size = candidates.shape[-2]
+    spectrum_phi = torch.fft.fft(candidates.float(), dim=-2)  # [..., S, D]
+    spectrum_w = torch.fft.fft(weight.float(), dim=-2)  # [..., C, S, D]
+    cross = (spectrum_phi.conj().unsqueeze(-3) * spectrum_w).sum(-1)  # [..., C, S]: sum over k (Eq. 7)
+    correlation = torch.fft.ifft(cross, n=size, dim=-1).real  # response of every cyclic shift r
+    return correlation.amax(-1)  # Eq. 7: the best-aligned shift
+
+
+def oriented_pooling(feature_map: Tensor, patch: int = 3, grid: int = 3) -> Tensor:
+    """Eq. 9-12: the four oriented poolings of a feature map `[N, D, H, W]`, `[N, 4, grid * patch^2 * D]`.
+
+    The map is cut into `grid x grid` overlapping `patch x patch` sub-patches (stride `(H - patch) / (grid - 1)`;
+    3 x 3 patches on 3 x 3 positions of a 7 x 7 map in the paper); each flattened sub-patch is x_ij. p_i is the
+    element-wise max over row i, q_j over column j. Orientations: Gamma_h = [p_1..p_G], Gamma_v = [q_1..q_G] and
+    their reversed orders Gamma'_h, Gamma'_v.
+    """
+    height, width = feature_map.shape[-2:]
+    stride_h, stride_w = _stride(height, patch, grid), _stride(width, patch, grid)
+    batch, channels = feature_map.shape[:2]
+    patches = F.unfold(feature_map, kernel_size=patch, stride=(stride_h, stride_w))  # [N, D * p^2, G * G]
+    patches = patches.view(batch, channels * patch * patch, grid, grid)
+    rows = patches.amax(3).transpose(1, 2)  # p_i: [N, G, D p^2]
+    cols = patches.amax(2).transpose(1, 2)  # q_j
+    gamma = torch.stack([rows, cols, rows.flip(1), cols.flip(1)], 1)  # Eq. 9-12: [N, 4, G, D p^2]
+    return gamma.flatten(2)
+
+
+def _stride(size: int, patch: int, grid: int) -> int:
+    if grid < 2:
+        return max(1, size - patch + 1)
+    stride, remainder = divmod(size - patch, grid - 1)
+    if stride < 1 or remainder:
+        raise ValueError(f'A {size}-cell map has no {grid} evenly spaced {patch}-cell sub-patches; resize the map '
+                         f'to (grid - 1) * stride + patch cells (e.g. {2 * (grid - 1) + patch}).')
+    return stride
+
