@@ -69,6 +69,19 @@ def test_works_under_autocast_and_channels_last(name):
     assert (out_bf16.float().argmax(-1) == reference.argmax(-1)).float().mean() >= 0.5
 
 
+@pytest.mark.parametrize('name', registered_methods())
+def test_num_classes_zero_gives_features_or_a_clear_error(name):
+    try:
+        model = timm.create_model(name, num_classes=0, **TINY).eval()
+    except ValueError as e:
+        assert 'num_classes > 0' in str(e) and 'pre_logits=True' in str(e)
+        model = timm.create_model(name, num_classes=3, **TINY).eval()
+        with pytest.raises(ValueError, match='num_classes > 0'):
+            model.reset_classifier(0)
+        return
+    assert model(torch.randn(1, 3, 96, 96)).shape == (1, model.num_features)
+
+
 def test_bad_inputs_fail_clearly():
     model = timm.create_model('s3n_resnet18', num_classes=3, **TINY).eval()
     with pytest.raises(ValueError, match='channels'):

@@ -111,6 +111,8 @@ class FGVCModel(nn.Module):
     """
     main_head: str = 'main'
     min_input_size: int = 32
+    # methods whose attention or prediction is built from their classifiers cannot drop them (num_classes=0)
+    needs_classifier: bool = False
 
     def __init__(
             self,
@@ -122,8 +124,7 @@ class FGVCModel(nn.Module):
             backbone_args: Optional[dict] = None,
     ):
         super().__init__()
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0, got {num_classes}.')
+        self._check_num_classes(num_classes)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -158,8 +159,17 @@ class FGVCModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.heads[self.main_head]
 
+    def _check_num_classes(self, num_classes: int) -> None:
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0, got {num_classes}.')
+        if num_classes == 0 and self.needs_classifier:
+            raise ValueError(
+                f'{type(self).__name__} builds its attention and prediction from its classifiers, so it needs '
+                'num_classes > 0 (got 0). For its features, use forward_head(forward_features(x), pre_logits=True).')
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace every head (not just the main one) with a fresh one for `num_classes`."""
+        self._check_num_classes(num_classes)
         self.num_classes = num_classes
         for name in list(self.heads):
             self.heads[name] = self._make_head(name, self._head_features[name], num_classes)

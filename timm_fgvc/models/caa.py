@@ -87,6 +87,7 @@ class CAA(FGVCModel):
         otsu_bins: histogram bins of Otsu's threshold (256).
     """
     main_head = 'object_0'
+    needs_classifier = True
 
     def __init__(
             self,

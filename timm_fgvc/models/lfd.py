@@ -50,6 +50,7 @@ class LFD(FGVCModel):
         label_smoothing: per-head label smoothing, e.g. `{'hybrid': 0.1}`.
     """
     main_head = 'hybrid'
+    needs_classifier = True
 
     def __init__(
             self,

@@ -134,6 +134,7 @@ class S3N(FGVCModel):
         eval_threshold: deterministic Eq. 4 rule at evaluation.
     """
     main_head = 'joint'
+    needs_classifier = True
     branches = ('original', 'discriminative', 'complementary')
 
     def __init__(

@@ -137,6 +137,7 @@ class SSANet(FGVCModel):
         part_scale: side of a zoomed part relative to the input side (224 / 448).
     """
     main_head = 'dsm'
+    needs_classifier = True
 
     def __init__(
             self,
