@@ -123,10 +123,10 @@ def crop_regions(images: Tensor, boxes: Tensor, output_size: Size, sampling_rati
     batch, k = boxes.shape[:2]
     out_h, out_w = _pair(output_size)
     batch_index = torch.arange(batch, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
-    rois = torch.cat([batch_index[:, None], boxes.reshape(-1, 4)], 1).to(images.dtype)
-    crops = roi_align(images, rois.detach(), (out_h, out_w), spatial_scale=1.0, sampling_ratio=sampling_ratio,
-                      aligned=True)
-    return crops.view(batch, k, images.shape[1], out_h, out_w)
+    rois = torch.cat([batch_index[:, None], boxes.reshape(-1, 4)], 1).float()  # pixel boxes stay fp32
+    crops = roi_align(images.float(), rois.detach(), (out_h, out_w), spatial_scale=1.0,
+                      sampling_ratio=sampling_ratio, aligned=True)
+    return crops.to(images.dtype).view(batch, k, images.shape[1], out_h, out_w)
 
 
 def mask_bounding_box(mask: Tensor, image_size: Optional[Size] = None) -> Tensor:

@@ -212,8 +212,8 @@ class SSANet(FGVCModel):
         if self.candidate_features == 'roi_align':
             stride = x.shape[-1] / feature_map.shape[-1]
             index = torch.arange(batch, device=x.device, dtype=candidates.dtype).repeat_interleave(parts * scales)
-            rois = torch.cat([index[:, None], candidates.reshape(-1, 4)], 1).to(feature_map.dtype)
-            cells = roi_align(feature_map, rois.detach(), (2 * pool, 2 * pool), spatial_scale=1 / stride,
+            rois = torch.cat([index[:, None], candidates.reshape(-1, 4)], 1).float()  # pixel boxes stay fp32
+            cells = roi_align(feature_map.float(), rois.detach(), (2 * pool, 2 * pool), spatial_scale=1 / stride,
                               sampling_ratio=2, aligned=True)
         else:  # the paper's separate crops through the backbone
             crops = crop_regions(x, candidates.flatten(1, 2), self.part_size(min(x.shape[-2:])))
