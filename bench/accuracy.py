@@ -22,6 +22,7 @@ method's gain over the baseline (per seed, then the mean), on
     python bench/accuracy.py --epochs 12 --batch-size 16 --optimizer sgd --lr 0.05 --warmup-epochs 1 \
         --synthetic-train-per-class 40 --synthetic-test-per-class 10 --threads 1     # S3N-R18 vs R18, ~14 min CPU
     python bench/accuracy.py --suites cub --cub-classes 50 --cub-img-size 128 --epochs 10
+    for k in 1 2 3 5 10 15 20 25 30; do python bench/accuracy.py --methods hsm --shots $k --seeds 0 1 2; done
 
 Budget flags left unset take the engine's `TrainConfig` defaults (the same for both models); the backbone's
 learning rate equals `--lr` (nothing is pretrained here). The baseline gets the method's data config
@@ -275,7 +276,7 @@ def base_config(args, suite: str, dataset: str, seed: int) -> dict:
         weight_decay=_value(args, 'weight_decay'), scheduler=_value(args, 'scheduler'),
         warmup_epochs=_value(args, 'warmup_epochs'), seed=seed, cpu=args.cpu, mixed_precision=args.mixed_precision,
         num_workers=args.workers, eval_every=max(epochs, 1), keep_checkpoints=1, max_steps=args.max_steps,
-        augment=True,
+        augment=True, shots=args.shots,
     )
     if suite == 'synthetic':
         cfg.update(synthetic_classes=_value(args, 'synthetic_classes'),
@@ -304,7 +305,7 @@ def reproduce_command(args, suite: str, budget: dict) -> str:
         flags += ['--methods', *args.methods]
     flags += ['--seeds', *map(str, args.seeds)]
     names = ['epochs', 'max_steps', 'batch_size', 'optimizer', 'lr', 'backbone_lr', 'weight_decay', 'scheduler',
-             'warmup_epochs', 'crop_pct', 'mixed_precision']
+             'warmup_epochs', 'crop_pct', 'mixed_precision', 'shots']
     if suite == 'synthetic':
         names += ['synthetic_classes', 'synthetic_train_per_class', 'synthetic_test_per_class',
                   'synthetic_image_size']
@@ -467,6 +468,9 @@ def parse_args(argv=None):
     p.add_argument('--workdir', default=None, help='run outputs and the CUB subset (default: a temp dir)')
     p.add_argument('--results-dir', default=None, help='default bench/results (a temp dir with --quick)')
     p.add_argument('--note', default=None, help='free text kept with the results (e.g. what else was tried)')
+    p.add_argument('--shots', type=int, default=None,
+                   help="k training images per class, drawn with each seed (HSM's few-shot protocol: one run per "
+                        'k in 1 2 3 5 10 15 20 25 30 with --seeds 0 1 2; default: all)')
     p.add_argument('--quick', action='store_true', help='smoke run: 4 classes x 8 images, 64 px, 3 steps')
     args = p.parse_args(argv)
     if args.quick:
@@ -503,6 +507,8 @@ def main(argv=None):
                          f"{_value(args, 'synthetic_test_per_class')} test, rendered at "
                          f"{_value(args, 'synthetic_image_size')} px, {input_size(args, suite)} px input, "
                          'from scratch')
+        if args.shots:
+            data_text += f', {args.shots} training images per class (drawn per seed)'
         grid = feature_grid(baseline, input_size(args, suite)) if suite == 'synthetic' else None
         baseline_args = aligned_baseline_args(variants[0], args.model_args, args.baseline_args)
         runs = []

@@ -196,7 +196,7 @@ def accuracy_tables(entries: List[dict], commands: Commands, paper: Dict[str, Di
     for e in sorted(entries, key=lambda e: e.get('date', '')):
         for row in e['summary']:
             if row['role'] == 'method':
-                latest[(e['suite'], e['backbone'], row['model'])] = e
+                latest[(_suite_label(e), e['backbone'], row['model'])] = e
     rows = ['| Suite | Method | Backbone | Top-1 method | Top-1 baseline | Gain | Beats baseline | '
             'Hit rate part / object (chance) | Paper (method / baseline / gain / hit rate) | Wall | Date, device '
             '| Cmd |',
@@ -231,7 +231,7 @@ def accuracy_tables(entries: List[dict], commands: Commands, paper: Dict[str, Di
     text = '\n'.join(rows) + '\n\n' + '\n'.join(parts) + '\n'
     if tried:
         text += '\nAlso tried (earlier budgets):\n' + '\n'.join(
-            f"- {e['suite']}, {_day(e)}: {budget_text(e['budget'])} -> "
+            f"- {_suite_label(e)}, {_day(e)}: {budget_text(e['budget'])} -> "
             + ', '.join(f"{r['model']} {fmt(r['top1']['mean'])}" for r in e['summary'])
             + f" ({commands.ref(e['command'], e['_file'], e.get('reproduce'))})"
             + (f"; note: {e['note']}" if e.get('note') else '') for e in tried) + '\n'
@@ -243,6 +243,12 @@ def accuracy_tables(entries: List[dict], commands: Commands, paper: Dict[str, Di
              'object column only loosely. Paper numbers:\n' + '\n'.join(sources) +
              '\n- Paper top-1: `hub_configs/*.yaml` (`paper.top1`).\n')
     return text
+
+
+def _suite_label(entry: dict) -> str:
+    """The suite, with the few-shot k when the run used one (HSM's protocol: one row per k)."""
+    shots = (entry.get('budget') or {}).get('shots')
+    return f"{entry['suite']}, {shots}-shot" if shots else entry['suite']
 
 
 def paper_cell(method: str, paper: Dict[str, Dict[str, float]]) -> str:
@@ -264,7 +270,7 @@ def paper_cell(method: str, paper: Dict[str, Dict[str, float]]) -> str:
 
 def budget_text(budget: dict) -> str:
     keys = ('img_size', 'crop_pct', 'epochs', 'max_steps', 'batch_size', 'optimizer', 'lr', 'backbone_lr',
-            'weight_decay', 'scheduler', 'warmup_epochs', 'mixed_precision')
+            'weight_decay', 'scheduler', 'warmup_epochs', 'mixed_precision', 'shots')
     return ' '.join(f'{k}={budget[k]}' for k in keys if budget.get(k) is not None)
 
 
