@@ -6,21 +6,22 @@ from timm_fgvc.layers import circulant_alignment, oriented_pooling, scale_candid
 
 def test_circulant_alignment_equals_the_circulant_matrices_of_eq6_and_eq7():
     torch.manual_seed(0)
-    scales, dim, classes = 5, 6, 3
-    phi = torch.randn(2, scales, dim)  # two parts' candidates
-    weight = torch.randn(classes, scales, dim)
-    expected = torch.zeros(2, classes)
-    for b in range(2):
-        for c in range(classes):
-            total = torch.zeros(scales)
-            for k in range(dim):
-                # Eq. 6: row r of C_k is the candidates' k-th elements shifted cyclically by r
-                circulant = torch.stack([torch.roll(phi[b, :, k], -r) for r in range(scales)])
-                total += circulant @ weight[c, :, k]
-            expected[b, c] = total.max()  # Eq. 7
+    batch, parts, scales, dim, classes = 2, 2, 5, 6, 3
+    phi = torch.randn(batch, parts, scales, dim)  # the candidates of every part
+    weight = torch.randn(parts, classes, scales, dim)  # one filter bank per part
+    expected = torch.zeros(batch, parts, classes)
+    for b in range(batch):
+        for i in range(parts):
+            for c in range(classes):
+                total = torch.zeros(scales)
+                for k in range(dim):
+                    # Eq. 6: row r of C_k is the candidates' k-th elements shifted cyclically by r
+                    circulant = torch.stack([torch.roll(phi[b, i, :, k], -r) for r in range(scales)])
+                    total += circulant @ weight[i, c, :, k]
+                expected[b, i, c] = total.max()  # Eq. 7
     assert torch.allclose(circulant_alignment(phi, weight), expected, atol=1e-4)
     # scale alignment: a cyclic shift of the candidates' scales leaves the response unchanged
-    assert torch.allclose(circulant_alignment(torch.roll(phi, 2, dims=1), weight), expected, atol=1e-4)
+    assert torch.allclose(circulant_alignment(torch.roll(phi, 2, dims=2), weight), expected, atol=1e-4)
 
 
 def test_oriented_pooling_eq9_to_12_and_rotation_consistency():

@@ -20,14 +20,20 @@ __all__ = ['circulant_alignment', 'oriented_pooling']
 def circulant_alignment(candidates: Tensor, weight: Tensor) -> Tensor:
     """Eq. 6-7: `max_r sum_k sum_n w[c, n, k] * phi[(n + r) mod S, k]` for every class c.
 
-    candidates: `[..., S, D]` features of S scale candidates (phi^n); weight: `[..., C, S, D]` per-class filters
-    w^n (broadcast against the candidates' leading dims). Returns `[..., C]`. The cyclic cross-correlation over
-    the scale axis is `ifft(conj(fft(phi)) * fft(w))`, summed over k before the inverse transform.
+    candidates: `[B, K, S, D]` features of the S scale candidates (phi^n) of K parts; weight: `[K, C, S, D]`, one
+    filter bank per part. Returns `[B, K, C]`. The cyclic cross-correlation over the scale axis is
+    `ifft(conj(fft(phi)) * fft(w))`; the product is summed over k in the frequency domain (real matmuls, so no
+    `[B, K, C, S, D]` tensor is built) before the inverse transform.
     """
     size = candidates.shape[-2]
-    spectrum_phi = torch.fft.fft(candidates.float(), dim=-2)  # [..., S, D]
-    spectrum_w = torch.fft.fft(weight.float(), dim=-2)  # [..., C, S, D]
-    cross = (spectrum_phi.conj().unsqueeze(-3) * spectrum_w).sum(-1)  # [..., C, S]: sum over k (Eq. 7)
+    spectrum_phi = torch.fft.fft(candidates.float(), dim=-2)  # [B, K, S, D]
+    spectrum_w = torch.fft.fft(weight.float(), dim=-2)  # [K, C, S, D]
+    # conj(a) * b summed over k: real part  ar.br + ai.bi, imaginary part  ar.bi - ai.br
+    phi = torch.cat([spectrum_phi.real, spectrum_phi.imag], -1)  # [B, K, S, 2D]
+    w_real = torch.cat([spectrum_w.real, spectrum_w.imag], -1)  # [K, C, S, 2D]
+    w_imag = torch.cat([spectrum_w.imag, -spectrum_w.real], -1)
+    cross = torch.complex(torch.einsum('bksd,kcsd->bkcs', phi, w_real),
+                          torch.einsum('bksd,kcsd->bkcs', phi, w_imag))  # Eq. 7's sum over k, per frequency
     correlation = torch.fft.ifft(cross, n=size, dim=-1).real  # response of every cyclic shift r
     return correlation.amax(-1)  # Eq. 7: the best-aligned shift
 
