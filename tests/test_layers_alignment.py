@@ -19,9 +19,11 @@ def test_circulant_alignment_equals_the_circulant_matrices_of_eq6_and_eq7():
                     circulant = torch.stack([torch.roll(phi[b, i, :, k], -r) for r in range(scales)])
                     total += circulant @ weight[i, c, :, k]
                 expected[b, i, c] = total.max()  # Eq. 7
-    assert torch.allclose(circulant_alignment(phi, weight), expected, atol=1e-4)
-    # scale alignment: a cyclic shift of the candidates' scales leaves the response unchanged
-    assert torch.allclose(circulant_alignment(torch.roll(phi, 2, dims=2), weight), expected, atol=1e-4)
+    for method in ('direct', 'fft'):
+        assert torch.allclose(circulant_alignment(phi, weight, method), expected, atol=1e-4), method
+        # scale alignment: a cyclic shift of the candidates' scales leaves the response unchanged
+        shifted = circulant_alignment(torch.roll(phi, 2, dims=2), weight, method)
+        assert torch.allclose(shifted, expected, atol=1e-4), method
 
 
 def test_oriented_pooling_eq9_to_12_and_rotation_consistency():

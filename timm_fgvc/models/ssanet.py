@@ -8,7 +8,7 @@ Pipeline (one batched pass, no loop over images or parts):
   NMS -> top K = 4 parts, part j = rank j (Sec. 3.1) -> each part cropped and zoomed to half the input side ->
   backbone -> part features f_ij -> shared part head (CE) + Morphological Alignment Constraint across the batch
   (MAC, Eq. 1-2) -> Discriminative Scale Mining: S = 5 scale candidates per part (expanded about the far vertex,
-  shrunk about the near one), their features, circulant scale alignment by FFT, max over cyclic shifts (Eq. 6-7)
+  shrunk about the near one), their features, circulant scale alignment, max over cyclic shifts (Eq. 6-7)
   -> Oriented Pooling of each part's feature map: 3 x 3 overlapping sub-patches, row / column max, four
   orientations, max over orientations (Eq. 9-13). Final logits = DSM + OP (parts only, no global feature).
 Training has three stages (Sec. 3.4): (1) backbone, navigator, part head and DSM; (2) the OP head alone;
@@ -27,6 +27,9 @@ Choices where the paper is open (SPEC §6):
   'roi_align'`, the fast option the paper suggests) or the paper's separate crops (`'crops'`), each pooled to a
   D-vector (the paper flattens h x w maps; `dsm_pool_size` > 1 keeps that many cells, at that many times the
   parameters). One DSM filter bank per part (w_i), part responses summed.
+- Eq. 7 is computed from the circulant rows in one matmul by default; the FFT form (SPEC §6, the paper's
+  O(K S log S) remark) is `dsm_method='fft'`, equal to it, but ~20x slower at S = 5 because it transforms the
+  whole filter bank on every forward (12 ms vs 270 ms at ResNet-50 sizes, batch 2, this CPU).
 - OP runs on each part's feature map resized to 7 x 7 when it is not (the 224 px crops of the paper give 7 x 7);
   one OP classifier shared by the parts, part responses summed.
 """
@@ -80,8 +83,9 @@ class CirculantScaleHead(nn.Module):
     """DSM classifier (Eq. 6-7): per part i a filter bank w_i `[C, S, D']`; a part's logit for class c is the
     best cyclic alignment of its S candidates with the S filter slots; parts are summed."""
 
-    def __init__(self, num_parts: int, num_scales: int, in_features: int, num_classes: int):
+    def __init__(self, num_parts: int, num_scales: int, in_features: int, num_classes: int, method: str = 'direct'):
         super().__init__()
+        self.method = method  # 'direct' circulant rows or 'fft' (same values; direct is faster at S = 5)
         self.in_features = in_features
         self.out_features = num_classes
         self.weight = nn.Parameter(torch.empty(num_parts, num_classes, num_scales, in_features))
@@ -90,7 +94,7 @@ class CirculantScaleHead(nn.Module):
 
     def forward(self, candidates: torch.Tensor) -> torch.Tensor:
         """candidates `[B, K, S, D']` -> logits `[B, C]`."""
-        per_part = circulant_alignment(candidates, self.weight)  # [B, K, C]
+        per_part = circulant_alignment(candidates, self.weight, self.method)  # [B, K, C], Eq. 6-7
         return per_part.sum(1) + self.bias
 
 
@@ -135,6 +139,8 @@ class SSANet(FGVCModel):
         candidate_features: 'roi_align' (shared feature map, fast) or 'crops' (separate crops, as the paper).
         dsm_pool_size: cells per side kept from a candidate's features for DSM (1: a pooled D-vector).
         part_scale: side of a zoomed part relative to the input side (224 / 448).
+        dsm_method: Eq. 7 from the circulant rows ('direct', default) or by FFT ('fft'); same values, and the
+            direct form is ~20x faster at S = 5 (the FFT form transforms the filter bank on every forward).
     """
     main_head = 'dsm'
     needs_classifier = True
@@ -155,6 +161,7 @@ class SSANet(FGVCModel):
             candidate_features: str = 'roi_align',
             dsm_pool_size: int = 1,
             part_scale: float = 0.5,
+            dsm_method: str = 'direct',
     ):
         if candidate_features not in ('roi_align', 'crops'):
             raise ValueError(f"candidate_features must be 'roi_align' or 'crops', got {candidate_features!r}.")
@@ -168,6 +175,7 @@ class SSANet(FGVCModel):
         self.mac_weight = mac_weight
         self.candidate_features = candidate_features
         self.dsm_pool_size = dsm_pool_size
+        self.dsm_method = dsm_method
         self.part_scale = part_scale
         self.navigator = Navigator(self.backbone_features, [len(s) * len(r) for _, s, r in _ANCHORS_448])
         dim = self.backbone_features
@@ -179,7 +187,7 @@ class SSANet(FGVCModel):
 
     def _make_head(self, name: str, in_features: int, num_classes: int) -> nn.Module:
         if name == 'dsm':
-            return CirculantScaleHead(self.num_parts, self.num_scales, in_features, num_classes)
+            return CirculantScaleHead(self.num_parts, self.num_scales, in_features, num_classes, self.dsm_method)
         head = super()._make_head(name, in_features, num_classes)
         if name == 'op' and isinstance(head, nn.Linear):
             # the K parts' responses are summed: start each at 1 / sqrt(K) of a plain linear layer's scale
