@@ -8,8 +8,6 @@
 - Oriented Pooling (Sec. 3.3): overlapping sub-patches of a feature map, max over each row and each column of
   the patch grid, in four orientations (Eq. 9-12); the logit is the max over the orientations (Eq. 13).
 """
-from typing import Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

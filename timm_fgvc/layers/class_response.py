@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['class_response_maps', 'min_max_normalize', 'entropy_gated_response', 'max_class_response',
-           'gaussian_smooth']
+__all__ = ['class_response_maps', 'min_max_normalize', 'maps_in_image', 'entropy_gated_response',
+           'max_class_response', 'gaussian_smooth']
 
 
 def class_response_maps(
@@ -53,6 +53,12 @@ def min_max_normalize(maps: Tensor, eps: float = 1e-6) -> Tensor:
     lo = flat.amin(dim=-1, keepdim=True).unsqueeze(-1)
     hi = flat.amax(dim=-1, keepdim=True).unsqueeze(-1)
     return (maps - lo) / (hi - lo).clamp_min(eps)
+
+
+def maps_in_image(maps: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Maps `[B, K, h, w]` resized bilinearly to the input's `size` and min-max normalised each to [0, 1] (the
+    `attention_maps` convention)."""
+    return min_max_normalize(F.interpolate(maps, size=tuple(size), mode='bilinear', align_corners=False))
 
 
 def entropy_gated_response(

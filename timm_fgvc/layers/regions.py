@@ -112,19 +112,21 @@ def propose_square_regions(attention: Tensor, image_size: Size, box_size: Size, 
     return nms_top_k(boxes, attention.flatten(1), k, iou_threshold)
 
 
-def crop_regions(images: Tensor, boxes: Tensor, output_size: Size, sampling_ratio: int = 1) -> Tensor:
+def crop_regions(images: Tensor, boxes: Tensor, output_size: Size, sampling_ratio: int = 1,
+                 spatial_scale: float = 1.0) -> Tensor:
     """Crop `boxes` `[B, K, 4]` (input pixels) out of `images` `[B, C, H, W]` and resize each to `output_size`:
     `[B, K, C, oh, ow]`, one `roi_align` over all B x K boxes.
 
     With `sampling_ratio=1` this is a bilinear resize of the crop (`F.interpolate(..., 'bilinear',
     align_corners=False)`); a larger ratio averages ratio x ratio samples per output pixel (anti-aliasing when a
-    box is shrunk). Gradients flow to the images, not to the boxes.
+    box is shrunk). `images` may be a feature map with `spatial_scale` = map cells per input pixel (1 / stride).
+    Gradients flow to the images, not to the boxes.
     """
     batch, k = boxes.shape[:2]
     out_h, out_w = _pair(output_size)
     batch_index = torch.arange(batch, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
     rois = torch.cat([batch_index[:, None], boxes.reshape(-1, 4)], 1).float()  # pixel boxes stay fp32
-    crops = roi_align(images.float(), rois.detach(), (out_h, out_w), spatial_scale=1.0,
+    crops = roi_align(images.float(), rois.detach(), (out_h, out_w), spatial_scale=spatial_scale,
                       sampling_ratio=sampling_ratio, aligned=True)
     return crops.to(images.dtype).view(batch, k, images.shape[1], out_h, out_w)
 

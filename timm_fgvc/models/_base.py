@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.class_response import min_max_normalize
+from ..layers.class_response import maps_in_image
 
-__all__ = ['FGVCOutput', 'TrainingStage', 'FGVCModel', 'create_backbone', 'check_images']
+__all__ = ['FGVCOutput', 'TrainingStage', 'FGVCModel', 'create_backbone', 'check_images', 'slot_cross_entropy']
 
 
 @dataclass
@@ -76,6 +76,16 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int = 32) -> None:
         raise ValueError(
             f'Images of {tuple(x.shape[-2:])} px are too small for this model: the backbone needs at least '
             f'{min_size} px per side. Resize inputs (the pretrained_cfg input_size is the recommended size).')
+
+
+def slot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                       label_smoothing: float = 0.) -> torch.Tensor:
+    """Mean cross-entropy of per-region / per-part logits `[B, K, C]` against the image label `[B]`, over the
+    slots of `mask` `[B, K]` (all slots without one)."""
+    per_slot = F.cross_entropy(logits.float().flatten(0, 1), target.repeat_interleave(logits.shape[1]),
+                               label_smoothing=label_smoothing, reduction='none').view(logits.shape[:2])
+    mask = torch.ones_like(per_slot) if mask is None else mask.to(per_slot.dtype)
+    return (per_slot * mask).sum() / mask.sum().clamp_min(1)
 
 
 def create_backbone(
@@ -227,21 +237,22 @@ class FGVCModel(nn.Module):
         Logits `[B, K, C]` (one prediction per region or part) get the mean cross-entropy over their K slots,
         counting only the slots of `output.extras['<name>_mask']` (`[B, K]` bool) when the method gives one.
         """
-        if output.prediction.shape[-1] != self.num_classes:
-            raise ValueError(f'Model has {self.num_classes} classes but logits have {output.prediction.shape[-1]}.')
+        self.check_logits(output)
         terms = {}
         for name, logits in output.logits.items():
             smoothing = self.label_smoothing.get(name, 0.)
             if logits.ndim == 3:
-                per_slot = F.cross_entropy(logits.float().flatten(0, 1), target.repeat_interleave(logits.shape[1]),
-                                           label_smoothing=smoothing, reduction='none').view(logits.shape[:2])
-                mask = output.extras.get(f'{name}_mask')
-                mask = torch.ones_like(per_slot) if mask is None else mask.to(per_slot.dtype)
-                terms[f'loss_{name}'] = (per_slot * mask).sum() / mask.sum().clamp_min(1)
+                terms[f'loss_{name}'] = slot_cross_entropy(logits, target, output.extras.get(f'{name}_mask'),
+                                                           smoothing)
             else:
                 terms[f'loss_{name}'] = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
         total = sum(self.loss_weights.get(k[len('loss_'):], 1.) * v for k, v in terms.items())
         return {'loss': total, **terms}
+
+    def check_logits(self, output: FGVCOutput) -> None:
+        """The evaluated logits must have the model's number of classes (a clear error before any loss)."""
+        if output.prediction.shape[-1] != self.num_classes:
+            raise ValueError(f'Model has {self.num_classes} classes but logits have {output.prediction.shape[-1]}.')
 
     def training_stages(self) -> List[TrainingStage]:
         """One stage that trains everything; staged methods override this."""
@@ -263,8 +274,7 @@ class FGVCModel(nn.Module):
         head = self.heads[self.main_head]
         logits = head(features.mean((2, 3)))
         weight = head.weight[logits.argmax(-1)]  # [B, D]
-        cam = torch.einsum('bdhw,bd->bhw', features.float(), weight.float()).unsqueeze(1)
-        cam = F.interpolate(cam, size=x.shape[-2:], mode='bilinear', align_corners=False)
-        cam = min_max_normalize(cam)
+        cam = maps_in_image(torch.einsum('bdhw,bd->bhw', features.float(), weight.float()).unsqueeze(1),
+                            x.shape[-2:])
         return (cam, {}) if return_details else cam
 

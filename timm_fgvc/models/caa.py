@@ -151,12 +151,13 @@ class CAA(FGVCModel):
         height, width = x.shape[-2:]
         batch = x.shape[0]
         box = torch.tensor([0., 0., width, height], device=x.device).expand(batch, 4)
+        num_scales = num_scales or self.num_scales
         scales = []
-        for k in range(num_scales or self.num_scales):
+        for k in range(num_scales):
             out = self.attend(k, x)
             out.update(image=x, box=box)
             scales.append(out)
-            if k + 1 < (num_scales or self.num_scales):
+            if k + 1 < num_scales:
                 crop = mask_bounding_box(out['object_mask'], image_size=(height, width))  # in this scale's pixels
                 with torch.no_grad():
                     x = crop_regions(x, crop[:, None], (height, width))[:, 0]
@@ -203,8 +204,7 @@ class CAA(FGVCModel):
     def loss(self, output: FGVCOutput, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Per scale k: `loss_local_k` (Eq. 2-4) and `loss_object_k` (Eq. 5); `loss` is their sum (Eq. 6 per
         scale; the stages pick one scale's terms)."""
-        if output.prediction.shape[-1] != self.num_classes:
-            raise ValueError(f'Model has {self.num_classes} classes but logits have {output.prediction.shape[-1]}.')
+        self.check_logits(output)
         terms = {}
         for k in range(self.num_scales):
             if f'object_{k}' not in output.logits:

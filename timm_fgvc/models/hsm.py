@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import min_max_normalize
+from ..layers import maps_in_image
 from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
@@ -175,8 +175,7 @@ class HSM(FGVCModel):
 
     @staticmethod
     def _in_image(saliency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        resized = F.interpolate(saliency.detach().float(), size=x.shape[-2:], mode='bilinear', align_corners=False)
-        return min_max_normalize(resized)
+        return maps_in_image(saliency.detach().float(), x.shape[-2:])
 
     def attention_maps(self, x: torch.Tensor, return_details: bool = False):
         """The hallucinated saliency in input-image coordinates, `[B, 1, H, W]` in [0, 1]. Details: the saliency

@@ -25,10 +25,9 @@ Choices where the paper is open (SPEC §6):
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import crop_regions, gaussian_smooth, max_class_response, min_max_normalize, propose_square_regions
+from ..layers import crop_regions, gaussian_smooth, maps_in_image, max_class_response, propose_square_regions
 from ._base import FGVCModel, FGVCOutput, check_images
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
@@ -135,9 +134,7 @@ class LFD(FGVCModel):
 
     @staticmethod
     def _image_attention(out: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        attention = F.interpolate(out['attention_grid'][:, None], size=x.shape[-2:], mode='bilinear',
-                                  align_corners=False)
-        return min_max_normalize(attention)
+        return maps_in_image(out['attention_grid'][:, None], x.shape[-2:])
 
     def attention_maps(self, x: torch.Tensor, return_details: bool = False):
         """The attention M (Eq. 2, smoothed) in input-image coordinates, `[B, 1, H, W]` in [0, 1].

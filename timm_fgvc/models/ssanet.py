@@ -39,11 +39,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
-from torchvision.ops import roi_align
 
 from ..layers import (anchor_boxes, circulant_alignment, crop_regions, nms_top_k, oriented_pooling,
                       scale_candidates)
-from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
+from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images, slot_cross_entropy
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['SSANet', 'Navigator', 'CirculantScaleHead', 'mac_loss', 'ranking_loss']
@@ -71,7 +70,8 @@ class Navigator(nn.Module):
         self.score = nn.ModuleList([nn.Conv2d(hidden, n, 1) for n in anchors_per_level])
 
     def forward(self, feature_map: torch.Tensor) -> List[torch.Tensor]:
-        """Per level: scores `[B, h * w * A]` in `anchor_boxes` order (cell-major), and the level's map size."""
+        """Per level, the anchor scores `[B, A, h, w]` (A anchors per cell; `propose` flattens them cell-major,
+        in `anchor_boxes` order)."""
         scores, x = [], feature_map
         for down, score in zip(self.down, self.score):
             x = F.relu(down(x))
@@ -217,12 +217,9 @@ class SSANet(FGVCModel):
         """Features of every scale candidate `[B, K, S, D * p^2]` (p = dsm_pool_size)."""
         batch, parts, scales = candidates.shape[:3]
         pool = self.dsm_pool_size
-        if self.candidate_features == 'roi_align':
-            stride = x.shape[-1] / feature_map.shape[-1]
-            index = torch.arange(batch, device=x.device, dtype=candidates.dtype).repeat_interleave(parts * scales)
-            rois = torch.cat([index[:, None], candidates.reshape(-1, 4)], 1).float()  # pixel boxes stay fp32
-            cells = roi_align(feature_map.float(), rois.detach(), (2 * pool, 2 * pool), spatial_scale=1 / stride,
-                              sampling_ratio=2, aligned=True)
+        if self.candidate_features == 'roi_align':  # cells of the image's own feature map
+            cells = crop_regions(feature_map.float(), candidates.flatten(1, 2), 2 * pool, sampling_ratio=2,
+                                 spatial_scale=feature_map.shape[-1] / x.shape[-1]).flatten(0, 1)
         else:  # the paper's separate crops through the backbone
             crops = crop_regions(x, candidates.flatten(1, 2), self.part_size(min(x.shape[-2:])))
             cells = self.backbone.forward_features(crops.flatten(0, 1))
@@ -282,15 +279,11 @@ class SSANet(FGVCModel):
     def loss(self, output: FGVCOutput, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """`loss_part` (Eq. 1's CE per part), `loss_mac` (lambda * Eq. 2), `loss_rank` (navigator), `loss_dsm` and
         `loss_op` (CE on each module's logits); `loss` is their sum, and each stage picks its terms."""
-        if output.prediction.shape[-1] != self.num_classes:
-            raise ValueError(f'Model has {self.num_classes} classes but logits have {output.prediction.shape[-1]}.')
+        self.check_logits(output)
         part_logits = output.logits['part'].float()
-        mask = output.extras['part_mask'].float()
-        part_ce = F.cross_entropy(part_logits.flatten(0, 1), target.repeat_interleave(self.num_parts),
-                                  reduction='none').view(mask.shape)
         confidence = part_logits.log_softmax(-1).gather(-1, target[:, None, None].expand(-1, self.num_parts, 1))
         terms = {
-            'loss_part': (part_ce * mask).sum() / mask.sum().clamp_min(1),
+            'loss_part': slot_cross_entropy(part_logits, target, output.extras['part_mask']),
             'loss_mac': self.mac_weight * mac_loss(output.extras['part_features']),
             'loss_rank': ranking_loss(output.extras['part_scores'].float(), confidence[..., 0].detach()),
             'loss_dsm': F.cross_entropy(output.logits['dsm'].float(), target),
