@@ -61,6 +61,8 @@ from timm_fgvc.engine.config import TrainConfig  # noqa: E402
 from timm_fgvc.engine.trainer import build_transforms, train  # noqa: E402
 
 DEFAULT_CUB_TAR = REPO.parent / 'shared' / 'data' / 'cub200_s160.tar'
+TRANSFER_DEFAULTS = dict(optimizer='sgd', lr=0.02, backbone_lr=0.01, epochs=12, batch_size=32, weight_decay=1e-4,
+                         scheduler='cosine', warmup_epochs=1.)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -428,7 +430,7 @@ def select_variants(args) -> List[str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--suites', nargs='+', default=['synthetic'], choices=('synthetic', 'cub'))
+    p.add_argument('--suites', nargs='+', default=['synthetic'], choices=('synthetic', 'cub', 'transfer'))
     p.add_argument('--methods', nargs='*', default=None, help=f'method prefixes (default: all of {list(METHODS)})')
     p.add_argument('--backbone', default='resnet18',
                    help="timm backbone of the method variants (e.g. test_resnet for s3n_tiny); the baseline is "
@@ -472,7 +474,18 @@ def parse_args(argv=None):
                    help="k training images per class, drawn with each seed (HSM's few-shot protocol: one run per "
                         'k in 1 2 3 5 10 15 20 25 30 with --seeds 0 1 2; default: all)')
     p.add_argument('--quick', action='store_true', help='smoke run: 4 classes x 8 images, 64 px, 3 steps')
+    # transfer suite (SPEC §8; bench/transfer.py)
+    p.add_argument('--pretrained-path', default=None,
+                   help='transfer: the source weights (default ../shared/data/resnet18_cub150.safetensors)')
+    p.add_argument('--skip-baseline', action='store_true',
+                   help='transfer: train only the methods (their gain is taken against the stored baseline runs '
+                        'of the same recipe)')
+    p.add_argument('--label', default=None, help='transfer: a name for a method ablation (with --model-args)')
     args = p.parse_args(argv)
+    if 'transfer' in args.suites:  # the transfer recipe's defaults (the baseline sweep's best; bench/README.md)
+        for name, value in TRANSFER_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
     if args.quick:
         args.synthetic_classes, args.synthetic_train_per_class, args.synthetic_test_per_class = 4, 8, 4
         args.synthetic_image_size, args.cub_img_size, args.cub_classes = 64, 64, 3
@@ -484,7 +497,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = select_variants(args)
+    variants = select_variants(args) if args.methods != [] else []
     baseline = args.backbone
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='timm_fgvc_bench_'))
     results_dir = Path(args.results_dir) if args.results_dir else (
@@ -495,6 +508,12 @@ def main(argv=None):
           f"workdir {workdir}", flush=True)
     for suite in args.suites:
         start = time.time()
+        if suite == 'transfer':
+            from transfer import PROTOCOL, run_transfer
+            dataset, _ = prepare_cub_subset(Path(args.cub_tar), PROTOCOL['classes'], workdir)
+            args.transfer_models, args.workdir, args.results_dir = variants, str(workdir), str(results_dir)
+            run_transfer(args, train, TrainConfig, str(dataset))
+            continue
         if suite == 'cub':
             dataset, classes = prepare_cub_subset(Path(args.cub_tar), args.cub_classes, workdir)
             dataset = str(dataset)

@@ -25,6 +25,8 @@ class TrainConfig:
     model: str = 's3n_tiny'
     pretrained: bool = False
     pretrained_backbone: bool = False
+    pretrained_path: Optional[str] = None  # a plain timm model's weights (local file) for the backbone(s)/baseline
+    output_stride: Optional[int] = None  # e.g. 16: dilate the backbone's last stage (same for baseline and method)
     model_args: Dict[str, Any] = field(default_factory=dict)
     initial_checkpoint: Optional[str] = None
     # data

@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 
 from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc_dataset
 from ..models._base import TrainingStage
+from ..models._weights import load_backbone_weights
 from .checkpoint import load_weights
 from .config import TrainConfig
 
-__all__ = ['TrainStep', 'train', 'build_model', 'build_transforms', 'parameter_groups', 'resolve_stage_epochs',
+__all__ = ['TrainStep', 'train', 'build_model', 'model_kwargs', 'build_transforms', 'parameter_groups', 'resolve_stage_epochs',
            'stage_schedule']
 
 _logger = logging.getLogger(__name__)
@@ -88,14 +89,36 @@ class TrainState:
         self.history = json.loads(state['history'])
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+def model_kwargs(cfg: TrainConfig) -> Dict:
+    """`timm.create_model` kwargs of the run: `--model-args` plus `--output-stride` (in the backbone of a method,
+    on the model itself for a plain timm model); what export records as the model's arguments."""
     kwargs = dict(cfg.model_args)
+    if cfg.output_stride:
+        if is_fgvc_model(cfg.model):
+            kwargs['backbone_args'] = {**kwargs.get('backbone_args', {}), 'output_stride': cfg.output_stride}
+        else:
+            kwargs['output_stride'] = cfg.output_stride
+    return kwargs
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    kwargs = model_kwargs(cfg)
+    fgvc = is_fgvc_model(cfg.model)
+    if cfg.pretrained_backbone and cfg.pretrained_path:
+        raise ValueError('Give --pretrained-backbone (timm Hub weights) or --pretrained-path (a local file), not both.')
+    if cfg.pretrained_path and not Path(cfg.pretrained_path).is_file():
+        raise FileNotFoundError(f'--pretrained-path {cfg.pretrained_path}: no such file (a .safetensors or .pth '
+                                'state dict of a plain timm model).')
     if cfg.pretrained_backbone:
-        if not is_fgvc_model(cfg.model):
+        if not fgvc:
             raise ValueError(f'--pretrained-backbone is for timm-fgvc methods; {cfg.model} is a plain timm model: '
                              'use --pretrained for its ImageNet weights.')
         kwargs['pretrained_backbone'] = True
+    if cfg.pretrained_path and fgvc:
+        kwargs['pretrained_backbone'] = cfg.pretrained_path  # every backbone of the method (CAA: each scale's)
     model = timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, **kwargs)
+    if cfg.pretrained_path and not fgvc:
+        load_backbone_weights(model, cfg.pretrained_path)  # the baseline: all but a classifier that does not fit
     if cfg.initial_checkpoint:
         load_weights(model, cfg.initial_checkpoint)
     return model
@@ -158,7 +181,7 @@ def resolve_backbone_lr(cfg: TrainConfig) -> float:
     """`--backbone-lr`, else lr / 10 for a pretrained backbone (the paper recipes) and lr when from scratch."""
     if cfg.backbone_lr is not None:
         return cfg.backbone_lr
-    pretrained = cfg.pretrained or cfg.pretrained_backbone or cfg.initial_checkpoint
+    pretrained = cfg.pretrained or cfg.pretrained_backbone or cfg.pretrained_path or cfg.initial_checkpoint
     return cfg.lr * 0.1 if pretrained else cfg.lr
 
 
@@ -439,7 +462,7 @@ def train(cfg: TrainConfig) -> dict:
         'per_process_eval_top1': per_process, 'num_processes': accelerator.num_processes,
         'train_seconds': time.time() - start_time, 'device': str(accelerator.device),
         'params': sum(p.numel() for p in inner.parameters()),
-        'model_args': dict(cfg.model_args),
+        'model_args': model_kwargs(cfg),
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

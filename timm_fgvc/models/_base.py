@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.class_response import maps_in_image
+from ._weights import load_backbone_weights
 
 __all__ = ['FGVCOutput', 'TrainingStage', 'FGVCModel', 'create_backbone', 'check_images', 'slot_cross_entropy']
 
@@ -90,18 +91,22 @@ def slot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: Optiona
 
 def create_backbone(
         name: str,
-        pretrained: bool = False,
+        pretrained: Union[bool, str] = False,
         in_chans: int = 3,
         **kwargs,
 ) -> nn.Module:
     """A timm CNN with no pooling and no classifier, so `forward_features` gives `[B, D, h, w]`.
 
     Any timm model name works if its `forward_features` is a spatial map (ResNet, ConvNeXt, EfficientNet,
-    RegNet, ...). `pretrained=True` loads that backbone's own timm (ImageNet) weights from the Hub.
+    RegNet, ...). `pretrained=True` loads that backbone's own timm (ImageNet) weights from the Hub; a path loads
+    a plain timm model's weights from that local file instead (offline; its classifier is dropped).
+    `output_stride=16` (a kwarg) dilates the last stage as in timm.
     """
+    from_file = isinstance(pretrained, (str, bytes)) or hasattr(pretrained, '__fspath__')
     try:
         backbone = timm.create_model(
-            name, pretrained=pretrained, num_classes=0, global_pool='', in_chans=in_chans, **kwargs)
+            name, pretrained=bool(pretrained) and not from_file, num_classes=0, global_pool='', in_chans=in_chans,
+            **kwargs)
     except RuntimeError as e:
         if 'Unknown model' in str(e):
             raise ValueError(f'Unknown timm backbone {name!r}; see timm.list_models() for valid names.') from e
@@ -109,6 +114,8 @@ def create_backbone(
     reduction = backbone.feature_info[-1]['reduction'] if getattr(backbone, 'feature_info', None) else None
     if reduction is None:
         raise ValueError(f'Backbone {name!r} does not report a spatial feature map; use a timm CNN.')
+    if from_file:
+        load_backbone_weights(backbone, pretrained)
     return backbone
 
 
@@ -129,7 +136,7 @@ class FGVCModel(nn.Module):
             backbone: str = 'resnet50',
             num_classes: int = 1000,
             in_chans: int = 3,
-            pretrained_backbone: bool = False,
+            pretrained_backbone: Union[bool, str] = False,
             drop_rate: float = 0.,
             backbone_args: Optional[dict] = None,
     ):
@@ -144,7 +151,7 @@ class FGVCModel(nn.Module):
         # state-dict prefixes of every backbone (pretrained, lower lr, timm's layer groups); CAA adds its zoom ones
         self.backbone_prefixes: Tuple[str, ...] = ('backbone.',)
         self.backbone_features = self.backbone.num_features
-        self.feature_reduction = self.backbone.feature_info[-1]['reduction']
+        self.feature_reduction = self.backbone.feature_info[-1]['reduction']  # with output_stride dilation
         self.heads = nn.ModuleDict()
         self._head_features: Dict[str, int] = {}
         self.loss_weights: Dict[str, float] = {}  # per head name, default 1

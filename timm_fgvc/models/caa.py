@@ -22,7 +22,7 @@ Choices where the paper is open (SPEC §6):
   pools over the whole map and crops nothing.
 - Otsu uses a 256-bin histogram of each image's M; the next scale's crop is the bounding box of M_b's cells.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -94,7 +94,7 @@ class CAA(FGVCModel):
             backbone: str = 'resnet50',
             num_classes: int = 1000,
             in_chans: int = 3,
-            pretrained_backbone: bool = False,
+            pretrained_backbone: Union[bool, str] = False,  # True: timm Hub weights; a path: a local file
             drop_rate: float = 0.,
             backbone_args: Optional[dict] = None,
             num_scales: int = 3,

@@ -22,7 +22,7 @@ Choices where the paper is open (SPEC §6):
   saliency branch, since a new dataset's classifier starts from scratch.
 - The few-shot protocol (k images per class, 3 seeds) is the engine's `--shots k --seed s`.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -111,7 +111,7 @@ class HSM(FGVCModel):
             backbone: str = 'resnet152',
             num_classes: int = 1000,
             in_chans: int = 3,
-            pretrained_backbone: bool = False,
+            pretrained_backbone: Union[bool, str] = False,  # True: timm Hub weights; a path: a local file
             drop_rate: float = 0.,
             backbone_args: Optional[dict] = None,
             fusion_block: int = 4,

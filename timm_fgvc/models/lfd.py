@@ -22,7 +22,7 @@ Choices where the paper is open (SPEC §6):
 - The region term is the mean cross-entropy over the m regions (regions NMS could not fill are masked); each
   term has weight 1.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 from timm.models import generate_default_cfgs, register_model
@@ -56,7 +56,7 @@ class LFD(FGVCModel):
             backbone: str = 'resnet50',
             num_classes: int = 1000,
             in_chans: int = 3,
-            pretrained_backbone: bool = False,
+            pretrained_backbone: Union[bool, str] = False,  # True: timm Hub weights; a path: a local file
             drop_rate: float = 0.,
             backbone_args: Optional[dict] = None,
             num_regions: int = 6,

@@ -22,7 +22,7 @@ Choices where the paper is open (SPEC §6):
   "All"), per-head label smoothing via `label_smoothing`.
 """
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -142,7 +142,7 @@ class S3N(FGVCModel):
             backbone: str = 'resnet50',
             num_classes: int = 1000,
             in_chans: int = 3,
-            pretrained_backbone: bool = False,
+            pretrained_backbone: Union[bool, str] = False,  # True: timm Hub weights; a path: a local file
             drop_rate: float = 0.,
             backbone_args: Optional[dict] = None,
             top_k: int = 5,

@@ -33,7 +33,7 @@ Choices where the paper is open (SPEC §6):
 - OP runs on each part's feature map resized to 7 x 7 when it is not (the 224 px crops of the paper give 7 x 7);
   one OP classifier shared by the parts, part responses summed.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -150,7 +150,7 @@ class SSANet(FGVCModel):
             backbone: str = 'resnet50',
             num_classes: int = 1000,
             in_chans: int = 3,
-            pretrained_backbone: bool = False,
+            pretrained_backbone: Union[bool, str] = False,  # True: timm Hub weights; a path: a local file
             drop_rate: float = 0.,
             backbone_args: Optional[dict] = None,
             num_parts: int = 4,

@@ -1,0 +1,72 @@
+"""Reading weight files safely and loading a plain timm model's weights into a backbone (`--pretrained-path`).
+
+Safetensors first, `torch.load(weights_only=True)` otherwise. `load_backbone_weights` is timm's
+`train.py --pretrained-path` for one backbone: the file's classifier is dropped when it does not fit, and every
+other key must match (a file that does not fit names its missing / unexpected keys).
+"""
+from pathlib import Path
+from typing import Dict, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ['read_state_dict', 'load_backbone_weights', 'classifier_names']
+
+
+def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """The tensors of a weights file (or of `<dir>/model.safetensors`), with a clear error for a damaged one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'model.safetensors'
+    if not path.is_file():
+        raise FileNotFoundError(f'No checkpoint file at {path}.')
+    try:
+        if path.suffix == '.safetensors':
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        state = torch.load(str(path), map_location='cpu', weights_only=True)
+    except Exception as e:  # safetensors and torch raise several types for a damaged file
+        raise ValueError(f'Checkpoint {path} is corrupt or not a weights file ({type(e).__name__}: {e}). '
+                         'Re-export it, or resume from an earlier checkpoint.') from e
+    if isinstance(state, dict) and 'state_dict' in state:
+        state = state['state_dict']
+    if not isinstance(state, dict):
+        raise ValueError(f'Checkpoint {path} holds a {type(state).__name__}, not a state dict.')
+    return state
+
+
+def classifier_names(model: nn.Module) -> Sequence[str]:
+    """State-dict prefixes of a timm model's classifier(s), from its pretrained_cfg."""
+    heads = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier') or ()
+    return (heads,) if isinstance(heads, str) else tuple(heads)
+
+
+def _listing(keys: Sequence[str], limit: int = 8) -> str:
+    keys = list(keys)
+    return ', '.join(keys[:limit]) + (f' (+{len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def load_backbone_weights(model: nn.Module, path: Union[str, Path]) -> None:
+    """Load a plain timm model's weights from a local file into `model` (a backbone or a baseline).
+
+    The file's classifier keys are dropped when the model's classifier has another shape or none
+    (`num_classes=0`); any other key the model lacks, or lacks in the file, or whose shape differs, is an error
+    that names the keys. BatchNorm's `num_batches_tracked` counters are not required.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    heads = classifier_names(model)
+    is_head = lambda k: any(k.startswith(h + '.') for h in heads)  # noqa: E731
+    state = {k: v for k, v in state.items() if not (is_head(k) and (k not in own or own[k].shape != v.shape))}
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked') and not is_head(k)]
+    mismatched = [f'{k} {tuple(v.shape)} in the file vs {tuple(own[k].shape)}'
+                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if unexpected or missing or mismatched:
+        name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
+        problems = [f'{label}: {_listing(keys)}' for label, keys in
+                    (('missing in the file', missing), ('unexpected in the file', unexpected),
+                     ('shape differs', mismatched)) if keys]
+        raise ValueError(f'Pretrained weights {path} do not fit backbone {name!r}: ' + '; '.join(problems)
+                         + '. The file must hold a plain timm model of the same architecture.')
+    model.load_state_dict(state, strict=False)
