@@ -161,20 +161,29 @@ def build_transforms(model: nn.Module, cfg: TrainConfig):
 
 
 def parameter_groups(model: nn.Module, lr: float, backbone_lr: float, weight_decay: float) -> List[dict]:
-    """Two groups: pretrained backbone parameters (backbone_lr) and the method's new parameters (lr)."""
+    """Pretrained backbone parameters (backbone_lr) and the method's new parameters (lr), plus one group per
+    `model.param_group_rules` prefix (its own lr scale of the new-layer lr and weight decay)."""
     if hasattr(model, 'pretrained_parameter_names'):
         pretrained = set(model.pretrained_parameter_names())
     else:
         heads = model.pretrained_cfg.get('classifier') or ()
         heads = (heads,) if isinstance(heads, str) else tuple(heads)
         pretrained = {n for n, _ in model.named_parameters() if not any(n.startswith(h + '.') for h in heads)}
+    rules = dict(getattr(model, 'param_group_rules', {}) or {})
     named = list(model.named_parameters())
-    return [
-        {'params': [p for n, p in named if n in pretrained], 'lr': backbone_lr, 'weight_decay': weight_decay,
-         'name': 'backbone'},
-        {'params': [p for n, p in named if n not in pretrained], 'lr': lr, 'weight_decay': weight_decay,
-         'name': 'new'},
+    rule_of = {n: next((prefix for prefix in rules if n.startswith(prefix)), None) for n, _ in named}
+    groups = [
+        {'params': [p for n, p in named if n in pretrained and rule_of[n] is None], 'lr': backbone_lr,
+         'weight_decay': weight_decay, 'name': 'backbone'},
+        {'params': [p for n, p in named if n not in pretrained and rule_of[n] is None], 'lr': lr,
+         'weight_decay': weight_decay, 'name': 'new'},
     ]
+    for prefix, rule in rules.items():
+        params = [p for n, p in named if rule_of[n] == prefix]
+        if params:
+            groups.append({'params': params, 'lr': lr * rule.get('lr_scale', 1.0),
+                           'weight_decay': rule.get('weight_decay', weight_decay), 'name': f'new:{prefix}'})
+    return groups
 
 
 def resolve_backbone_lr(cfg: TrainConfig) -> float:
@@ -231,7 +240,7 @@ def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_
             value *= (local + 1) / (warmup + 1)
         if group == 'backbone' and stage.backbone_lr is not None:
             value *= stage.backbone_lr / backbone_lr
-        elif group == 'new' and stage.lr is not None:
+        elif group.startswith('new') and stage.lr is not None:
             value *= stage.lr / cfg.lr
         return value
 
@@ -438,7 +447,8 @@ def train(cfg: TrainConfig) -> dict:
             continue
         record = {'epoch': math.ceil(state.step / steps_per_epoch), 'step': state.step,
                   'stage': stages[stage_of(state.step - 1)].name,
-                  'lr': optimizer.param_groups[-1]['lr']}
+                  'lr': next(g['lr'] for g in optimizer.param_groups if g.get('name') == 'new'),
+                  'lr_backbone': next(g['lr'] for g in optimizer.param_groups if g.get('name') == 'backbone')}
         record.update({f'train_{k}': v / max(count, 1) for k, v in running.items()})
         running, count = {}, 0
         is_last = state.step >= total_steps

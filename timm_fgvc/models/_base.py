@@ -268,6 +268,16 @@ class FGVCModel(nn.Module):
     def set_training_stage(self, stage: TrainingStage) -> None:
         """Called by the engine when a stage starts; a staged method may skip work the stage does not train."""
 
+    # parameter-name prefixes with their own optimiser settings, relative to the new layers' lr (S3N's beta,
+    # HSM's saliency score); the engine gives each its own param group: {prefix: {'lr_scale': x, 'weight_decay': 0}}
+    param_group_rules: Dict[str, Dict[str, float]] = {}
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """timm's convention: parameter names the optimizer must not decay."""
+        return {n for n, _ in self.named_parameters()
+                if any(n.startswith(p) and r.get('weight_decay', None) == 0 for p, r in self.param_group_rules.items())}
+
     def pretrained_parameter_names(self) -> List[str]:
         """Parameters that come from a pretrained backbone (lower learning rate in the paper recipes)."""
         return [n for n, _ in self.named_parameters() if n.startswith(self.backbone_prefixes)]
