@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .cards import METHODS
+from .catalog import METHODS
 
 __all__ = ['PAPER', 'RESULTS_DIR', 'load_results', 'paper_top1', 'render', 'speed_summary']
 

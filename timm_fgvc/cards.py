@@ -6,7 +6,8 @@ training recipe (`train:`, read by train_fgvc.py). MODEL_CARDS.md is rendered fr
 `timm-fgvc cards --check` (CI) fails when it is stale. Paper and measured numbers stay in separate columns and a
 model without a measurement says "not yet measured". When the repository has benchmark results
 (`bench/results/*.json`), MODEL_CARDS.md also shows them: a speed line per model card and the tables of
-`bench/README.md` (rendered by `timm_fgvc.benchmarks`, the same code as `bench/report.py`).
+`bench/README.md` (rendered by `timm_fgvc.benchmarks`, the same code as `bench/report.py`). Imports point one
+way: `hub` -> `cards` -> `benchmarks` -> `catalog` (the method names); run folders are read by `runs`.
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Union
 
 import yaml
 
+from .benchmarks import RESULTS_DIR, load_results, paper_top1, render, speed_summary
+from .catalog import METHODS, split_model_name
 from .data.catalog import DATASETS
 from .models._builder import HUB_ORG
+from .runs import read_run, run_device
 
 __all__ = [
     'METHODS', 'NOT_MEASURED', 'CARDS_FILE', 'CONFIG_DIR', 'split_model_name', 'load_hub_config',
@@ -30,8 +34,6 @@ __all__ = [
     'format_recipe', 'train_command', 'record_measurement', 'update_measured', 'load_bench_results',
 ]
 
-# method prefix -> display name (SPEC §3)
-METHODS: Dict[str, str] = {'s3n': 'S3N', 'lfd': 'LFD', 'caa': 'CAA', 'hsm': 'HSM', 'ssanet': 'SSANet'}
 NOT_MEASURED = 'not yet measured'
 CARDS_FILE = 'MODEL_CARDS.md'
 CONFIG_DIR = 'hub_configs'
@@ -45,15 +47,6 @@ _REQUIRED = {
 # run settings that do not change the weights: left out of recipes and reproduction commands
 _NOT_RECIPE = ('output_dir', 'checkpoint_every', 'keep_checkpoints', 'resume', 'log_with', 'num_workers',
                'eval_every')
-
-
-def split_model_name(name: str) -> tuple:
-    """`'s3n_resnet50.cub200'` -> `('s3n', 'resnet50', 'cub200')`; a plain timm model gives `(None, name, tag)`."""
-    arch, _, tag = name.partition('.')
-    prefix, _, rest = arch.partition('_')
-    if prefix in METHODS and rest:
-        return prefix, rest, tag or None
-    return None, arch, tag or None
 
 
 def format_number(value: Optional[float]) -> str:
@@ -204,8 +197,6 @@ def _backbone(cfg: Dict[str, Any]) -> str:
 
 def load_bench_results(root: Union[str, Path] = '.') -> Dict[str, List[dict]]:
     """`{'throughput': [...], 'accuracy': [...]}` from `<root>/bench/results/*.json` (empty lists without it)."""
-    from .benchmarks import RESULTS_DIR, load_results
-
     folder = Path(root) / RESULTS_DIR
     return {kind: load_results(f'{kind}_*.json', folder, root) for kind in ('throughput', 'accuracy')}
 
@@ -215,8 +206,6 @@ def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[s
 
     `bench` (from `load_bench_results`) adds each card's measured speed and a "Benchmarks measured here" section.
     """
-    from .benchmarks import paper_top1, render, speed_summary
-
     configs = sorted(configs, key=lambda c: c['model'])
     bench = bench or {}
     throughput, accuracy = bench.get('throughput') or [], bench.get('accuracy') or []
@@ -359,8 +348,6 @@ def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], 
     Hub id or tag; a local copy needs `same_dataset=True`), so a number is never recorded for the wrong model.
     The command defaults to the `train_fgvc.py` command that reproduces the run's config.
     """
-    from .hub import _device, read_run
-
     run_dir, path = Path(run_dir), Path(hub_config)
     cfg = load_hub_config(path)
     results = read_run(run_dir, weights=False)
@@ -385,7 +372,7 @@ def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], 
         config_path = f'{CONFIG_DIR}/{path.name}'
         command = train_command(results.get('config') or {}, base=cfg['train'], base_path=config_path,
                                 num_processes=int(results.get('num_processes') or 1))
-    device = _device(results)
+    device = run_device(results)
     mtime = (run_dir / 'results.json').stat().st_mtime
     measured = {
         'top1': round(float(top1), 2),

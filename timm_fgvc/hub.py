@@ -25,10 +25,11 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._hub import save_for_hf
 
-from .cards import (CONFIG_DIR, METHODS, NOT_MEASURED, format_number, format_recipe, load_hub_config,
-                    split_model_name, train_command)
+from .cards import CONFIG_DIR, NOT_MEASURED, format_number, format_recipe, load_hub_config, train_command
+from .catalog import METHODS, split_model_name
 from .data.catalog import DATASETS, DatasetInfo
 from .engine.checkpoint import load_weights
+from .runs import read_run, run_data_config, run_device
 
 __all__ = ['RUNTIME_MODEL_ARGS', 'EXPORT_FILES', 'export_model', 'export_run', 'read_run', 'build_model_card',
            'push']
@@ -39,7 +40,6 @@ RUNTIME_MODEL_ARGS = ('pretrained_backbone', 'pretrained', 'pretrained_cfg', 'pr
                       'pretrained_strict', 'checkpoint_path', 'cache_dir')
 EXPORT_FILES = ('config.json', 'model.safetensors', 'README.md')
 _PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.ckpt')
-_RESULTS_KEYS = ('model', 'num_classes')
 _RECIPE_KEYS = ('model', 'pretrained', 'pretrained_backbone', 'pretrained_path', 'output_stride', 'model_args', 'dataset', 'shots', 'img_size',
                 'test_img_size', 'crop_pct', 'augment', 'epochs', 'max_steps', 'batch_size', 'grad_accum_steps',
                 'optimizer', 'lr', 'backbone_lr', 'momentum', 'weight_decay', 'scheduler', 'warmup_epochs',
@@ -86,7 +86,7 @@ def _measured(results: Optional[dict], hub_config: Optional[dict]) -> Optional[D
             dataset=info.hub_id if info and info.hub_id else str(results.get('dataset')),
             dataset_title=info.title if info else str(results.get('dataset')),
             tag=info.tag if info else None, split=config.get('eval_split'), samples=final.get('eval_samples'),
-            source='results.json of the training run', device=_device(results))
+            source='results.json of the training run', device=run_device(results))
     if hub_config and hub_config['measured'].get('top1') is not None:
         m, info = hub_config['measured'], DATASETS[hub_config['dataset']]
         return dict(top1=float(m['top1']), top5=None, dataset=info.hub_id or info.tag, dataset_title=info.title,
@@ -97,11 +97,6 @@ def _measured(results: Optional[dict], hub_config: Optional[dict]) -> Optional[D
 
 def _md_list(values: Sequence) -> str:
     return ', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)
-
-
-def _device(results: Dict[str, Any]) -> str:
-    device, processes = str(results.get('device') or 'unknown device'), int(results.get('num_processes') or 1)
-    return device + (f' x{processes} processes' if processes > 1 else '')
 
 
 # --- the model card ------------------------------------------------------------------------------
@@ -328,42 +323,6 @@ def export_model(
     return out_dir
 
 
-def read_run(run_dir: Union[str, Path], weights: bool = True) -> Dict[str, Any]:
-    """A training run's results.json (checked), with clear errors for a missing or damaged run folder."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f'No training run folder at {run_dir}.')
-    results_path = run_dir / 'results.json'
-    if not results_path.is_file():
-        raise FileNotFoundError(f'Run folder {run_dir} has no results.json; train_fgvc.py writes it (with '
-                                'model.safetensors) when training finishes. Is the run complete?')
-    if weights and not (run_dir / 'model.safetensors').is_file():
-        raise FileNotFoundError(f'Run folder {run_dir} has no model.safetensors (the final weights written by '
-                                'train_fgvc.py). Is the run complete?')
-    try:
-        results = json.loads(results_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{results_path} is not valid JSON ({e}); the run folder is damaged.') from e
-    if not isinstance(results, dict):
-        raise ValueError(f'{results_path} does not hold a results object.')
-    missing = [k for k in _RESULTS_KEYS if k not in results]
-    if missing:
-        raise ValueError(f'{results_path} lacks {missing}; it was not written by train_fgvc.py.')
-    return results
-
-
-def _run_data_config(results: Dict[str, Any]) -> Dict[str, Any]:
-    """The preprocessing of a run (its eval transform), as a timm data config."""
-    data = results.get('data_config') or {}
-    out = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
-           if k in ('input_size', 'crop_pct', 'crop_mode', 'mean', 'std', 'interpolation')}
-    test_size = (results.get('config') or {}).get('test_img_size')
-    if test_size:
-        channels = out.get('input_size', (3,))[0]
-        out['test_input_size'] = (channels, test_size, test_size)
-    return out
-
-
 def export_run(
         run_dir: Union[str, Path],
         out_dir: Union[str, Path],
@@ -389,7 +348,7 @@ def export_run(
         raise ValueError(f'{run_dir / "results.json"} has {len(label_names)} label names for '
                          f'{results["num_classes"]} classes.')
     return export_model(model, out_dir, label_names=label_names, results=results, hub_config=hub_config,
-                        data_config=_run_data_config(results), repo_id=repo_id)
+                        data_config=run_data_config(results), repo_id=repo_id)
 
 
 # --- push ----------------------------------------------------------------------------------------
