@@ -83,3 +83,36 @@ def test_bf16_maps():
     m = _planted_map()[None]
     peaks = find_peaks(m.bfloat16())
     assert peaks.coords[0, :3].tolist() == [list(c) for c, _ in PLANTED] and peaks.mask[0].sum() == 3
+
+
+def test_a_plateau_of_equal_maxima_gives_one_peak():
+    """Two neighbouring cells tied at the maximum (what a bf16 response map often gives) are one peak, not an
+    adjacent duplicate pair; a separate plateau elsewhere is still its own peak."""
+    m = _gaussians([((4, 4), 1.0), ((10, 10), 0.9)], size=14)
+    m[4, 5] = m[4, 4]  # a 2-cell plateau of equal maxima
+    m[10, 11] = m[11, 10] = m[10, 10]  # an L-shaped 3-cell plateau (cells connected through the window)
+    peaks = find_peaks(m[None], max_peaks=6)
+    assert peaks.mask[0].sum() == 2
+    assert peaks.coords[0, :2].tolist() == [[4, 4], [10, 10]]  # the first cell in raster order
+
+
+def test_a_long_plateau_is_one_peak_and_distant_equal_maxima_are_two():
+    m = torch.zeros(1, 9, 9)
+    m[0, 1, 1:8] = 1.0  # a row of 7 equal maxima: one peak whatever its length
+    m[0, 2:8, 7] = 1.0  # continuing down the right edge: a hook-shaped plateau, still one peak
+    m[0, 7, 1] = 1.0  # equal height but not connected: a second peak
+    peaks = find_peaks(m, max_peaks=4, min_value=0.5)
+    assert peaks.mask[0].sum() == 2
+    assert peaks.coords[0, :2].tolist() == [[1, 1], [7, 1]]
+
+
+def test_bf16_ties_are_resolved_in_float32():
+    """bf16 rounds two close values to the same number: the peak finder works on what it is given (one plateau,
+    one peak), and on the float32 map it finds the true maximum."""
+    m = _gaussians([((6, 6), 1.0)], size=12, sigma=3.0)
+    m[6, 7] = m[6, 6] - 1e-4  # distinct in float32, equal in bf16
+    assert m.bfloat16()[6, 6] == m.bfloat16()[6, 7]
+    assert find_peaks(m[None].bfloat16()).mask.sum() == 1
+    peaks = find_peaks(m[None])
+    assert peaks.mask.sum() == 1 and peaks.coords[0, 0].tolist() == [6, 6]
+    assert peaks.scores.dtype == torch.float32 and find_peaks(m[None].bfloat16()).scores.dtype == torch.float32

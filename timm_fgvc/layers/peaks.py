@@ -7,6 +7,11 @@ Recognition" (Ding et al., ICCV 2019), Sec. 3.1-3.2: the local maxima of R withi
 
 A batch has a different number of peaks per map, so peaks are returned sorted, truncated or padded
 to a fixed `max_peaks`, with a mask.
+
+Peaks are found in float32 and a plateau (equal neighbouring maxima) gives one peak, its first cell in raster
+order: the authors' `peak_stimulation` (https://github.com/Yao-DD/S3N, `sss_net.py`) keeps a cell when the
+window's `max_pool2d` index is the cell itself, which also keeps one cell of a 2-cell plateau. A map computed in
+bf16 ties neighbouring cells often; without this, each tie is a pair of adjacent duplicate peaks.
 """
 from typing import NamedTuple, Optional, Tuple, Union
 
@@ -14,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['Peaks', 'local_maxima', 'find_peaks', 'peaks_to_image_coords', 'peaks_to_normalized_coords']
+__all__ = ['Peaks', 'local_maxima', 'one_per_plateau', 'find_peaks', 'peaks_to_image_coords', 'peaks_to_normalized_coords']
 
 
 class Peaks(NamedTuple):
@@ -34,6 +39,27 @@ def local_maxima(maps: Tensor, window: int = 3) -> Tensor:
     return maps == pooled
 
 
+def one_per_plateau(is_peak: Tensor, window: int = 3) -> Tensor:
+    """Keep one cell of each plateau of local maxima `is_peak` [B, H, W] bool: the first in raster order.
+
+    Two local maxima within each other's window are equal (each is >= the other), so a plateau is a connected
+    component of `is_peak` under the window's neighbourhood. Components are labelled by propagating the smallest
+    cell index through the window (a min-pool) until nothing changes: one pass when there is no plateau, and
+    never more passes than the longest plateau has cells.
+    """
+    B, H, W = is_peak.shape
+    index = torch.arange(H * W, device=is_peak.device, dtype=torch.float32).view(1, H, W).expand(B, H, W)
+    none = float(H * W)
+    label = torch.where(is_peak, index, torch.full_like(index, none))
+    for _ in range(H * W):
+        smallest = -F.max_pool2d(-label.unsqueeze(1), window, stride=1, padding=window // 2).squeeze(1)
+        spread = torch.where(is_peak, smallest, label)
+        if torch.equal(spread, label):
+            break
+        label = spread
+    return is_peak & (label == index)
+
+
 def find_peaks(
         maps: Tensor,
         window: int = 3,
@@ -44,17 +70,20 @@ def find_peaks(
 
     A peak is a local maximum within a window x window neighbourhood that is >= the map's mean
     (or >= `min_value`, a float or a [B] tensor) and strictly above the map's minimum, so a
-    constant map has no peak. The `max_peaks` highest are kept.
+    constant map has no peak; a plateau of equal maxima gives one peak (`one_per_plateau`). The
+    `max_peaks` highest are kept. Everything is computed in float32 (scores are float32).
     """
     B, H, W = maps.shape
+    maps = maps.float()
     if min_value is None:
-        threshold = maps.float().mean(dim=(1, 2))
+        threshold = maps.mean(dim=(1, 2))
     else:
         threshold = torch.as_tensor(min_value, device=maps.device, dtype=torch.float32).expand(B)
     floor = maps.flatten(1).amin(dim=1)
     is_peak = local_maxima(maps, window)
-    is_peak &= maps.float() >= threshold[:, None, None]
+    is_peak &= maps >= threshold[:, None, None]
     is_peak &= maps > floor[:, None, None]
+    is_peak = one_per_plateau(is_peak, window)
 
     k = min(max_peaks, H * W)
     masked = torch.where(is_peak, maps, torch.full_like(maps, float('-inf'))).flatten(1)
