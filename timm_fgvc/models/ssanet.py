@@ -218,7 +218,7 @@ class SSANet(FGVCModel):
         batch, parts, scales = candidates.shape[:3]
         pool = self.dsm_pool_size
         if self.candidate_features == 'roi_align':  # cells of the image's own feature map
-            cells = crop_regions(feature_map.float(), candidates.flatten(1, 2), 2 * pool, sampling_ratio=2,
+            cells = crop_regions(feature_map, candidates.flatten(1, 2), 2 * pool, sampling_ratio=2,
                                  spatial_scale=feature_map.shape[-1] / x.shape[-1]).flatten(0, 1)
         else:  # the paper's separate crops through the backbone
             crops = crop_regions(x, candidates.flatten(1, 2), self.part_size(min(x.shape[-2:])))
