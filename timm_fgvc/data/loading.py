@@ -1,26 +1,37 @@
-"""Load a classification dataset through `datasets`: a Hub id, a local image folder or the synthetic set.
+"""Load a classification dataset through `datasets`: a Hub id, a local image folder (class folders may be
+symlinks), a folder written by `save_to_disk`, a folder of parquet files, or the synthetic set.
 
 Columns are detected from the features (an `Image` column and a `ClassLabel` column) or given by name;
-a wrong schema raises an error that lists the columns found. Transforms come from the model's
-`pretrained_cfg` via timm (`resolve_data_config` / `create_transform`) and are applied lazily with
-`with_transform`.
+a wrong schema raises an error that lists the columns found. Every image is checked when the dataset is loaded
+(a fast header check; a list of the bad files stops the run unless they are to be skipped). Transforms come from
+the model's `pretrained_cfg` via timm (`resolve_data_config` / `create_transform`) and are applied lazily with
+`with_transform`; images are decoded there by `open_image`, which names the file when it cannot.
 """
 from __future__ import annotations
 
+import io
 import os
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 __all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices', 'attach_transform',
-           'SeededTransform', 'collate']
+           'SeededTransform', 'collate', 'open_image', 'to_rgb', 'image_problem', 'find_bad_images',
+           'BadImagesError']
 
 _IMAGE_NAMES = ('image', 'img', 'images', 'picture', 'pixel_values')
 _LABEL_NAMES = ('label', 'labels', 'class', 'fine_label', 'category', 'target')
 _EVAL_SPLITS = ('test', 'validation', 'valid', 'val')
+_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm', '.jfif')
+# split folder names as `datasets`' imagefolder reads them
+_SPLIT_FOLDERS = {'train': ('train', 'training'), 'validation': ('validation', 'valid', 'val', 'dev'),
+                  'test': ('test', 'testing', 'eval', 'evaluation')}
 
 
 @dataclass
@@ -31,6 +42,7 @@ class FGVCData:
     image_column: str
     label_column: str
     source: str
+    bad_images: List[str] = field(default_factory=list)  # 'file: reason' of the images left out (--skip-bad-images)
 
     @property
     def num_classes(self) -> int:
@@ -74,11 +86,59 @@ def few_shot_indices(labels: Sequence[int], shots: int, seed: int) -> List[int]:
     return sorted(chosen)
 
 
+def _has_symlinked_folders(root: Path) -> bool:
+    """True when a split or class folder (first two levels) is a symlink, which imagefolder does not follow."""
+    for child in root.iterdir():
+        if child.is_dir() and (child.is_symlink() or any(g.is_symlink() and g.is_dir() for g in child.iterdir())):
+            return True
+    return False
+
+
+def _walk_image_folder(root: Path) -> datasets.DatasetDict:
+    """An imagefolder layout read with symlinks followed: <root>/[<split>/]<class>/**/<image>."""
+    top = sorted(p for p in root.iterdir() if p.is_dir())
+    splits = {name: p for p in top for name, aliases in _SPLIT_FOLDERS.items() if p.name.lower() in aliases}
+    if not splits:
+        splits = {'train': root}
+    class_dirs = {split: sorted(p for p in folder.iterdir() if p.is_dir()) for split, folder in splits.items()}
+    names = sorted({p.name for dirs in class_dirs.values() for p in dirs})
+    features = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=names)})
+    result = {}
+    for split, dirs in class_dirs.items():
+        paths, labels = [], []
+        for class_dir in dirs:
+            for folder, _, files in sorted(os.walk(class_dir, followlinks=True)):
+                for name in sorted(files):
+                    if name.lower().endswith(_IMAGE_SUFFIXES):
+                        paths.append(os.path.join(folder, name))
+                        labels.append(names.index(class_dir.name))
+        if paths:
+            result[split] = datasets.Dataset.from_dict({'image': paths, 'label': labels}, features=features)
+    if not result:
+        raise ValueError(f'No images found in {str(root)!r}. Expected <dir>/<class>/<image> or '
+                         '<dir>/<split>/<class>/<image> (jpg, png, ...).')
+    return datasets.DatasetDict(result)
+
+
+def _is_saved_dataset(root: Path) -> bool:
+    return (root / 'dataset_dict.json').is_file() or (root / 'state.json').is_file()
+
+
 def _load_raw(source: str, config_name: Optional[str], synthetic_args: Optional[dict]) -> datasets.DatasetDict:
     if source == 'synthetic':
         from .synthetic import make_synthetic_fgvc
         return make_synthetic_fgvc(**(synthetic_args or {}))
-    if os.path.isdir(source):
+    root = Path(source)
+    if root.is_dir() and _is_saved_dataset(root):  # written by Dataset(Dict).save_to_disk
+        loaded = datasets.load_from_disk(source)
+        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({'train': loaded})
+    if root.is_dir() and any(root.rglob('*.parquet')):  # split from file or folder names, as on the Hub
+        return datasets.load_dataset('parquet', data_dir=source)
+    if root.is_file() and root.suffix == '.parquet':
+        return datasets.load_dataset('parquet', data_files={'train': source})
+    if root.is_dir():
+        if _has_symlinked_folders(root):
+            return _walk_image_folder(root)
         try:
             return datasets.load_dataset('imagefolder', data_dir=source)
         except datasets.data_files.EmptyDatasetError as e:
@@ -87,9 +147,104 @@ def _load_raw(source: str, config_name: Optional[str], synthetic_args: Optional[
         except ValueError as e:
             raise ValueError(f'Could not read an image folder at {source!r} ({e}). Expected '
                              '<dir>/<class>/<image> or <dir>/<split>/<class>/<image>.') from e
-    if os.path.exists(source):
-        raise ValueError(f'{source!r} is a file; pass an image folder, a Hub dataset id or "synthetic".')
+    if root.exists():
+        raise ValueError(f'{source!r} is a file; pass an image folder, a save_to_disk or parquet folder, a Hub '
+                         'dataset id or "synthetic".')
     return datasets.load_dataset(source, config_name)
+
+
+# --- images: checking and decoding --------------------------------------------------------------------------
+class BadImagesError(ValueError):
+    """Images that cannot be read; `bad` lists 'file: reason'."""
+
+    def __init__(self, message: str, bad: List[str]):
+        super().__init__(message)
+        self.bad = bad
+
+
+def _image_source(value: Any) -> Tuple[Any, str]:
+    """(what PIL can open, a name for messages) from a datasets Image value, a path or bytes."""
+    if isinstance(value, dict):
+        name = value.get('path') or '<embedded image>'
+        if value.get('bytes') is not None:
+            return io.BytesIO(value['bytes']), name
+        return value.get('path'), name
+    if isinstance(value, (bytes, bytearray)):
+        return io.BytesIO(value), '<embedded image>'
+    if isinstance(value, (str, os.PathLike)):
+        return value, str(value)
+    raise TypeError(f'Not an image: {type(value).__name__}')
+
+
+def image_problem(value: Any) -> Optional[str]:
+    """None when the image decodes, else why not; fast: JPEGs decode at 1/8 scale, PNGs check their chunks."""
+    try:
+        source, _ = _image_source(value)
+        if source is None:
+            return 'no path or bytes'
+        with Image.open(source) as image:
+            if image.format == 'JPEG':
+                image.draft('RGB', (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+            elif image.format == 'PNG':
+                image.verify()  # every chunk and its CRC, without decompressing the pixels
+            else:
+                image.load()
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) for a bad file
+        return f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
+    return None
+
+
+def find_bad_images(dataset: datasets.Dataset, image_column: str, desc: str = 'checking images',
+                    batch_size: int = 256) -> List[Tuple[int, str]]:
+    """(row index, 'file: reason') for every row whose image cannot be read, with a progress bar."""
+    if isinstance(dataset.features.get(image_column), datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    dataset = dataset.select_columns([image_column])
+    bad = []
+    with tqdm(total=len(dataset), desc=desc, unit='img', leave=False, mininterval=1.0) as progress:
+        for start in range(0, len(dataset), batch_size):
+            for offset, value in enumerate(dataset[start:start + batch_size][image_column]):
+                problem = image_problem(value)
+                if problem is not None:
+                    try:
+                        name = _image_source(value)[1]
+                    except TypeError:
+                        name = f'row {start + offset}'
+                    bad.append((start + offset, f'{name}: {problem}'))
+            progress.update(min(batch_size, len(dataset) - start))
+    return bad
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for the model: 16-bit and 32-bit grey images are scaled to 8 bits (PIL's convert would clip them)."""
+    if image.mode.startswith('I;16'):
+        pixels = np.asarray(image, dtype=np.float64) / 257.0  # 0..65535 -> 0..255
+    elif image.mode in ('I', 'F'):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = pixels.max(initial=0.0)
+        if top > 255:  # 16-bit data (or more) held in a 32-bit mode
+            pixels = pixels * (255.0 / (65535.0 if top <= 65535 else top))
+        elif image.mode == 'F' and top <= 1.0:  # a float image in [0, 1]
+            pixels = pixels * 255.0
+    else:
+        return image.convert('RGB')
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), 'L').convert('RGB')
+
+
+def open_image(value: Any) -> Image.Image:
+    """An RGB image from a datasets Image value (decoded or not), a path or bytes; an image that cannot be decoded
+    raises an error naming its file."""
+    if isinstance(value, Image.Image):
+        return to_rgb(value)
+    source, name = _image_source(value)
+    try:
+        with Image.open(source) as image:
+            image.load()
+            return to_rgb(image)
+    except Exception as e:
+        raise ValueError(f'Cannot read image {name} ({type(e).__name__}: {e}). Remove or replace it, or train with '
+                         '--skip-bad-images (files are checked when the dataset is loaded).') from e
 
 
 def load_fgvc_dataset(
@@ -105,12 +260,23 @@ def load_fgvc_dataset(
         max_train_samples: Optional[int] = None,
         max_eval_samples: Optional[int] = None,
         synthetic_args: Optional[dict] = None,
+        check_images: bool = True,
+        skip_bad_images: bool = False,
 ) -> FGVCData:
-    """Train and eval splits with detected columns; an image folder without split folders is split here."""
+    """Train and eval splits with detected columns; an image folder without split folders is split here.
+
+    With `check_images`, every image of the selected train and eval rows is checked (the synthetic set is
+    generated here and not checked): bad ones raise a `BadImagesError` listing them, or with `skip_bad_images` are
+    left out and listed in `FGVCData.bad_images`.
+    """
     raw = _load_raw(source, config_name, synthetic_args)
     if train_split not in raw:
         raise ValueError(f'Dataset {source!r} has no split {train_split!r}; splits found: {list(raw)}.')
     train = raw[train_split]
+    only_images = all(isinstance(f, datasets.Image) for f in train.features.values())
+    if label_column is None and only_images and os.path.isdir(source):  # imagefolder gives no label for one class
+        raise ValueError(f'{source!r} holds images of one class only (a single class folder, or none); '
+                         'classification needs at least 2 classes: <dir>/<class>/<image> with one folder per class.')
     image_column, label_column = detect_columns(train.features, image_column, label_column, source)
     if eval_split is None:
         eval_split = next((s for s in _EVAL_SPLITS if s in raw and s != train_split), None)
@@ -121,6 +287,9 @@ def load_fgvc_dataset(
     if not isinstance(train.features[label_column], datasets.ClassLabel):
         train = train.class_encode_column(label_column)
     label_feature = train.features[label_column]
+    if len(label_feature.names) < 2:
+        raise ValueError(f'Dataset {source!r} has {len(label_feature.names)} class(es) {label_feature.names} in its '
+                         f'{label_column!r} column; classification needs at least 2 classes (one folder per class).')
     evaluation = raw[eval_split] if eval_split else None
     if evaluation is None and eval_fraction > 0:
         parts = train.train_test_split(test_size=eval_fraction, seed=seed, stratify_by_column=label_column)
@@ -136,8 +305,25 @@ def load_fgvc_dataset(
     keep = [image_column, label_column]
     train = train.select_columns(keep)
     evaluation = evaluation.select_columns(keep) if evaluation is not None else None
+    skipped: List[str] = []
+    if check_images and source != 'synthetic':
+        splits = {'train': train, 'eval': evaluation}
+        bad = {name: find_bad_images(split, image_column, desc=f'checking {name} images')
+               for name, split in splits.items() if split is not None}
+        found = [entry for entries in bad.values() for _, entry in entries]
+        if found and not skip_bad_images:
+            shown = '\n  '.join(found[:50]) + (f'\n  ... and {len(found) - 50} more' if len(found) > 50 else '')
+            raise BadImagesError(f'{len(found)} image(s) of {source!r} cannot be read:\n  {shown}\nRemove or '
+                                 'replace them, or pass --skip-bad-images to train without them.', found)
+        for name, entries in bad.items():
+            if entries:
+                rows = {i for i, _ in entries}
+                split = splits[name]
+                splits[name] = split.select([i for i in range(len(split)) if i not in rows])
+        train, evaluation = splits['train'], splits['eval']
+        skipped = found
     return FGVCData(train=train, eval=evaluation, label_names=list(label_feature.names),
-                    image_column=image_column, label_column=label_column, source=source)
+                    image_column=image_column, label_column=label_column, source=source, bad_images=skipped)
 
 
 class SeededTransform:
@@ -162,14 +348,18 @@ def attach_transform(dataset: datasets.Dataset, transform: Callable, image_colum
                      label_column: str) -> datasets.Dataset:
     """Lazily map rows to `{'pixel_values': Tensor, 'labels': int}` with a torchvision/timm transform.
 
-    A `SeededTransform` gets each row's index (an `__index__` column is added for it).
+    A `SeededTransform` gets each row's index (an `__index__` column is added for it). Images are decoded by
+    `open_image` (RGB; 16-bit scaled to 8 bits; a file that cannot be decoded is named in the error).
     """
     seeded = isinstance(transform, SeededTransform)
     if seeded:
         dataset = dataset.add_column('__index__', list(range(len(dataset))))
+    if isinstance(dataset.features.get(image_column), datasets.Image):
+        # decoded here by open_image: a file that fails is named, and 16-bit images are scaled, not clipped
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
 
     def apply(batch: Dict[str, list]) -> Dict[str, list]:
-        images = [image.convert('RGB') for image in batch[image_column]]
+        images = [open_image(value) for value in batch[image_column]]
         if seeded:
             pixels = [transform(image, index) for image, index in zip(images, batch['__index__'])]
         else:

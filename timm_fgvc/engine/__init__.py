@@ -1,3 +1,3 @@
-"""Training engine: config, loop (Accelerate) and safe checkpoint loading."""
-from .checkpoint import load_weights, read_state_dict
+"""Training engine: typed config, loop (Accelerate), atomic checkpoints and safe weight loading."""
+from .checkpoint import find_checkpoint, load_weights, read_state_dict, save_checkpoint
 from .config import TrainConfig, parse_args

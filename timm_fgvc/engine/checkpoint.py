@@ -1,18 +1,50 @@
-"""Loading weights safely: safetensors first, `torch.load(weights_only=True)` otherwise, with clear errors."""
-from pathlib import Path
-from typing import Union
+"""Checkpoints and run folders: safe weight loading, atomic saves, damaged-checkpoint fallback, one run per folder.
 
+A checkpoint is Accelerate's `save_state` folder written under a temporary name and renamed to `step_<N>` only
+when complete, with a `checkpoint.json` manifest (size and sha256 of every file, the step, and the run's
+configuration). `latest` is the newest checkpoint whose manifest holds; a damaged one is named and skipped.
+An output folder holds one run: `run_config.json` records its configuration, and another configuration is
+refused there unless `--overwrite` is given.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
 import torch.nn as nn
 
 from ..models._weights import classifier_names, read_state_dict
+from .config import TrainConfig, config_differences
 
-__all__ = ['read_state_dict', 'load_weights']
+__all__ = ['read_state_dict', 'load_weights', 'save_checkpoint', 'list_checkpoints', 'checkpoint_problems',
+           'find_checkpoint', 'check_checkpoint_config', 'check_output_dir', 'clear_run_outputs',
+           'write_run_config', 'rng_restore_problem', 'CHECKPOINT_INFO', 'RUN_CONFIG']
+
+CHECKPOINT_INFO = 'checkpoint.json'
+RUN_CONFIG = 'run_config.json'
+_TMP_PREFIX = '.tmp_step_'
+# what a run writes into its output folder (`--overwrite` removes exactly these)
+_RUN_OUTPUTS = ('checkpoints', 'results.json', 'model.safetensors', 'curves.png', RUN_CONFIG, 'logs')
+_RNG_PREFIX = 'random_states_'
 
 
+# --- weights ------------------------------------------------------------------------------------------
 def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
-    """Load a state dict into `model`; a head-size mismatch says which num_classes the file was made for."""
+    """Load a state dict into `model`; a head-size mismatch says which num_classes the file was made for.
+
+    `path` may be a weights file, an exported folder, or a run's `checkpoints/step_*` folder (whose keys carry the
+    training wrapper's `model.` prefix).
+    """
     state = read_state_dict(path)
     own = model.state_dict()
+    if state and all(k.startswith('model.') for k in state) and not any(k.startswith('model.') for k in own):
+        state = {k[len('model.'):]: v for k, v in state.items()}  # a train_fgvc.py checkpoint (TrainStep.model)
     heads = classifier_names(model)
     for name, tensor in state.items():
         if name not in own or own[name].shape == tensor.shape:
@@ -27,3 +59,233 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
     if missing or unexpected:
         raise ValueError(f'Checkpoint {path} does not match the model: missing {missing[:5]}, unexpected '
                          f'{unexpected[:5]}. Was it made for another architecture or backbone?')
+
+
+# --- saving -------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_step(path: Path) -> Optional[int]:
+    try:
+        return int(path.name[len('step_'):]) if path.name.startswith('step_') else None
+    except ValueError:
+        return None
+
+
+def list_checkpoints(output_dir: Union[str, Path]) -> List[Path]:
+    """`checkpoints/step_*` folders of a run, oldest first (by step number; temporary folders excluded)."""
+    folder = Path(output_dir) / 'checkpoints'
+    found = [p for p in folder.glob('step_*') if p.is_dir() and checkpoint_step(p) is not None] \
+        if folder.is_dir() else []
+    return sorted(found, key=checkpoint_step)
+
+
+def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, cfg: TrainConfig, keep: int) -> Path:
+    """`accelerator.save_state` into a temporary folder, a manifest, then an atomic rename to `step_<step>`; the
+    oldest checkpoints beyond `keep` are removed. Every process calls this (each saves its own RNG state)."""
+    folder = Path(output_dir) / 'checkpoints'
+    final = folder / f'step_{step:08d}'
+    tmp = folder / f'{_TMP_PREFIX}{step:08d}'
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        files = {}
+        for path in sorted(p for p in tmp.iterdir() if p.is_file()):
+            _fsync(path)
+            files[path.name] = {'bytes': path.stat().st_size, 'sha256': _sha256(path)}
+        info = {'step': step, 'num_processes': accelerator.num_processes, 'fingerprint': cfg.fingerprint(),
+                'config': cfg.fingerprinted(), 'files': files}
+        (tmp / CHECKPOINT_INFO).write_text(json.dumps(info, indent=1))
+        _fsync(tmp / CHECKPOINT_INFO)
+        if final.exists():  # a damaged or stale checkpoint of the same step (a resume went back past it)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep > 0:
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# --- checking and choosing a checkpoint -----------------------------------------------------------------
+def _read_info(path: Path) -> Optional[dict]:
+    try:
+        info = json.loads((path / CHECKPOINT_INFO).read_text())
+        return info if isinstance(info, dict) and isinstance(info.get('files'), dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def checkpoint_problems(path: Union[str, Path]) -> Dict[str, str]:
+    """`{file name: what is wrong}` for a checkpoint folder; empty when every file is as it was saved."""
+    path = Path(path)
+    if not path.is_dir():
+        return {str(path): 'no such checkpoint folder'}
+    info = _read_info(path)
+    if info is None:
+        return {CHECKPOINT_INFO: 'missing or unreadable: the save did not finish (or the checkpoint was written '
+                                 'before timm-fgvc saved checkpoints atomically)'}
+    problems = {}
+    for name, expected in info['files'].items():
+        file = path / name
+        if not file.is_file():
+            problems[name] = 'missing'
+        elif file.stat().st_size != expected['bytes']:
+            problems[name] = f'{file.stat().st_size} bytes, {expected["bytes"]} when saved (truncated or damaged)'
+        elif _sha256(file) != expected['sha256']:
+            problems[name] = 'content changed since it was saved (sha256 differs)'
+    return problems
+
+
+def _describe(path: Path, problems: Dict[str, str]) -> str:
+    return f'{path}: ' + '; '.join(f'{name} {reason}' for name, reason in problems.items())
+
+
+def find_checkpoint(output_dir: Union[str, Path], resume: str) -> Tuple[Path, List[str]]:
+    """The checkpoint to resume from and the warnings to show.
+
+    `latest`: the newest complete checkpoint in `output_dir`; newer damaged ones are named in the warnings.
+    A folder: that checkpoint; damage is an error, except in the random-state files only (the run resumes, and
+    the warning says it will not repeat the interrupted run exactly).
+    """
+    output_dir = Path(output_dir)
+    if resume == 'latest':
+        candidates = list_checkpoints(output_dir)
+        if not candidates:
+            raise FileNotFoundError(f"No checkpoint to resume from at {resume!r} (looked in "
+                                    f"{output_dir / 'checkpoints'}).")
+        damaged = []
+        for path in reversed(candidates):
+            problems = checkpoint_problems(path)
+            if not problems:
+                notes = [f'Checkpoint {_describe(p, d)}. Resuming from the previous complete checkpoint {path} '
+                         'instead.' for p, d in damaged]
+                return path, notes
+            damaged.append((path, problems))
+        raise FileNotFoundError('No complete checkpoint to resume from in '
+                                f"{output_dir / 'checkpoints'}: " + ' | '.join(_describe(p, d) for p, d in damaged)
+                                + '. Start again with --overwrite.')
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f'No checkpoint to resume from at {resume!r}.')
+    problems = checkpoint_problems(path)
+    if problems and all(name.startswith(_RNG_PREFIX) for name in problems):
+        return path, [f'Checkpoint {_describe(path, problems)}: the random state cannot be restored.']
+    if problems:
+        earlier = [p for p in list_checkpoints(path.parent) if p != path and not checkpoint_problems(p)]
+        hint = f' The newest complete one there is {earlier[-1]}.' if earlier else ''
+        raise ValueError(f'Cannot resume from damaged checkpoint {_describe(path, problems)}.{hint}')
+    return path, []
+
+
+def check_checkpoint_config(path: Union[str, Path], cfg: TrainConfig) -> None:
+    """Refuse a checkpoint made by another configuration, naming what differs."""
+    info = _read_info(Path(path)) or {}
+    differences = config_differences(info.get('config') or {}, cfg.fingerprinted())
+    if differences:
+        raise ValueError(f'Checkpoint {path} belongs to another run configuration; it differs in: '
+                         + '; '.join(differences) + '. Resume with the same settings, or start this run in a new '
+                         '--output-dir.')
+
+
+def rng_restore_problem(path: Union[str, Path], process_index: int) -> Optional[str]:
+    """None when this process's RNG now holds the state saved in the checkpoint, else why it does not
+    (Accelerate only logs an INFO line when it cannot load the random states)."""
+    file = Path(path) / f'{_RNG_PREFIX}{process_index}.pkl'
+    if not file.is_file():
+        return f'{file.name} is missing (was the checkpoint saved by fewer processes?)'
+    try:
+        states = torch.load(file, map_location='cpu', weights_only=False)  # Accelerate's own pickle of RNG states
+        saved = states['torch_manual_seed']
+    except Exception as e:  # a damaged pickle raises many types
+        return f'{file.name} cannot be read ({type(e).__name__}: {e})'
+    if not torch.equal(torch.get_rng_state(), saved):
+        return f'the torch random state differs from {file.name} after loading'
+    return None
+
+
+# --- one folder, one run --------------------------------------------------------------------------------
+def _stored_config(output_dir: Path) -> Optional[dict]:
+    """The configuration of the run already in `output_dir` (run_config.json, results.json or a checkpoint)."""
+    for source, key in ((output_dir / RUN_CONFIG, 'config'), (output_dir / 'results.json', 'config')):
+        try:
+            return json.loads(source.read_text())[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    for path in reversed(list_checkpoints(output_dir)):
+        info = _read_info(path)
+        if info and info.get('config'):
+            return info['config']
+    return None
+
+
+def _holds_run(output_dir: Path) -> bool:
+    return bool(list_checkpoints(output_dir)) or (output_dir / 'results.json').exists() or \
+        (output_dir / 'model.safetensors').exists()
+
+
+def check_output_dir(cfg: TrainConfig) -> None:
+    """Refuse to mix two runs in one folder: a folder holding a run (checkpoints, results or weights) needs
+    `--resume` (same configuration) or `--overwrite`; a resume checks the folder's configuration."""
+    output_dir = Path(cfg.output_dir)
+    if cfg.resume and cfg.overwrite:
+        raise ValueError('--resume continues the run in --output-dir and --overwrite deletes it: give only one.')
+    if cfg.overwrite or not output_dir.is_dir():
+        return
+    stored = _stored_config(output_dir)
+    differences = config_differences(stored, cfg.fingerprinted()) if stored is not None else None
+    if cfg.resume:
+        if differences:
+            raise ValueError(f'--output-dir {output_dir} holds a run of another configuration; it differs in: '
+                             + '; '.join(differences) + '. Resume with the same settings, or use a new --output-dir.')
+        return
+    if not _holds_run(output_dir):
+        return
+    checkpoints = list_checkpoints(output_dir)
+    where = f' (checkpoints up to step {checkpoint_step(checkpoints[-1])})' if checkpoints else ''
+    if differences is None or differences:
+        what = ('it differs in: ' + '; '.join(differences)) if differences else 'its configuration is unknown'
+        raise ValueError(f'--output-dir {output_dir} already holds another run{where}; {what}. Use a new '
+                         '--output-dir, or pass --overwrite to replace that run.')
+    raise ValueError(f'--output-dir {output_dir} already holds a run of this configuration{where}. Pass --resume '
+                     'latest to continue it, or --overwrite to start again.')
+
+
+def clear_run_outputs(output_dir: Union[str, Path]) -> None:
+    """What `--overwrite` removes: the outputs a run writes, nothing else in the folder."""
+    for name in _RUN_OUTPUTS:
+        path = Path(output_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def write_run_config(cfg: TrainConfig) -> None:
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RUN_CONFIG).write_text(json.dumps(
+        {'fingerprint': cfg.fingerprint(), 'config': cfg.fingerprinted(), 'full_config': cfg.to_dict()}, indent=1))
+
+
+def warn_loudly(message: str, print_fn=print) -> None:
+    """A warning that a user cannot miss: a `warnings.warn` and a framed line on stdout."""
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+    print_fn('!' * 80 + f'\nWARNING: {message}\n' + '!' * 80)

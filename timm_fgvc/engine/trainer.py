@@ -4,6 +4,10 @@ Accelerate handles devices, mixed precision, gradient accumulation, DDP/FSDP, tr
 `save_state`/`load_state`. A method's `forward_train` + `loss` are wrapped in `TrainStep`, so the wrapped
 module's `forward` is what DDP sees. Stages (`model.training_stages()`) run in order on one optimizer and
 one schedule: a stage switches which parameters train, which loss terms count and the learning rates.
+
+One output folder holds one run (`checkpoint.check_output_dir`); checkpoints are saved atomically with a
+manifest, and `--resume latest` takes the newest complete one. The console shows one progress bar and one line
+per epoch; `results.json`, `model.safetensors` and `curves.png` are written at the end.
 """
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +34,13 @@ from tqdm.auto import tqdm
 from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc_dataset
 from ..models._base import TrainingStage
 from ..models._weights import load_backbone_weights
-from .checkpoint import load_weights
+from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_outputs, find_checkpoint,
+                         load_weights, rng_restore_problem, save_checkpoint, warn_loudly, write_run_config)
 from .config import TrainConfig
+from .curves import plot_curves
 
-__all__ = ['TrainStep', 'train', 'build_model', 'model_kwargs', 'build_transforms', 'parameter_groups', 'resolve_stage_epochs',
-           'stage_schedule']
+__all__ = ['TrainStep', 'train', 'evaluate', 'build_model', 'model_kwargs', 'build_transforms', 'parameter_groups',
+           'resolve_stage_epochs', 'stage_schedule', 'format_record']
 
 _logger = logging.getLogger(__name__)
 
@@ -299,23 +304,26 @@ def _evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: Tra
     return metrics
 
 
-def _latest_checkpoint(output_dir: Path) -> Optional[Path]:
-    checkpoints = sorted((output_dir / 'checkpoints').glob('step_*'))
-    return checkpoints[-1] if checkpoints else None
-
-
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
-    path = output_dir / 'checkpoints' / f'step_{step:08d}'
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process and keep > 0:
-        for old in sorted((output_dir / 'checkpoints').glob('step_*'))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+def format_record(record: dict, total_epochs: Optional[int] = None) -> str:
+    """One console line per epoch: losses and accuracies rounded to 2 decimals, learning rates in 2 digits."""
+    epoch = f"epoch {record['epoch']}" + (f'/{total_epochs}' if total_epochs else '')
+    parts = [f"{epoch} step {record['step']} [{record['stage']}]"]
+    terms = {k[len('train_loss_'):]: v for k, v in record.items() if k.startswith('train_loss_')}
+    if 'train_loss' in record:
+        parts.append(f"loss {record['train_loss']:.2f}" + (
+            ' (' + ', '.join(f'{k} {v:.2f}' for k, v in terms.items()) + ')' if terms else ''))
+    if 'eval_top1' in record:
+        heads = {k[len('eval_top1_'):]: v for k, v in record.items() if k.startswith('eval_top1_')}
+        parts.append(f"eval top-1 {record['eval_top1']:.2f} top-5 {record['eval_top5']:.2f}"
+                     + (' (' + ', '.join(f'{k} {v:.2f}' for k, v in heads.items()) + ')' if len(heads) > 1 else ''))
+    parts.append(f"lr {record['lr']:.2e} backbone {record['lr_backbone']:.2e}")
+    return ' | '.join(parts)
 
 
 def train(cfg: TrainConfig) -> dict:
     """Run a whole training job; returns the results that are also written to `results.json`."""
     output_dir = Path(cfg.output_dir)
+    check_output_dir(cfg)  # before anything is written: one folder, one run
     distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
     accelerator = Accelerator(
         cpu=cfg.cpu or (distributed and not torch.cuda.is_available()),  # CPU-only DDP needs gloo via cpu=True
@@ -326,6 +334,14 @@ def train(cfg: TrainConfig) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if cfg.mixed_precision == 'fp16' and accelerator.device.type == 'cpu':
+        raise ValueError('--mixed-precision fp16 needs a GPU (Accelerate ignores it on the CPU, so the run would be '
+                         'fp32): use --mixed-precision bf16 or no on the CPU.')
+    if accelerator.is_main_process:
+        if cfg.overwrite:
+            clear_run_outputs(output_dir)
+        write_run_config(cfg)
+    accelerator.wait_for_everyone()
     set_seed(cfg.seed)
     synthetic_args = dict(num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
                           test_per_class=cfg.synthetic_test_per_class, image_size=cfg.synthetic_image_size,
@@ -333,7 +349,11 @@ def train(cfg: TrainConfig) -> dict:
     with accelerator.main_process_first():
         data = load_fgvc_dataset(
             cfg.dataset, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.image_column, cfg.label_column,
-            cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples, cfg.max_eval_samples, synthetic_args)
+            cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples, cfg.max_eval_samples, synthetic_args,
+            check_images=cfg.check_images, skip_bad_images=cfg.skip_bad_images)
+    if data.bad_images:
+        accelerator.print(f'Skipping {len(data.bad_images)} image(s) that cannot be read (--skip-bad-images): '
+                          + '; '.join(data.bad_images[:5]) + (' ...' if len(data.bad_images) > 5 else ''))
     model = build_model(cfg, data.num_classes)
     if getattr(model, 'num_classes', data.num_classes) != data.num_classes:
         raise ValueError(f'Model {cfg.model} has {model.num_classes} classes but dataset {cfg.dataset!r} has '
@@ -381,12 +401,18 @@ def train(cfg: TrainConfig) -> dict:
     state = TrainState()
     accelerator.register_for_checkpointing(state)
 
+    resume_warnings: List[str] = []
     if cfg.resume:
-        resume_path = _latest_checkpoint(output_dir) if cfg.resume == 'latest' else Path(cfg.resume)
-        if resume_path is None or not resume_path.exists():
-            raise FileNotFoundError(f'No checkpoint to resume from at {cfg.resume!r} '
-                                    f'(looked in {output_dir / "checkpoints"}).')
+        resume_path, resume_warnings = find_checkpoint(output_dir, cfg.resume)
+        check_checkpoint_config(resume_path, cfg)
         accelerator.load_state(str(resume_path))
+        rng_problem = rng_restore_problem(resume_path, accelerator.process_index)
+        if rng_problem:
+            resume_warnings.append(f'The random state of process {accelerator.process_index} was not restored from '
+                                   f'{resume_path} ({rng_problem}): the resumed run will not repeat the '
+                                   'interrupted one exactly.')
+        for message in resume_warnings:
+            warn_loudly(message, accelerator.print)
         accelerator.print(f'Resumed from {resume_path} at step {state.step}')
 
     run_config = cfg.to_dict() | {'num_classes': data.num_classes, 'stages': [s.name for s in stages]}
@@ -395,14 +421,17 @@ def train(cfg: TrainConfig) -> dict:
     inner = accelerator.unwrap_model(step_module).model
     current_stage = -1
     start_time = time.time()
-    progress = tqdm(total=total_steps, initial=state.step, desc='train',
-                    disable=not accelerator.is_local_main_process)
+    total_epochs = math.ceil(total_steps / steps_per_epoch)
     running: Dict[str, float] = {}
     count = 0
     step_module.train()
     while state.step < total_steps:
         epoch = state.step // steps_per_epoch
-        skip_batches = (state.step - epoch * steps_per_epoch) * cfg.grad_accum_steps
+        epoch_start = epoch * steps_per_epoch
+        progress = tqdm(total=min(steps_per_epoch, total_steps - epoch_start), initial=state.step - epoch_start,
+                        desc=f'epoch {epoch + 1}/{total_epochs}', leave=False,
+                        disable=not accelerator.is_local_main_process)
+        skip_batches = (state.step - epoch_start) * cfg.grad_accum_steps
         train_loader.set_epoch(epoch)
         train_tf.epoch = epoch
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
@@ -437,11 +466,12 @@ def train(cfg: TrainConfig) -> dict:
                 continue
             state.step += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{running['loss'] / count:.3f}", stage=stages[index].name)
+            progress.set_postfix(loss=f"{running['loss'] / count:.2f}", stage=stages[index].name)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
+                save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)
             if state.step >= total_steps or state.step % steps_per_epoch == 0:
                 break
+        progress.close()
         epoch_done = state.step % steps_per_epoch == 0 or state.step >= total_steps
         if not epoch_done:
             continue
@@ -456,9 +486,8 @@ def train(cfg: TrainConfig) -> dict:
             record.update(evaluate(accelerator, step_module, eval_loader, cfg))
         state.history.append(record)
         accelerator.log(record, step=state.step)
-        accelerator.print(json.dumps(record))
-        _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
-    progress.close()
+        accelerator.print(format_record(record, total_epochs))
+        save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)
 
     final = dict(state.history[-1]) if state.history else {}
     # every process computed the gathered metrics itself: collect them to show they agree
@@ -473,18 +502,28 @@ def train(cfg: TrainConfig) -> dict:
         'train_seconds': time.time() - start_time, 'device': str(accelerator.device),
         'params': sum(p.numel() for p in inner.parameters()),
         'model_args': model_kwargs(cfg),
+        'config_fingerprint': cfg.fingerprint(),
+        'bad_images_skipped': len(data.bad_images), 'bad_images': data.bad_images,
+        'resume_warnings': resume_warnings,
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in inner.state_dict().items()}, str(output_dir / 'model.safetensors'))
         (output_dir / 'results.json').write_text(json.dumps(results, indent=2))
+        plot_curves(state.history, output_dir / 'curves.png', title=f'{cfg.model} on {cfg.dataset}')
         accelerator.print(f"Final eval top-1 {final.get('eval_top1', float('nan')):.2f}% -> {output_dir}/results.json")
     accelerator.end_training()
     return results
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
+    """`train_fgvc.py`: quiet by default (INFO logs of Accelerate and datasets' bars only with --verbose)."""
     from .config import parse_args
-    logging.basicConfig(level=logging.INFO)
-    return train(parse_args(argv))
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if cfg.verbose else logging.WARNING)
+    if not cfg.verbose:
+        import datasets
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_warning()
+    return train(cfg)
