@@ -1,4 +1,4 @@
-"""`timm-fgvc explain`: attention rendered over the inputs, peaks marked where the model put them."""
+"""`timm-fgvc explain`: attention rendered over the inputs, peaks marked where the model put them, readable sheets."""
 import numpy as np
 import timm
 import torch
@@ -6,7 +6,16 @@ import torch
 import timm_fgvc  # noqa: F401
 from timm_fgvc.cli import main
 from timm_fgvc.data.synthetic import render_sample
-from timm_fgvc.explain import explain_images, heat_overlay, render_explanation
+from timm_fgvc.explain import (PANEL_GAP, column_titles, explain_images, heat_overlay, prediction_lines,
+                               render_explanation)
+
+PANEL = 256
+STEP = PANEL + PANEL_GAP
+
+
+def row_top(sheet: np.ndarray, rows: int) -> int:
+    """The height of the title row (everything above the image rows)."""
+    return sheet.shape[0] - rows * STEP
 
 
 def test_heat_overlay_marks_only_where_the_map_is_hot():
@@ -17,19 +26,34 @@ def test_heat_overlay_marks_only_where_the_map_is_hot():
     assert (out[heat == 0] == 100).all() and out[2, 5, 0] > 150
 
 
-def test_explanation_sheet_marks_peaks_and_shows_branch_images(tmp_path):
+def test_prediction_lines_name_the_top5_with_probabilities():
+    probs = torch.tensor([0.05, 0.5, 0.1, 0.2, 0.15, 0.0])
+    lines = prediction_lines(probs, label_names=list('abcdef'))
+    assert lines == ['1. b  0.50', '2. d  0.20', '3. e  0.15', '4. c  0.10', '5. a  0.05']
+    assert prediction_lines(probs[:2] / probs[:2].sum())[0] == '1. class 1  0.91'  # no names: the index
+
+
+def test_explanation_sheet_marks_peaks_titles_columns_and_draws_large_panels():
     torch.manual_seed(0)
     model = timm.create_model('s3n_resnet18', num_classes=4, backbone='test_resnet')
     images = torch.randn(2, 3, 64, 64)
     explanation = explain_images(model, images)
+    assert column_titles(explanation) == ['input + peaks (red: discr., blue: compl.)', 'attention (max over maps)',
+                                          'discriminative resampled', 'complementary resampled']
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     sheet = np.asarray(render_explanation(images, explanation, mean, std, label_names=list('abcd')))
-    assert sheet.shape == (2 * (64 + 14), 4 * 64, 3)  # input+peaks, attention, two resampled images per row
+    top = row_top(sheet, 2)
+    assert sheet.shape[1] >= 4 * STEP + PANEL and top > 0  # 4 panels of 256 px, then the top-5 text column
+    for c in range(5):  # every column has a title: dark pixels in the title row above it
+        assert (sheet[:top, c * STEP:c * STEP + PANEL].min(-1) < 100).any(), c
+    text = sheet[top:top + PANEL, 4 * STEP:]
+    assert (text.min(-1) < 100).sum() > 200  # the top-5 lines are written
     b, k = explanation['peak_mask'].nonzero()[0].tolist()
-    x, y = explanation['peak_xy'][b, k].round().long().tolist()
+    x, y = (explanation['peak_xy'][b, k] * PANEL / 64).round().long().tolist()
     colour = (230, 30, 30) if explanation['discriminative'][b, k] else (30, 90, 230)
-    ring = sheet[b * 78 + y - 3:b * 78 + y + 4, max(x - 3, 0):x + 4].reshape(-1, 3)
-    assert (ring == colour).all(-1).any()  # the peak's circle is drawn around it
+    r = PANEL // 40
+    ring = sheet[top + b * STEP + max(y - r - 2, 0):top + b * STEP + y + r + 3, max(x - r - 2, 0):x + r + 3]
+    assert (ring.reshape(-1, 3) == colour).all(-1).any()  # the peak's circle is drawn around it, scaled
 
 
 def test_explanation_sheet_boxes_lfd_regions_by_rank():
@@ -37,12 +61,15 @@ def test_explanation_sheet_boxes_lfd_regions_by_rank():
     model = timm.create_model('lfd_resnet18', num_classes=4, backbone='test_resnet')
     images = torch.randn(2, 3, 96, 96)
     explanation = explain_images(model, images)
+    assert column_titles(explanation)[2:] == [f'region {k} zoomed' for k in range(1, 5)]
     sheet = np.asarray(render_explanation(images, explanation, (0.5,) * 3, (0.25,) * 3))
-    assert sheet.shape == (2 * (96 + 14), (2 + 4) * 96, 3)  # input+boxes, attention, the top-4 zoomed regions
+    top = row_top(sheet, 2)
+    scale = PANEL / 96
     for b in range(2):
-        x1, y1, x2, y2 = explanation['region_boxes'][b, 0].long().tolist()
-        top_edge = sheet[b * 110 + y1, x1:min(x2, 95)]
-        assert (top_edge == (230, 30, 30)).all(-1).mean() > 0.5  # the top-1 region's box, in red
+        x1, y1, x2, y2 = (explanation['region_boxes'][b, 0] * scale).round().long().tolist()
+        y1 = min(max(y1, 1), PANEL - 2)
+        edge = sheet[top + b * STEP + y1 - 1:top + b * STEP + y1 + 2, max(x1, 0):min(x2, PANEL - 1)]
+        assert (edge == (230, 30, 30)).all(-1).any(0).mean() > 0.5  # the top-1 region's box, in red
 
 
 def test_explanation_sheet_shows_caa_scales():
@@ -50,22 +77,28 @@ def test_explanation_sheet_shows_caa_scales():
     model = timm.create_model('caa_resnet18', num_classes=4, backbone='test_resnet')
     images = torch.randn(1, 3, 96, 96)
     explanation = explain_images(model, images)
+    assert column_titles(explanation)[2:] == ['scale 1 input (zoomed)', 'scale 2 input (zoomed)']
     sheet = np.asarray(render_explanation(images, explanation, (0.5,) * 3, (0.25,) * 3))
-    assert sheet.shape == (96 + 14, (2 + 2) * 96, 3)  # input+boxes, attention, the inputs of scales 1 and 2
     zoomed = explanation['zoomed_regions'][0, 0]
     expected = np.asarray(render_explanation(zoomed[None], dict(attention=torch.zeros(1, 1, 96, 96),
                                                                 logits=explanation['logits']),
-                                             (0.5,) * 3, (0.25,) * 3))[:96, :96]
-    assert np.array_equal(sheet[:96, 2 * 96:3 * 96], expected)  # column 3 is scale 1's input
+                                             (0.5,) * 3, (0.25,) * 3))
+    top, top_expected = row_top(sheet, 1), row_top(expected, 1)
+    assert np.array_equal(sheet[top:top + PANEL, 2 * STEP:2 * STEP + PANEL],
+                          expected[top_expected:top_expected + PANEL, :PANEL])  # column 3 is scale 1's input
 
 
-def test_cli_writes_a_png(tmp_path):
+def test_cli_writes_a_png_with_the_runs_class_names(tmp_path, make_run):
     for i in range(2):
         render_sample(i, num_classes=4, image_size=64)['image'].save(tmp_path / f'{i}.png')
+    model = timm.create_model('s3n_resnet18', num_classes=4, backbone='test_resnet')
+    run = make_run(model, label_names=['alpha', 'beta', 'gamma', 'delta'],
+                   config=dict(model_args={'backbone': 'test_resnet'}))
     out = tmp_path / 'attention.png'
-    code = main(['explain', '--model', 's3n_resnet18', '--model-args', '{"backbone": "test_resnet"}',
-                 '--num-classes', '4', '--img-size', '64', '--image', str(tmp_path / '0.png'),
-                 str(tmp_path / '1.png'), '--out', str(out)])
+    code = main(['explain', '--checkpoint', str(run / 'model.safetensors'), '--img-size', '64',
+                 '--image', str(tmp_path / '0.png'), str(tmp_path / '1.png'), '--out', str(out)])
     assert code == 0 and out.stat().st_size > 1000
+    from PIL import Image
+    assert Image.open(out).height >= 2 * PANEL
     assert main(['explain', '--model', 's3n_resnet18', '--image', str(tmp_path / 'missing.png'),
                  '--out', str(out), '--model-args', '{"backbone": "test_resnet"}']) == 2

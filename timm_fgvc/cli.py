@@ -6,8 +6,12 @@
     timm-fgvc record --run output/s3n_resnet50.cub200 --hub-config hub_configs/s3n_resnet50.cub200.yaml
     timm-fgvc cards            # regenerate MODEL_CARDS.md from hub_configs/
     timm-fgvc cards --check    # exit 1 when MODEL_CARDS.md is stale (CI)
-    timm-fgvc explain --model s3n_resnet18 --checkpoint output/run/model.safetensors --num-classes 10 \\
-                      --image a.jpg b.jpg --out attention.png
+    timm-fgvc predict --checkpoint output/run/model.safetensors photos/ --out preds.csv   # top-k class names
+    timm-fgvc eval --checkpoint output/run/model.safetensors --robustness --out eval/       # accuracy report
+    timm-fgvc explain --checkpoint output/run/model.safetensors --image a.jpg b.jpg --out attention.png
+
+A model is `--model NAME|hf-hub:ID|local-dir:DIR` and/or `--checkpoint FILE` (a run's model.safetensors: its
+results.json gives the model, classes and class names, so --model may be left out).
 
 Also `python -m timm_fgvc.cli ...`. Exit status: 0 ok, 1 stale model cards, 2 an error (message on stderr).
 """
@@ -20,9 +24,30 @@ from typing import List, Optional
 __all__ = ['build_parser', 'main']
 
 
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--model', help="a registered name, 'hf-hub:<repo>' or 'local-dir:<folder>' (default: the "
+                                   "checkpoint's run)")
+    p.add_argument('--checkpoint', help="weights (a run's model.safetensors, or its folder)")
+    p.add_argument('--num-classes', type=int, help='classes of the checkpoint (default: its run\'s)')
+    p.add_argument('--model-args', default='{}', help='JSON object of extra model arguments')
+    p.add_argument('--device', help='cpu, cuda, cuda:1 ... (default: cuda when there is one)')
+
+
+def _load(args):
+    import json
+
+    from .inference import load_model
+    try:
+        model_args = json.loads(args.model_args)
+    except json.JSONDecodeError as e:
+        raise ValueError(f'--model-args is not a JSON object: {e}') from e
+    return load_model(args.model, args.checkpoint, num_classes=args.num_classes, model_args=model_args,
+                      device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-fgvc', description='timm-fgvc tools: export, push, cards, record, explain.')
-    sub = parser.add_subparsers(dest='action', required=True, metavar='{export,push,cards,record,explain}')
+    parser = argparse.ArgumentParser(prog='timm-fgvc', description='timm-fgvc tools: predict, eval, explain, export, push, cards, record.')
+    sub = parser.add_subparsers(dest='action', required=True, metavar='{predict,eval,explain,export,push,cards,record}')
 
     p = sub.add_parser('export', help='write a Hub-ready folder (config.json, model.safetensors, README.md) '
                                       'from a train_fgvc.py run')
@@ -49,13 +74,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--same-dataset', action='store_true',
                    help='confirm that the run\'s local dataset folder is the hub config\'s dataset (official split)')
 
+    p = sub.add_parser('predict', help='top-k class names and probabilities for image files or folders')
+    _model_arguments(p)
+    p.add_argument('paths', nargs='+', metavar='PATH', help='image files or folders (searched recursively)')
+    p.add_argument('--top-k', type=int, default=5)
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--num-workers', type=int, default=0)
+    p.add_argument('--img-size', type=int, help='input size (default: the run\'s / the model\'s eval size)')
+    p.add_argument('--out', help='also write the predictions to a .csv or .jsonl file')
+
+    p = sub.add_parser('eval', help='top-1/top-5, per-head and per-class accuracy, a confusion matrix (PNG) and a '
+                                    'JSON report; --robustness adds rotated and reduced inputs (SSANet Tables 1-2)')
+    _model_arguments(p)
+    p.add_argument('--dataset', help="'synthetic', a Hub dataset id or an image folder (default: the run's)")
+    p.add_argument('--dataset-config', help='the Hub dataset\'s configuration name')
+    p.add_argument('--split', help='the split to evaluate, e.g. test (default: as training chose it)')
+    p.add_argument('--image-column')
+    p.add_argument('--label-column')
+    p.add_argument('--batch-size', type=int, help='default: the run\'s eval batch size')
+    p.add_argument('--max-samples', type=int, help='evaluate the first N images only')
+    p.add_argument('--img-size', type=int, help='input size (default: the run\'s / the model\'s eval size)')
+    p.add_argument('--robustness', action='store_true',
+                   help='also evaluate inputs rotated by +-15/30/45 degrees and reduced to 0.5-0.9 of the side')
+    p.add_argument('--pad', choices=('black', 'mean'), default='black',
+                   help='what fills the area a rotation or reduction uncovers (default black)')
+    p.add_argument('--out', required=True, help='the folder for report.json, confusion.png (and robustness.md)')
+
     p = sub.add_parser('explain', help='render where a model attends (attention_maps) over some images to a PNG')
-    p.add_argument('--model', required=True, help="a registered name, 'hf-hub:<repo>' or 'local-dir:<folder>'")
-    p.add_argument('--checkpoint', help='model.safetensors of a run (with a registered --model)')
-    p.add_argument('--num-classes', type=int, help='classes of the checkpoint (with --checkpoint)')
-    p.add_argument('--model-args', default='{}', help='JSON object of extra model arguments')
+    _model_arguments(p)
     p.add_argument('--image', nargs='+', required=True, help='image files')
-    p.add_argument('--img-size', type=int, help='input size (default: the model\'s pretrained_cfg)')
+    p.add_argument('--img-size', type=int, help='input size (default: the run\'s / the model\'s eval size)')
+    p.add_argument('--panel-size', type=int, default=256, help='pixels per panel (at least 256)')
     p.add_argument('--out', required=True, help='the PNG to write')
     return parser
 
@@ -89,22 +138,36 @@ def main(argv: Optional[List[str]] = None) -> int:
                                           same_dataset=args.same_dataset)
             print(f'Recorded measured top-1 {measured["top1"]} in {args.hub_config}; run `timm-fgvc cards` to '
                   'update MODEL_CARDS.md.')
+        elif args.action == 'predict':
+            from .predict import format_predictions, predict, write_predictions
+            predictions = predict(_load(args), args.paths, top_k=args.top_k, batch_size=args.batch_size,
+                                  num_workers=args.num_workers, img_size=args.img_size)
+            print(format_predictions(predictions))
+            skipped = [p for p in predictions if p.error]
+            for p in skipped:
+                print(f'timm-fgvc predict: skipped {p.path}: {p.error}', file=sys.stderr)
+            if args.out:
+                print(f'Wrote {write_predictions(predictions, args.out)}')
+            print(f'{len(predictions) - len(skipped)} file(s) predicted, {len(skipped)} skipped.')
+        elif args.action == 'eval':
+            from .evaluate import evaluate_model, robustness_table, write_report
+            report = evaluate_model(
+                _load(args), dataset=args.dataset, split=args.split, batch_size=args.batch_size, device=args.device,
+                robustness=args.robustness, pad=args.pad, max_samples=args.max_samples, img_size=args.img_size,
+                dataset_config=args.dataset_config, image_column=args.image_column, label_column=args.label_column)
+            heads = ', '.join(f'{k} {v:.2f}' for k, v in report['top1_per_head'].items())
+            print(f"{report['model']} on {report['dataset']} ({report['samples']} images): top-1 "
+                  f"{report['top1']:.2f}%, top-5 {report['top5']:.2f}%; top-1 per head: {heads}")
+            worst = sorted(report['per_class'], key=lambda c: c['top1'])[:5]
+            print('lowest per-class top-1: ' + ', '.join(f"{c['label']} {c['top1']:.1f}" for c in worst))
+            if 'robustness' in report:
+                print(robustness_table([report]))
+            paths = write_report(report, args.out)
+            print('Wrote ' + ', '.join(str(p) for p in paths.values()))
         elif args.action == 'explain':
-            import json
-
-            import timm
-
-            from . import models  # noqa: F401  (registers the methods)
-            from .engine.checkpoint import load_weights
             from .explain import explain_files
-            kwargs = json.loads(args.model_args)
-            if args.num_classes:
-                kwargs['num_classes'] = args.num_classes
-            model = timm.create_model(args.model, pretrained=args.model.startswith(('hf-hub:', 'local-dir:')),
-                                      **kwargs)
-            if args.checkpoint:
-                load_weights(model, args.checkpoint)
-            print(f'Wrote {explain_files(model, args.image, args.out, img_size=args.img_size)}')
+            loaded = _load(args)
+            print(f'Wrote {explain_files(loaded, args.image, args.out, img_size=args.img_size, panel_size=args.panel_size)}')
     except (FileNotFoundError, ValueError) as e:
         print(f'timm-fgvc {args.action}: error: {e}', file=sys.stderr)
         return 2

@@ -1,0 +1,86 @@
+"""`timm-fgvc predict`: top-k class names and probabilities for files and folders; bad files skipped by name."""
+import csv
+import json
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.data import resolve_data_config
+
+import timm_fgvc  # noqa: F401
+from timm_fgvc.cli import main
+from timm_fgvc.data.synthetic import render_sample
+from timm_fgvc.inference import eval_transform, load_model
+from timm_fgvc.predict import predict
+
+NAMES = ['alpha', 'beta', 'gamma', 'delta']
+
+
+@pytest.fixture
+def run_and_photos(tmp_path, make_run):
+    torch.manual_seed(0)
+    model = timm.create_model('s3n_tiny', num_classes=4)
+    run = make_run(model, label_names=NAMES)
+    photos = tmp_path / 'photos'
+    (photos / 'sub').mkdir(parents=True)
+    for i, where in enumerate(['a.png', 'b.jpg', 'sub/c.png']):
+        render_sample(i, num_classes=4, image_size=64)['image'].save(photos / where)
+    (photos / 'sub' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+    (photos / '.hidden.png').write_bytes(b'ignored')
+    return run, photos
+
+
+def test_predict_a_folder_skips_the_corrupt_file_and_predicts_the_rest(run_and_photos, tmp_path, capsys):
+    run, photos = run_and_photos
+    out = tmp_path / 'preds.csv'
+    code = main(['predict', '--checkpoint', str(run / 'model.safetensors'), str(photos), '--top-k', '3',
+                 '--batch-size', '2', '--device', 'cpu', '--out', str(out)])
+    captured = capsys.readouterr()
+    assert code == 0
+    broken = str(photos / 'sub' / 'broken.jpg')
+    assert f'skipped {broken}' in captured.err and '3 file(s) predicted, 1 skipped' in captured.out
+    rows = list(csv.DictReader(out.open()))
+    assert [r['path'] for r in rows] == [str(photos / p) for p in ('a.png', 'b.jpg', 'sub/broken.jpg', 'sub/c.png')]
+    loaded = load_model(checkpoint=run / 'model.safetensors', device='cpu')  # model, classes, names from the run
+    transform, _ = eval_transform(loaded)
+    for row in rows:
+        if row['path'] == broken:
+            assert row['error'] and not row['label_1']
+            continue
+        with torch.no_grad():
+            probs = loaded.model(transform(Image.open(row['path']).convert('RGB'))[None]).softmax(-1)[0]
+        top = probs.topk(3)
+        assert [row[f'label_{k}'] for k in (1, 2, 3)] == [NAMES[i] for i in top.indices.tolist()]
+        assert [float(row[f'probability_{k}']) for k in (1, 2, 3)] == pytest.approx(top.values.tolist(), abs=1e-5)
+        assert row['label_1'] in captured.out.split(row['path'])[1].split('\n')[0]  # and on the stdout table
+
+
+def test_predict_jsonl_from_an_exported_folder_uses_its_label_names(tmp_path, make_run):
+    from timm_fgvc.hub import export_run
+    torch.manual_seed(0)
+    model = timm.create_model('lfd_tiny', num_classes=4)
+    # what train_fgvc.py records for a synthetic run at 64 px (its eval transform's config)
+    data_config = resolve_data_config({'input_size': (3, 64, 64), 'crop_pct': 1.0}, model=model)
+    run = make_run(model, label_names=NAMES, data_config={k: list(v) if isinstance(v, tuple) else v
+                                                          for k, v in data_config.items()})
+    folder = export_run(run, tmp_path / 'export')
+    image = tmp_path / 'x.png'
+    render_sample(0, num_classes=4, image_size=64)['image'].save(image)
+    out = tmp_path / 'preds.jsonl'
+    assert main(['predict', '--model', f'local-dir:{folder}', str(image), '--out', str(out)]) == 0
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record['path'] == str(image) and record['error'] is None
+    assert sorted(record['labels']) == sorted(NAMES) and sum(record['probabilities']) == pytest.approx(1, abs=1e-4)
+    from_run = predict(load_model(checkpoint=run), [image], progress=False)[0]
+    assert from_run.labels == record['labels']  # the export and the run agree
+    assert from_run.probabilities == pytest.approx(record['probabilities'], abs=1e-5)
+
+
+def test_predict_errors_are_clear(tmp_path, run_and_photos):
+    run, _ = run_and_photos
+    assert main(['predict', '--checkpoint', str(run), str(tmp_path / 'nothing_here')]) == 2
+    assert main(['predict', str(tmp_path)]) == 2  # no model and no checkpoint
+    with pytest.raises(ValueError, match='.csv or .jsonl'):
+        from timm_fgvc.predict import write_predictions
+        write_predictions([], tmp_path / 'preds.txt')

@@ -1,0 +1,241 @@
+"""Evaluate trained weights without retraining: top-1/top-5, per-head top-1, per-class accuracy, confusion matrix.
+
+    timm-fgvc eval --checkpoint output/run/model.safetensors --out eval/            # the run's own eval data
+    timm-fgvc eval --model hf-hub:timm-fgvc/s3n_resnet50.cub200 --dataset bentrevett/caltech-ucsd-birds-200-2011 \\
+                   --split test --robustness --out eval/
+
+The numbers come from the training engine's own code (`load_fgvc_dataset`, `build_transforms`,
+`trainer.evaluate`), so for a run's weights and data they equal the run's final eval. `robustness=True` adds
+SSANet's robustness evaluations (Sec. 4, Tables 1-2): the inputs rotated by +-15/30/45 degrees, and shrunk to
+0.5-0.9 of their side and padded back to the input size. The paper gives one rotated setting without its angle,
+and shrinks 448 px inputs to 300 px (0.67); neither paper says what the padding is: `pad='black'` (zero pixels,
+the default) or `pad='mean'` (the normalisation mean, a zero model input).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageDraw, ImageFont
+from torchvision import transforms as T
+
+from .data.loading import attach_transform, collate, load_fgvc_dataset
+from .engine.config import TrainConfig
+from .inference import LoadedModel
+from .runs import run_train_config
+
+__all__ = ['ROTATIONS', 'SCALES', 'InputPerturbation', 'evaluate_model', 'robustness_table',
+           'render_confusion_matrix', 'write_report']
+
+ROTATIONS = (-45.0, -30.0, -15.0, 15.0, 30.0, 45.0)  # degrees (SSANet Table 1: rotated input)
+SCALES = (0.9, 0.8, 0.7, 0.6, 0.5)  # fraction of the side (SSANet Table 2: reduced input, padded)
+
+
+class InputPerturbation:
+    """Rotate a model input `[C, H, W]` about its centre by `angle` degrees, then shrink it to `scale` of its side
+    and pad it back to `[C, H, W]` (centred); the uncovered area is `fill` (one value per channel, model units)."""
+
+    def __init__(self, angle: float = 0.0, scale: float = 1.0, fill: Sequence[float] = (0.0, 0.0, 0.0)):
+        if not 0 < scale <= 1:
+            raise ValueError(f'scale must be in (0, 1], got {scale}.')
+        self.angle, self.scale, self.fill = float(angle), float(scale), [float(v) for v in fill]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.angle:
+            x = TF.rotate(x, self.angle, interpolation=TF.InterpolationMode.BILINEAR, fill=self.fill)
+        if self.scale < 1:
+            h, w = x.shape[-2:]
+            small = TF.resize(x, [max(1, round(h * self.scale)), max(1, round(w * self.scale))], antialias=True)
+            canvas = torch.tensor(self.fill, dtype=x.dtype).view(-1, 1, 1).expand_as(x).clone()
+            top, left = (h - small.shape[-2]) // 2, (w - small.shape[-1]) // 2
+            canvas[:, top:top + small.shape[-2], left:left + small.shape[-1]] = small
+            x = canvas
+        return x
+
+
+class _Recorder(nn.Module):
+    """Passes through the engine's `TrainStep` and keeps the main logits and targets for per-class numbers."""
+
+    def __init__(self, step: nn.Module):
+        super().__init__()
+        self.step = step
+        self.logits: List[torch.Tensor] = []
+        self.targets: List[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor):
+        out = self.step(x, target)
+        self.logits.append(out['logits'][out['main']].detach().float().cpu())
+        self.targets.append(target.detach().cpu())
+        return out
+
+
+def _eval_config(loaded: LoadedModel, dataset: Optional[str], split: Optional[str], batch_size: Optional[int],
+                 max_samples: Optional[int], img_size: Optional[int], dataset_config: Optional[str],
+                 image_column: Optional[str], label_column: Optional[str]) -> TrainConfig:
+    """The run's config (its data, split, preprocessing, eval batch size) with the given fields replaced."""
+    if loaded.run is not None:
+        cfg = run_train_config(loaded.run)
+    else:
+        cfg = TrainConfig(model=loaded.name, dataset=dataset or 'synthetic', synthetic_classes=loaded.num_classes)
+    if dataset is not None and dataset != cfg.dataset:
+        cfg.dataset, cfg.dataset_config, cfg.image_column, cfg.label_column = dataset, None, None, None
+    for key, value in dict(eval_split=split, eval_batch_size=batch_size, max_eval_samples=max_samples,
+                           img_size=img_size, dataset_config=dataset_config, image_column=image_column,
+                           label_column=label_column).items():
+        if value is not None:
+            setattr(cfg, key, value)
+    if img_size:
+        cfg.test_img_size = None
+    return cfg
+
+
+def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Optional[str] = None,
+                   batch_size: Optional[int] = None, device: Optional[str] = None, robustness: bool = False,
+                   rotations: Sequence[float] = ROTATIONS, scales: Sequence[float] = SCALES, pad: str = 'black',
+                   max_samples: Optional[int] = None, img_size: Optional[int] = None,
+                   dataset_config: Optional[str] = None, image_column: Optional[str] = None,
+                   label_column: Optional[str] = None) -> Dict[str, Any]:
+    """The evaluation report of `loaded` on `dataset` (default: the run's own; `'synthetic'`, a Hub id or an
+    image folder) and `split` (default: as training chose it).
+
+    Keys: top1, top5, loss, top1_per_head, per_class (label, samples, top1), confusion_matrix (rows: true class,
+    columns: predicted), samples; with `robustness`, `robustness` = {'rotation': {angle: top1}, 'scale':
+    {scale: top1}, 'pad': pad}.
+    """
+    from accelerate import Accelerator
+
+    from .engine.trainer import TrainStep, build_transforms, evaluate
+
+    if pad not in ('black', 'mean'):
+        raise ValueError(f"pad must be 'black' or 'mean', got {pad!r}.")
+    cfg = _eval_config(loaded, dataset, split, batch_size, max_samples, img_size, dataset_config, image_column,
+                       label_column)
+    synthetic_args = dict(num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
+                          test_per_class=cfg.synthetic_test_per_class, image_size=cfg.synthetic_image_size,
+                          seed=cfg.seed)
+    data = load_fgvc_dataset(cfg.dataset, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.image_column,
+                             cfg.label_column, cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples,
+                             cfg.max_eval_samples, synthetic_args)
+    if data.eval is None or not len(data.eval):
+        raise ValueError(f'Dataset {cfg.dataset!r} has no evaluation images; name a split with --split.')
+    if data.num_classes != loaded.num_classes:
+        raise ValueError(f'The model has {loaded.num_classes} classes but dataset {cfg.dataset!r} has '
+                         f'{data.num_classes}: evaluate it on the data it was trained for.')
+    if loaded.label_names and list(loaded.label_names) != list(data.label_names):
+        raise ValueError(f'The model\'s class names ({loaded.label_names[:3]}...) are not those of dataset '
+                         f'{cfg.dataset!r} ({data.label_names[:3]}...), in the same order.')
+
+    if device is not None and torch.device(device).type not in ('cpu', 'cuda'):
+        raise ValueError(f'--device {device}: eval runs on cpu or cuda (pick a GPU with CUDA_VISIBLE_DEVICES).')
+    accelerator = Accelerator(cpu=device is not None and torch.device(device).type == 'cpu',
+                              mixed_precision=cfg.mixed_precision)
+    model = loaded.model
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step = TrainStep(model)
+    if hasattr(model, 'training_stages'):  # the loss as the run's last stage counted it
+        step.loss_terms = model.training_stages()[-1].loss_terms
+    recorder = accelerator.prepare(_Recorder(step))
+    _, eval_tf, data_cfg = build_transforms(model, cfg)
+
+    def run(transform) -> Dict[str, float]:
+        dataset_ = attach_transform(data.eval, transform, data.image_column, data.label_column)
+        loader = torch.utils.data.DataLoader(
+            dataset_, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, collate_fn=collate,
+            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+        recorder.logits.clear(), recorder.targets.clear()
+        return evaluate(accelerator, recorder, accelerator.prepare(loader), cfg)
+
+    metrics = run(eval_tf)
+    logits, targets = torch.cat(recorder.logits), torch.cat(recorder.targets)
+    n = data.num_classes
+    confusion = torch.bincount(targets * n + logits.argmax(-1), minlength=n * n).view(n, n)
+    per_class = [dict(label=data.label_names[c], index=c, samples=int(confusion[c].sum()),
+                      top1=100.0 * float(confusion[c, c]) / max(int(confusion[c].sum()), 1)) for c in range(n)]
+    report: Dict[str, Any] = dict(
+        model=loaded.name, checkpoint=loaded.checkpoint, dataset=cfg.dataset, split=cfg.eval_split,
+        samples=metrics['eval_samples'], top1=metrics['eval_top1'], top5=metrics['eval_top5'],
+        loss=metrics['eval_loss'],
+        top1_per_head={k[len('eval_top1_'):]: v for k, v in metrics.items() if k.startswith('eval_top1_')},
+        per_class=per_class, label_names=list(data.label_names), confusion_matrix=confusion.tolist(),
+        input_size=list(data_cfg['input_size']))
+    if loaded.run is not None and cfg.dataset == loaded.run.get('dataset'):
+        report['run_final_top1'] = (loaded.run.get('final') or {}).get('eval_top1')
+    if robustness:
+        mean, std = data_cfg['mean'], data_cfg['std']
+        fill = [0.0] * len(mean) if pad == 'mean' else [-m / s for m, s in zip(mean, std)]  # zero pixels
+        report['robustness'] = dict(
+            pad=pad,
+            rotation={f'{a:g}': run(T.Compose([eval_tf, InputPerturbation(angle=a, fill=fill)]))['eval_top1']
+                      for a in rotations},
+            scale={f'{s:g}': run(T.Compose([eval_tf, InputPerturbation(scale=s, fill=fill)]))['eval_top1']
+                   for s in scales})
+    return report
+
+
+def robustness_table(reports: Sequence[Dict[str, Any]]) -> str:
+    """A Markdown table, one row per evaluated model (SSANet Tables 1-2 side by side): top-1 on the original
+    inputs, rotated inputs (mean of +a and -a where both were run) and reduced, padded inputs."""
+    rotations = sorted({abs(float(a)) for r in reports for a in r['robustness']['rotation']})
+    scales = sorted({float(s) for r in reports for s in r['robustness']['scale']}, reverse=True)
+    head = ['Model', 'Original'] + [f'Rotated ±{a:g}°' for a in rotations] + [f'Reduced ×{s:g}' for s in scales]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in reports:
+        rot = {float(a): v for a, v in r['robustness']['rotation'].items()}
+        cells = [f'`{r["model"]}`', f'{r["top1"]:.2f}']
+        for a in rotations:
+            values = [rot[x] for x in (a, -a) if x in rot]
+            cells.append(f'{sum(values) / len(values):.2f}' if values else '–')
+        scale = {float(s): v for s, v in r['robustness']['scale'].items()}
+        cells += [f'{scale[s]:.2f}' if s in scale else '–' for s in scales]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def render_confusion_matrix(confusion: Sequence[Sequence[int]], label_names: Sequence[str],
+                            title: str = '') -> Image.Image:
+    """The confusion matrix as a picture: rows the true class, columns the prediction, each row normalised
+    (white = 0, dark blue = the whole row); class names on the rows and counts in the cells when they fit."""
+    matrix = torch.tensor(confusion, dtype=torch.float32)
+    n = matrix.shape[0]
+    cell = max(4, min(40, 800 // max(n, 1)))
+    font = ImageFont.load_default(size=max(9, min(14, cell - 6)))
+    names = [str(x)[:24] for x in label_names] if cell >= 10 else [''] * n
+    margin_left = 12 + max((int(font.getlength(x)) for x in names), default=0)
+    margin_top = 40
+    image = Image.new('RGB', (margin_left + n * cell + 10, margin_top + n * cell + 30), 'white')
+    draw = ImageDraw.Draw(image)
+    draw.text((margin_left, 4), title or 'Confusion matrix', fill='black', font=font)
+    draw.text((margin_left, 22), 'rows: true class, columns: predicted (row-normalised)', fill='black', font=font)
+    share = matrix / matrix.sum(1, keepdim=True).clamp_min(1)
+    for i in range(n):
+        if names[i]:
+            draw.text((4, margin_top + i * cell + (cell - font.size) // 2), names[i], fill='black', font=font)
+        for j in range(n):
+            v = float(share[i, j])
+            colour = tuple(int(round(255 - v * (255 - c))) for c in (20, 60, 160))
+            box = (margin_left + j * cell, margin_top + i * cell, margin_left + (j + 1) * cell - 1,
+                   margin_top + (i + 1) * cell - 1)
+            draw.rectangle(box, fill=colour)
+            if cell >= 24 and matrix[i, j] > 0:
+                draw.text((box[0] + 3, box[1] + (cell - font.size) // 2), f'{int(matrix[i, j])}',
+                          fill='white' if v > 0.5 else 'black', font=font)
+    return image
+
+
+def write_report(report: Dict[str, Any], out_dir: Union[str, Path]) -> Dict[str, Path]:
+    """`report.json` and `confusion.png` (and `robustness.md` when the report has one) in `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {'report': out_dir / 'report.json', 'confusion': out_dir / 'confusion.png'}
+    paths['report'].write_text(json.dumps(report, indent=2))
+    title = f'{report["model"]} on {report["dataset"]}: top-1 {report["top1"]:.2f}%'
+    render_confusion_matrix(report['confusion_matrix'], report['label_names'], title).save(paths['confusion'])
+    if 'robustness' in report:
+        paths['robustness'] = out_dir / 'robustness.md'
+        paths['robustness'].write_text(robustness_table([report]) + '\n')
+    return paths

@@ -1,0 +1,121 @@
+"""Load a trained model for use (predict, eval, explain): the weights, its class names and its eval transform.
+
+    loaded = load_model('s3n_tiny', checkpoint='output/run/model.safetensors')   # a train_fgvc.py run
+    loaded = load_model('hf-hub:timm-fgvc/s3n_resnet50.cub200')                   # a published model
+    loaded = load_model('local-dir:export/s3n_resnet50.cub200')                   # an exported folder
+
+A checkpoint inside a run folder brings the run's `results.json`: the number of classes, the model arguments,
+the class names and the preprocessing the run evaluated with (so `--model` may be left out). A Hub or exported
+model carries the same in its `config.json` (`label_names`, `pretrained_cfg`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+from timm.data import create_transform, resolve_data_config
+
+from . import models  # noqa: F401  (registers the methods with timm)
+from .engine.checkpoint import load_weights
+from .runs import read_run, run_train_config
+
+__all__ = ['LoadedModel', 'load_model', 'eval_transform', 'resolve_device']
+
+_HUB_PREFIXES = ('hf-hub:', 'local-dir:')
+# factory kwargs that act when a model is built (downloads, local pretrained files), not what the weights are
+_BUILD_TIME_ARGS = ('pretrained_backbone', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay',
+                    'pretrained_strict', 'checkpoint_path', 'cache_dir')
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with what is needed to use it."""
+    model: nn.Module
+    name: str
+    label_names: Optional[List[str]] = None
+    run: Optional[Dict[str, Any]] = None  # results.json of the run the weights come from
+    checkpoint: Optional[str] = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    def label(self, index: int) -> str:
+        """The class name of `index` (the index itself when the model has no names)."""
+        names = self.label_names
+        return str(names[index]) if names and 0 <= index < len(names) else str(index)
+
+
+def resolve_device(device: Optional[str] = None) -> torch.device:
+    """`device`, or CUDA when there is one, else the CPU; a CUDA device without CUDA is a clear error."""
+    if device is None:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = torch.device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {device}: this machine has no CUDA device; use --device cpu.')
+    return dev
+
+
+def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]] = None,
+               num_classes: Optional[int] = None, model_args: Optional[Dict[str, Any]] = None,
+               device: Optional[str] = None) -> LoadedModel:
+    """Build `name` (a registered model, `hf-hub:<repo>` or `local-dir:<folder>`) with `checkpoint`'s weights.
+
+    `checkpoint` may be a weights file or a run folder; a `results.json` beside the weights gives the defaults
+    (model name, classes, model arguments, class names). Returns the model in eval mode on `device`.
+    """
+    run, weights = None, None
+    if checkpoint is not None:
+        weights = Path(checkpoint)
+        if weights.is_dir():
+            weights = weights / 'model.safetensors'
+        if not weights.is_file():
+            raise FileNotFoundError(f'No checkpoint at {checkpoint} (a model.safetensors file or a run folder).')
+        if (weights.parent / 'results.json').is_file():
+            run = read_run(weights.parent, weights=False)
+    if name is None:
+        if run is None:
+            raise ValueError('Give --model (a registered name, hf-hub:<repo> or local-dir:<folder>), or a '
+                             '--checkpoint inside a train_fgvc.py run folder (with its results.json).')
+        name = run['model'] if ':' in run['model'] else run['model'].split('.')[0]  # the tag named the dataset
+    kwargs = {k: v for k, v in ((run or {}).get('model_args') or {}).items() if k not in _BUILD_TIME_ARGS}
+    kwargs.update(model_args or {})
+    if num_classes is None and run is not None:
+        num_classes = int(run['num_classes'])
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    from_hub = name.startswith(_HUB_PREFIXES)
+    try:
+        model = timm.create_model(name, pretrained=from_hub, **kwargs)
+    except RuntimeError as e:
+        if 'Unknown model' in str(e):
+            raise ValueError(f'Unknown model {name!r}: use a registered name (`timm.list_models("s3n_*")`), '
+                             'hf-hub:<repo> or local-dir:<folder>.') from e
+        raise
+    if weights is not None:
+        load_weights(model, weights)
+    label_names = (run or {}).get('label_names') or (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    if label_names is not None and len(label_names) != model.num_classes:
+        label_names = None  # names of another head (e.g. before reset_classifier): show indices instead
+    model.to(resolve_device(device)).eval()
+    return LoadedModel(model=model, name=name, label_names=list(label_names) if label_names else None, run=run,
+                       checkpoint=str(weights) if weights else None)
+
+
+def eval_transform(loaded: LoadedModel, img_size: Optional[int] = None) -> Tuple[Callable, Dict[str, Any]]:
+    """(transform, data config): the eval transform the run used (timm's, from the model's `pretrained_cfg` with
+    the run's size overrides, via `build_transforms`), or the model's own when it has no run."""
+    if loaded.run is not None:
+        from .engine.trainer import build_transforms
+        cfg = run_train_config(loaded.run)
+        if img_size:
+            cfg.img_size, cfg.test_img_size = img_size, None
+        _, transform, data_cfg = build_transforms(loaded.model, cfg)
+        return transform, data_cfg
+    overrides = {'input_size': (3, img_size, img_size)} if img_size else {}
+    data_cfg = resolve_data_config(overrides, model=loaded.model)
+    return create_transform(**data_cfg, is_training=False), data_cfg
