@@ -7,6 +7,7 @@ surface (`forward_features`, `forward_head`, `get_classifier`, `reset_classifier
 """
 from __future__ import annotations
 
+import copyreg
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from ..layers.class_response import maps_in_image
 from ._weights import load_backbone_weights
 
-__all__ = ['FGVCOutput', 'TrainingStage', 'FGVCModel', 'create_backbone', 'check_images', 'slot_cross_entropy']
+__all__ = ['FGVCOutput', 'TrainingStage', 'FGVCModel', 'BackboneInfo', 'SpatialFeatures', 'create_backbone',
+           'backbone_info', 'check_images', 'slot_cross_entropy']
 
 
 @dataclass
@@ -89,34 +91,234 @@ def slot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: Optiona
     return (per_slot * mask).sum() / mask.sum().clamp_min(1)
 
 
+# arguments only some timm families take: transformers an input size and dynamic sizing, CNNs an output stride.
+# create_backbone drops one the chosen backbone has no parameter for (output_stride: see `_check_output_stride`)
+_OPTIONAL_BACKBONE_ARGS = ('dynamic_img_size', 'img_size', 'output_stride')
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What the adapter found out about a backbone at construction.
+
+    `layout` is the shape of the timm model's own `forward_features`: 'NCHW' (CNNs), 'NHWC' (Swin-style) or
+    'tokens' (ViT-style `[B, N, D]`, prefix tokens first); `reduction` the stride of the adapted `[B, D, h, w]`
+    map; `channels` its D; `fixed_size` the only input size a backbone without dynamic sizing takes (inputs are
+    resized to it) or None.
+    """
+    name: str
+    layout: str
+    reduction: int
+    channels: int
+    fixed_size: Optional[Tuple[int, int]] = None
+
+
+class SpatialFeatures:
+    """Put in front of a timm transformer's class by `create_backbone`: `forward_features` gives `[B, D, h, w]`.
+
+    The model stays that timm model (same modules, state-dict keys and module paths; `isinstance` holds): only
+    `forward_features` and `forward_head` change. ViT-style tokens come from timm's own
+    `forward_intermediates(..., output_fmt='NCHW', intermediates_only=True)` of the last block (final norm applied,
+    prefix tokens dropped); Swin-style NHWC maps from the same call, or permuted where a model has none. Inputs are
+    zero-padded on the bottom/right to a multiple of the patch size (what timm's `dynamic_img_pad` does), or
+    resized to the backbone's fixed size where it has no dynamic sizing.
+    """
+    fgvc_info: BackboneInfo
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        info = self.fgvc_info
+        if info.fixed_size is not None and tuple(x.shape[-2:]) != info.fixed_size:
+            x = F.interpolate(x, size=info.fixed_size, mode='bilinear', align_corners=False)
+        x = _pad_to_patches(x, self)
+        if info.layout == 'NCHW':  # a CNN that only takes its own input size
+            return super().forward_features(x)
+        if hasattr(self, 'forward_intermediates'):
+            maps = self.forward_intermediates(x, indices=1, norm=True, output_fmt='NCHW', intermediates_only=True)[-1]
+            norm, fc_norm = getattr(self, 'norm', None), getattr(self, 'fc_norm', None)
+            if isinstance(norm, nn.Identity) and isinstance(fc_norm, nn.LayerNorm):  # pooled-feature norm, per cell
+                maps = fc_norm(maps.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return maps
+        return super().forward_features(x).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The mean of the spatial map, then the model's classifier (none in a method's backbone)."""
+        pooled = x.mean((2, 3))
+        return pooled if pre_logits else self.get_classifier()(pooled)
+
+    def __reduce_ex__(self, protocol):
+        # pickled as the timm class it extends, so loading rebuilds the adapted class from that
+        reduced = super().__reduce_ex__(protocol)
+        if reduced[0] is not copyreg.__newobj__:
+            return reduced
+        return (_new_spatial, (type(self).__mro__[2],)) + tuple(reduced[2:])
+
+
+_SPATIAL_CLASSES: Dict[type, type] = {}
+
+
+def _spatial_class(model_cls: type) -> type:
+    if model_cls not in _SPATIAL_CLASSES:
+        _SPATIAL_CLASSES[model_cls] = type(f'Spatial{model_cls.__name__}', (SpatialFeatures, model_cls),
+                                           {'__module__': __name__})
+    return _SPATIAL_CLASSES[model_cls]
+
+
+def _new_spatial(model_cls: type) -> nn.Module:
+    cls = _spatial_class(model_cls)
+    return cls.__new__(cls)
+
+
+def _pad_to_patches(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Zero-pad `[B, C, H, W]` on the bottom/right so H and W are multiples of the model's patch size."""
+    patch = getattr(getattr(model, 'patch_embed', None), 'patch_size', None)
+    if patch is None or getattr(model.patch_embed, 'dynamic_img_pad', False):
+        return x
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
+    pad_h, pad_w = -x.shape[-2] % ph, -x.shape[-1] % pw
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+def _create_timm_model(name: str, pretrained: bool, in_chans: int, kwargs: dict) -> Tuple[nn.Module, dict]:
+    """`timm.create_model` without classifier (and without pooling where the model allows it); returns the model
+    and the optional arguments it dropped."""
+    kwargs = {'dynamic_img_size': True, 'global_pool': '', **kwargs}  # transformers: any input size
+    dropped = {}
+    while True:
+        try:
+            model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
+            return model, dropped
+        except TypeError as e:
+            key = next((k for k in _OPTIONAL_BACKBONE_ARGS
+                        if k in kwargs and f"unexpected keyword argument '{k}'" in str(e)), None)
+            if key is None:
+                raise
+            dropped[key] = kwargs.pop(key)
+        except AssertionError:
+            # models whose head needs a pooling (DeiT distilled, CoaT, CrossViT): theirs, unused by the adapter
+            if 'global_pool' not in kwargs:
+                raise
+            dropped['global_pool'] = kwargs.pop('global_pool')
+        except RuntimeError as e:
+            if 'Unknown model' in str(e):
+                raise ValueError(f'Unknown timm backbone {name!r}; see timm.list_models() for valid names.') from e
+            raise
+
+
+def _fixed_input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
+    """The input size a patch-embedding backbone insists on (strict, no dynamic sizing), else None."""
+    patch_embed = getattr(model, 'patch_embed', None)
+    if patch_embed is None or not getattr(patch_embed, 'strict_img_size', False) or \
+            getattr(model, 'dynamic_img_size', False):
+        return None
+    return tuple(patch_embed.img_size)
+
+
+@torch.no_grad()
+def _probe(name: str, model: nn.Module, in_chans: int, size: Tuple[int, int]) -> torch.Tensor:
+    """One forward_features of a zero batch of one image (eval mode, no grad), with a clear error if it fails."""
+    reference = next(model.parameters(), None)
+    x = torch.zeros(1, in_chans, *size,
+                    device=reference.device if reference is not None else None,
+                    dtype=reference.dtype if reference is not None and reference.is_floating_point() else None)
+    was_training = model.training
+    model.eval()
+    try:
+        return model.forward_features(x)
+    except Exception as e:  # any failure means the adapter cannot use this backbone
+        raise ValueError(f'Backbone {name!r} ({type(model).__name__}) failed on a {size[0]}x{size[1]} px input: '
+                         f'{type(e).__name__}: {e}') from e
+    finally:
+        model.train(was_training)
+
+
+def _adapt(name: str, model: nn.Module, in_chans: int) -> BackboneInfo:
+    """Find the layout of the model's features; give transformers a `[B, D, h, w]` forward_features."""
+    feature_info = getattr(model, 'feature_info', None) or [{}]
+    reduction = feature_info[-1].get('reduction')
+    fixed_size = _fixed_input_size(model)
+    own_size = tuple((getattr(model, 'pretrained_cfg', None) or {}).get('input_size', (3, 224, 224))[-2:])
+    sizes = [fixed_size] if fixed_size else [(2 * (reduction or 32),) * 2, own_size]
+    for size in sizes:  # a small input first; a backbone that only takes its own size gets inputs resized to it
+        try:
+            raw = _probe(name, model, in_chans, size)
+            break
+        except ValueError as e:
+            error = e
+    else:
+        raise error
+    fixed_size = fixed_size or (size if size != sizes[0] else None)
+    if not torch.is_tensor(raw) or raw.ndim not in (3, 4):
+        shape = tuple(raw.shape) if torch.is_tensor(raw) else type(raw).__name__
+        raise ValueError(f'Backbone {name!r} ({type(model).__name__}) has no spatial feature map: forward_features '
+                         f'gives {shape}, not [B, D, h, w], [B, h, w, D] or patch tokens [B, N, D]. Use a timm CNN '
+                         'or transformer.')
+    if raw.ndim == 4 and getattr(model, 'output_fmt', 'NCHW') != 'NHWC':
+        layout = 'NCHW'
+    else:
+        layout = 'NHWC' if raw.ndim == 4 else 'tokens'
+        if layout == 'tokens' and not hasattr(model, 'forward_intermediates'):
+            raise ValueError(f'Backbone {name!r} ({type(model).__name__}) gives patch tokens {tuple(raw.shape)} but '
+                             'has no forward_intermediates(output_fmt="NCHW") to lay them out on its patch grid.')
+    maps = raw
+    if layout != 'NCHW' or fixed_size is not None:
+        model.__class__ = _spatial_class(type(model))
+        model.fgvc_info = BackboneInfo(name, layout, reduction or 0, 0, fixed_size)
+        maps = _probe(name, model, in_chans, size)
+    if maps.ndim != 4:
+        raise ValueError(f'Backbone {name!r} ({type(model).__name__}) gives {tuple(maps.shape)} from '
+                         'forward_intermediates, not a [B, D, h, w] map.')
+    if reduction is None:  # no feature_info: the stride the probe shows
+        reduction = round(size[0] / maps.shape[-2])
+    info = BackboneInfo(name, layout, int(reduction), int(maps.shape[1]), fixed_size)
+    model.fgvc_info = info
+    return info
+
+
+def _check_output_stride(name: str, info: BackboneInfo, dropped: dict) -> None:
+    """A backbone without an `output_stride` argument (a transformer: its stride is fixed by the patch size and
+    the stages) is accepted when its stride already is the requested one (ViT-B/16 at 16), else a clear error."""
+    requested = dropped.get('output_stride')
+    if requested is not None and requested != info.reduction:
+        raise ValueError(f'Backbone {name!r} has no output_stride option: its features have stride {info.reduction} '
+                         f'(fixed by its patch size and stages), not {requested}. Drop output_stride for this '
+                         'backbone or choose one whose stride is the one you need.')
+
+
 def create_backbone(
         name: str,
         pretrained: Union[bool, str] = False,
         in_chans: int = 3,
         **kwargs,
 ) -> nn.Module:
-    """A timm CNN with no pooling and no classifier, so `forward_features` gives `[B, D, h, w]`.
+    """A timm model with no pooling and no classifier whose `forward_features` gives `[B, D, h, w]`.
 
-    Any timm model name works if its `forward_features` is a spatial map (ResNet, ConvNeXt, EfficientNet,
-    RegNet, ...). `pretrained=True` loads that backbone's own timm (ImageNet) weights from the Hub; a path loads
-    a plain timm model's weights from that local file instead (offline; its classifier is dropped).
-    `output_stride=16` (a kwarg) dilates the last stage as in timm.
+    Works for any timm model with a spatial feature map: CNNs (ResNet, ConvNeXt, EfficientNet, RegNet...) as they
+    are; transformers (ViT-style tokens, Swin-style NHWC maps) get `SpatialFeatures` in front of their class, so
+    they stay timm models with their own module paths and state-dict keys. Transformers are built with
+    `dynamic_img_size=True` (any input size: crops and zooms of any size go back through them) unless
+    `dynamic_img_size=False` is passed; `img_size` sets the size their position embeddings are built for.
+    Backbones that take neither ignore both. `backbone.fgvc_info` (a `BackboneInfo`) holds the layout, stride and
+    channels; a backbone without a spatial map fails here, naming it and what is missing.
+
+    `pretrained=True` loads that backbone's own timm (ImageNet) weights from the Hub; a path loads a plain timm
+    model's weights from that local file instead (offline; its classifier is dropped). `output_stride=16` (a
+    kwarg) dilates the last stage of a CNN as in timm; a transformer has no such option and is accepted only when
+    its stride already is that value (see `_check_output_stride`).
     """
     from_file = isinstance(pretrained, (str, bytes)) or hasattr(pretrained, '__fspath__')
-    try:
-        backbone = timm.create_model(
-            name, pretrained=bool(pretrained) and not from_file, num_classes=0, global_pool='', in_chans=in_chans,
-            **kwargs)
-    except RuntimeError as e:
-        if 'Unknown model' in str(e):
-            raise ValueError(f'Unknown timm backbone {name!r}; see timm.list_models() for valid names.') from e
-        raise
-    reduction = backbone.feature_info[-1]['reduction'] if getattr(backbone, 'feature_info', None) else None
-    if reduction is None:
-        raise ValueError(f'Backbone {name!r} does not report a spatial feature map; use a timm CNN.')
+    backbone, dropped = _create_timm_model(name, bool(pretrained) and not from_file, in_chans, kwargs)
+    info = _adapt(name, backbone, in_chans)
+    _check_output_stride(name, info, dropped)
     if from_file:
         load_backbone_weights(backbone, pretrained)
     return backbone
+
+
+def backbone_info(backbone: nn.Module) -> BackboneInfo:
+    """The `BackboneInfo` `create_backbone` attached (layout, stride and channels of the feature map)."""
+    info = getattr(backbone, 'fgvc_info', None)
+    if info is None:
+        raise ValueError(f'{type(backbone).__name__} was not made by create_backbone; build backbones with it.')
+    return info
 
 
 class FGVCModel(nn.Module):
@@ -150,8 +352,9 @@ class FGVCModel(nn.Module):
                                         **(backbone_args or {}))
         # state-dict prefixes of every backbone (pretrained, lower lr, timm's layer groups); CAA adds its zoom ones
         self.backbone_prefixes: Tuple[str, ...] = ('backbone.',)
-        self.backbone_features = self.backbone.num_features
-        self.feature_reduction = self.backbone.feature_info[-1]['reduction']  # with output_stride dilation
+        info = backbone_info(self.backbone)
+        self.backbone_features = info.channels  # D of the [B, D, h, w] map
+        self.feature_reduction = info.reduction  # its stride (with output_stride dilation; a ViT's patch size)
         self.heads = nn.ModuleDict()
         self._head_features: Dict[str, int] = {}
         self.loss_weights: Dict[str, float] = {}  # per head name, default 1
@@ -274,9 +477,15 @@ class FGVCModel(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        """timm's convention: parameter names the optimizer must not decay."""
-        return {n for n, _ in self.named_parameters()
-                if any(n.startswith(p) and r.get('weight_decay', None) == 0 for p, r in self.param_group_rules.items())}
+        """timm's convention: parameter names the optimizer must not decay (with each backbone's own, e.g. a ViT's
+        position embedding and class token)."""
+        names = {n for n, _ in self.named_parameters()
+                 if any(n.startswith(p) and r.get('weight_decay', None) == 0 for p, r in self.param_group_rules.items())}
+        for prefix in self.backbone_prefixes:
+            backbone = self.get_submodule(prefix.rstrip('.'))
+            if hasattr(backbone, 'no_weight_decay'):
+                names |= {prefix + n for n in backbone.no_weight_decay()}
+        return names
 
     def pretrained_parameter_names(self) -> List[str]:
         """Parameters that come from a pretrained backbone (lower learning rate in the paper recipes)."""
