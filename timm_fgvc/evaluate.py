@@ -204,13 +204,18 @@ def render_confusion_matrix(confusion: Sequence[Sequence[int]], label_names: Seq
     n = matrix.shape[0]
     cell = max(4, min(40, 800 // max(n, 1)))
     font = ImageFont.load_default(size=max(9, min(14, cell - 6)))
-    names = [str(x)[:24] for x in label_names] if cell >= 10 else [''] * n
+    names = [f'{i}: {str(x)[:24]}' for i, x in enumerate(label_names)] if cell >= 10 else [''] * n
     margin_left = 12 + max((int(font.getlength(x)) for x in names), default=0)
-    margin_top = 40
-    image = Image.new('RGB', (margin_left + n * cell + 10, margin_top + n * cell + 30), 'white')
+    margin_top = 44 + (font.size + 4 if cell >= 14 else 0)
+    lines = [title or 'Confusion matrix', 'rows: true class, columns: predicted (row-normalised)']
+    width = max(margin_left + n * cell, 8 + max(int(font.getlength(t)) for t in lines)) + 10
+    image = Image.new('RGB', (width, margin_top + n * cell + 10), 'white')
     draw = ImageDraw.Draw(image)
-    draw.text((margin_left, 4), title or 'Confusion matrix', fill='black', font=font)
-    draw.text((margin_left, 22), 'rows: true class, columns: predicted (row-normalised)', fill='black', font=font)
+    for i, text in enumerate(lines):
+        draw.text((8, 4 + i * (font.size + 6)), text, fill='black', font=font)
+    if cell >= 14:  # the predicted class index above each column (the rows carry the names)
+        for j in range(n):
+            draw.text((margin_left + j * cell + 2, margin_top - font.size - 4), str(j), fill='black', font=font)
     share = matrix / matrix.sum(1, keepdim=True).clamp_min(1)
     for i in range(n):
         if names[i]:

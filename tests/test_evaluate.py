@@ -1,0 +1,82 @@
+"""`timm-fgvc eval`: the training script's final eval numbers for the same weights and data, per-class and per-head
+accuracy, a confusion matrix, and SSANet's rotated / reduced-input robustness evaluations."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.functional import resize
+
+from timm_fgvc.cli import main
+from timm_fgvc.engine.config import parse_args
+from timm_fgvc.engine.trainer import train
+from timm_fgvc.evaluate import InputPerturbation, evaluate_model, robustness_table
+from timm_fgvc.inference import load_model
+
+SMALL = ['--synthetic-classes', '4', '--synthetic-train-per-class', '8', '--synthetic-test-per-class', '5',
+         '--synthetic-image-size', '64', '--batch-size', '8', '--eval-batch-size', '6', '--model', 's3n_tiny',
+         '--optimizer', 'sgd', '--lr', '0.05', '--warmup-epochs', '0', '--max-steps', '6', '--epochs', '2']
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+    """A tiny train_fgvc.py run (6 steps of s3n_tiny on a 4-class synthetic set): its folder and results."""
+    out = tmp_path_factory.mktemp('run')
+    results = train(parse_args(SMALL + ['--output-dir', str(out)]))
+    return out, results
+
+
+def test_eval_equals_the_training_scripts_final_eval(trained_run):
+    run, results = trained_run
+    report = evaluate_model(load_model(checkpoint=run / 'model.safetensors', device='cpu'))
+    final = results['final']
+    assert report['samples'] == final['eval_samples'] == 20
+    assert report['top1'] == pytest.approx(final['eval_top1'], abs=1e-9)
+    assert report['top5'] == pytest.approx(final['eval_top5'], abs=1e-9)
+    assert report['loss'] == pytest.approx(final['eval_loss'], rel=1e-5)  # the same images went through
+    for head, top1 in report['top1_per_head'].items():
+        assert top1 == pytest.approx(final[f'eval_top1_{head}'], abs=1e-9)
+    assert set(report['top1_per_head']) == {'joint', 'original', 'discriminative', 'complementary'}
+    confusion = torch.tensor(report['confusion_matrix'])
+    assert int(confusion.sum()) == 20 and 100 * confusion.trace().item() / 20 == pytest.approx(report['top1'])
+    for c, row in enumerate(report['per_class']):
+        assert row['label'] == results['label_names'][c] and row['samples'] == int(confusion[c].sum())
+        assert row['top1'] == pytest.approx(100 * confusion[c, c].item() / row['samples'])
+
+
+def test_robustness_at_angle_0_and_scale_1_equals_the_plain_eval(trained_run):
+    run, _ = trained_run
+    loaded = load_model(checkpoint=run, device='cpu')
+    report = evaluate_model(loaded, robustness=True, rotations=(0.0, 45.0), scales=(1.0, 0.5))
+    assert report['robustness']['rotation']['0'] == report['top1']
+    assert report['robustness']['scale']['1'] == report['top1']
+    table = robustness_table([report, dict(report, model='other')])
+    assert table.count('\n') == 3 and 'Rotated ±45°' in table and 'Reduced ×0.5' in table
+
+
+def test_input_perturbation_rotates_and_shrinks_with_padding():
+    x = torch.arange(2 * 8 * 8, dtype=torch.float32).view(2, 8, 8)
+    assert torch.allclose(InputPerturbation(angle=90, fill=(-1, -2))(x), torch.rot90(x, 1, (1, 2)), atol=1e-4)
+    small = InputPerturbation(scale=0.5, fill=(-1, -2))(x)
+    assert (small[0, :2] == -1).all() and (small[1, :, :2] == -2).all()  # padding, per channel
+    assert torch.allclose(small[:, 2:6, 2:6], resize(x, [4, 4], antialias=True))  # the shrunk input, centred
+    assert (small[:, 2:6, 2:6] >= 0).all()
+    assert torch.equal(InputPerturbation()(x), x)
+
+
+def test_cli_writes_report_confusion_png_and_robustness_table(trained_run, tmp_path, capsys):
+    run, results = trained_run
+    out = tmp_path / 'eval'
+    code = main(['eval', '--checkpoint', str(run / 'model.safetensors'), '--dataset', 'synthetic', '--split', 'test',
+                 '--robustness', '--out', str(out)])
+    assert code == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['top1'] == pytest.approx(results['final']['eval_top1'])
+    assert set(report['robustness']['rotation']) == {'-45', '-30', '-15', '15', '30', '45'}
+    assert set(report['robustness']['scale']) == {'0.9', '0.8', '0.7', '0.6', '0.5'}
+    with Image.open(out / 'confusion.png') as png:
+        png.verify()
+    assert (out / 'robustness.md').read_text().startswith('| Model | Original | Rotated ±15°')
+    assert f"top-1 {report['top1']:.2f}%" in capsys.readouterr().out
+    # a dataset with other classes than the model: a clear error, exit 2
+    assert main(['eval', '--checkpoint', str(run), '--dataset', str(tmp_path / 'missing'), '--out', str(out)]) == 2
