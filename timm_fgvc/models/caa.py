@@ -281,6 +281,8 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('caa_resnet50', ('cub200', 'aircraft', 'cars'), **_PAPER),
     **tagged_cfgs('caa_resnet18', ('cub200',), **_PAPER),
     'caa_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
+    **tagged_cfgs('caa_swin_tiny', ('cub200',), **_PAPER,
+                  first_conv='backbone.patch_embed.proj', interpolation='bicubic'),
 })
 
 
@@ -303,3 +305,10 @@ def caa_tiny(pretrained: bool = False, **kwargs) -> CAA:
     """CAA on timm's 0.4 M-parameter `test_resnet`: CPU demo and tests."""
     model_args = dict(backbone='test_resnet')
     return _create_caa('caa_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def caa_swin_tiny(pretrained: bool = False, **kwargs) -> CAA:
+    """CAA with Swin-T backbones, one per scale: a 14 x 14 map at 448 px (stride 32, as ResNet-50)."""
+    model_args = dict(backbone='swin_tiny_patch4_window7_224', backbone_args=dict(img_size=448))
+    return _create_caa('caa_swin_tiny', pretrained, **dict(model_args, **kwargs))

@@ -206,6 +206,9 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('hsm_resnet152', ('flowers102', 'cars', 'cub200'), input_size=224, crop_pct=0.875, **_PAPER),
     **tagged_cfgs('hsm_resnet18', ('cub200',), input_size=224, crop_pct=0.875, **_PAPER),
     'hsm_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
+    **tagged_cfgs('hsm_vit_small', ('cub200',), input_size=224, crop_pct=0.875, **_PAPER,
+                  first_conv='backbone.patch_embed.proj', interpolation='bicubic',
+                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 })
 
 
@@ -228,3 +231,10 @@ def hsm_tiny(pretrained: bool = False, **kwargs) -> HSM:
     """HSM on timm's 0.4 M-parameter `test_resnet`: CPU demo and tests."""
     model_args = dict(backbone='test_resnet')
     return _create_hsm('hsm_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def hsm_vit_small(pretrained: bool = False, **kwargs) -> HSM:
+    """HSM with a ViT-S/16 backbone at 224 px (the saliency modulates its patch tokens)."""
+    model_args = dict(backbone='vit_small_patch16_224')
+    return _create_hsm('hsm_vit_small', pretrained, **dict(model_args, **kwargs))

@@ -164,6 +164,9 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('lfd_resnet50', ('cub200', 'aircraft', 'cars'), **_PAPER),
     **tagged_cfgs('lfd_resnet18', ('cub200',), **_PAPER),
     'lfd_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
+    **tagged_cfgs('lfd_vit_small', ('cub200',), **_PAPER,
+                  first_conv='backbone.patch_embed.proj', interpolation='bicubic',
+                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 })
 
 
@@ -186,3 +189,11 @@ def lfd_tiny(pretrained: bool = False, **kwargs) -> LFD:
     """LFD on timm's 0.4 M-parameter `test_resnet`: CPU demo and tests."""
     model_args = dict(backbone='test_resnet')
     return _create_lfd('lfd_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def lfd_vit_small(pretrained: bool = False, **kwargs) -> LFD:
+    """LFD with a ViT-S/16 backbone: its 28 x 28 patch tokens at 448 px propose the regions; the 224 px
+    region zooms go through the same backbone (position embeddings resampled)."""
+    model_args = dict(backbone='vit_small_patch16_224', backbone_args=dict(img_size=448))
+    return _create_lfd('lfd_vit_small', pretrained, **dict(model_args, **kwargs))

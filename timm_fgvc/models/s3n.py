@@ -294,6 +294,9 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('s3n_resnet101', ('cub200',), **_PAPER),
     **tagged_cfgs('s3n_resnet18', ('cub200',), **_PAPER),
     's3n_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
+    **tagged_cfgs('s3n_vit_small', ('cub200',), **_PAPER,
+                  first_conv='backbone.patch_embed.proj', interpolation='bicubic',
+                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 })
 
 
@@ -323,3 +326,11 @@ def s3n_tiny(pretrained: bool = False, **kwargs) -> S3N:
     """S3N on timm's 0.4 M-parameter `test_resnet`: the CPU demo (the default `train_fgvc.py` run) and tests."""
     model_args = dict(backbone='test_resnet')
     return _create_s3n('s3n_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def s3n_vit_small(pretrained: bool = False, **kwargs) -> S3N:
+    """S3N with a ViT-S/16 backbone: its 28 x 28 patch tokens at 448 px are the map the class responses are
+    read from (position embeddings built for 448 px, resampled for other input sizes)."""
+    model_args = dict(backbone='vit_small_patch16_224', backbone_args=dict(img_size=448))
+    return _create_s3n('s3n_vit_small', pretrained, **dict(model_args, **kwargs))

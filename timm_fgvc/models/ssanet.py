@@ -341,6 +341,8 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('ssanet_resnet101', ('cub200',), **_PAPER),
     **tagged_cfgs('ssanet_resnet18', ('cub200',), **_PAPER),
     'ssanet_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
+    **tagged_cfgs('ssanet_swin_tiny', ('cub200',), **_PAPER,
+                  first_conv='backbone.patch_embed.proj', interpolation='bicubic'),
 })
 
 
@@ -370,3 +372,11 @@ def ssanet_tiny(pretrained: bool = False, **kwargs) -> SSANet:
     """SSANet on timm's 0.4 M-parameter `test_resnet`: CPU demo and tests."""
     model_args = dict(backbone='test_resnet')
     return _create_ssanet('ssanet_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def ssanet_swin_tiny(pretrained: bool = False, **kwargs) -> SSANet:
+    """SSANet with a Swin-T backbone: a 14 x 14 map at 448 px (stride 32, as the ResNets its anchors are
+    laid out for)."""
+    model_args = dict(backbone='swin_tiny_patch4_window7_224', backbone_args=dict(img_size=448))
+    return _create_ssanet('ssanet_swin_tiny', pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,104 @@
+"""`--pretrained-path` / `pretrained_backbone=FILE`: a plain timm model's weights from a local file go into every
+backbone of every method and into a plain model (the transfer protocol, SPEC §8); a file that does not fit fails
+with the key names. Offline: the weights file is made here."""
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import timm_fgvc  # noqa: F401
+from timm_fgvc.engine.config import TrainConfig
+from timm_fgvc.engine.trainer import build_model, parameter_groups, resolve_backbone_lr
+
+METHODS = ('s3n_tiny', 'lfd_tiny', 'caa_tiny', 'hsm_tiny', 'ssanet_tiny')  # all on timm's test_resnet
+
+
+@pytest.fixture(scope='module')
+def source(tmp_path_factory):
+    """A 'pretrained' test_resnet with a 7-way classifier and non-default BatchNorm statistics, saved to a file."""
+    torch.manual_seed(123)
+    model = timm.create_model('test_resnet', num_classes=7)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn_like(tensor).abs() + 0.5 if 'running_var' in name else torch.randn_like(tensor))
+    path = tmp_path_factory.mktemp('weights') / 'test_resnet_source.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _backbones(model):
+    return [m for n, m in model.named_modules() if n == 'backbone' or (n.startswith('zoom_backbones.')
+                                                                        and n.count('.') == 1)]
+
+
+def _assert_loaded(backbone, tensors):
+    # HSM wraps its fusion block (`<block>.block.*`) after the weights are loaded: compare by the plain names
+    own = {k.replace('.block.', '.'): v for k, v in backbone.state_dict().items()}
+    compared = 0
+    for name, tensor in tensors.items():
+        if name.startswith('fc.'):
+            continue
+        assert torch.equal(own[name], tensor), name
+        compared += 1
+    assert compared == len([k for k in own if not k.startswith('fc.')])
+
+
+@pytest.mark.parametrize('name', METHODS)
+def test_every_backbone_of_a_method_gets_the_file(source, name):
+    path, tensors = source
+    model = build_model(TrainConfig(model=name, pretrained_path=str(path)), num_classes=3)
+    backbones = _backbones(model)
+    assert len(backbones) == (3 if name == 'caa_tiny' else 1)  # CAA: one backbone per scale
+    for backbone in backbones:
+        _assert_loaded(backbone, tensors)
+    # new layers stay random: the method's heads are not the file's 7-way classifier
+    assert all(h.weight.shape[0] == 3 for h in model.heads.values() if isinstance(h, torch.nn.Linear))
+    # and the backbone trains at the backbone lr (lr / 10 by default once something is pretrained)
+    cfg = TrainConfig(model=name, pretrained_path=str(path), lr=0.02)
+    groups = {g['name']: g for g in parameter_groups(model, cfg.lr, resolve_backbone_lr(cfg), 0.)}
+    assert groups['backbone']['lr'] == pytest.approx(0.002)
+    backbone_params = {id(p) for b in backbones for p in b.parameters()}
+    assert backbone_params <= {id(p) for p in groups['backbone']['params']}
+
+
+def test_python_api_spelling(source):
+    path, tensors = source
+    model = timm.create_model('s3n_tiny', num_classes=4, pretrained_backbone=str(path))
+    _assert_loaded(model.backbone, tensors)
+    fresh = timm.create_model('s3n_tiny', num_classes=4)
+    assert not torch.equal(fresh.backbone.conv1[0].weight, model.backbone.conv1[0].weight)
+
+
+def test_plain_model_keeps_the_classifier_only_when_it_fits(source):
+    path, tensors = source
+    other = build_model(TrainConfig(model='test_resnet', pretrained_path=str(path)), num_classes=3)
+    _assert_loaded(other, tensors)
+    assert other.fc.weight.shape == (3, other.fc.in_features)  # dropped: 7 classes in the file
+    same = build_model(TrainConfig(model='test_resnet', pretrained_path=str(path)), num_classes=7)
+    assert torch.equal(same.fc.weight, tensors['fc.weight'])
+
+
+def test_output_stride_dilates_baseline_and_method_alike(source):
+    path, _ = source
+    x = torch.randn(1, 3, 64, 64)
+    plain = build_model(TrainConfig(model='test_resnet', pretrained_path=str(path), output_stride=16), 3).eval()
+    method = build_model(TrainConfig(model='s3n_tiny', pretrained_path=str(path), output_stride=16), 3).eval()
+    assert plain.forward_features(x).shape[-2:] == (4, 4)  # 64 / 16, not 64 / 32
+    assert method.feature_reduction == 16
+    assert torch.allclose(method.backbone.forward_features(x), plain.forward_features(x), atol=1e-5)
+
+
+def test_a_file_that_does_not_fit_names_the_keys(source, tmp_path):
+    path, tensors = source
+    broken = {k: v for k, v in tensors.items() if not k.startswith('layer4.0.conv2')}
+    broken['extra.weight'] = torch.zeros(2)
+    bad = tmp_path / 'bad.safetensors'
+    save_file({k: v.contiguous() for k, v in broken.items()}, str(bad))
+    with pytest.raises(ValueError, match=r'layer4\.0\.conv2') as info:
+        build_model(TrainConfig(model='caa_tiny', pretrained_path=str(bad)), num_classes=3)
+    assert 'extra.weight' in str(info.value)
+    with pytest.raises(ValueError, match='extra.weight'):
+        build_model(TrainConfig(model='test_resnet', pretrained_path=str(bad)), num_classes=3)
+    with pytest.raises(FileNotFoundError, match='no such file'):
+        build_model(TrainConfig(model='s3n_tiny', pretrained_path=str(tmp_path / 'missing.safetensors')), 3)
