@@ -1,13 +1,20 @@
 """The training engine: the CLI learns, resumes exactly, runs two processes, reads data and configs."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+from PIL import Image
 from safetensors.torch import load_file
+from torchvision.transforms.functional import normalize, to_tensor
+
+import timm_fgvc  # noqa: F401  (registers the methods)
+from timm_fgvc.data.synthetic import make_synthetic_fgvc
 
 from timm_fgvc.data.loading import few_shot_indices, load_fgvc_dataset
 from timm_fgvc.engine.config import TrainConfig, parse_args
@@ -35,16 +42,46 @@ def run_cli(args, launcher=(sys.executable,), timeout=600):
     return proc
 
 
+def independent_top1(run_dir: Path) -> float:
+    """Top-1 of the run's saved `model.safetensors` on the synthetic test split, computed here without the engine:
+    a fresh timm model, the images made again from the run's config, the run's mean/std, one batch."""
+    results = json.loads((run_dir / 'results.json').read_text())
+    cfg = results['config']
+    model = timm.create_model(results['model'], num_classes=results['num_classes'], **results['model_args'])
+    model.load_state_dict(load_file(str(run_dir / 'model.safetensors')))
+    test = make_synthetic_fgvc(num_classes=cfg['synthetic_classes'], train_per_class=cfg['synthetic_train_per_class'],
+                               test_per_class=cfg['synthetic_test_per_class'], image_size=cfg['synthetic_image_size'],
+                               seed=cfg['seed'])['test']
+    mean, std = results['data_config']['mean'], results['data_config']['std']
+    images = torch.stack([normalize(to_tensor(image.convert('RGB')), mean, std) for image in test['image']])
+    with torch.no_grad():
+        predicted = model.eval()(images).argmax(-1)
+    return 100.0 * (predicted == torch.tensor(test['label'])).float().mean().item()
+
+
 def test_cli_training_lowers_the_loss(tmp_path):
-    run_cli(SMALL + ['--epochs', '5', '--optimizer', 'adamw', '--lr', '3e-3', '--weight-decay', '0.05',
-                     '--output-dir', str(tmp_path)])
+    proc = run_cli(SMALL + ['--epochs', '5', '--optimizer', 'adamw', '--lr', '3e-3', '--weight-decay', '0.05',
+                            '--output-dir', str(tmp_path)])
     results = json.loads((tmp_path / 'results.json').read_text())
     losses = [h['train_loss'] for h in results['history']]
     assert len(losses) == 5 and losses[-1] < 0.9 * losses[0], losses  # measured 5.91 -> 4.99
     assert {'eval_top1', 'eval_top5', 'eval_top1_joint', 'eval_top1_original'} <= set(results['final'])
-    assert results['final']['eval_samples'] == 12 and results['label_names'][0] == results['label_names'][0]
+    assert results['final']['eval_samples'] == 12 and len(results['label_names']) == 4
     state = load_file(str(tmp_path / 'model.safetensors'))
     assert state['heads.joint.weight'].shape[0] == 4
+    # the reported accuracy is the saved weights' accuracy, recomputed here without the engine
+    assert independent_top1(tmp_path) == pytest.approx(results['final']['eval_top1'], abs=1e-6)
+    # quiet: one result line per epoch, values with 2 decimals; Accelerate's INFO lines only with --verbose
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith('epoch ')]
+    assert [line.split()[1] for line in epoch_lines] == ['1/5', '2/5', '3/5', '4/5', '5/5']
+    top1 = float(re.search(r'eval top-1 (\d+\.\d\d) ', epoch_lines[-1]).group(1))
+    assert top1 == pytest.approx(round(results['final']['eval_top1'], 2))
+    assert 'random states' not in proc.stdout + proc.stderr and 'INFO' not in proc.stderr
+    # curves.png: a valid PNG next to results.json
+    with Image.open(tmp_path / 'curves.png') as image:
+        image.verify()
+    with Image.open(tmp_path / 'curves.png') as image:
+        assert image.format == 'PNG' and image.width > 600 and image.height > 200
 
 
 def test_resume_continues_at_the_same_step_with_the_same_optimizer_state(tmp_path):
@@ -54,11 +91,15 @@ def test_resume_continues_at_the_same_step_with_the_same_optimizer_state(tmp_pat
     train(small_config(tmp_path / 'cut', epochs=2, max_steps=3, checkpoint_every=3, keep_checkpoints=5))
     resumed = train(small_config(tmp_path / 'cut', epochs=2, max_steps=6, checkpoint_every=3, keep_checkpoints=5,
                                  resume='latest'))
-    assert resumed['history'][-1]['step'] == full['history'][-1]['step'] == 6
-    opt_full = torch.load(tmp_path / 'full/checkpoints/step_00000003/optimizer.bin', weights_only=True)
-    opt_cut = torch.load(tmp_path / 'cut/checkpoints/step_00000003/optimizer.bin', weights_only=True)
-    for key, buffers in opt_full['state'].items():
-        assert torch.equal(buffers['momentum_buffer'], opt_cut['state'][key]['momentum_buffer'])
+    # the resumed run continues the interrupted one's history (a restart from scratch would show [6])
+    assert [h['step'] for h in resumed['history']] == [3, 6] and [h['step'] for h in full['history']] == [6]
+    assert resumed['history'][0] == json.loads((tmp_path / 'cut/results.json').read_text())['history'][0]
+    for step in ('00000003', '00000006'):  # the same optimizer state mid-way and at the end
+        opt_full = torch.load(tmp_path / f'full/checkpoints/step_{step}/optimizer.bin', weights_only=True)
+        opt_cut = torch.load(tmp_path / f'cut/checkpoints/step_{step}/optimizer.bin', weights_only=True)
+        assert opt_full['state'].keys() == opt_cut['state'].keys() and opt_full['state']
+        for key, buffers in opt_full['state'].items():
+            assert torch.equal(buffers['momentum_buffer'], opt_cut['state'][key]['momentum_buffer'])
     a = load_file(str(tmp_path / 'full/model.safetensors'))
     b = load_file(str(tmp_path / 'cut/model.safetensors'))
     assert all(torch.equal(a[k], b[k]) for k in a)  # nothing lost: the same weights as the uninterrupted run
@@ -75,6 +116,8 @@ def test_two_processes_agree_on_the_evaluated_accuracy(tmp_path):
     top1 = results['per_process_eval_top1']
     assert len(top1) == 2 and top1[0] == top1[1]
     assert results['final']['eval_samples'] == 12  # every eval image counted once across the two shards
+    # and the number is what one process measures for the saved weights
+    assert independent_top1(tmp_path) == pytest.approx(top1[0], abs=1e-6)
 
 
 def make_image_folder(root: Path, splits=('train', 'test'), classes=('a', 'b', 'c'), per_class=4):

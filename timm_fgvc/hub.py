@@ -175,7 +175,7 @@ def build_model_card(
         lines.append(f'- **Original code:** {paper["code"]}')
     lines.append('- **Weights:** `model.safetensors` (no pickle)')
 
-    lines += ['', '## Usage', '', '```python', 'import timm']
+    lines += ['', '## Usage', '', '```python', 'import timm', 'import torch']
     if method:
         lines.append('import timm_fgvc  # registers the timm-fgvc architectures with timm')
     lines += [
@@ -184,11 +184,15 @@ def build_model_card(
         'data_config = timm.data.resolve_model_data_config(model)',
         'transform = timm.data.create_transform(**data_config, is_training=False)', '',
         "image = Image.open('image.jpg').convert('RGB')",
-        'probabilities = model(transform(image).unsqueeze(0)).softmax(-1)',
-        'top5 = probabilities.topk(5)',
+        'with torch.no_grad():',
+        '    probabilities = model(transform(image).unsqueeze(0)).softmax(-1)',
+        f'top = probabilities.topk({min(5, int(num_classes))})  # the {min(5, int(num_classes))} most likely classes',
     ]
     if config.get('label_names'):
-        lines.append("print([model.pretrained_cfg['label_names'][i] for i in top5.indices[0].tolist()])")
+        lines.append("print([(model.pretrained_cfg['label_names'][i], round(p, 3)) "
+                     "for p, i in zip(top.values[0].tolist(), top.indices[0].tolist())])")
+    else:
+        lines.append('print(top.indices[0].tolist(), top.values[0].tolist())')
     lines += ['```']
 
     lines += ['', '## Training', '']

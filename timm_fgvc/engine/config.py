@@ -100,7 +100,7 @@ class TrainConfig:
     batch_size: int = _arg(32, 'images per step and process', _positive, 'a positive integer')
     eval_batch_size: Optional[int] = _arg(None, 'images per evaluation batch (default: --batch-size)', _positive,
                                           'a positive integer')
-    optimizer: str = _arg('adamw', 'optimizer', choices=('sgd', 'adamw'))
+    optimizer: str = _arg('adamw', 'optimizer of every parameter group', choices=('sgd', 'adamw'))
     lr: float = _arg(3e-3, 'learning rate of the new (method) parameters', _positive, 'positive')
     backbone_lr: Optional[float] = _arg(None, 'learning rate of the backbone (default: lr / 10 with pretrained '
                                         'weights, lr from scratch)', _non_negative, 'zero or more')

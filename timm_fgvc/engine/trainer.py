@@ -320,11 +320,21 @@ def format_record(record: dict, total_epochs: Optional[int] = None) -> str:
     return ' | '.join(parts)
 
 
+def _has_accelerator() -> bool:
+    """A device on which Accelerate runs fp16 autocast (CUDA/ROCm, XPU, MPS...)."""
+    xpu = getattr(torch, 'xpu', None)
+    mps = getattr(torch.backends, 'mps', None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or bool(mps and mps.is_available())
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run a whole training job; returns the results that are also written to `results.json`."""
     output_dir = Path(cfg.output_dir)
     check_output_dir(cfg)  # before anything is written: one folder, one run
     distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
+    if cfg.mixed_precision == 'fp16' and (cfg.cpu or not _has_accelerator()):
+        raise ValueError('--mixed-precision fp16 needs a GPU (Accelerate ignores it on the CPU, so the run would be '
+                         'fp32): use --mixed-precision bf16 or no on the CPU.')
     accelerator = Accelerator(
         cpu=cfg.cpu or (distributed and not torch.cuda.is_available()),  # CPU-only DDP needs gloo via cpu=True
         mixed_precision=cfg.mixed_precision,
@@ -334,9 +344,6 @@ def train(cfg: TrainConfig) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    if cfg.mixed_precision == 'fp16' and accelerator.device.type == 'cpu':
-        raise ValueError('--mixed-precision fp16 needs a GPU (Accelerate ignores it on the CPU, so the run would be '
-                         'fp32): use --mixed-precision bf16 or no on the CPU.')
     if accelerator.is_main_process:
         if cfg.overwrite:
             clear_run_outputs(output_dir)
@@ -423,7 +430,7 @@ def train(cfg: TrainConfig) -> dict:
     start_time = time.time()
     total_epochs = math.ceil(total_steps / steps_per_epoch)
     running: Dict[str, float] = {}
-    count = 0
+    count, saved_step = 0, -1
     step_module.train()
     while state.step < total_steps:
         epoch = state.step // steps_per_epoch
@@ -469,6 +476,7 @@ def train(cfg: TrainConfig) -> dict:
             progress.set_postfix(loss=f"{running['loss'] / count:.2f}", stage=stages[index].name)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)
+                saved_step = state.step
             if state.step >= total_steps or state.step % steps_per_epoch == 0:
                 break
         progress.close()
@@ -487,7 +495,8 @@ def train(cfg: TrainConfig) -> dict:
         state.history.append(record)
         accelerator.log(record, step=state.step)
         accelerator.print(format_record(record, total_epochs))
-        save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)
+        if saved_step != state.step:
+            save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)
 
     final = dict(state.history[-1]) if state.history else {}
     # every process computed the gathered metrics itself: collect them to show they agree

@@ -1,0 +1,191 @@
+"""Engine reliability (issue 10): one run per output folder, atomic checkpoints with fallback, loud RNG-restore
+failures, typed configs, --help, and clear errors. One tiny run (s3n_tiny, 3 steps) is shared by the tests that
+read checkpoints; a test that damages files works on a copy."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import timm_fgvc  # noqa: F401  (registers the methods)
+from timm_fgvc.engine.checkpoint import (CHECKPOINT_INFO, find_checkpoint, list_checkpoints, load_weights,
+                                         save_checkpoint)
+from timm_fgvc.engine.config import TrainConfig, build_parser, parse_args
+from timm_fgvc.engine.trainer import build_model, train
+
+TINY = dict(model='s3n_tiny', synthetic_classes=3, synthetic_train_per_class=8, synthetic_test_per_class=2,
+            synthetic_image_size=64, batch_size=8, optimizer='sgd', lr=0.02, weight_decay=1e-4, warmup_epochs=0,
+            epochs=2, check_images=False)
+
+
+def tiny_config(output_dir, **overrides) -> TrainConfig:
+    return TrainConfig(**dict(TINY, output_dir=str(output_dir), **overrides))
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    """A 3-step run (one epoch) with a checkpoint after every step: checkpoints/step_1..3, results.json,
+    model.safetensors."""
+    run = tmp_path_factory.mktemp('tiny') / 'run'
+    results = train(tiny_config(run, max_steps=3, checkpoint_every=1, keep_checkpoints=5))
+    return run, results
+
+
+def copy_run(tiny_run, tmp_path) -> Path:
+    target = tmp_path / 'run'
+    shutil.copytree(tiny_run[0], target)
+    return target
+
+
+# --- one output folder, one run ---------------------------------------------------------------------------
+def test_a_folder_holding_another_run_is_refused_and_names_what_differs(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path)
+    with pytest.raises(ValueError, match=r"another run.*lr: 0\.02 there, 0\.05 here.*--overwrite"):
+        train(tiny_config(run, lr=0.05, max_steps=2))
+    with pytest.raises(ValueError, match=r'a run of this configuration.*--resume latest.*--overwrite'):
+        train(tiny_config(run, max_steps=2))
+    with pytest.raises(ValueError, match=r'another configuration.*lr: 0\.02 there, 0\.05 here'):
+        train(tiny_config(run, lr=0.05, max_steps=4, resume='latest'))
+    with pytest.raises(ValueError, match='only one'):
+        train(tiny_config(run, lr=0.05, resume='latest', overwrite=True))
+    # the refusals left the old run as it was
+    assert [p.name for p in list_checkpoints(run)] == ['step_00000001', 'step_00000002', 'step_00000003']
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(tiny_run, tmp_path):
+    checkpoint = tiny_run[0] / 'checkpoints' / 'step_00000002'
+    with pytest.raises(ValueError, match=r'belongs to another run configuration.*seed: 0 there, 1 here'):
+        train(tiny_config(tmp_path / 'other', seed=1, resume=str(checkpoint), max_steps=3))
+
+
+def test_overwrite_replaces_the_old_run_entirely(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path)
+    (run / 'notes.txt').write_text('mine')  # not a run output: kept
+    results = train(tiny_config(run, lr=0.05, max_steps=2, overwrite=True, keep_checkpoints=5))
+    assert [p.name for p in list_checkpoints(run)] == ['step_00000002']  # no step 1 and 3 of the old run
+    info = json.loads((run / 'checkpoints' / 'step_00000002' / CHECKPOINT_INFO).read_text())
+    assert info['config']['lr'] == 0.05 and info['fingerprint'] == results['config_fingerprint']
+    assert json.loads((run / 'results.json').read_text())['config']['lr'] == 0.05
+    assert (run / 'notes.txt').read_text() == 'mine'
+
+
+# --- atomic checkpoints and fallback ---------------------------------------------------------------------
+class _KilledDuringSave:
+    """An Accelerator stand-in whose save_state writes part of a checkpoint, then dies (as kill -9 would)."""
+    is_main_process, num_processes = True, 1
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / 'model.safetensors').write_bytes(b'partial')
+        raise KeyboardInterrupt('killed')
+
+
+def test_a_killed_save_leaves_no_checkpoint_behind(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(_KilledDuringSave(), run, 4, tiny_config(run), keep=5)
+    assert [p.name for p in list_checkpoints(run)][-1] == 'step_00000003'
+    assert find_checkpoint(run, 'latest') == (run / 'checkpoints' / 'step_00000003', [])
+
+
+def test_latest_skips_damaged_checkpoints_and_names_the_file(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path)
+    checkpoints = run / 'checkpoints'
+    (checkpoints / 'step_00000009').mkdir()  # what a killed save of the old engine left behind
+    optimizer = checkpoints / 'step_00000003' / 'optimizer.bin'
+    optimizer.write_bytes(optimizer.read_bytes()[:100])  # truncated
+    (checkpoints / 'step_00000002' / 'random_states_0.pkl').write_bytes(b'')  # zero bytes
+    path, notes = find_checkpoint(run, 'latest')
+    assert path == checkpoints / 'step_00000001'
+    text = ' '.join(notes)
+    assert 'step_00000009' in text and CHECKPOINT_INFO in text
+    assert 'step_00000003' in text and 'optimizer.bin' in text and 'truncated' in text
+    assert 'step_00000002' in text and 'random_states_0.pkl' in text
+    model = checkpoints / 'step_00000001' / 'model.safetensors'
+    model.write_bytes(model.read_bytes()[:-10])
+    with pytest.raises(FileNotFoundError, match=r'No complete checkpoint.*step_00000001: model\.safetensors'):
+        find_checkpoint(run, 'latest')
+
+
+def test_resume_falls_back_with_a_warning_and_continues_the_history(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path)
+    optimizer = run / 'checkpoints' / 'step_00000003' / 'optimizer.bin'
+    optimizer.write_bytes(b'')
+    with pytest.warns(RuntimeWarning, match=r'step_00000003.*optimizer\.bin.*previous complete checkpoint'):
+        results = train(tiny_config(run, max_steps=4, checkpoint_every=1, keep_checkpoints=5, resume='latest'))
+    # resumed at step 2, before the epoch record of step 3: the history is that of the uninterrupted run
+    assert [h['step'] for h in results['history']] == [3, 4]
+    assert any('optimizer.bin' in w for w in results['resume_warnings'])
+    assert find_checkpoint(run, 'latest') == (run / 'checkpoints' / 'step_00000004', [])  # step 3 saved again
+
+
+def test_a_random_state_that_cannot_be_restored_is_said_loudly(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path)
+    checkpoint = run / 'checkpoints' / 'step_00000002'
+    (checkpoint / 'random_states_0.pkl').write_bytes(b'')
+    with pytest.warns(RuntimeWarning, match='random state of process 0 was not restored'):
+        results = train(tiny_config(run, max_steps=3, resume=str(checkpoint)))
+    assert any('will not repeat' in w for w in results['resume_warnings'])
+    assert 'WARNING: ' in capsys.readouterr().out
+
+
+# --- initial checkpoint, typed config, help, clear errors --------------------------------------------------
+def test_initial_checkpoint_can_be_a_checkpoint_folder(tiny_run):
+    checkpoint = tiny_run[0] / 'checkpoints' / 'step_00000002'
+    model = build_model(TrainConfig(model='s3n_tiny', initial_checkpoint=str(checkpoint)), num_classes=3)
+    saved = load_file(str(checkpoint / 'model.safetensors'))
+    assert all(k.startswith('model.') for k in saved)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved['model.' + name]), name
+    other = timm.create_model('s3n_tiny', num_classes=5)
+    with pytest.raises(ValueError, match='trained for 3 classes'):
+        load_weights(other, checkpoint)
+
+
+def test_yaml_values_are_cast_by_field_type_and_errors_name_the_field(tmp_path):
+    path = tmp_path / 'run.yaml'
+    path.write_text(yaml.safe_dump({'train': {'lr': '1e-3', 'augment': 'no', 'epochs': '3', 'stage_epochs': 2,
+                                              'log_with': 'tensorboard', 'max_steps': 'null'}}))
+    assert yaml.safe_load('lr: 1e-3')['lr'] == '1e-3'  # PyYAML's reading, which used to reach torch.optim
+    cfg = parse_args(['--config', str(path)])
+    assert cfg.lr == 0.001 and isinstance(cfg.lr, float)
+    assert cfg.augment is False and cfg.epochs == 3 and cfg.stage_epochs == [2.0]
+    assert cfg.log_with == ['tensorboard'] and cfg.max_steps is None
+    path.write_text('train:\n  batch_size: many\n')
+    with pytest.raises(ValueError, match=r"'batch_size' \(--batch-size\): expected an integer, got 'many'"):
+        parse_args(['--config', str(path)])
+    with pytest.raises(ValueError, match=r"'epochs'.*must be at least 1"):
+        parse_args(['--epochs', '0'])
+    with pytest.raises(ValueError, match=r"'optimizer'.*'adam' is not one of"):
+        TrainConfig(optimizer='adam')
+    cfg.weight_decay = '5e-4'  # setting a field later is checked too
+    assert cfg.weight_decay == 5e-4
+    with pytest.raises(ValueError, match="'augment'"):
+        cfg.augment = 'maybe'
+    with pytest.raises(AttributeError, match='no field'):
+        cfg.learning_rate = 0.1
+
+
+def test_help_gives_every_flag_its_meaning_and_default():
+    import dataclasses
+    fields = dataclasses.fields(TrainConfig)
+    assert all(len(f.metadata['doc']) > 10 for f in fields)
+    text = ''.join(build_parser().format_help().split())  # argparse wraps lines (also at hyphens)
+    for f in fields:
+        assert '--' + f.name.replace('_', '-') in text
+        assert ''.join(f.metadata['doc'].split()) in text, f.name
+    assert ''.join('learning rate of the new (method) parameters (default: 0.003)'.split()) in text
+    assert ''.join('training epochs (per stage, unless the model or --stage-epochs says otherwise) (default: 8)'
+                   .split()) in text
+
+
+def test_fp16_on_cpu_is_refused(tmp_path):
+    with pytest.raises(ValueError, match='fp16 needs a GPU.*bf16'):
+        train(tiny_config(tmp_path / 'fp16', mixed_precision='fp16', cpu=True, max_steps=1))
