@@ -78,5 +78,12 @@ def test_cli_writes_report_confusion_png_and_robustness_table(trained_run, tmp_p
         png.verify()
     assert (out / 'robustness.md').read_text().startswith('| Model | Original | Rotated ±15°')
     assert f"top-1 {report['top1']:.2f}%" in capsys.readouterr().out
+    # a second model's eval joins the first one's row in one table (SSANet Tables 1-2: one row per method)
+    (tmp_path / 'first.json').write_text(json.dumps(dict(report, model='baseline_resnet')))
+    assert main(['eval', '--checkpoint', str(run), '--robustness', '--compare', str(tmp_path / 'first.json'),
+                 '--max-samples', '4', '--out', str(tmp_path / 'second')]) == 0
+    rows = (tmp_path / 'second' / 'robustness.md').read_text().splitlines()
+    assert len(rows) == 4 and rows[2].startswith('| `baseline_resnet` |') and rows[3].startswith('| `s3n_tiny` |')
+    assert main(['explain', '--checkpoint', str(run), '--image', 'x.png', '--panel-size', '96', '--out', 'x']) == 2
     # a dataset with other classes than the model: a clear error, exit 2
     assert main(['eval', '--checkpoint', str(run), '--dataset', str(tmp_path / 'missing'), '--out', str(out)]) == 2

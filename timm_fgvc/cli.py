@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='also evaluate inputs rotated by +-15/30/45 degrees and reduced to 0.5-0.9 of the side')
     p.add_argument('--pad', choices=('black', 'mean'), default='black',
                    help='what fills the area a rotation or reduction uncovers (default black)')
+    p.add_argument('--compare', nargs='+', default=[], metavar='REPORT',
+                   help='report.json files of earlier --robustness evals (other methods, the baseline): their rows '
+                        'join the robustness table')
     p.add_argument('--out', required=True, help='the folder for report.json, confusion.png (and robustness.md)')
 
     p = sub.add_parser('explain', help='render where a model attends (attention_maps) over some images to a PNG')
@@ -150,7 +153,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f'Wrote {write_predictions(predictions, args.out)}')
             print(f'{len(predictions) - len(skipped)} file(s) predicted, {len(skipped)} skipped.')
         elif args.action == 'eval':
-            from .evaluate import evaluate_model, robustness_table, write_report
+            from .evaluate import evaluate_model, read_reports, robustness_table, write_report
+            others = read_reports(args.compare)
             report = evaluate_model(
                 _load(args), dataset=args.dataset, split=args.split, batch_size=args.batch_size, device=args.device,
                 robustness=args.robustness, pad=args.pad, max_samples=args.max_samples, img_size=args.img_size,
@@ -161,11 +165,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             worst = sorted(report['per_class'], key=lambda c: c['top1'])[:5]
             print('lowest per-class top-1: ' + ', '.join(f"{c['label']} {c['top1']:.1f}" for c in worst))
             if 'robustness' in report:
-                print(robustness_table([report]))
-            paths = write_report(report, args.out)
+                print(robustness_table(others + [report]))
+            paths = write_report(report, args.out, compare=others)
             print('Wrote ' + ', '.join(str(p) for p in paths.values()))
         elif args.action == 'explain':
             from .explain import explain_files
+            if args.panel_size < 256:
+                raise ValueError(f'--panel-size {args.panel_size}: panels are at least 256 px, to stay readable.')
             loaded = _load(args)
             print(f'Wrote {explain_files(loaded, args.image, args.out, img_size=args.img_size, panel_size=args.panel_size)}')
     except (FileNotFoundError, ValueError) as e:

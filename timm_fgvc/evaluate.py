@@ -29,7 +29,7 @@ from .inference import LoadedModel
 from .runs import run_train_config
 
 __all__ = ['ROTATIONS', 'SCALES', 'InputPerturbation', 'evaluate_model', 'robustness_table',
-           'render_confusion_matrix', 'write_report']
+           'render_confusion_matrix', 'read_reports', 'write_report']
 
 ROTATIONS = (-45.0, -30.0, -15.0, 15.0, 30.0, 45.0)  # degrees (SSANet Table 1: rotated input)
 SCALES = (0.9, 0.8, 0.7, 0.6, 0.5)  # fraction of the side (SSANet Table 2: reduced input, padded)
@@ -232,8 +232,23 @@ def render_confusion_matrix(confusion: Sequence[Sequence[int]], label_names: Seq
     return image
 
 
-def write_report(report: Dict[str, Any], out_dir: Union[str, Path]) -> Dict[str, Path]:
-    """`report.json` and `confusion.png` (and `robustness.md` when the report has one) in `out_dir`."""
+def read_reports(paths: Sequence[Union[str, Path]]) -> List[Dict[str, Any]]:
+    """Earlier `report.json` files with robustness results (to compare methods in one table)."""
+    reports = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f'No eval report at {path} (the report.json of `timm-fgvc eval --robustness`).')
+        report = json.loads(path.read_text())
+        if 'robustness' not in report:
+            raise ValueError(f'{path} has no robustness results: make it with `timm-fgvc eval --robustness`.')
+        reports.append(report)
+    return reports
+
+
+def write_report(report: Dict[str, Any], out_dir: Union[str, Path],
+                 compare: Sequence[Dict[str, Any]] = ()) -> Dict[str, Path]:
+    """`report.json` and `confusion.png` (and `robustness.md` when the report has one, with a row per report
+    of `compare` before its own) in `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {'report': out_dir / 'report.json', 'confusion': out_dir / 'confusion.png'}
@@ -242,5 +257,5 @@ def write_report(report: Dict[str, Any], out_dir: Union[str, Path]) -> Dict[str,
     render_confusion_matrix(report['confusion_matrix'], report['label_names'], title).save(paths['confusion'])
     if 'robustness' in report:
         paths['robustness'] = out_dir / 'robustness.md'
-        paths['robustness'].write_text(robustness_table([report]) + '\n')
+        paths['robustness'].write_text(robustness_table(list(compare) + [report]) + '\n')
     return paths
