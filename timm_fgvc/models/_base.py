@@ -348,6 +348,7 @@ class FGVCModel(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.backbone_name = backbone
+        self.backbone_args = dict(backbone_args or {})  # create_backbone(backbone_name, **backbone_args) rebuilds it
         self.backbone = create_backbone(backbone, pretrained=pretrained_backbone, in_chans=in_chans,
                                         **(backbone_args or {}))
         # state-dict prefixes of every backbone (pretrained, lower lr, timm's layer groups); CAA adds its zoom ones
