@@ -127,10 +127,12 @@ class BackboneBound(nn.Module):
     head and loss cost next to nothing. The inputs are made outside the timed region.
     """
 
-    def __init__(self, backbone_name: str, passes: List[Pass], num_classes: int, in_chans: int = 3):
+    def __init__(self, backbone_name: str, passes: List[Pass], num_classes: int, in_chans: int = 3,
+                 backbone_args: Optional[dict] = None):
         super().__init__()
         self.passes = passes
-        self.backbone = create_backbone(backbone_name, in_chans=in_chans)
+        # the method's own backbone arguments (a ViT's img_size, output_stride), so the bound is the same network
+        self.backbone = create_backbone(backbone_name, in_chans=in_chans, **(backbone_args or {}))
         self.head = nn.Linear(self.backbone.num_features, num_classes)
         if any(p.module == 'saliency_branch' for p in passes):
             self.saliency = SaliencyBranch()  # the model's own saliency branch, a plain CNN pass
@@ -380,7 +382,8 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
     torch.manual_seed(args.seed)
     model = timm.create_model(name, num_classes=args.num_classes).to(device)
     passes = bound_fn(model, size)
-    bound = BackboneBound(model.backbone_name, passes, args.num_classes).to(device)
+    bound = BackboneBound(model.backbone_name, passes, args.num_classes,
+                          backbone_args=getattr(model, 'backbone_args', None)).to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     bound = bound.to(memory_format=memory_format)
