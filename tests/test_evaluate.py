@@ -48,6 +48,7 @@ def test_robustness_at_angle_0_and_scale_1_equals_the_plain_eval(trained_run):
     run, _ = trained_run
     loaded = load_model(checkpoint=run, device='cpu')
     report = evaluate_model(loaded, robustness=True, rotations=(0.0, 45.0), scales=(1.0, 0.5))
+    assert not loaded.model.training  # still usable for prediction afterwards
     assert report['robustness']['rotation']['0'] == report['top1']
     assert report['robustness']['scale']['1'] == report['top1']
     table = robustness_table([report, dict(report, model='other')])

@@ -174,6 +174,7 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
                       for a in rotations},
             scale={f'{s:g}': run(T.Compose([eval_tf, InputPerturbation(scale=s, fill=fill)]))['eval_top1']
                    for s in scales})
+    model.eval()  # the engine's evaluate leaves its module in training mode
     return report
 
 
