@@ -25,7 +25,7 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from timm_fgvc.benchmarks import RESULTS_DIR, load_results, paper_top1, render  # noqa: E402
+from timm_fgvc.benchmarks import RESULTS_DIR, load_results, load_transfer, paper_top1, render  # noqa: E402
 from timm_fgvc.cards import CARDS_FILE, load_bench_results, load_hub_configs, render_model_cards  # noqa: E402
 
 RESULTS = REPO / RESULTS_DIR
@@ -49,16 +49,16 @@ def main(argv=None) -> int:
     p.add_argument('--include-quick', action='store_true', help='also show --quick smoke runs (with --print)')
     args = p.parse_args(argv)
     configs = load_hub_configs(REPO)
-    block, full = render(load_results('throughput_*.json', args.results_dir, REPO),
-                         load_results('accuracy_*.json', args.results_dir, REPO), paper_top1(configs),
-                         args.include_quick)
+    block, full, short = render(load_results('throughput_*.json', args.results_dir, REPO),
+                                load_results('accuracy_*.json', args.results_dir, REPO), paper_top1(configs),
+                                args.include_quick, transfer=load_transfer(args.results_dir, REPO))
     if args.print_only:
         print(block)
         return 0
     targets = [(REPO / 'bench' / 'README.md', full)]
     readme = REPO / 'README.md'
     if readme.exists():
-        updated = replace_block(readme.read_text(), block)
+        updated = replace_block(readme.read_text(), short)  # README: the summary; the full tables in bench/
         if updated is None:
             print(f'README.md has no {START} ... {END} block: left unchanged. The tables:\n\n{block}')
         else:

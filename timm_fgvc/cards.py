@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Union
 
 import yaml
 
-from .benchmarks import RESULTS_DIR, load_results, paper_top1, render, speed_summary
+from .benchmarks import RESULTS_DIR, load_results, load_transfer, paper_top1, render, speed_summary, transfer_summary
 from .catalog import METHODS, split_model_name
 from .data.catalog import DATASETS
 from .models._builder import HUB_ORG
@@ -198,7 +198,9 @@ def _backbone(cfg: Dict[str, Any]) -> str:
 def load_bench_results(root: Union[str, Path] = '.') -> Dict[str, List[dict]]:
     """`{'throughput': [...], 'accuracy': [...]}` from `<root>/bench/results/*.json` (empty lists without it)."""
     folder = Path(root) / RESULTS_DIR
-    return {kind: load_results(f'{kind}_*.json', folder, root) for kind in ('throughput', 'accuracy')}
+    results = {kind: load_results(f'{kind}_*.json', folder, root) for kind in ('throughput', 'accuracy')}
+    results['transfer'] = load_transfer(folder, root)
+    return results
 
 
 def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[str, List[dict]]] = None) -> str:
@@ -209,7 +211,9 @@ def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[s
     configs = sorted(configs, key=lambda c: c['model'])
     bench = bench or {}
     throughput, accuracy = bench.get('throughput') or [], bench.get('accuracy') or []
-    has_bench = bool(throughput or accuracy)
+    transfer = bench.get('transfer')
+    transfer_rows = transfer_summary(transfer)['rows'] if transfer and transfer.get('runs') else {}
+    has_bench = bool(throughput or accuracy or transfer_rows)
     lines = [
         f'<!-- Generated from {CONFIG_DIR}/*.yaml by `{REGENERATE}`: do not edit by hand. Change the hub config',
         f'     (or record a run with `timm-fgvc record`) and run `{REGENERATE}`; CI runs `{REGENERATE} --check`. -->',
@@ -262,8 +266,14 @@ def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[s
         lines.append(f'- Recipe (`train:`): {format_recipe(cfg["train"])}')
         for speed in speed_summary(throughput, cfg['model'].split('.')[0]):
             lines.append(f'- Speed measured here: {speed}')
+        small = transfer_rows.get(f"{cfg['method']}_resnet18")
+        base = transfer_rows.get('resnet18')
+        if small and base:
+            lines.append(f"- Transfer protocol measured here (`{cfg['method']}_resnet18`, CUB classes 1-50 from a "
+                         f"resnet18 trained on 51-200, 128 px): top-1 {small['mean']:.2f} vs fine-tuned resnet18 "
+                         f"{base['mean']:.2f} ({small['gain']:+.2f}; seeds {small['seeds']})")
     if has_bench:
-        block, _ = render(throughput, accuracy, paper_top1(configs))
+        block, _, _ = render(throughput, accuracy, paper_top1(configs), transfer=transfer)
         lines += ['', '## Benchmarks measured here', '',
                   'From `bench/results/*.json` (`python bench/report.py` renders the same tables into README.md and '
                   '`bench/README.md`). These runs are short CPU benchmarks of this package, not the papers\' '
