@@ -343,7 +343,7 @@ def run_one(name: str, base: dict, model_args: dict, workdir: Path, suite: str, 
             base = dict(base, stage_epochs=[base['epochs'] / len(stages)] * len(stages))
             print(f"{name}: {len(stages)} stage(s) {[s.name for s in stages]}, {base['stage_epochs']} epochs each "
                   f"({base['epochs']} in all, as the baseline)", flush=True)
-    cfg = TrainConfig(model=name, model_args=dict(model_args), output_dir=str(output_dir), **base)
+    cfg = TrainConfig(model=name, model_args=dict(model_args), output_dir=str(output_dir), overwrite=True, **base)
     print(f'\n=== {suite} seed {seed}: {name} -> {output_dir}', flush=True)
     start = time.time()
     results = train(cfg)

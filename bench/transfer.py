@@ -187,7 +187,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 epochs=recipe['epochs'], batch_size=recipe['batch_size'], weight_decay=recipe['weight_decay'],
                 scheduler=recipe['scheduler'], warmup_epochs=recipe['warmup_epochs'],
                 stage_epochs=extra['stage_epochs'], seed=seed, eval_every=max(recipe['epochs'], 1),
-                keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers,
+                keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers, overwrite=True,
                 output_dir=str(Path(args.workdir) / 'transfer' / rid.replace(' ', '_').replace('/', '-')
                                / f'seed{seed}' / (name + (('_' + args.label) if args.label else ''))))
             print(f'\n=== transfer seed {seed}: {name} {model_args or ""} lr {extra["lr"]:g} / backbone '
