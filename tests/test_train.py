@@ -88,12 +88,12 @@ def test_resume_continues_at_the_same_step_with_the_same_optimizer_state(tmp_pat
     # uninterrupted: 6 steps, a checkpoint every 3
     full = train(small_config(tmp_path / 'full', epochs=2, max_steps=6, checkpoint_every=3, keep_checkpoints=5))
     # interrupted after 3 steps, then resumed to 6
-    train(small_config(tmp_path / 'cut', epochs=2, max_steps=3, checkpoint_every=3, keep_checkpoints=5))
+    cut = train(small_config(tmp_path / 'cut', epochs=2, max_steps=3, checkpoint_every=3, keep_checkpoints=5))
     resumed = train(small_config(tmp_path / 'cut', epochs=2, max_steps=6, checkpoint_every=3, keep_checkpoints=5,
                                  resume='latest'))
     # the resumed run continues the interrupted one's history (a restart from scratch would show [6])
     assert [h['step'] for h in resumed['history']] == [3, 6] and [h['step'] for h in full['history']] == [6]
-    assert resumed['history'][0] == json.loads((tmp_path / 'cut/results.json').read_text())['history'][0]
+    assert resumed['history'][0] == cut['history'][0]
     for step in ('00000003', '00000006'):  # the same optimizer state mid-way and at the end
         opt_full = torch.load(tmp_path / f'full/checkpoints/step_{step}/optimizer.bin', weights_only=True)
         opt_cut = torch.load(tmp_path / f'cut/checkpoints/step_{step}/optimizer.bin', weights_only=True)

@@ -430,7 +430,7 @@ def train(cfg: TrainConfig) -> dict:
     start_time = time.time()
     total_epochs = math.ceil(total_steps / steps_per_epoch)
     running: Dict[str, float] = {}
-    count, saved_step = 0, -1
+    count = 0
     step_module.train()
     while state.step < total_steps:
         epoch = state.step // steps_per_epoch
@@ -474,10 +474,10 @@ def train(cfg: TrainConfig) -> dict:
             state.step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{running['loss'] / count:.2f}", stage=stages[index].name)
-            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)
-                saved_step = state.step
-            if state.step >= total_steps or state.step % steps_per_epoch == 0:
+            epoch_end = state.step >= total_steps or state.step % steps_per_epoch == 0
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not epoch_end:
+                save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)  # epoch ends save below
+            if epoch_end:
                 break
         progress.close()
         epoch_done = state.step % steps_per_epoch == 0 or state.step >= total_steps
@@ -495,8 +495,7 @@ def train(cfg: TrainConfig) -> dict:
         state.history.append(record)
         accelerator.log(record, step=state.step)
         accelerator.print(format_record(record, total_epochs))
-        if saved_step != state.step:
-            save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)
+        save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)  # with the epoch's record
 
     final = dict(state.history[-1]) if state.history else {}
     # every process computed the gathered metrics itself: collect them to show they agree

@@ -1,0 +1,121 @@
+"""Data loading (issues 10-11): bad images found at load time, 16-bit images scaled, symlinked class folders,
+save_to_disk and parquet folders, and a one-class folder refused. Small image folders made by the tests."""
+import json
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from timm_fgvc.data.loading import BadImagesError, attach_transform, load_fgvc_dataset, open_image, to_rgb
+from timm_fgvc.engine.config import TrainConfig
+from timm_fgvc.engine.trainer import train
+
+
+def make_image_folder(root: Path, splits=('train', 'test'), classes=('a', 'b', 'c'), per_class=4, size=(40, 32)):
+    for split in splits:
+        for c_index, cls in enumerate(classes):
+            folder = root / split / cls if split else root / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new('RGB', size, (40 * c_index, 10 * i, 100)).save(folder / f'{i}.png')
+    return root
+
+
+def add_bad_images(folder: Path):
+    """A zero-byte JPEG and a JPEG cut in half, next to good images."""
+    (folder / 'empty.jpg').write_bytes(b'')
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / 'whole.jpg', quality=90)
+    data = (folder / 'whole.jpg').read_bytes()
+    (folder / 'truncated.jpg').write_bytes(data[:len(data) // 2])
+    (folder / 'whole.jpg').unlink()
+
+
+def test_bad_images_are_listed_at_load_time_and_can_be_skipped(tmp_path):
+    root = make_image_folder(tmp_path / 'data')
+    add_bad_images(root / 'train' / 'b')
+    with pytest.raises(BadImagesError, match=r'(?s)2 image\(s\).*--skip-bad-images') as info:
+        load_fgvc_dataset(str(root))
+    named = ' '.join(info.value.bad)
+    assert 'empty.jpg' in named and 'truncated.jpg' in named and 'truncated' in named
+    data = load_fgvc_dataset(str(root), skip_bad_images=True)
+    assert len(data.train) == 12 and len(data.eval) == 12 and len(data.bad_images) == 2
+    # every row left decodes through the training transform
+    rows = attach_transform(data.train, lambda image: np.asarray(image).shape, data.image_column, data.label_column)
+    assert {rows[i]['pixel_values'] for i in range(len(rows))} == {(32, 40, 3)}
+    # without the load-time check, the file is named when it is decoded
+    with pytest.raises(ValueError, match=r'Cannot read image .*truncated\.jpg.*--skip-bad-images'):
+        open_image(str(root / 'train' / 'b' / 'truncated.jpg'))
+
+
+def test_skipped_bad_images_are_counted_in_results(tmp_path):
+    root = make_image_folder(tmp_path / 'data', per_class=4, size=(64, 64))
+    add_bad_images(root / 'train' / 'a')
+    cfg = TrainConfig(model='test_resnet', dataset=str(root), img_size=64, crop_pct=1.0, batch_size=4, max_steps=1,
+                      epochs=1, output_dir=str(tmp_path / 'run'), skip_bad_images=True)
+    results = train(cfg)
+    saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    assert results['bad_images_skipped'] == saved['bad_images_skipped'] == 2
+    assert sorted(Path(entry.split(':')[0]).name for entry in saved['bad_images']) == ['empty.jpg', 'truncated.jpg']
+    with pytest.raises(BadImagesError, match='truncated.jpg'):
+        train(TrainConfig(**dict(cfg.to_dict(), skip_bad_images=False, output_dir=str(tmp_path / 'run2'))))
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / 'deep.png')
+    with Image.open(tmp_path / 'deep.png') as image:
+        assert image.mode.startswith('I;16')
+        assert (np.asarray(image.convert('RGB')) == 255).mean() > 0.9  # PIL's convert clips
+    rgb = np.asarray(open_image(str(tmp_path / 'deep.png'))).astype(float)
+    assert rgb.shape == (64, 64, 3) and np.all(rgb[..., 0] == rgb[..., 2])
+    np.testing.assert_allclose(rgb[..., 0], ramp / 257.0, atol=0.51)
+    as_int32 = Image.fromarray(ramp.astype(np.int32), 'I')  # the same data in PIL's 32-bit mode
+    np.testing.assert_allclose(np.asarray(to_rgb(as_int32))[..., 1], ramp / 257.0, atol=0.51)
+    eight_bit = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
+    assert np.array_equal(np.asarray(to_rgb(eight_bit))[..., 0], np.asarray(eight_bit))
+
+
+def test_symlinked_class_folders_are_followed(tmp_path):
+    source = make_image_folder(tmp_path / 'full', classes=('a', 'b', 'c'), per_class=3)
+    subset = tmp_path / 'subset'
+    for split in ('train', 'test'):
+        (subset / split).mkdir(parents=True)
+        for cls in ('a', 'c'):  # a two-class subset made without copying
+            os.symlink(source / split / cls, subset / split / cls, target_is_directory=True)
+    data = load_fgvc_dataset(str(subset))
+    assert data.label_names == ['a', 'c'] and len(data.train) == 6 and len(data.eval) == 6
+    assert sorted(data.train['label']) == [0, 0, 0, 1, 1, 1]
+    pixel = np.asarray(open_image(data.train.cast_column('image', datasets.Image(decode=False))[3]['image']))
+    assert tuple(pixel[0, 0]) == (80, 0, 100)  # class 'c' (index 2 in the source), image 0
+
+
+def test_save_to_disk_and_parquet_folders(tmp_path):
+    original = load_fgvc_dataset(str(make_image_folder(tmp_path / 'images', per_class=3)))
+    dataset = datasets.DatasetDict({'train': original.train, 'test': original.eval})
+    dataset = dataset.cast_column('image', datasets.Image(decode=True))
+    dataset.save_to_disk(str(tmp_path / 'saved'))
+    parquet = tmp_path / 'parquet'
+    parquet.mkdir()
+    for split, part in dataset.items():
+        part.to_parquet(str(parquet / f'{split}-00000-of-00001.parquet'))
+    for folder in ('saved', 'parquet'):
+        data = load_fgvc_dataset(str(tmp_path / folder))
+        assert data.label_names == ['a', 'b', 'c'], folder
+        assert len(data.train) == 9 and len(data.eval) == 9, folder
+        assert sorted(data.eval['label']) == sorted(original.eval['label']), folder
+        first = np.asarray(data.train[0]['image'].convert('RGB'))
+        assert first.shape == (32, 40, 3), folder
+    train_only = tmp_path / 'saved_train'
+    original.train.save_to_disk(str(train_only))  # a single Dataset: its eval part is held out here
+    data = load_fgvc_dataset(str(train_only), eval_fraction=1 / 3)
+    assert len(data.train) == 6 and len(data.eval) == 3
+
+
+def test_a_single_class_folder_says_two_classes_are_needed(tmp_path):
+    make_image_folder(tmp_path / 'one', splits=('',), classes=('only',), per_class=3)
+    with pytest.raises(ValueError, match='at least 2 classes'):
+        load_fgvc_dataset(str(tmp_path / 'one'))
