@@ -121,3 +121,128 @@ def test_short_training_lowers_all_four_losses_and_learns_beta(short_training):
         first, last = losses[term]
         assert last < 0.7 * first, (term, first, last)
     assert (model.beta1.item(), model.beta2.item()) != beta_start  # beta learns through the sampler (Sec. 3.3)
+
+
+# --- issue 9: beta's optimiser group, float32 peaks, the authors' recipe ------------------------------------------
+def test_beta_has_its_own_small_lr_group_without_weight_decay_and_is_logged():
+    """In the new-layer group (lr 1e-2, weight decay) one SGD step moved beta1 by ~60% of its value; in its own
+    group (2e-5 x the new-layer lr, no decay: the authors' 1e-4 x base lr for r = beta / sqrt(2)) it barely moves."""
+    from timm_fgvc.engine.trainer import parameter_groups
+    model = tiny_s3n(num_classes=4)
+    groups = parameter_groups(model, lr=1e-2, backbone_lr=1e-3, weight_decay=1e-4)
+    beta_groups = [g for g in groups if any(p is model.beta1 for p in g['params'])]
+    assert len(beta_groups) == 1 and beta_groups[0]['name'] != 'new'
+    assert any(p is model.beta2 for p in beta_groups[0]['params']) and len(beta_groups[0]['params']) == 2
+    assert beta_groups[0]['weight_decay'] == 0 and abs(beta_groups[0]['lr'] - 2e-7) < 1e-12
+    assert {'beta1', 'beta2'} <= model.no_weight_decay()
+    optimizer = torch.optim.SGD([g for g in groups if g['params']], lr=1e-2, momentum=0.9)
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    model.train()
+    start = model.beta1.item()
+    output = model.forward_train(x, y)
+    losses = model.loss(output, y)
+    losses['loss'].backward()
+    assert model.beta1.grad is not None and model.beta1.grad.abs() > 0
+    optimizer.step()
+    assert abs(model.beta1.item() - start) < 1e-3 * start
+    # logged, not trained on: the loss dict and extras carry the current values; 'loss' is the four CE terms only
+    assert losses['beta1'].item() == start and not losses['beta1'].requires_grad
+    assert output.extras['beta2'].item() == model.beta2.item()
+    terms = sum(v for k, v in losses.items() if k.startswith('loss_'))
+    assert torch.allclose(losses['loss'], terms)
+
+
+def test_peaks_are_found_in_float32_under_bf16_autocast():
+    """Under autocast the response map used to be a bf16 einsum (ties between neighbouring cells, adjacent
+    duplicate peaks); it is computed in float32 from the same features."""
+    model = tiny_s3n().eval()
+    torch.manual_seed(0)
+    features = torch.randn(3, model.backbone_features, 7, 7)
+    logits = model.heads['original'](features.mean((2, 3)))
+    reference = model.select_peaks(features, logits)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mixed = model.select_peaks(features, logits)
+    assert mixed['response'].dtype == torch.float32
+    torch.testing.assert_close(mixed['response'], reference['response'], atol=1e-6, rtol=1e-6)
+    assert torch.equal(mixed['peak_mask'], reference['peak_mask'])
+    torch.testing.assert_close(mixed['peak_centers'], reference['peak_centers'])
+
+
+def test_extremes_eval_rule_puts_the_max_peak_in_d_and_the_min_peak_in_c():
+    scores = torch.tensor([[0.9, 0.6, 0.3, 0.0], [0.7, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False], [False] * 4])
+    disc, comp = selective_partition(scores, valid, training=False, eval_rule='extremes')
+    assert disc.tolist() == [[True, False, False, False], [True, False, False, False], [False] * 4]
+    assert comp.tolist() == [[False, False, True, False], [True, False, False, False], [False] * 4]
+    # training is Eq. 4 whatever the eval rule
+    torch.manual_seed(0)
+    disc, comp = selective_partition(scores[:1].expand(4000, 4), valid[:1].expand(4000, 4), training=True,
+                                     eval_rule='extremes')
+    assert torch.allclose(disc.float().mean(0)[:3], scores[0, :3], atol=0.03)
+
+
+def test_authors_recipe_warms_up_with_all_peaks_then_partitions():
+    from timm_fgvc.engine.trainer import apply_stage
+    model = timm.create_model('s3n_resnet50_authors', num_classes=5, **TINY)
+    assert model.recipe == 'authors' and model.eval_rule == 'extremes'
+    stages = model.training_stages()
+    assert [(s.name, s.epochs) for s in stages] == [('warmup_all_peaks', 20), ('main', 40)]
+    assert [s.name for s in tiny_s3n().training_stages()] == ['main']  # the paper: one stage
+    torch.manual_seed(0)
+    peaks = model.select_peaks(*_features_and_logits(model, batch=8))
+    assert (peaks['peak_mask'].sum(1) > 1).any()
+    model.train()
+    apply_stage(model, stages[0])
+    maps = model.sampling_maps(peaks, (31, 31), return_attention=False)
+    assert torch.equal(maps['discriminative'], peaks['peak_mask'])
+    assert torch.equal(maps['complementary'], peaks['peak_mask'])  # "All": every peak feeds both maps
+    apply_stage(model, stages[1])
+    maps = model.sampling_maps(peaks, (31, 31), return_attention=False)
+    assert not (maps['discriminative'] & maps['complementary']).any()  # Eq. 4: disjoint sets
+    assert torch.equal(maps['discriminative'] | maps['complementary'], peaks['peak_mask'])
+    apply_stage(model, stages[0])
+    model.eval()  # evaluation during the warm-up uses the eval rule, not "All"
+    maps = model.sampling_maps(peaks, (31, 31), return_attention=False)
+    assert maps['discriminative'].sum(1).tolist() == (peaks['peak_mask'].sum(1) > 0).long().tolist()
+
+
+def _features_and_logits(model, batch):
+    features = torch.randn(batch, model.backbone_features, 7, 7)
+    return features, model.heads['original'](features.mean((2, 3)))
+
+
+def test_authors_recipe_smooths_o_and_c_labels_and_buffers_the_branches():
+    import torch.nn.functional as F
+    from timm_fgvc.engine.trainer import parameter_groups
+    model = timm.create_model('s3n_resnet50_authors', num_classes=5, **TINY).eval()
+    epsilon = 0.15 * 5 / 4  # 0.85 on the true class, 0.15 spread over the 4 others (multi_smooth_loss)
+    assert set(model.label_smoothing) == {'original', 'complementary'}
+    assert all(abs(v - epsilon) < 1e-12 for v in model.label_smoothing.values())
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+    output = model.forward_train(x, y)
+    losses = model.loss(output, y)
+    target = torch.full((2, 5), 0.15 / 4).scatter(1, y[:, None], 0.85)
+    for head, smoothed in (('original', True), ('complementary', True), ('discriminative', False), ('joint', False)):
+        logp = output.logits[head].float().log_softmax(-1)
+        expected = -(target * logp).sum(1).mean() if smoothed else F.cross_entropy(output.logits[head], y)
+        torch.testing.assert_close(losses[f'loss_{head}'], expected)
+    model.reset_classifier(11)
+    assert abs(model.label_smoothing['original'] - 0.15 * 11 / 10) < 1e-12
+    # conv3x3 (stride 2) + BN + ReLU before the D and C heads, at the backbone's lr (the authors' groups)
+    assert set(model.branch_buffers) == {'discriminative', 'complementary'}
+    assert model.branch_buffers['discriminative'][0].stride == (2, 2)
+    groups = {g['name']: g for g in parameter_groups(model, lr=1e-2, backbone_lr=1e-3, weight_decay=1e-4)}
+    assert abs(groups['new:branch_buffers.']['lr'] - 1e-3) < 1e-12
+    assert groups['new:branch_buffers.']['weight_decay'] == 1e-4
+    assert tiny_s3n().branch_buffers is None and tiny_s3n().label_smoothing == {}
+    # F_J is pooled (the buffered maps are half O's size) and forward = forward_head(forward_features)
+    model.reset_classifier(5)
+    model.eval()
+    features = model.forward_features(x)
+    assert features.shape == (2, 3 * model.backbone_features, 1, 1)
+    torch.testing.assert_close(model(x), model.forward_head(features))
+    # each piece is its own argument too: the paper recipe with just the buffer
+    only_buffer = tiny_s3n(branch_buffer=True)
+    assert only_buffer.branch_buffers is not None and only_buffer.eval_rule == 'threshold'

@@ -18,11 +18,24 @@ Choices where the paper is open (SPEC §6):
   written in the paper's form exp(-d^2 / (R beta^2)).
 - Q^d and Q^c are computed directly on the sampler's 31x31 grid and each sits on a base level (0.09, the
   authors' code) so that an empty peak set gives the identity grid.
-- Options from the authors' code: `partition='all'` (all peaks feed both maps, their warm-up and Table 4's
-  "All"), per-head label smoothing via `label_smoothing`.
+- Peaks are found in float32 with autocast off (Eq. 1-3 and the peak search): a bf16 response map ties
+  neighbouring cells; a plateau of equal maxima gives one peak.
+- beta1, beta2 train in their own optimiser group (`param_group_rules`): lr = `beta_lr_scale` x the new layers'
+  lr, no weight decay. The paper is silent; the authors train their width r (beta = sqrt(2) r) at 1e-4 x the base
+  lr 1e-3 = 1e-5 x the new layers' 1e-2; SGD on beta = sqrt(2) r with twice that lr moves the Gaussian as SGD on
+  r does, hence 2e-5. In the new-layer group (lr 1e-2 with weight decay) one SGD step moved beta1 by ~60%.
+  Both are logged: `extras['beta1'/'beta2']` and the `beta1`/`beta2` entries of `loss()` (not summed into `loss`).
+- `recipe='authors'` (`s3n_resnet50_authors`) follows the authors' released code and CUB config
+  (`demo/cub_s3n.yml`) where it differs from the paper: a 20-epoch warm-up stage in which every peak feeds both
+  sampling maps (`training_stages()`: 'warmup_all_peaks' then 'main'; Table 4's "All"), label smoothing on the
+  O and C heads (their `multi_smooth_loss`, 0.85 on the true class), the evaluation rule "max peak -> D,
+  min peak -> C", a conv3x3 (stride 2) + BN + ReLU buffer before the D and C heads (trained at the backbone's
+  lr, as their `finetune` groups do), and initial widths r = 0.09 / 0.3. Each piece is also its own argument.
+- Options from the authors' code: `partition='all'` (all peaks feed both maps throughout: Table 4's "All"),
+  per-head label smoothing via `label_smoothing`.
 """
 import math
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -30,18 +43,32 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import (SaliencySampler, class_response_maps, entropy_gated_response, find_peaks,
                       peaks_to_image_coords)
-from ._base import FGVCModel, FGVCOutput, check_images
+from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
-__all__ = ['S3N', 'sparse_attention', 'sparse_attention_factors', 'sampling_map', 'selective_partition']
+__all__ = ['S3N', 'BranchBuffer', 'sparse_attention', 'sparse_attention_factors', 'sampling_map',
+           'selective_partition']
+
+WARMUP_STAGE = 'warmup_all_peaks'
+
+# What each recipe sets when the matching argument is left at None (see the module docstring).
+RECIPES = {
+    'paper': dict(warmup_epochs=0, eval_rule='threshold', branch_buffer=False, smooth_ratio=None,
+                  beta_init=(math.sqrt(2) * 0.08, math.sqrt(2) * 0.2)),
+    'authors': dict(warmup_epochs=20, eval_rule='extremes', branch_buffer=True, smooth_ratio=0.85,
+                    beta_init=(math.sqrt(2) * 0.09, math.sqrt(2) * 0.3)),
+}
 
 
 def selective_partition(scores: torch.Tensor, valid: torch.Tensor, training: bool,
-                        mode: str = 'probability', eval_threshold: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+                        mode: str = 'probability', eval_threshold: float = 0.5,
+                        eval_rule: str = 'threshold') -> Tuple[torch.Tensor, torch.Tensor]:
     """Split peaks into discriminative T_d and complementary T_c sets, as `[B, K]` bool masks.
 
-    `probability` (the paper): peak -> T_d if R >= zeta, zeta ~ U(0, 1) in training (Eq. 4); at evaluation
-    the deterministic rule R >= `eval_threshold`. `all`: every peak feeds both sets (Table 4's "All").
+    `probability` (the paper): peak -> T_d if R >= zeta, zeta ~ U(0, 1) in training (Eq. 4). At evaluation the
+    paper gives no rule; `eval_rule='threshold'`: R >= `eval_threshold` (the expected Eq. 4 split);
+    `'extremes'` (the authors' code): only the highest peak -> T_d and only the lowest -> T_c (one peak: both).
+    `all`: every peak feeds both sets, in training and evaluation (Table 4's "All").
     """
     if mode == 'all':
         return valid, valid
@@ -50,8 +77,17 @@ def selective_partition(scores: torch.Tensor, valid: torch.Tensor, training: boo
     if training:
         zeta = torch.rand_like(scores)
         discriminative = scores >= zeta  # Eq. 4
-    else:
+    elif eval_rule == 'threshold':
         discriminative = scores >= eval_threshold
+    elif eval_rule == 'extremes':
+        slots = torch.arange(scores.shape[1], device=scores.device)
+        any_peak = valid.any(1, keepdim=True)
+        highest = scores.float().masked_fill(~valid, float('-inf')).argmax(1, keepdim=True)
+        lowest = scores.float().masked_fill(~valid, float('inf')).argmin(1, keepdim=True)
+        return (slots == highest) & any_peak, (slots == lowest) & any_peak
+    else:
+        raise ValueError(f"Unknown eval_rule {eval_rule!r}; use 'threshold' (R >= eval_threshold) or 'extremes' "
+                         "(max peak -> D, min peak -> C).")
     discriminative = discriminative & valid
     return discriminative, valid & ~discriminative
 
@@ -118,6 +154,15 @@ def sampling_map(amplitude: torch.Tensor, along_y: torch.Tensor, along_x: torch.
     return base_level + weights.transpose(1, 2) @ along_x  # Eq. 6
 
 
+class BranchBuffer(nn.Sequential):
+    """The authors' `sampler_buffer`: conv3x3 (stride 2) + BN + ReLU on a resampled branch's feature map, before
+    its head and the joint head (not in the paper)."""
+
+    def __init__(self, channels: int):
+        super().__init__(nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels),
+                         nn.ReLU(inplace=True))
+
+
 class S3N(FGVCModel):
     """Selective Sparse Sampling Network: O, D, C branches through one shared timm backbone.
 
@@ -127,11 +172,21 @@ class S3N(FGVCModel):
         top_k, entropy_threshold: Eq. 2-3 (5 and delta = 0.2).
         peak_window: local-maximum window r (3).
         max_peaks: fixed number of peak slots per image (padded, with a mask).
-        beta_init: initial (beta1, beta2) of Eq. 5, in image-side units.
+        beta_init: initial (beta1, beta2) of Eq. 5, in image-side units (None: the recipe's).
+        beta_lr_scale: lr of beta1, beta2 relative to the new layers' lr (own optimiser group, no weight decay).
         base_level: constant added to each sampling map (Eq. 6) so empty sets give the identity.
         grid_size, sampler_padding, sampler_fwhm: saliency sampler of Eq. 7-8.
         partition: 'probability' (Eq. 4) or 'all'.
-        eval_threshold: deterministic Eq. 4 rule at evaluation.
+        eval_threshold: the 'threshold' evaluation rule's R.
+        recipe: 'paper' (default) or 'authors' (their code's settings, see the module docstring); it fills the
+            arguments below that are left at None.
+        warmup_epochs: epochs of a first training stage in which all peaks feed both maps (0: no warm-up).
+        main_epochs: epochs of the stage after the warm-up (the authors' 60 in all).
+        eval_rule: 'threshold' or 'extremes' (max peak -> D, min peak -> C), see `selective_partition`.
+        branch_buffer: conv3x3 (stride 2) + BN + ReLU before the D and C heads.
+        smooth_ratio: target probability of the true class on the O and C heads (the authors' 0.85), i.e. label
+            smoothing (1 - ratio) C / (C - 1); None: none.
+        label_smoothing: per-head label smoothing, e.g. `{'joint': 0.1}` (over the recipe's).
     """
     main_head = 'joint'
     needs_classifier = True
@@ -149,15 +204,29 @@ class S3N(FGVCModel):
             entropy_threshold: float = 0.2,
             peak_window: int = 3,
             max_peaks: int = 16,
-            beta_init: Tuple[float, float] = (math.sqrt(2) * 0.08, math.sqrt(2) * 0.2),
+            beta_init: Optional[Tuple[float, float]] = None,
+            beta_lr_scale: float = 2e-5,
             base_level: float = 0.09,
             grid_size: int = 31,
             sampler_padding: int = 30,
             sampler_fwhm: float = 13.,
             partition: str = 'probability',
             eval_threshold: float = 0.5,
+            recipe: str = 'paper',
+            warmup_epochs: Optional[int] = None,
+            main_epochs: int = 40,
+            eval_rule: Optional[str] = None,
+            branch_buffer: Optional[bool] = None,
+            smooth_ratio: Optional[float] = None,
             label_smoothing: Optional[Dict[str, float]] = None,
     ):
+        if recipe not in RECIPES:
+            raise ValueError(f'Unknown S3N recipe {recipe!r}; use one of {sorted(RECIPES)}.')
+        given = dict(warmup_epochs=warmup_epochs, eval_rule=eval_rule, branch_buffer=branch_buffer,
+                     smooth_ratio=smooth_ratio, beta_init=beta_init)
+        settings = {k: RECIPES[recipe][k] if v is None else v for k, v in given.items()}
+        if settings['eval_rule'] not in ('threshold', 'extremes'):
+            raise ValueError(f"Unknown eval_rule {settings['eval_rule']!r}; use 'threshold' or 'extremes'.")
         super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
         self.top_k = top_k
         self.entropy_threshold = entropy_threshold
@@ -167,21 +236,64 @@ class S3N(FGVCModel):
         self.grid_size = grid_size
         self.partition = partition
         self.eval_threshold = eval_threshold
-        self.beta1 = nn.Parameter(torch.tensor(float(beta_init[0])))
-        self.beta2 = nn.Parameter(torch.tensor(float(beta_init[1])))
+        self.recipe = recipe
+        self.eval_rule = settings['eval_rule']
+        self.warmup_epochs = int(settings['warmup_epochs'])
+        self.main_epochs = main_epochs
+        self.warming_up = self.warmup_epochs > 0  # a fresh model starts in the first stage; the engine sets it
+        self.smooth_ratio = settings['smooth_ratio']
+        beta1, beta2 = settings['beta_init']
+        self.beta1 = nn.Parameter(torch.tensor(float(beta1)))
+        self.beta2 = nn.Parameter(torch.tensor(float(beta2)))
+        self.param_group_rules = {'beta': {'lr_scale': beta_lr_scale, 'weight_decay': 0.}}
         self.sampler = SaliencySampler(grid_size=grid_size, padding=sampler_padding, fwhm=sampler_fwhm)
         for name in self.branches:
             self.add_head(name, self.backbone_features)
         self.add_head('joint', 3 * self.backbone_features)
         self.num_features = self.head_hidden_size = 3 * self.backbone_features
-        self.label_smoothing.update(label_smoothing or {})
+        self.branch_buffers = nn.ModuleDict(
+            {name: BranchBuffer(self.backbone_features) for name in self.branches[1:]}
+        ) if settings['branch_buffer'] else None
+        if self.branch_buffers is not None:  # the authors' `finetune` groups give the buffers the backbone's lr
+            self.param_group_rules['branch_buffers.'] = {'lr_scale': 0.1}
+        self._user_label_smoothing = dict(label_smoothing or {})
+        self._set_label_smoothing()
+
+    def _set_label_smoothing(self) -> None:
+        """The recipe's smoothing on the O and C heads (the authors' `multi_smooth_loss` puts `smooth_ratio` on the
+        true class and the rest evenly on the other C - 1), then the user's per-head values."""
+        self.label_smoothing.clear()
+        if self.smooth_ratio is not None and self.num_classes > 1:
+            epsilon = (1 - self.smooth_ratio) * self.num_classes / (self.num_classes - 1)
+            self.label_smoothing.update(original=epsilon, complementary=epsilon)
+        self.label_smoothing.update(self._user_label_smoothing)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        self._set_label_smoothing()
+
+    # --- training stages ---------------------------------------------------------------------------
+    def training_stages(self) -> List[TrainingStage]:
+        """One stage (the paper), or the authors' warm-up with all peaks in both branches, then the main stage."""
+        if not self.warmup_epochs:
+            return [TrainingStage(name='main')]
+        return [TrainingStage(name=WARMUP_STAGE, epochs=self.warmup_epochs),
+                TrainingStage(name='main', epochs=self.main_epochs)]
+
+    def set_training_stage(self, stage: TrainingStage) -> None:
+        self.warming_up = stage.name == WARMUP_STAGE
+
+    def partition_mode(self) -> str:
+        """'all' while training in the warm-up stage, else the `partition` argument."""
+        return 'all' if self.training and self.warming_up else self.partition
 
     def select_peaks(self, feature_map: torch.Tensor, logits: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Class peak responses of the entropy-gated response map (Sec. 3.1-3.2), without gradient."""
-        with torch.no_grad():
-            maps = class_response_maps(feature_map, self.heads['original'].weight)  # Eq. 1
+        """Class peak responses of the entropy-gated response map (Sec. 3.1-3.2), without gradient, in float32
+        (autocast off: a bf16 map ties neighbouring cells)."""
+        with torch.no_grad(), torch.autocast(feature_map.device.type, enabled=False):
+            maps = class_response_maps(feature_map.float(), self.heads['original'].weight.float())  # Eq. 1
             response, use_top1, entropy = entropy_gated_response(
-                maps, logits, top_k=self.top_k, delta=self.entropy_threshold)  # Eq. 2-3, min-max normalised
+                maps, logits.float(), top_k=self.top_k, delta=self.entropy_threshold)  # Eq. 2-3, min-max normalised
             peaks = find_peaks(response, window=self.peak_window, max_peaks=self.max_peaks)
         centers = peaks_to_image_coords(peaks, response.shape[-2:], (1, 1))  # (x, y) in [0, 1]
         return dict(response=response, use_top1=use_top1, entropy=entropy, peak_centers=centers,
@@ -195,7 +307,8 @@ class S3N(FGVCModel):
         sampling maps come from its separable factors either way.
         """
         discriminative, complementary = selective_partition(
-            peaks['peak_scores'], peaks['peak_mask'], self.training, self.partition, self.eval_threshold)
+            peaks['peak_scores'], peaks['peak_mask'], self.training, self.partition_mode(), self.eval_threshold,
+            self.eval_rule)
         amplitude, along_y, along_x = sparse_attention_factors(
             peaks['peak_centers'], peaks['peak_scores'], discriminative, complementary,
             self.beta1, self.beta2, size)  # Eq. 5
@@ -231,12 +344,19 @@ class S3N(FGVCModel):
         out, resampled = self._attend_and_resample(x, (self.grid_size, self.grid_size))
         feat_resampled = self.backbone.forward_features(resampled)
         batch = x.shape[0]
-        return dict(out, feat_discriminative=feat_resampled[:batch], feat_complementary=feat_resampled[batch:])
+        features = dict(discriminative=feat_resampled[:batch], complementary=feat_resampled[batch:])
+        if self.branch_buffers is not None:
+            features = {name: self.branch_buffers[name](f) for name, f in features.items()}
+        return dict(out, **{f'feat_{name}': f for name, f in features.items()})
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, 3D, h, w]`: the O, D and C feature maps stacked along channels (F_J before pooling)."""
+        """`[B, 3D, h, w]`: the O, D and C feature maps stacked along channels (F_J before pooling). With the
+        branch buffer the D and C maps are half the size of O's, so F_J comes pooled, `[B, 3D, 1, 1]`."""
         out = self._forward_branches(x)
-        return torch.cat([out['feat_original'], out['feat_discriminative'], out['feat_complementary']], 1)
+        maps = [out['feat_original'], out['feat_discriminative'], out['feat_complementary']]
+        if self.branch_buffers is not None:
+            maps = [m.mean((2, 3), keepdim=True) for m in maps]
+        return torch.cat(maps, 1)
 
     def forward_train(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> FGVCOutput:
         out = self._forward_branches(x)
@@ -248,10 +368,18 @@ class S3N(FGVCModel):
             'joint': self.pooled_head(torch.cat([pooled[n] for n in self.branches], 1)),  # on F_J
         }
         extras = {k: v for k, v in out.items() if not k.startswith(('feat_', 'logits_'))}
+        extras.update(beta1=self.beta1.detach().clone(), beta2=self.beta2.detach().clone())  # values of this pass
         with torch.no_grad():  # Eq. 5 at image resolution, for visualisation and hit rates; no loss uses it
             attention = sparse_attention(out['peak_centers'], out['peak_scores'], out['discriminative'],
                                          out['complementary'], self.beta1, self.beta2, x.shape[-2:])
         return FGVCOutput(logits=logits, main='joint', attention=_normalize_attention(attention), extras=extras)
+
+    def loss(self, output: FGVCOutput, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Eq. 9 (cross-entropy on O, D, C and joint; `loss` is their sum), plus beta1, beta2 for the training log
+        (not part of `loss`)."""
+        losses = super().loss(output, target)
+        losses.update(beta1=self.beta1.detach().float().clone(), beta2=self.beta2.detach().float().clone())
+        return losses
 
     def attention_maps(self, x: torch.Tensor, return_details: bool = False):
         """The sparse attention of Eq. 5 in input-image coordinates: `[B, max_peaks, H, W]`, each in [0, 1].
@@ -293,6 +421,8 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('s3n_resnet50', ('cub200', 'aircraft', 'cars'), **_PAPER),
     **tagged_cfgs('s3n_resnet101', ('cub200',), **_PAPER),
     **tagged_cfgs('s3n_resnet18', ('cub200',), **_PAPER),
+    # the authors' test transform: resize to 600, centre crop 448
+    **tagged_cfgs('s3n_resnet50_authors', ('cub200',), **dict(_PAPER, crop_pct=448 / 600)),
     's3n_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
     **tagged_cfgs('s3n_vit_small', ('cub200',), **_PAPER,
                   first_conv='backbone.patch_embed.proj', interpolation='bicubic',
@@ -305,6 +435,14 @@ def s3n_resnet50(pretrained: bool = False, **kwargs) -> S3N:
     """S3N with a ResNet-50 backbone (the paper's)."""
     model_args = dict(backbone='resnet50')
     return _create_s3n('s3n_resnet50', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def s3n_resnet50_authors(pretrained: bool = False, **kwargs) -> S3N:
+    """S3N-ResNet-50 with the authors' released recipe (`recipe='authors'`): 20-epoch all-peaks warm-up, label
+    smoothing on O and C, eval rule max peak -> D / min peak -> C, conv3x3+BN+ReLU branch buffers."""
+    model_args = dict(backbone='resnet50', recipe='authors')
+    return _create_s3n('s3n_resnet50_authors', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
