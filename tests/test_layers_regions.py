@@ -44,21 +44,42 @@ def test_nms_top_k_pads_when_few_regions_survive():
 
 def test_square_proposals_land_on_planted_peaks():
     """LFD Sec. 3.2 on a 448 px image with a 14 x 14 map: the first regions are the 160 px squares on the two
-    planted peaks, the next ones overlap them by at most the NMS threshold, all inside the image."""
+    planted peaks, the next ones overlap them by at most the NMS threshold. Every region is centred on its cell
+    ("each pixel in M corresponds to a region"), a border one reaching outside the image (padded)."""
     attention = torch.rand(2, 14, 14) * 0.1
     attention[0, 3, 4], attention[0, 10, 11] = 1.0, 0.9
-    attention[1, 0, 13], attention[1, 7, 7] = 1.0, 0.8  # a corner peak: its box is shifted inside
+    attention[1, 0, 13], attention[1, 7, 7] = 1.0, 0.8  # a corner peak: its box stays centred on the corner cell
     regions = propose_square_regions(attention, 448, 160, k=6, iou_threshold=0.25)
     centres = (regions.boxes[..., :2] + regions.boxes[..., 2:]) / 2
     assert torch.allclose(centres[0, 0], torch.tensor([4.5 * 32, 3.5 * 32]))
     assert torch.allclose(centres[0, 1], torch.tensor([11.5 * 32, 10.5 * 32]))
-    assert torch.equal(regions.boxes[1, 0], torch.tensor([288., 0., 448., 160.]))
+    assert torch.equal(regions.boxes[1, 0], torch.tensor([352., -64., 512., 96.]))  # centre (432, 16)
     assert torch.allclose(centres[1, 1], torch.tensor([7.5 * 32, 7.5 * 32]))
     assert regions.mask.all()
     sizes = regions.boxes[..., 2:] - regions.boxes[..., :2]
-    assert torch.all(sizes == 160) and regions.boxes.min() >= 0 and regions.boxes.max() <= 448
+    assert torch.all(sizes == 160)
+    # every centre is a cell centre (x, y = (i + 0.5) * 32)
+    assert torch.allclose(torch.frac(centres / 32), torch.full_like(centres, 0.5))
     iou = box_iou(regions.boxes, regions.boxes)
     assert torch.all(iou.triu(1) <= 0.25 + 1e-6)
+    shifted = propose_square_regions(attention, 448, 160, k=6, iou_threshold=0.25, border='shift')
+    assert torch.equal(shifted.boxes[1, 0], torch.tensor([288., 0., 448., 160.]))  # the old behaviour, on request
+
+
+def test_padded_border_region_crops_zeros_outside_and_keeps_its_cell_at_the_centre():
+    """A corner region is zero outside the image and has its cell's pixel at the centre of the crop (shifting
+    it inside, as before, moved the cell off-centre)."""
+    image = torch.rand(1, 3, 64, 64) + 1.  # all values >= 1: any zero in the crop is padding
+    boxes = anchor_boxes((4, 4), 64, [32], border='pad')  # 16 px cells, 32 px squares centred on them
+    corner = boxes[0]
+    assert torch.equal(corner, torch.tensor([-8., -8., 24., 24.]))
+    crop = crop_regions(image, corner.view(1, 1, 4), 32)[0, 0]  # 1 px per input pixel
+    # 8 px outside the image: zeros, except the pixel next to the border, which repeats the edge (roi_align)
+    assert crop[:, :7, :].abs().max() == 0 and crop[:, :, :7].abs().max() == 0
+    assert crop[:, 7:, 7:].min() >= 1
+    torch.testing.assert_close(crop[:, 8:, 8:], image[0, :, :24, :24])
+    with pytest.raises(ValueError, match='border'):
+        anchor_boxes((4, 4), 64, [32], border='wrap')
 
 
 def test_anchor_boxes_sizes_ratios_order_and_borders():

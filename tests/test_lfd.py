@@ -9,7 +9,9 @@ from timm_fgvc.layers import box_iou, class_response_maps
 
 
 def tiny_lfd(num_classes=5, **kwargs):
+    """test_resnet at output stride 8: 12 x 12 cells of 8 px at 96 px, so 5-cell (40 px) regions fit (lfd_tiny)."""
     torch.manual_seed(0)
+    kwargs.setdefault('backbone_args', dict(output_stride=8))
     return timm.create_model('lfd_resnet18', num_classes=num_classes, backbone='test_resnet', **kwargs)
 
 
@@ -26,13 +28,13 @@ def test_attention_is_the_max_over_all_class_maps_eq2():
     assert smoothed.std() < expected.std()  # Gaussian smoothing
 
 
-def planted_feature_backbone(model, hot_cells):
+def planted_feature_backbone(model, hot_cells, image_size=96):
     """Replace the image-level feature map: one channel is hot at the given (row, col) cell of each image."""
     original = model.backbone.forward_features
 
     def forward_features(x):
         out = original(x)
-        if x.shape[-1] != 96:  # the zoomed regions go through the real backbone
+        if x.shape[-1] != image_size:  # the zoomed regions go through the real backbone
             return out
         planted = torch.zeros_like(out)
         for b, (row, col) in enumerate(hot_cells):
@@ -45,23 +47,72 @@ def planted_feature_backbone(model, hot_cells):
 
 
 def test_first_region_is_centred_on_the_attention_peak_and_zoomed():
+    """Each region is centred on its cell, a corner one too (it used to be shifted inside, off its cell), and the
+    part outside the image is zero padding."""
     model = tiny_lfd(smoothing_sigma=0.).eval()
-    planted_feature_backbone(model, [(0, 2), (1, 1)])  # 3 x 3 feature cells of 32 px at 96 px
-    x = torch.rand(2, 3, 96, 96)
+    planted_feature_backbone(model, [(0, 11), (6, 6)])  # 12 x 12 feature cells of 8 px at 96 px
+    x = torch.rand(2, 3, 96, 96) + 1.  # >= 1 everywhere: zeros in a crop are padding
     _, details = model.attention_maps(x, return_details=True)
     boxes = details['region_boxes']
     size = model.region_size(96)
-    assert size == round(96 * 160 / 448)
-    assert torch.equal(boxes[0, 0], torch.tensor([96. - size, 0., 96., float(size)]))  # corner cell, shifted in
+    assert size == 5 * 8  # 5 cells of the stride, as 160 px = 5 x 32 at 448
+    assert torch.equal(boxes[0, 0], torch.tensor([92. - 20, 4. - 20, 92. + 20, 4. + 20]))  # cell (0, 11) centred
     centre = (boxes[1, 0, :2] + boxes[1, 0, 2:]) / 2
-    assert torch.allclose(centre, torch.tensor([48., 48.]))
+    assert torch.allclose(centre, torch.tensor([52., 52.]))
     assert details['region_mask'].all() and torch.all(box_iou(boxes, boxes).triu(1) <= model.nms_threshold)
-    # the zoomed region is the box's content, magnified to zoom_size (224 / 448 of the input side)
+    # the zoomed region is the box's content on a zero-padded image, magnified by 224 / 160
     zoom = model.zoom_size(96)
-    x1, y1, x2, y2 = boxes[1, 0].long().tolist()
-    expected = F.interpolate(x[1:2, :, y1:y2, x1:x2], size=(zoom, zoom), mode='bilinear', align_corners=False)[0]
-    crop = details['zoomed_regions'][1, 0]
-    assert crop.shape[-1] == zoom > size and torch.allclose(crop[:, 2:-2, 2:-2], expected[:, 2:-2, 2:-2], atol=1e-5)
+    assert zoom == 56
+    padded = F.pad(x, (20, 20, 20, 20))
+    for b in range(2):
+        x1, y1, x2, y2 = (boxes[b, 0] + 20).long().tolist()
+        expected = F.interpolate(padded[b:b + 1, :, y1:y2, x1:x2], size=(zoom, zoom), mode='bilinear',
+                                 align_corners=False)[0]
+        crop = details['zoomed_regions'][b, 0]
+        inside = (slice(None), slice(24, -2), slice(2, 32)) if b == 0 else (slice(None), slice(2, -2), slice(2, -2))
+        assert torch.allclose(crop[inside], expected[inside], atol=1e-5)
+    corner = details['zoomed_regions'][0, 0]
+    assert corner[:, :20].abs().max() == 0 and corner[:, :, 35:].abs().max() == 0  # outside the image
+
+
+def test_region_size_follows_the_feature_stride_and_small_inputs_warn():
+    """160 px at 448 is 5 cells of stride 32; at stride 16 the same 5 cells are 80 px, so NMS at 0.25 keeps
+    regions >= 3 cells apart at any input size. The input-relative reading is kept as `region_scale`."""
+    r50 = timm.create_model('lfd_resnet50', num_classes=3)
+    assert (r50.region_size(448), r50.zoom_size(448), r50.min_meaningful_input) == (160, 224, 224)
+    r18_os16 = timm.create_model('lfd_resnet18', num_classes=3, backbone_args=dict(output_stride=16))
+    assert (r18_os16.region_size(448), r18_os16.zoom_size(448), r18_os16.min_meaningful_input) == (80, 112, 112)
+    relative = timm.create_model('lfd_resnet18', num_classes=3, region_scale=160 / 448)
+    assert (relative.region_size(448), relative.zoom_size(448), relative.region_size(96)) == (160, 224, 34)
+    with pytest.raises(ValueError, match='not both'):
+        timm.create_model('lfd_resnet18', num_classes=3, region_cells=5, region_scale=0.3)
+    # NMS acts in cells: the runner-up next to the peak is suppressed, a cell 4 away survives
+    model = tiny_lfd(smoothing_sigma=0.).eval()
+    attention = torch.zeros(1, 12, 12)
+    attention[0, 6, 6], attention[0, 6, 7], attention[0, 6, 10] = 1.0, 0.95, 0.9
+    from timm_fgvc.layers import propose_square_regions
+    regions = propose_square_regions(attention, 96, model.region_size(96), 6, model.nms_threshold)
+    centres = ((regions.boxes[0, :2, :2] + regions.boxes[0, :2, 2:]) / 2 / 8 - 0.5).tolist()
+    assert centres == [[6., 6.], [10., 6.]]  # (x, y) in cells
+    cells = (regions.boxes[0, :, :2] + regions.boxes[0, :, 2:]) / 2 / 8
+    gaps = (cells[:, None] - cells[None]).abs().amax(-1) + torch.eye(6) * 99
+    assert gaps.min() >= 3  # every pair of kept regions >= 3 cells apart
+    # a 3 x 3 grid (test_resnet at stride 32, 96 px) is below the minimum: it runs, capped, and says so
+    small = tiny_lfd(backbone_args={}).eval()
+    with pytest.warns(UserWarning, match='output_stride'):
+        small(torch.randn(1, 3, 96, 96))
+    assert small.region_size(96) == 96
+
+
+def test_attention_is_float32_under_bf16_autocast():
+    model = tiny_lfd()
+    torch.manual_seed(0)
+    features = torch.randn(2, model.backbone_features, 12, 12)
+    reference = model.attention(features)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mixed = model.attention(features)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, atol=1e-6, rtol=1e-6)
 
 
 def test_hybrid_feature_is_image_plus_top_l_regions_and_batching_is_exact():
@@ -101,7 +152,8 @@ def test_invalid_region_counts_fail_clearly():
 
 def test_short_training_lowers_all_three_losses(short_training):
     # lr 0.02: at 0.05 the moving attention re-selects regions and the losses spike on this tiny problem
-    losses = short_training(tiny_lfd(num_classes=4), num_classes=4, image_size=96, lr=0.02)
+    # 64 px: 8 x 8 cells of 8 px (>= the 7 LFD needs), 40 px regions zoomed to 56 px
+    losses = short_training(tiny_lfd(num_classes=4), num_classes=4, image_size=64, lr=0.02)
     for term in ('loss_image', 'loss_region', 'loss_hybrid'):
         first, last = losses[term]
         assert last < 0.7 * first, (term, first, last)

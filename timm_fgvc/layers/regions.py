@@ -46,14 +46,18 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 
 def anchor_boxes(map_size: Size, image_size: Size, sizes: Sequence[float], aspect_ratios: Sequence[float] = (1.,),
-                 keep_inside: bool = True, device=None) -> Tensor:
+                 keep_inside: bool = True, device=None, border: Optional[str] = None) -> Tensor:
     """Anchors centred on every cell of an `h x w` map over the image: `[h * w * A, 4]`, A = sizes x ratios.
 
     Each cell (row-major, as `map.flatten(-2)`) gets one box per (size, aspect ratio): width size * sqrt(ratio),
     height size / sqrt(ratio) (ratio = w / h), in input pixels; index = cell * A + size_index * R + ratio_index.
-    LFD's proposals are one 160 px square per cell; SSANet's (as NTS-Net) several sizes and ratios per cell. With
-    `keep_inside` a box that crosses the image border is shifted inside (its size, and so the zoom of its crop,
-    stays the same); a box larger than the image, or any box with `keep_inside=False`, is clipped.
+    LFD's proposals are one 160 px square per cell; SSANet's (as NTS-Net) several sizes and ratios per cell.
+    A box that crosses the image border (`border`, default from `keep_inside`):
+    - 'shift' (`keep_inside=True`): moved inside, same size (so the zoom of its crop stays the same); a box larger
+      than the image is then clipped;
+    - 'clip' (`keep_inside=False`): cut at the border;
+    - 'pad': left as it is, centred on its cell and partly outside the image; `crop_regions` fills the outside
+      with zeros (NTS-Net pads the image with zeros before cropping).
     """
     (h, w), (height, width) = _pair(map_size), _pair(image_size)
     size = torch.as_tensor(sizes, dtype=torch.float32, device=device)[:, None]
@@ -64,7 +68,12 @@ def anchor_boxes(map_size: Size, image_size: Size, sizes: Sequence[float], aspec
     cy, cx = torch.meshgrid(cy, cx, indexing='ij')
     x1 = cx.reshape(-1, 1) - box_w / 2  # [h * w, A]
     y1 = cy.reshape(-1, 1) - box_h / 2
-    if keep_inside:
+    border = border or ('shift' if keep_inside else 'clip')
+    if border not in ('shift', 'clip', 'pad'):
+        raise ValueError(f"Unknown border {border!r}; use 'shift', 'clip' or 'pad'.")
+    if border == 'pad':
+        return torch.stack([x1, y1, x1 + box_w, y1 + box_h], -1).reshape(-1, 4)
+    if border == 'shift':
         x1 = torch.minimum(x1, width - box_w).clamp_min(0)
         y1 = torch.minimum(y1, height - box_h).clamp_min(0)
     boxes = torch.stack([x1, y1, x1 + box_w, y1 + box_h], -1).reshape(-1, 4)
@@ -103,12 +112,13 @@ def nms_top_k(boxes: Tensor, scores: Tensor, k: int, iou_threshold: float,
 
 
 def propose_square_regions(attention: Tensor, image_size: Size, box_size: Size, k: int,
-                           iou_threshold: float) -> Regions:
-    """LFD Sec. 3.2: each cell of `attention` `[B, h, w]` proposes a `box_size` square centred on it, scored by
-    its attention value; greedy NMS keeps the k most discriminative."""
+                           iou_threshold: float, border: str = 'pad') -> Regions:
+    """LFD Sec. 3.2: each cell of `attention` `[B, h, w]` proposes a `box_size` square centred on it ("each pixel
+    in M corresponds to a region"), scored by its attention value; greedy NMS keeps the k most discriminative.
+    Border regions stay centred on their cell and reach outside the image (`border='pad'`, see `anchor_boxes`)."""
     box_h, box_w = _pair(box_size)
     boxes = anchor_boxes(attention.shape[-2:], image_size, [(box_h * box_w) ** 0.5], [box_w / box_h],
-                         device=attention.device)
+                         device=attention.device, border=border)
     return nms_top_k(boxes, attention.flatten(1), k, iou_threshold)
 
 
@@ -120,7 +130,8 @@ def crop_regions(images: Tensor, boxes: Tensor, output_size: Size, sampling_rati
     With `sampling_ratio=1` this is a bilinear resize of the crop (`F.interpolate(..., 'bilinear',
     align_corners=False)`); a larger ratio averages ratio x ratio samples per output pixel (anti-aliasing when a
     box is shrunk). `images` may be a feature map with `spatial_scale` = map cells per input pixel (1 / stride).
-    Gradients flow to the images, not to the boxes.
+    Gradients flow to the images, not to the boxes. A box reaching outside the image reads zeros there (roi_align
+    gives 0 beyond half a pixel outside and repeats the edge pixel within it), i.e. zero padding.
     """
     batch, k = boxes.shape[:2]
     out_h, out_w = _pair(output_size)

@@ -6,22 +6,33 @@ Paper: "Learning to Focus and Discriminate for Fine-grained Classification", Z. 
 Pipeline (one batched pass, no loop over images or regions):
   image -> shared backbone -> feature maps Z -> GAP -> image-level feature F^I -> image head (Eq. 1)
   Z, image-head weights W -> max over all C class activation maps (Eq. 2) -> Gaussian smoothing -> attention M
-  -> every cell of M proposes a square region centred on it (160 px at 448) -> rank by M, NMS (IoU 0.25), keep
-  m = 6 -> crop and zoom each to 224 px (one roi_align) -> shared backbone -> region features F^R_r -> shared
+  -> every cell of M proposes a square region centred on it (5 cells: 160 px at 448) -> rank by M, NMS (IoU
+  0.25), keep m = 6 -> crop and zoom each by 224 / 160 (one roi_align) -> shared backbone -> region features F^R_r -> shared
   region head -> hybrid feature F = [F^I, F^R_1 .. F^R_l] (l = 4) -> hybrid head (Sec. 3.1).
   Loss: softmax cross-entropy on the image head, every region and the hybrid head (Sec. 3.3). `forward` returns
   the hybrid logits (the image and region heads are used in training only).
 
 Choices where the paper is open (SPEC §6):
 - The Gaussian smoothing of M has no stated width: sigma = 1 feature cell (`smoothing_sigma`).
-- Region and zoom sizes scale with the input: 160 / 448 and 224 / 448 of the input side (`region_scale`,
-  `zoom_scale`), so the 448 px paper setting is exact and smaller inputs (the CPU variants) keep the geometry.
-- A region that crosses the image border is shifted inside (same size and zoom); the paper does not say.
+- Region size is tied to the feature stride: "each pixel in M corresponds to a region", and the paper's 160 px
+  regions on a 448 px input are 5 cells of ResNet-50's stride 32 (`region_cells=5`); the zoomed side is 224 / 160
+  of the region's (`zoom_factor`). So NMS at IoU 0.25 acts in cells as in the paper at any input size: two
+  regions survive together only when their cells are >= 3 apart (IoU of 5-cell squares 3 cells apart = 0.25).
+  The alternative, sizes relative to the input (`region_scale=160 / 448`), breaks this at other sizes: at 96 px
+  with stride 32 the regions were 34 px on a 3 x 3 grid of 32 px cells and NMS never suppressed anything.
+  Minimum input: the feature map needs >= region_cells + 2 = 7 cells per side (224 px at stride 32, 112 px with
+  `output_stride=16`), so that a 5-cell region is smaller than the image and m = 6 regions >= 3 cells apart fit
+  (a 7 x 7 grid holds 3 x 3 of them). Smaller inputs run (the region is capped at the image side) with a warning.
+- A region that crosses the image border stays centred on its cell and is zero-padded outside the image (as
+  NTS-Net, whose m and l LFD follows, pads before cropping); `border='shift'` moves it inside instead.
 - M is computed without gradient: the region selection is a discrete choice, and crops do not back-propagate
-  into box coordinates (the paper trains only through softmax losses).
+  into box coordinates (the paper trains only through softmax losses). It is computed in float32 with autocast
+  off, so bf16 training ranks the regions as float32 would.
 - The region term is the mean cross-entropy over the m regions (regions NMS could not fill are masked); each
   term has weight 1.
 """
+import math
+import warnings
 from typing import Dict, Optional, Union
 
 import torch
@@ -42,8 +53,11 @@ class LFD(FGVCModel):
         num_classes: classes of every head.
         num_regions: m, regions kept after NMS (6).
         num_hybrid_regions: l, top regions whose features join the hybrid feature (4).
-        region_scale: side of a proposed region relative to the input side (160 / 448).
-        zoom_scale: side of a zoomed region relative to the input side (224 / 448).
+        region_cells: side of a proposed region in feature cells (5: 160 px at stride 32, the paper); the default
+            unless `region_scale` is given.
+        region_scale: instead, the side relative to the input side (160 / 448 keeps the paper's ratio).
+        zoom_factor: side of a zoomed region relative to the region's (224 / 160).
+        border: 'pad' (regions stay centred on their cell, zeros outside the image) or 'shift' (moved inside).
         nms_threshold: IoU above which a lower-ranked region is suppressed (0.25).
         smoothing_sigma: Gaussian smoothing of the attention map, in feature cells (1; 0 = none).
         label_smoothing: per-head label smoothing, e.g. `{'hybrid': 0.1}`.
@@ -61,8 +75,10 @@ class LFD(FGVCModel):
             backbone_args: Optional[dict] = None,
             num_regions: int = 6,
             num_hybrid_regions: int = 4,
-            region_scale: float = 160 / 448,
-            zoom_scale: float = 224 / 448,
+            region_cells: Optional[float] = None,
+            region_scale: Optional[float] = None,
+            zoom_factor: float = 224 / 160,
+            border: str = 'pad',
             nms_threshold: float = 0.25,
             smoothing_sigma: float = 1.,
             label_smoothing: Optional[Dict[str, float]] = None,
@@ -71,12 +87,23 @@ class LFD(FGVCModel):
         if not 1 <= num_hybrid_regions <= num_regions:
             raise ValueError(f'num_hybrid_regions (l = {num_hybrid_regions}) must be between 1 and num_regions '
                              f'(m = {num_regions}).')
-        if not 0 < region_scale <= 1:
+        if region_cells is not None and region_scale is not None:
+            raise ValueError('Give region_cells (region side in feature cells) or region_scale (relative to the '
+                             'input side), not both.')
+        if region_cells is None and region_scale is None:
+            region_cells = 5.
+        if region_scale is not None and not 0 < region_scale <= 1:
             raise ValueError(f'region_scale must be in (0, 1], got {region_scale}.')
+        if region_cells is not None and region_cells <= 0:
+            raise ValueError(f'region_cells must be positive, got {region_cells}.')
+        if border not in ('pad', 'shift'):
+            raise ValueError(f"Unknown border {border!r}; use 'pad' or 'shift'.")
         self.num_regions = num_regions
         self.num_hybrid_regions = num_hybrid_regions
+        self.region_cells = region_cells
         self.region_scale = region_scale
-        self.zoom_scale = zoom_scale
+        self.zoom_factor = zoom_factor
+        self.border = border
         self.nms_threshold = nms_threshold
         self.smoothing_sigma = smoothing_sigma
         self.add_head('image', self.backbone_features)
@@ -85,17 +112,38 @@ class LFD(FGVCModel):
         self.num_features = self.head_hidden_size = (1 + num_hybrid_regions) * self.backbone_features
         self.label_smoothing.update(label_smoothing or {})
 
+    @property
+    def min_meaningful_input(self) -> Optional[int]:
+        """Smallest input side (px) giving the region_cells + 2 feature cells the method needs (module docstring);
+        None with `region_scale`."""
+        if self.region_cells is None:
+            return None
+        return math.ceil(self.region_cells + 2) * self.feature_reduction
+
     def region_size(self, input_size: int) -> int:
-        """Side of a proposed region in input pixels (160 at 448)."""
-        return max(1, round(input_size * self.region_scale))
+        """Side of a proposed region in input pixels: region_cells x the feature stride (160 at stride 32), at most
+        the input side; or input_size x region_scale."""
+        if self.region_scale is not None:
+            return max(1, round(input_size * self.region_scale))
+        return max(1, min(input_size, round(self.region_cells * self.feature_reduction)))
 
     def zoom_size(self, input_size: int) -> int:
-        """Side of a zoomed region in pixels (224 at 448), at least the backbone's minimum input size."""
-        return max(self.min_input_size, round(input_size * self.zoom_scale))
+        """Side of a zoomed region in pixels (224 for a 160 px region), at least the backbone's minimum input."""
+        return max(self.min_input_size, round(self.region_size(input_size) * self.zoom_factor))
+
+    def _check_grid(self, grid: int, input_size: int) -> None:
+        if self.region_cells is not None and grid < self.region_cells + 2:
+            warnings.warn(
+                f'LFD: a {input_size} px input gives a {grid}-cell feature map, below the '
+                f'{math.ceil(self.region_cells + 2)} cells (>= {self.min_meaningful_input} px at stride '
+                f'{self.feature_reduction}) for {self.region_cells:g}-cell regions to be smaller than the image and '
+                f'{self.num_regions} of them to survive NMS apart. Use a larger input, a smaller backbone stride '
+                "(backbone_args={'output_stride': 16}) or region_scale.", stacklevel=3)
 
     def attention(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """M: max over all class activation maps of the image head (Eq. 2), Gaussian smoothed; `[B, h, w]`."""
-        with torch.no_grad():
+        """M: max over all class activation maps of the image head (Eq. 2), Gaussian smoothed; `[B, h, w]`, in
+        float32 with autocast off (a bf16 M ties and reorders close regions)."""
+        with torch.no_grad(), torch.autocast(feature_map.device.type, enabled=False):
             maps = max_class_response(feature_map.float(), self.heads['image'].weight.float())  # Eq. 2
             return gaussian_smooth(maps, self.smoothing_sigma)
 
@@ -106,8 +154,9 @@ class LFD(FGVCModel):
         feature_map = self.backbone.forward_features(x)  # Z
         image_feature = feature_map.mean((2, 3))  # F^I (GAP)
         attention = self.attention(feature_map)
+        self._check_grid(min(attention.shape[-2:]), side)
         regions = propose_square_regions(attention, x.shape[-2:], self.region_size(side), self.num_regions,
-                                         self.nms_threshold)
+                                         self.nms_threshold, border=self.border)
         zoomed = crop_regions(x, regions.boxes, self.zoom_size(side))  # [B, m, C, z, z]
         region_maps = self.backbone.forward_features(zoomed.flatten(0, 1))
         region_features = region_maps.mean((2, 3)).view(batch, self.num_regions, -1)  # F^R_r
@@ -163,7 +212,7 @@ _PAPER = dict(
 default_cfgs = generate_default_cfgs({
     **tagged_cfgs('lfd_resnet50', ('cub200', 'aircraft', 'cars'), **_PAPER),
     **tagged_cfgs('lfd_resnet18', ('cub200',), **_PAPER),
-    'lfd_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
+    'lfd_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),  # 12 x 12 cells at stride 8
     **tagged_cfgs('lfd_vit_small', ('cub200',), **_PAPER,
                   first_conv='backbone.patch_embed.proj', interpolation='bicubic',
                   mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
@@ -186,8 +235,9 @@ def lfd_resnet18(pretrained: bool = False, **kwargs) -> LFD:
 
 @register_model
 def lfd_tiny(pretrained: bool = False, **kwargs) -> LFD:
-    """LFD on timm's 0.4 M-parameter `test_resnet`: CPU demo and tests."""
-    model_args = dict(backbone='test_resnet')
+    """LFD on timm's 0.4 M-parameter `test_resnet` at output stride 8: CPU demo and tests (a 96 px input gives
+    12 x 12 cells, 40 px regions zoomed to 56 px; at stride 32 it would be 3 x 3 cells, below LFD's minimum)."""
+    model_args = dict(backbone='test_resnet', backbone_args=dict(output_stride=8))
     return _create_lfd('lfd_tiny', pretrained, **dict(model_args, **kwargs))
 
 
