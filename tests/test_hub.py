@@ -97,13 +97,54 @@ def test_export_reloads_through_hf_hub_offline(tmp_path):
     cfgs = json.loads(proc.stdout.strip().splitlines()[-1])
     reloaded = load_file(str(tmp_path / 'output.safetensors'))
 
-    torch.set_num_threads(1)
-    for repo_id, model in repos.items():
-        with torch.no_grad():
-            expected = model(x)
-        torch.testing.assert_close(reloaded[repo_id], expected, rtol=0, atol=1e-6)
-        assert cfgs[repo_id] == dict(label_names=LABELS, num_classes=5, model_classes=5, input_size=[3, 64, 64],
-                                     mean=[0.5, 0.4, 0.3], hf_hub_id=repo_id)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the subprocess's thread count, so float sums run in the same order
+    try:
+        for repo_id, model in repos.items():
+            with torch.no_grad():
+                expected = model(x)
+            torch.testing.assert_close(reloaded[repo_id], expected, rtol=0, atol=1e-6)
+            assert cfgs[repo_id] == dict(label_names=LABELS, num_classes=5, model_classes=5, input_size=[3, 64, 64],
+                                         mean=[0.5, 0.4, 0.3], hf_hub_id=repo_id)
+    finally:
+        torch.set_num_threads(threads)  # later tests keep the session's setting
+
+
+def _offline_env(hf_home):
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1',
+               OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([str(Path(timm_fgvc.__file__).resolve().parents[1]),
+                                                                os.environ.get('PYTHONPATH', '')]))
+    env.pop('HF_HUB_CACHE', None)
+    env.pop('HUGGINGFACE_HUB_CACHE', None)
+    return env
+
+
+def test_model_card_usage_snippet_runs_as_written(tmp_path):
+    """The card's Python block, copied as a user would, on an exported 3-class tiny model (fewer than 5 classes:
+    the snippet asks for the top 3) with an image.jpg beside it."""
+    labels = LABELS[:3]
+    repo_id = 'timm-fgvc/s3n_tiny.synthetic'
+    folder = export_model(_random_model_with('s3n_tiny', num_classes=3), tmp_path / 'export', label_names=labels,
+                          data_config=DATA_CONFIG, repo_id=repo_id)
+    card = (folder / 'README.md').read_text()
+    usage = card[card.index('## Usage'):]
+    snippet = usage[usage.index('```python') + len('```python'):usage.index('```', usage.index('```python') + 3)]
+    assert 'topk(3)' in snippet and 'topk(5)' not in snippet
+    _to_hf_cache(folder, tmp_path / 'hf_home', repo_id)
+    work = tmp_path / 'user'
+    work.mkdir()
+    from PIL import Image
+    Image.new('RGB', (80, 60), (200, 120, 40)).save(work / 'image.jpg')
+    proc = subprocess.run([sys.executable, '-c', snippet], cwd=work, env=_offline_env(tmp_path / 'hf_home'),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout.strip().splitlines()[-1]
+    assert sum(label in printed for label in labels) == 3, printed
+
+
+def _random_model_with(name, num_classes, **kwargs):
+    torch.manual_seed(0)
+    return timm.create_model(name, num_classes=num_classes, **kwargs).eval()
 
 
 def test_unpublished_tag_says_how_to_train_without_network(monkeypatch):
