@@ -13,7 +13,9 @@ method's gain over the baseline (per seed, then the mean), on
   per-image rate hits / (hits + misses) is averaged over images. The same with the object box (the paper's
   CUB protocol used the object's bounding box), the hit rate of the top peak alone, part coverage (share of
   visible parts holding at least one peak), and the chance level (a peak at a random cell centre of the
-  backbone's feature grid). The baseline's "attention" is the argmax cell of its top-1 class activation map.
+  backbone's feature grid). The baseline's "attention" is its top-1 class activation map (CAM), read into the
+  top 6 cells by LFD's own proposals + NMS (5-cell squares, IoU 0.25): its top point is the CAM argmax, and the
+  top-1 and top-6 hit rates compare every model like with like (each model's best 1 / best 6 points).
 - `cub`: the first `--cub-classes` classes of CUB-200-2011 from `../shared/data/cub200_s160.tar` (unpacked to a
   temp dir outside the repo), official train/test split, at `--cub-img-size` px.
 
@@ -59,6 +61,7 @@ from safetensors.torch import load_file  # noqa: E402
 from timm_fgvc.data.synthetic import render_sample  # noqa: E402
 from timm_fgvc.engine.config import TrainConfig  # noqa: E402
 from timm_fgvc.engine.trainer import build_transforms, train  # noqa: E402
+from timm_fgvc.layers import propose_square_regions  # noqa: E402
 
 DEFAULT_CUB_TAR = REPO.parent / 'shared' / 'data' / 'cub200_s160.tar'
 TRANSFER_DEFAULTS = dict(optimizer='sgd', lr=0.02, backbone_lr=0.01, epochs=12, batch_size=32, weight_decay=1e-4,
@@ -153,6 +156,12 @@ def _inside(points: torch.Tensor, boxes: List[List[float]]) -> torch.Tensor:
     return hit
 
 
+# how the baseline's CAM is read into points, as LFD reads its M (Sec. 3.2 / 4.2): square regions of 5 feature
+# cells centred on every cell, ranked by the map, NMS at IoU 0.25, the best m = 6; the hit rates over the top-k
+# points of every model use the same k
+CAM_REGION_CELLS, CAM_NMS_IOU, TOP_K_POINTS = 5, 0.25, 6
+
+
 @torch.no_grad()
 def attention_points(model, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """Attention peaks in model-input pixels: (xy [B, K, 2], mask [B, K], score [B, K], kind).
@@ -160,7 +169,8 @@ def attention_points(model, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor
     - a method whose `attention_maps(x, return_details=True)` gives `peak_xy` / `peak_mask` (S3N): its peaks;
     - one that gives `region_boxes` [B, K, 4] (x0, y0, x1, y1 px) / `region_mask`: the regions' centres;
     - other methods: the argmax of each of its K attention maps (maps that are all zero are masked out);
-    - a plain timm model (the baseline): the argmax cell of its top-1 class activation map (CAM).
+    - a plain timm model (the baseline): the centres of the TOP_K_POINTS cells of its top-1 class activation map
+      (CAM) chosen as LFD chooses its regions (same region size in cells, same NMS); the first is the CAM's argmax.
     """
     if hasattr(model, 'attention_maps'):
         maps, details = model.attention_maps(x, return_details=True)
@@ -184,11 +194,12 @@ def attention_points(model, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor
     logits = model.forward_head(features)
     weight = head.weight[logits.argmax(-1)]
     cam = torch.einsum('bdhw,bd->bhw', features.float(), weight.float())
-    h, w = cam.shape[-2:]
-    index = cam.flatten(1).argmax(-1)
-    scale = torch.tensor([x.shape[-1] / w, x.shape[-2] / h])
-    xy = torch.stack(((index % w).float() + 0.5, (index // w).float() + 0.5), -1) * scale
-    return xy[:, None].cpu(), torch.ones(len(xy), 1, dtype=torch.bool), torch.ones(len(xy), 1), 'top-1 CAM argmax'
+    stride = x.shape[-1] / cam.shape[-1]
+    regions = propose_square_regions(cam, tuple(x.shape[-2:]), round(CAM_REGION_CELLS * stride), TOP_K_POINTS,
+                                     CAM_NMS_IOU)
+    centres = (regions.boxes[..., :2] + regions.boxes[..., 2:]) / 2  # cell centres (regions are not shifted)
+    return (centres.float().cpu(), regions.mask.cpu(), regions.scores.float().cpu(),
+            f'top-1 CAM: top-{TOP_K_POINTS} cells by LFD-style proposals + NMS')
 
 
 def feature_grid(baseline_name: str, size: int) -> Tuple[int, int]:
@@ -202,7 +213,8 @@ def hit_rates(model, cfg: TrainConfig, eval_tf, grid: Tuple[int, int], batch_siz
     """Hit rates of the model's attention on the synthetic test split (see the module docstring)."""
     model.eval()
     n = cfg.synthetic_classes * cfg.synthetic_test_per_class
-    per_image = {'part': [], 'object': [], 'top_part': [], 'top_object': [], 'chance_part': [], 'chance_object': []}
+    per_image = {'part': [], 'object': [], 'top_part': [], 'top_object': [], 'topk_part': [], 'topk_object': [],
+                 'chance_part': [], 'chance_object': []}
     parts_seen = parts_hit = peaks_total = no_peaks = 0
     kind = None
     for start in range(0, n, batch_size):
@@ -228,7 +240,10 @@ def hit_rates(model, cfg: TrainConfig, eval_tf, grid: Tuple[int, int], batch_siz
             if not len(points):
                 no_peaks += 1
                 continue
-            top = xy[b][mask[b]][score[b][mask[b]].argmax()][None]
+            ranked = score[b][mask[b]].argsort(descending=True, stable=True)
+            top, top_k = points[ranked[:1]], points[ranked[:TOP_K_POINTS]]
+            per_image['topk_part'].append(_inside(top_k, part_boxes).float().mean().item())
+            per_image['topk_object'].append(_inside(top_k, object_box).float().mean().item())
             per_image['part'].append(_inside(points, part_boxes).float().mean().item())
             per_image['object'].append(_inside(points, object_box).float().mean().item())
             per_image['top_part'].append(_inside(top, part_boxes).float().item())
@@ -240,6 +255,10 @@ def hit_rates(model, cfg: TrainConfig, eval_tf, grid: Tuple[int, int], batch_siz
         'object_hit_rate': mean(per_image['object']),
         'top_peak_part_hit_rate': mean(per_image['top_part']),
         'top_peak_object_hit_rate': mean(per_image['top_object']),
+        # like with like: every model's best TOP_K_POINTS points (the baseline's by LFD's proposals and NMS)
+        'top_k': TOP_K_POINTS,
+        'topk_part_hit_rate': mean(per_image['topk_part']),
+        'topk_object_hit_rate': mean(per_image['topk_object']),
         'part_coverage': 100. * parts_hit / max(parts_seen, 1),
         'chance_part_hit_rate': mean(per_image['chance_part']),
         'chance_object_hit_rate': mean(per_image['chance_object']),

@@ -96,7 +96,7 @@ def test_region_size_follows_the_feature_stride_and_small_inputs_warn():
     assert centres == [[6., 6.], [10., 6.]]  # (x, y) in cells
     cells = (regions.boxes[0, :, :2] + regions.boxes[0, :, 2:]) / 2 / 8
     gaps = (cells[:, None] - cells[None]).abs().amax(-1) + torch.eye(6) * 99
-    assert gaps.min() >= 3  # every pair of kept regions >= 3 cells apart
+    assert gaps.min() >= 2  # no two kept regions on neighbouring cells (5-cell squares 1 cell apart: IoU 0.67)
     # a 3 x 3 grid (test_resnet at stride 32, 96 px) is below the minimum: it runs, capped, and says so
     small = tiny_lfd(backbone_args={}).eval()
     with pytest.warns(UserWarning, match='output_stride'):

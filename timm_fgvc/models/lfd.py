@@ -16,8 +16,9 @@ Choices where the paper is open (SPEC §6):
 - The Gaussian smoothing of M has no stated width: sigma = 1 feature cell (`smoothing_sigma`).
 - Region size is tied to the feature stride: "each pixel in M corresponds to a region", and the paper's 160 px
   regions on a 448 px input are 5 cells of ResNet-50's stride 32 (`region_cells=5`); the zoomed side is 224 / 160
-  of the region's (`zoom_factor`). So NMS at IoU 0.25 acts in cells as in the paper at any input size: two
-  regions survive together only when their cells are >= 3 apart (IoU of 5-cell squares 3 cells apart = 0.25).
+  of the region's (`zoom_factor`). So NMS at IoU 0.25 acts in cells as in the paper at any input size: regions
+  of neighbouring cells never both survive (5-cell squares 1 cell apart: IoU 0.67), cells 3 apart along an axis
+  (IoU 0.25) or 2 apart diagonally (0.22) can.
   The alternative, sizes relative to the input (`region_scale=160 / 448`), breaks this at other sizes: at 96 px
   with stride 32 the regions were 34 px on a 3 x 3 grid of 32 px cells and NMS never suppressed anything.
   Minimum input: the feature map needs >= region_cells + 2 = 7 cells per side (224 px at stride 32, 112 px with
