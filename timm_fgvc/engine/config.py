@@ -258,6 +258,8 @@ def _validate(spec: _FieldSpec, value: Any) -> Any:
     where = f'TrainConfig field {spec.name!r} ({flag})'
     if spec.optional and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE)):
         return None
+    if value is None and get_origin(spec.base) in (list, List, dict, Dict):
+        return [] if get_origin(spec.base) in (list, List) else {}  # YAML `field:` (null) means empty
     if value is None:
         raise ValueError(f'{where} cannot be None.')
     try:
