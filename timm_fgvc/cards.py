@@ -46,7 +46,7 @@ _REQUIRED = {
 }
 # run settings that do not change the weights: left out of recipes and reproduction commands
 _NOT_RECIPE = ('output_dir', 'checkpoint_every', 'keep_checkpoints', 'resume', 'log_with', 'num_workers',
-               'eval_every')
+               'eval_every', 'overwrite', 'verbose', 'check_images', 'skip_bad_images')
 
 
 def format_number(value: Optional[float]) -> str:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .data.loading import open_image
+
 __all__ = ['denormalize', 'heat_overlay', 'explain_images', 'column_titles', 'prediction_lines',
            'render_explanation', 'explain_files']
 
@@ -178,8 +180,7 @@ def explain_files(model, paths: Sequence[str], out: str, img_size: Optional[int]
     images = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                images.append(transform(image.convert('RGB')))
+            images.append(transform(open_image(path)))
         except (OSError, ValueError) as e:
             raise ValueError(f'Could not read image {path}: {e}') from e
     device = next(model.model.parameters()).device

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
+from .data.loading import open_image
 from .inference import LoadedModel, eval_transform
 
 __all__ = ['Prediction', 'find_files', 'predict', 'format_predictions', 'write_predictions']
@@ -61,9 +61,8 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        try:
-            with Image.open(self.files[index]) as image:
-                return self.transform(image.convert('RGB')), index, None
+        try:  # open_image: any mode to RGB (16-bit scaled, not clipped), a damaged file named
+            return self.transform(open_image(self.files[index])), index, None
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError... per format
             return None, index, f'not a readable image ({type(e).__name__}: {e})'
 
