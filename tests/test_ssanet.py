@@ -1,32 +1,53 @@
-"""SSANet: MAC loss (Eq. 2), navigator ranking, parts, DSM + OP, the three training stages."""
+"""SSANet: MAC loss (Eq. 1-2), navigator ranking (NTS-Net), proposals and parts, DSM + OP, the three stages."""
+import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import timm_fgvc  # noqa: F401
 from timm_fgvc.engine.trainer import apply_stage
-from timm_fgvc.layers import box_iou
+from timm_fgvc.layers import box_iou, crop_regions
 from timm_fgvc.models.ssanet import mac_loss, ranking_loss
 
 
 def tiny_ssanet(num_classes=5, **kwargs):
+    """The paper's defaults on timm's test_resnet, DSM on the 2 x 2 maps of its 48 px part crops at 96 px."""
     torch.manual_seed(0)
-    return timm.create_model('ssanet_resnet18', num_classes=num_classes, backbone='test_resnet', **kwargs)
+    return timm.create_model('ssanet_tiny', num_classes=num_classes, **kwargs)
 
 
-def test_mac_loss_matches_eq2_and_rewards_corresponding_parts():
+def _eq2(unit, xi, tau):
+    """Eq. 2 for one ordered pair of samples, written out: (1 / K) sum_j log(1 + sum_{m != j} e^(S_jm - S_jj))."""
+    s = unit[xi] @ unit[tau].T  # S_jm
+    parts = s.shape[0]
+    return sum(torch.log(1 + sum(torch.exp(s[j, m] - s[j, j]) for m in range(parts) if m != j))
+               for j in range(parts)) / parts
+
+
+def test_mac_loss_matches_eq1_and_eq2_and_rewards_corresponding_parts():
     torch.manual_seed(0)
-    parts = torch.randn(2, 3, 8)
-    unit = torch.nn.functional.normalize(parts, dim=-1)
-    expected = []
-    for xi, tau in ((0, 1), (1, 0)):
-        s = unit[xi] @ unit[tau].T  # S_jm
-        expected.append(sum(torch.log(1 + sum(torch.exp(s[j, m] - s[j, j]) for m in range(3) if m != j))
-                            for j in range(3)) / 3)
-    assert torch.allclose(mac_loss(parts), torch.stack(expected).mean(), atol=1e-5)
-    aligned = torch.stack([parts[0], parts[0] + 0.05 * torch.randn(3, 8)])  # part j matches part j
-    permuted = torch.stack([parts[0], parts[0][[1, 2, 0]]])  # part j matches another part
-    assert mac_loss(aligned) < mac_loss(permuted)
-    assert mac_loss(parts[:1]) == 0  # no pair in a batch of one
+    batch, parts = 3, 4
+    features = torch.randn(batch, parts, 8)
+    unit = F.normalize(features, dim=-1)
+    pairs = [(xi, tau) for xi in range(batch) for tau in range(batch)]
+    # Eq. 1: lambda * sum over xi, tau = 1..B (xi = tau included) next to a CE summed over B * K parts; divided by
+    # B * K like the part CE (a mean over the parts), MAC keeps the paper's relative weight
+    paper = sum(_eq2(unit, xi, tau) for xi, tau in pairs) / (batch * parts)
+    assert torch.allclose(mac_loss(features), paper, atol=1e-5)
+    distinct = torch.stack([_eq2(unit, xi, tau) for xi, tau in pairs if xi != tau]).mean()
+    assert torch.allclose(mac_loss(features, 'mean'), distinct, atol=1e-5)
+    model = tiny_ssanet()
+    assert model.mac_reduction == 'paper'
+    output = model.forward_train(torch.randn(3, 3, 96, 96))
+    expected = model.mac_weight * mac_loss(output.extras['part_features'])
+    assert torch.allclose(model.loss(output, torch.tensor([0, 1, 2]))['loss_mac'], expected)
+    for reduction in ('paper', 'mean'):
+        aligned = torch.stack([features[0], features[0] + 0.05 * torch.randn(parts, 8)])  # part j matches part j
+        permuted = torch.stack([features[0], features[0][[1, 2, 3, 0]]])  # part j matches another part
+        assert mac_loss(aligned, reduction) < mac_loss(permuted, reduction)
+    assert mac_loss(features[:1], 'mean') == 0  # no pair of distinct samples in a batch of one
+    with pytest.raises(ValueError, match='mac_reduction'):
+        tiny_ssanet(mac_reduction='sum')
 
 
 def test_ranking_loss_orders_navigator_scores_like_part_confidence():
@@ -37,6 +58,53 @@ def test_ranking_loss_orders_navigator_scores_like_part_confidence():
     loss = ranking_loss(reversed_scores, confidence)
     loss.backward()
     assert loss > 0 and reversed_scores.grad[0, 0] < 0 < reversed_scores.grad[0, 1]  # raise part 0, lower part 1
+
+
+def test_ranking_loss_is_nts_nets():
+    """NTS-Net's `ranking_loss(score, targets)` (core/model.py), transcribed: targets are the part CE losses; hinge
+    summed over the ordered pairs, divided by the batch size (not by the number of pairs)."""
+    torch.manual_seed(0)
+    scores, confidence = torch.randn(3, 6), torch.randn(3, 6)
+    targets = -confidence  # NTS ranks by the part loss, -log p(true class)
+    expected = torch.zeros(())
+    for i in range(6):
+        targets_p = (targets > targets[:, i].unsqueeze(1)).float()
+        expected = expected + F.relu((1 - scores[:, i].unsqueeze(1) + scores) * targets_p).sum()
+    assert torch.allclose(ranking_loss(scores, confidence), expected / 3, atol=1e-5)
+    # a padded proposal (mask False) is never ranked
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[:, -1] = False
+    assert ranking_loss(scores, confidence, mask) < ranking_loss(scores, confidence)
+    assert torch.allclose(ranking_loss(scores, confidence, mask), ranking_loss(scores[:, :5], confidence[:, :5]))
+
+
+def test_navigator_sees_a_detached_map_so_its_ranking_loss_never_moves_the_backbone():
+    model = tiny_ssanet().train()
+    torch.manual_seed(1)
+    x, target = torch.randn(4, 3, 96, 96), torch.tensor([0, 1, 2, 3])
+    model.loss(model.forward_train(x), target)['loss_rank'].backward()
+    navigator = [p.grad for p in model.navigator.parameters()]
+    assert all(g is not None for g in navigator) and sum(g.abs().sum() for g in navigator) > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.backbone.parameters())
+
+
+def test_nts_proposals_are_classified_and_the_top_k_are_the_parts():
+    model = tiny_ssanet().eval()
+    assert (model.num_proposals, model.num_parts) == (6, 4)  # NTS-Net's PROPOSAL_NUM and CAT_NUM
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 96, 96)
+    out = model.forward_train(x)
+    assert out.logits['part'].shape == (2, 6, 5) and out.extras['part_mask'].shape == (2, 6)
+    assert out.extras['part_features'].shape == (2, 4, model.backbone_features)
+    scores = out.extras['proposal_scores']
+    assert torch.all(scores[:, :-1] >= scores[:, 1:])  # ranked: the parts are the best K proposals
+    assert torch.equal(out.extras['part_boxes'], out.extras['proposal_boxes'][:, :4])
+    # the part head classifies every proposal: its first K rows are the parts' own features
+    assert torch.allclose(out.logits['part'][:, :4], model.heads['part'](out.extras['part_features']), atol=1e-5)
+    literal = tiny_ssanet(num_proposals=4).eval()  # Eq. 1 as written: the CE over the K parts only
+    assert literal.forward_train(x).logits['part'].shape == (2, 4, 5)
+    with pytest.raises(ValueError, match='num_proposals'):
+        tiny_ssanet(num_proposals=3)
 
 
 def test_parts_are_ranked_non_overlapping_and_batching_is_exact():
@@ -66,28 +134,59 @@ def test_three_stages_train_dsm_then_op_then_the_part_network():
     apply_stage(model, op)
     assert trainable() == {'op'} and op.loss_terms == ('loss_op',)
     apply_stage(model, part_net)
-    assert trainable() == {'backbone', 'navigator', 'part'} and 'loss_op' not in part_net.loss_terms
+    assert trainable() == {'backbone', 'navigator', 'part'}
 
 
-def test_candidate_features_from_separate_crops_or_a_shared_map():
+def test_stage_three_keeps_dsm_and_op_losses_through_their_frozen_heads():
+    """Stage 3 fine-tunes the part network with DSM and OP fixed: their heads do not train, but their losses still
+    reach the backbone, so the features under the heads that make the final prediction stay fitted to them."""
+    model = tiny_ssanet().train()
+    part_net = model.training_stages()[2]
+    assert {'loss_dsm', 'loss_op'} <= set(part_net.loss_terms)
+    apply_stage(model, part_net)
+    torch.manual_seed(3)
+    x, target = torch.randn(4, 3, 96, 96), torch.tensor([0, 1, 2, 3])
+    losses = model.loss(model.forward_train(x), target)
+    sum(losses[t] for t in part_net.loss_terms).backward()
+    assert all(p.grad is None for p in model.heads['dsm'].parameters())
+    assert all(p.grad is None for p in model.heads['op'].parameters())
+    model.zero_grad()
+    losses = model.loss(model.forward_train(x), target)
+    (losses['loss_dsm'] + losses['loss_op']).backward()  # the final prediction's losses alone move the backbone
+    assert sum(p.grad.abs().sum() for p in model.backbone.parameters() if p.grad is not None) > 0
+
+
+def test_paper_variants_take_candidate_features_from_separate_crops_with_their_maps():
+    model = timm.create_model('ssanet_resnet50', num_classes=3, backbone='test_resnet').eval()
+    assert model.candidate_features == 'crops' and model.dsm_pool_size == 7  # Sec. 4.1, Fig. 3: 7 x 7 maps
+    dim = model.backbone_features
+    assert model.heads['dsm'].in_features == dim * 49
+    torch.manual_seed(4)
     x = torch.randn(2, 3, 96, 96)
-    for mode in ('roi_align', 'crops'):
-        model = tiny_ssanet(candidate_features=mode).eval()
+    with pytest.warns(UserWarning, match='dsm_pool_size=2'):  # test_resnet's 48 px crops give 2 x 2 maps, not 7 x 7
         out = model._forward_parts(x)
-        assert out['candidate_features'].shape == (2, 4, 5, model.backbone_features)
-        # the middle candidate is the part itself: from crops its features equal the part's own
-        if mode == 'crops':
-            assert torch.allclose(out['candidate_features'][:, :, 2], out['part_features'], atol=1e-4)
+    candidates = out['candidates']
+    assert out['candidate_features'].shape == (2, 4, 5, dim * 49)
+    # each candidate is its own crop through the backbone, its h x w map flattened (written out, one crop at a time)
+    for b, k, n in ((0, 0, 0), (1, 3, 4), (0, 2, 2)):
+        crop = crop_regions(x[b:b + 1], candidates[b:b + 1, k:k + 1, n], model.part_size(96))[:, 0]
+        cells = F.adaptive_avg_pool2d(model.backbone.forward_features(crop), 7).flatten()
+        assert torch.allclose(out['candidate_features'][b, k, n], cells, atol=1e-4), (b, k, n)
+    # the scales are seen apart: neighbouring candidates' features differ (pooled roi_align ones were ~0.995 alike)
+    assert not torch.allclose(out['candidate_features'][:, :, 1], out['candidate_features'][:, :, 3], atol=1e-3)
+    fast = timm.create_model('ssanet_resnet50', num_classes=3, backbone='test_resnet', candidate_features='roi_align',
+                             dsm_pool_size=1).eval()
+    assert fast._forward_parts(x)['candidate_features'].shape == (2, 4, 5, dim)
 
 
 def test_short_stage_training_lowers_each_stages_losses(short_training):
-    model = tiny_ssanet(num_classes=4)
+    model = tiny_ssanet(num_classes=4, candidate_features='roi_align')  # the fast candidates keep this test short
     dsm, op, _ = model.training_stages()
     apply_stage(model, dsm)
     losses = short_training(model, num_classes=4, image_size=96, lr=0.02, terms=dsm.loss_terms)
-    for term in ('loss_part', 'loss_dsm'):
+    for term, drop in (('loss_part', 0.8), ('loss_dsm', 0.5)):
         first, last = losses[term]
-        assert last < 0.7 * first, (term, first, last)
+        assert last < drop * first, (term, first, last)
     apply_stage(model, op)  # then OP on the parts the first stage learned to find, all else fixed
     first, last = short_training(model, num_classes=4, image_size=96, lr=0.02, terms=op.loss_terms)['loss_op']
     assert last < 0.7 * first, (first, last)
