@@ -40,8 +40,8 @@ Choices where the paper is open (SPEC §6):
   ones repeated, with a warning: set `dsm_pool_size` to the map's side, as `ssanet_tiny` does) or 'roi_align'
   (the fast option the paper suggests in Sec. 4.1: cells of the whole image's feature map; pooled to one vector
   per candidate, the five scales' features are nearly equal, ~0.995 cosine, and the max over shifts degenerates
-  to a linear head, so use it with `dsm_pool_size` > 1). The paper's h x w maps make the
-  DSM head K * C * S * D * h * w parameters (401 M for ResNet-50, 200 classes: 1.6 GB in fp32; ResNet-18: 100 M).
+  to a linear head, so use it with `dsm_pool_size` > 1). The paper's h x w maps make the DSM head
+  K * C * S * D * h * w parameters (401 M for ResNet-50, 200 classes: 1.6 GB in fp32; ResNet-18: 100 M).
   One DSM filter bank per part (w_i), part responses summed. A candidate equal to its part (the middle one)
   reuses the part's feature map.
 - Eq. 7 is computed from the circulant rows in one matmul by default; the FFT form (SPEC §6, the paper's
@@ -57,8 +57,10 @@ Choices where the paper is open (SPEC §6):
   roi_align candidates, 4 synthetic classes, 64 training images, SGD lr 5e-3, batch 32: 40 steps of stage 1,
   30 of stage 2, then 30 of stage 3): the final logits' cross-entropy on the training images went 8.1 -> 20.4
   with the part losses alone, -> 13.8 with the backbone frozen, -> 5.8 with the DSM and OP losses kept (test
-  images 44.5 -> 48.8 / 42.1 / 7.4); accuracy on the 32 test images moved within its noise (0.25-0.44), so the
-  choice rests on keeping the final prediction's own loss on, not on a measured accuracy gain.
+  images 44.5 -> 48.8 / 42.1 / 7.4). Accuracy does not back the choice in so short a run: training images
+  0.70 -> 0.59 / 0.63 / 0.44, the 32 test images 0.34 -> 0.34 / 0.44 / 0.25 (noise of about +-0.09), and stage 2
+  had already left the OP logits overconfident. The choice rests on the paper's "fixed" (parameters, not losses)
+  and on the drift the part losses alone cause, not on a measured accuracy gain; a real run should confirm it.
 """
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -393,7 +395,8 @@ class SSANet(FGVCModel):
 
         Stage 3 keeps the DSM and OP losses on, back-propagated through their frozen heads: "fixed" heads, not
         dropped ones, so the backbone stays fitted to the heads that make the final prediction. With the part
-        losses alone, a short stage 3 on the synthetic set raised the final logits' loss 2.5x (module docstring).
+        losses alone, a short stage 3 on the synthetic set raised the final logits' loss 2.5x; its accuracies were
+        too noisy to decide (module docstring).
         """
         part_net = ('backbone.', 'navigator.', 'heads.part.')
         part_terms = ('loss_part', 'loss_mac', 'loss_rank')
