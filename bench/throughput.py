@@ -99,13 +99,14 @@ def _hsm_bound(model: nn.Module, size: int) -> List[Pass]:
 
 
 def _ssanet_bound(model: nn.Module, size: int) -> List[Pass]:
-    # the image (navigator + anchors on its map), then K = 4 part crops zoomed to half the input side (NTS-Net
-    # style); scale candidates from roi_align on a shared map cost nothing more (the SPEC's fast option), the
-    # paper's separate crops add K * S candidate passes
+    # the image (navigator + anchors on its map), then the NTS proposals (6; the top K = 4 are the parts) cropped
+    # and zoomed to half the input side; the paper's separate scale candidates ('crops') add K * (S - 1) crops
+    # (the middle candidate is the part's own crop), roi_align on a shared map adds nothing
     parts = int(getattr(model, 'num_parts', 4))
-    passes = [Pass(1, size), Pass(parts, size // 2)]
-    if getattr(model, 'candidate_features', 'roi_align') != 'roi_align':
-        passes.append(Pass(parts * int(getattr(model, 'num_scales', 5)), size // 2))
+    proposals = int(getattr(model, 'num_proposals', parts))
+    passes = [Pass(1, size), Pass(proposals, size // 2)]
+    if getattr(model, 'candidate_features', 'roi_align') == 'crops':
+        passes.append(Pass(parts * (int(getattr(model, 'num_scales', 5)) - 1), size // 2))
     return passes
 
 
@@ -115,7 +116,8 @@ BOUNDS: Dict[str, tuple] = {
     'lfd': (_lfd_bound, '1 pass at the input size + m = 6 region passes at half the input size (224 at 448)'),
     'caa': (_caa_bound, '1 pass per scale (3) at the input size'),
     'hsm': (_hsm_bound, '1 backbone pass + the AlexNet conv1-4 saliency branch, both at the input size'),
-    'ssanet': (_ssanet_bound, '1 pass at the input size + K = 4 part passes at half the input size'),
+    'ssanet': (_ssanet_bound, '1 pass at the input size + 6 proposal passes at half the input size, + K * (S - 1) '
+                              '= 16 candidate passes at half size with separate candidate crops (the paper\'s)'),
 }
 
 
