@@ -1,11 +1,14 @@
 """HSM: saliency modulation with a skip connection (Eq. 2-3), the fusion point, the two training steps."""
+import warnings
+
 import pytest
 import timm
 import torch
 
 import timm_fgvc  # noqa: F401
 from timm_fgvc.engine.trainer import apply_stage
-from timm_fgvc.models.hsm import SaliencyModulation, residual_block_paths
+from timm_fgvc.models.hsm import (DeadSaliencyWarning, SaliencyModulation, default_fusion_point,
+                                  has_identity_shortcut, residual_block_paths)
 
 
 def tiny_hsm(num_classes=5, **kwargs):
@@ -30,17 +33,71 @@ def test_modulation_scales_features_by_saliency_plus_one_eq2_and_its_gradient_eq
     assert torch.equal(block(features), features)
 
 
-def test_fusion_follows_the_fourth_residual_block():
+def test_fusion_point_per_backbone_reaches_an_identity_shortcut():
     assert residual_block_paths(timm.create_model('resnet50', num_classes=0))[3] == 'layer2.0'
     assert residual_block_paths(timm.create_model('test_convnext', num_classes=0))[3] == 'stages.2.blocks.0'
-    assert timm.create_model('hsm_resnet18', num_classes=3).fusion_module == 'layer2.1'
-    assert timm.create_model('hsm_resnet152', num_classes=3).fusion_module == 'layer2.0'  # the paper's footnote
+    # the paper's footnote: after ResNet-152's fourth block (layer2.0), i.e. the input of layer2.1
+    assert default_fusion_point(timm.create_model('resnet152', num_classes=0)) == ('layer2.1', 'input')
+    # ResNet-18's fourth block (layer2.1) feeds layer3.0, whose two paths start with conv + BN: one block earlier
+    resnet18 = timm.create_model('hsm_resnet18', num_classes=3)
+    assert (resnet18.fusion_module, resnet18.fusion_side) == ('layer2.1', 'input')
+    assert isinstance(resnet18.backbone.layer2[1], SaliencyModulation)
+    # backbones whose blocks are not ResNet's (RegNet used to fail), each at an identity-shortcut block, stride >= 8
+    for name, expected in [('regnety_002', 's3.b2'), ('efficientnet_b0', 'blocks.2.1'),
+                           ('test_convnext', 'stages.1.blocks.0')]:
+        backbone = timm.create_model(name, num_classes=0)
+        path, side = default_fusion_point(backbone)
+        assert (path, side) == (expected, 'input')
+        assert has_identity_shortcut(backbone.get_submodule(path))
+        model = timm.create_model('hsm_resnet18', backbone=name, num_classes=3).eval()
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
     model = tiny_hsm(fusion_module='layer3.0')
-    assert isinstance(model.backbone.layer3[0], SaliencyModulation)
+    assert isinstance(model.backbone.layer3[0], SaliencyModulation) and model.fusion_side == 'output'
+    assert tiny_hsm(fusion_block=2).fusion_module == 'layer2.0'
     with pytest.raises(ValueError, match='fusion_block'):
         tiny_hsm(fusion_block=9)
     with pytest.raises(ValueError, match='no module'):
         tiny_hsm(fusion_module='layer9.0')
+
+
+def test_isotropic_backbones_fuse_after_the_first_quarter_of_their_blocks():
+    vit = timm.create_model('vit_tiny_patch16_224', num_classes=0, depth=8, img_size=64)
+    assert default_fusion_point(vit) == ('blocks.2', 'input')  # 8 blocks: the input of the third
+    block = SaliencyModulation(torch.nn.Identity(), 'input', num_prefix_tokens=1)
+    tokens = torch.randn(2, 1 + 4 * 4, 3)
+    block.saliency, block.image_size = torch.full((2, 1, 2, 2), 2.0), (64, 64)
+    out = block(tokens)
+    assert torch.allclose(out[:, 0], tokens[:, 0])  # the class token is not a place in the image
+    assert torch.allclose(out[:, 1:], 3 * tokens[:, 1:])  # Eq. 2 on every patch token
+
+
+def _calibrated_logits(model, x, saliency_value):
+    """Eval-mode logits after BatchNorm statistics were gathered with this (spatially uniform) saliency, as
+    training with it would leave them."""
+    model.saliency_map = lambda images: torch.full((images.shape[0], 1, 3, 3), saliency_value)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model.forward_features(x)
+        model.eval()
+        return model(x)
+
+
+def test_uniform_saliency_changes_the_output_at_the_default_fusion_point():
+    """A constant s is normalised away by a block whose paths both start with conv + BN (the old fusion after
+    ResNet-18's 4th block); at the default point it reaches the output through an identity shortcut."""
+    x = torch.randn(4, 3, 64, 64)
+
+    def logit_change(**kwargs):
+        torch.manual_seed(0)
+        model = timm.create_model('hsm_resnet18', num_classes=5, backbone_args=dict(zero_init_last=False), **kwargs)
+        return (_calibrated_logits(model, x, 1.5) - _calibrated_logits(model, x, 0.)).abs().max().item()
+
+    assert logit_change(fusion_module='layer2.1') < 1e-3  # the old point: the modulation is cancelled
+    assert logit_change() > 0.05  # the default
 
 
 def test_hallucinated_saliency_modulates_where_it_is_high():
@@ -68,9 +125,12 @@ def test_two_training_steps_and_approaches():
     assert finetune.epochs == 70
     apply_stage(model, saliency_step)
     trainable = {n.split('.')[0] for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {'saliency', 'heads'}  # the RGB path is frozen in step 1
+    assert trainable == {'saliency'}  # step 1 freezes "all the remaining layers", the head included
     apply_stage(model, finetune)
     assert all(p.requires_grad for p in model.parameters())  # Approach B
+    with_head = tiny_hsm(saliency_step_trains_head=True)
+    apply_stage(with_head, with_head.training_stages()[0])
+    assert {n.split('.')[0] for n, p in with_head.named_parameters() if p.requires_grad} == {'saliency', 'heads'}
     model_a = tiny_hsm(approach='A')
     apply_stage(model_a, model_a.training_stages()[1])
     assert not any(p.requires_grad for p in model_a.saliency.parameters())
@@ -79,8 +139,74 @@ def test_two_training_steps_and_approaches():
         tiny_hsm(approach='C')
 
 
-def test_step_one_trains_the_saliency_branch_for_classification(short_training):
+def test_step_two_reinitialises_the_classifier_only_after_step_one_in_the_same_run():
     model = tiny_hsm(num_classes=4)
+    head = model.get_classifier()
+    with torch.no_grad():
+        head.weight.fill_(0.5)
+        head.bias.fill_(0.25)  # "trained" in step 1 (with saliency_step_trains_head) or loaded
+    weight = head.weight
+    saliency_step, finetune = model.training_stages()
+    apply_stage(model, saliency_step)
+    assert torch.all(head.weight == 0.5)
+    apply_stage(model, finetune)  # step 2 follows step 1: Xavier (Sec. 3.4)
+    assert model.get_classifier().weight is weight  # in place: the optimiser keeps its parameters
+    bound = (6 / sum(head.weight.shape)) ** 0.5
+    assert head.weight.abs().max() <= bound and head.weight.std() > bound / 4 and torch.all(head.bias == 0)
+    resumed = tiny_hsm(num_classes=4)  # a run that starts (or resumes) at step 2 keeps the head it loaded
+    resumed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        resumed.get_classifier().weight.fill_(0.5)
+    apply_stage(resumed, resumed.training_stages()[1])
+    assert torch.all(resumed.get_classifier().weight == 0.5)
+
+
+def test_step_one_keeps_a_live_saliency_map_and_warns_when_it_dies():
+    """A few AdamW steps of step 1 through the engine's parameter groups (trained-looking BN statistics, frozen):
+    with a zero score bias and weight decay on the score, every cell died within three steps at lr 1e-4."""
+    from timm_fgvc.engine.trainer import parameter_groups
+    from torchvision.transforms.functional import to_tensor
+
+    from timm_fgvc.data.synthetic import make_synthetic_fgvc
+    data = make_synthetic_fgvc(num_classes=4, train_per_class=4, test_per_class=1, image_size=64, seed=0)['train']
+    images, labels = torch.stack([to_tensor(img) for img in data['image']]), torch.tensor(data['label'])
+    model = tiny_hsm(num_classes=4, backbone_args=dict(zero_init_last=False))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model.backbone(images)  # BatchNorm statistics of the data, as a pretrained backbone has them
+    frozen_norms = apply_stage(model, model.training_stages()[0])
+    groups = parameter_groups(model, 1e-4, 1e-4, weight_decay=5e-3)
+    score = [g for g in groups if g['name'] == 'new:saliency.score.']
+    assert len(score) == 1 and score[0]['weight_decay'] == 0 and len(score[0]['params']) == 2
+    assert model.no_weight_decay() == {'saliency.score.weight', 'saliency.score.bias'}
+    optimizer = torch.optim.AdamW(groups, lr=1e-4)
+    model.train()
+    for norm in frozen_norms:
+        norm.eval()
+    for _ in range(5):
+        loss = model.loss(model.forward_train(images, labels), labels)['loss']
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert (model.saliency_map(images) > 0).float().mean() > 0.05
+        model.saliency.score.bias.fill_(-100.)  # a dead branch
+    model.dead_saliency_check_every = 1
+    with pytest.warns(DeadSaliencyWarning, match='all zero'):
+        model.forward_train(images, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model.dead_saliency_check_every = 1000
+        model.forward_train(images, labels)  # rate-limited: the next batch is not checked
+        model.eval()
+        model.forward_train(images, labels)  # nor are evaluation batches
+
+
+def test_step_one_trains_the_saliency_branch_for_classification(short_training):
+    model = tiny_hsm(num_classes=4, saliency_step_trains_head=True)
     apply_stage(model, model.training_stages()[0])
     backbone_before = {k: v.detach().clone() for k, v in model.backbone.named_parameters()}
     saliency_before = [p.detach().clone() for p in model.saliency.parameters()]

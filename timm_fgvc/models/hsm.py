@@ -15,14 +15,28 @@ classification with the RGB path frozen; (2) fine-tuning on the target with the 
 Choices where the paper is open (SPEC §6):
 - The saliency branch has the original AlexNet's conv1-4 shapes (96, 256, 384, 384 channels; the paper's last
   layer has 384 maps at 13 x 13 for 227 px), with ReLU and the two max-pools, without local response norm.
-- Fusion after the fourth residual block counted from the stem (the paper's footnote for ResNet-152; with
-  ResNet-50 that is the first block of `layer2`); `fusion_module` names any other backbone module.
-- Step 1 runs on the training data of the run (the paper used ImageNet's validation set: run stage 0 on a
-  generic dataset, then `--start-stage 1 --initial-checkpoint ...` on the target). Its head trains with the
-  saliency branch, since a new dataset's classifier starts from scratch.
+- Fusion point (`default_fusion_point`): the input of the first block at output stride >= 8 that has an identity
+  shortcut. The paper fuses at stride 8 (AlexNet before pool-2; ResNet-152 after the fourth residual block, its
+  footnote: the output of `layer2.0` = the input of `layer2.1`), and the modulated tensor must reach an identity
+  shortcut, since a block whose two paths start with conv + BatchNorm normalises a spatially uniform s (the `+1`
+  included) away. On ResNet-18 the fourth block (`layer2.1`) feeds such a block (`layer3.0`), so it fuses one
+  block earlier (after `layer2.0`). Any timm backbone whose blocks timm's `group_matcher` lists works (RegNet,
+  EfficientNet, ConvNeXt, Swin); backbones with one stride throughout (ViT) fuse after the first quarter of their
+  blocks. `fusion_block` (after the n-th block) and `fusion_module` (after any module) override it.
+- Step 1 trains the saliency branch only ("freeze all the remaining layers", the head included: the paper's head
+  is the ImageNet one, trained). Step 1 here may run on the run's own data (the paper used ImageNet's validation
+  set: run stage 0 on a generic dataset, then `--start-stage 1 --initial-checkpoint ...` on the target); a new
+  dataset's classifier starts random, so `saliency_step_trains_head=True` trains it with the branch there.
+  Step 2 re-initialises the classifier (Xavier) when it follows step 1 in the same run (`set_training_stage`).
+- The saliency branch can die: the loss first prefers s = 0 (the pretrained model), and once every cell is below
+  zero ReLU passes no gradient. Guards: the score's bias starts at 1 (every cell live), the score gets no weight
+  decay (`param_group_rules`), and training warns (`DeadSaliencyWarning`) when a batch's map is all zero. With
+  the recipe's SGD at lr 1e-4 the branch stays live; AdamW at the engine's default lr (3e-3) still kills it.
 - The few-shot protocol (k images per class, 3 seeds) is the engine's `--shots k --seed s`.
 """
-from typing import Dict, List, Optional, Tuple, Union
+import re
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,13 +47,24 @@ from ..layers import maps_in_image
 from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
-__all__ = ['HSM', 'SaliencyBranch', 'SaliencyModulation', 'residual_block_paths']
+__all__ = ['HSM', 'DeadSaliencyWarning', 'SaliencyBranch', 'SaliencyModulation', 'residual_block_paths', 'default_fusion_point']
+
+
+class DeadSaliencyWarning(UserWarning):
+    """The saliency map of a training batch is all zero: the branch gets no gradient any more."""
 
 
 class SaliencyBranch(nn.Module):
-    """AlexNet conv1-4, a 1x1 convolution and ReLU: one non-negative saliency map per image (Sec. 3.2)."""
+    """AlexNet conv1-4, a 1x1 convolution and ReLU: one non-negative saliency map per image (Sec. 3.2).
 
-    def __init__(self, in_chans: int = 3, channels: Tuple[int, int, int, int] = (96, 256, 384, 384)):
+    Weights start from Xavier (Sec. 3.4, step 1); the paper does not give the biases. The score's bias starts at
+    `score_bias_init` (1: every cell live, s ~ 1) rather than 0, because with a zero bias only some cells start
+    above zero and a few optimiser steps that lower s everywhere (the loss first prefers the pretrained model's
+    s = 0) push every cell below zero, after which ReLU passes no gradient and the branch is dead for good.
+    """
+
+    def __init__(self, in_chans: int = 3, channels: Tuple[int, int, int, int] = (96, 256, 384, 384),
+                 score_bias_init: float = 1.0):
         super().__init__()
         c1, c2, c3, c4 = channels
         self.features = nn.Sequential(
@@ -53,44 +78,140 @@ class SaliencyBranch(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        nn.init.constant_(self.score.bias, score_bias_init)  # live cells at the start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.score(self.features(x)))  # [B, 1, h, w]
 
 
 class SaliencyModulation(nn.Module):
-    """Wraps the backbone module at the fusion point: its output l becomes l * (s + 1) (Eq. 2).
+    """Wraps the backbone module at the fusion point: its output l (or, with `side='input'`, its input) becomes
+    l * (s + 1) (Eq. 2).
 
-    The owning model sets `saliency` ([B, 1, h, w], any h, w: resized bilinearly to the block's output) for the
-    duration of one forward; without it the block runs unmodulated.
+    The owning model sets `saliency` ([B, 1, h, w], any h, w: resized bilinearly to the features) for the duration
+    of one forward; without it the block runs unmodulated. Features may be NCHW (CNNs), NHWC (`channels_last_fmt`,
+    e.g. Swin stages) or tokens `[B, N, C]` whose first `num_prefix_tokens` (class/register tokens) are left as
+    they are and whose rest is the patch grid (ViT; the grid's aspect is the image's, `image_size`).
     """
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, side: str = 'output', channels_last_fmt: bool = False,
+                 num_prefix_tokens: int = 0):
         super().__init__()
+        if side not in ('input', 'output'):
+            raise ValueError(f"side must be 'input' or 'output', got {side!r}.")
         self.block = block
+        self.side = side
+        self.channels_last_fmt = channels_last_fmt
+        self.num_prefix_tokens = num_prefix_tokens
         self.saliency: Optional[torch.Tensor] = None
+        self.image_size: Optional[Tuple[int, int]] = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
+    def modulate(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim == 3:  # tokens [B, N, C]: prefix tokens, then the patch grid row by row
+            prefix, patches = features[:, :self.num_prefix_tokens], features[:, self.num_prefix_tokens:]
+            image_h, image_w = self.image_size or self.saliency.shape[-2:]
+            grid_h = max(1, round((patches.shape[1] * image_h / image_w) ** 0.5))
+            grid_w = patches.shape[1] // grid_h
+            if grid_h * grid_w != patches.shape[1]:
+                raise ValueError(f'Cannot lay {patches.shape[1]} tokens out as a patch grid for a {image_h}x{image_w}'
+                                 ' image; pass fusion_module= a module with a spatial output.')
+            saliency = self._resized((grid_h, grid_w), patches.dtype).flatten(2).transpose(1, 2)  # [B, hw, 1]
+            return torch.cat([prefix, patches * (saliency + 1)], 1)  # Eq. 2
+        if self.channels_last_fmt:  # NHWC
+            return features * (self._resized(features.shape[1:3], features.dtype).permute(0, 2, 3, 1) + 1)  # Eq. 2
+        return features * (self._resized(features.shape[-2:], features.dtype) + 1)  # Eq. 2
+
+    def _resized(self, size, dtype: torch.dtype) -> torch.Tensor:
+        size = tuple(int(v) for v in size)
+        return F.interpolate(self.saliency, size=size, mode='bilinear', align_corners=False).to(dtype)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.saliency is None:
-            return out
-        saliency = F.interpolate(self.saliency, size=out.shape[-2:], mode='bilinear', align_corners=False)
-        return out * (saliency.to(out.dtype) + 1)  # Eq. 2
+            return self.block(x, *args, **kwargs)
+        if self.side == 'input':
+            return self.block(self.modulate(x), *args, **kwargs)
+        return self.modulate(self.block(x, *args, **kwargs))
 
 
 def residual_block_paths(backbone: nn.Module) -> List[str]:
-    """Module paths of a timm CNN's residual blocks in forward order (ResNet `layerN.i`, ConvNeXt-style
-    `stages.N.blocks.i`, EfficientNet-style `blocks.N.i`)."""
-    if all(hasattr(backbone, f'layer{i}') for i in range(1, 5)):
-        return [f'layer{i}.{j}' for i in range(1, 5) for j in range(len(getattr(backbone, f'layer{i}')))]
-    stages = getattr(backbone, 'stages', None)
-    if stages is not None and all(hasattr(s, 'blocks') for s in stages):
-        return [f'stages.{i}.blocks.{j}' for i, s in enumerate(stages) for j in range(len(s.blocks))]
-    blocks = getattr(backbone, 'blocks', None)
-    if isinstance(blocks, nn.Sequential) and all(isinstance(b, nn.Sequential) for b in blocks):
-        return [f'blocks.{i}.{j}' for i, b in enumerate(blocks) for j in range(len(b))]
-    raise ValueError(f'Cannot list the residual blocks of {type(backbone).__name__}; pass fusion_module='
-                     '"<module path in the backbone>" to say where the saliency modulates the features.')
+    """Module paths of a timm backbone's blocks in forward order, from its own `group_matcher` (ResNet `layerN.i`,
+    ConvNeXt `stages.N.blocks.i`, EfficientNet/MobileNet `blocks.N.i`, RegNet `sN.bi`, Swin `layers.N.blocks.i`,
+    ViT `blocks.i`); stage downsampling layers and final norms are not blocks."""
+    matcher = backbone.group_matcher(coarse=False).get('blocks') if hasattr(backbone, 'group_matcher') else None
+    if isinstance(matcher, str):
+        patterns = matcher.split('|') if not matcher.startswith('^') else [matcher]
+    else:  # [(pattern, None)] for blocks, [(pattern, (fixed ordinal,))] for downsampling layers and norms
+        patterns = [pattern for pattern, ordinal in (matcher or ()) if ordinal is None]
+    modules = dict(backbone.named_modules())
+    paths: List[str] = []
+    for name, _ in backbone.named_parameters():
+        for pattern in patterns:
+            match = re.match(pattern, name)
+            if match:
+                path = match.group(0).rstrip('.')
+                if path in modules and path not in paths:
+                    paths.append(path)
+                break
+    if not paths:
+        raise ValueError(f'Cannot list the blocks of {type(backbone).__name__}; pass fusion_module="<module path in '
+                         'the backbone>" to say where the saliency modulates the features.')
+    order = {name: i for i, name in enumerate(modules)}
+    return sorted(paths, key=order.__getitem__)
+
+
+def has_identity_shortcut(block: nn.Module) -> bool:
+    """Whether a timm block adds its input back unchanged (so a modulation of its input reaches its output)."""
+    if hasattr(block, 'has_skip'):  # EfficientNet / MobileNet blocks
+        return bool(block.has_skip)
+    if type(block).__module__.endswith('.resnet') and hasattr(block, 'downsample'):
+        return block.downsample is None  # ResNet: a projection shortcut is `downsample`
+    for name in ('shortcut', 'downsample'):  # ConvNeXt `shortcut`, RegNet `downsample`: nn.Identity is identity
+        if hasattr(block, name):
+            return isinstance(getattr(block, name), nn.Identity)
+    return hasattr(block, 'mlp') and any(hasattr(block, n) for n in ('attn', 'token_mixer'))  # transformer blocks
+
+
+def block_reductions(backbone: nn.Module, paths: Sequence[str]) -> List[Optional[int]]:
+    """The output stride of each block: that of the first `feature_info` stage that ends at or after it."""
+    order = {name: i for i, name in enumerate(dict(backbone.named_modules()))}
+    ends = []
+    for info in getattr(backbone, 'feature_info', None) or []:
+        module = info.get('module', '')
+        inside = [i for name, i in order.items() if name == module or name.startswith(module + '.')]
+        if inside:
+            ends.append((max(inside), info['reduction']))
+    return [next((r for end, r in sorted(ends) if end >= order[p]), None) for p in paths]
+
+
+def default_fusion_point(backbone: nn.Module) -> Tuple[str, str]:
+    """The default fusion point `(module path, 'input' | 'output')`: the input of the first block at output stride
+    >= 8 whose shortcut is an identity.
+
+    Why: the paper fuses at stride 8 (before AlexNet's pool-2, 27 x 27 for 227 px; after ResNet-152's fourth
+    block, 28 x 28 for 224 px, its footnote), and the modulated tensor must reach an identity shortcut: a block
+    whose paths both start with conv + BatchNorm (a stage's first block) normalises a spatially uniform s away.
+    On ResNet-50/101/152/34 this is the input of `layer2.1`, i.e. the output of `layer2.0`, the fourth block
+    counted from the stem; on ResNet-18 (two blocks per stage) the output of its third block, `layer2.0`, because
+    its fourth one feeds `layer3.0`. Backbones whose blocks all have one stride (ViT) start after the first quarter
+    of their blocks. If no identity-shortcut block follows, the nearest one before is used; without any, the
+    output of the first block at stride >= 8 (with a warning).
+    """
+    paths = residual_block_paths(backbone)
+    reductions = block_reductions(backbone, paths)
+    known = [r for r in reductions if r is not None]
+    if known and len(set(known)) > 1:  # a feature pyramid: the first block at stride >= 8
+        start = next((i for i, r in enumerate(reductions) if r is not None and r >= 8), len(paths) - 1)
+    else:  # isotropic (ViT) or unknown strides: after the first quarter of the blocks
+        start = min(len(paths) - 1, len(paths) // 4)
+    identity = [has_identity_shortcut(backbone.get_submodule(p)) for p in paths]
+    after = [i for i in range(start, len(paths)) if identity[i]]
+    before = [i for i in range(start - 1, -1, -1) if identity[i]]
+    if after or before:
+        return paths[(after or before)[0]], 'input'
+    warnings.warn(f'HSM: no block of {type(backbone).__name__} has an identity shortcut; the saliency modulates the '
+                  f'output of {paths[start]!r}, where a normalisation that follows may cancel a uniform modulation. '
+                  'Pass fusion_module= to choose another module.')
+    return paths[start], 'output'
 
 
 class HSM(FGVCModel):
@@ -99,12 +220,21 @@ class HSM(FGVCModel):
     Args:
         backbone: timm CNN name.
         num_classes: classes of the classifier.
-        fusion_block: the modulation follows this residual block, counted from the stem (4).
+        fusion_block: the modulation follows this block, counted from the stem (None: `default_fusion_point`,
+            which is the paper's fourth block on ResNet-34/50/101/152 and the third on ResNet-18).
         fusion_module: or the path of the backbone module whose output is modulated (e.g. 'layer2.0').
         approach: 'B' fine-tunes everything in step 2 (default), 'A' keeps the saliency branch frozen.
         saliency_channels: conv1-4 widths of the saliency branch.
+        score_bias_init: the saliency score's starting bias (1: every cell starts live; see `SaliencyBranch`).
+        saliency_step_trains_head: step 1 also trains the classifier. False is the paper ("freeze all the
+            remaining layers": its head is the ImageNet one, trained); set True when step 1 runs on a dataset whose
+            classifier is new (a frozen random head gives the saliency branch no useful signal).
+        dead_saliency_check_every: in training mode, every this many batches check that the saliency map is not all
+            zero and warn (`DeadSaliencyWarning`) if it is; 0 turns the check off.
     """
     main_head = 'main'
+    # the saliency score is never decayed: weight decay drives it (and with it every cell) towards zero
+    param_group_rules = {'saliency.score.': {'lr_scale': 1.0, 'weight_decay': 0.}}
 
     def __init__(
             self,
@@ -114,31 +244,44 @@ class HSM(FGVCModel):
             pretrained_backbone: Union[bool, str] = False,  # True: timm Hub weights; a path: a local file
             drop_rate: float = 0.,
             backbone_args: Optional[dict] = None,
-            fusion_block: int = 4,
+            fusion_block: Optional[int] = None,
             fusion_module: Optional[str] = None,
             approach: str = 'B',
             saliency_channels: Tuple[int, int, int, int] = (96, 256, 384, 384),
+            score_bias_init: float = 1.0,
+            saliency_step_trains_head: bool = False,
+            dead_saliency_check_every: int = 50,
     ):
         super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
         if approach not in ('A', 'B'):
             raise ValueError(f"approach must be 'A' (saliency frozen in step 2) or 'B' (all trainable), got "
                              f'{approach!r}.')
-        if fusion_module is None:
+        side = 'output'
+        if fusion_module is None and fusion_block is not None:  # after the n-th block counted from the stem
             paths = residual_block_paths(self.backbone)
             if not 1 <= fusion_block <= len(paths):
                 raise ValueError(f'fusion_block must be between 1 and {len(paths)} for {backbone}, got '
                                  f'{fusion_block}.')
             fusion_module = paths[fusion_block - 1]
+        elif fusion_module is None:
+            fusion_module, side = default_fusion_point(self.backbone)
         parent_path, _, name = fusion_module.rpartition('.')
         try:
             parent = self.backbone.get_submodule(parent_path)
             block = getattr(parent, name)
         except AttributeError as e:
             raise ValueError(f'{backbone} has no module {fusion_module!r} to modulate.') from e
-        setattr(parent, name, SaliencyModulation(block))
+        setattr(parent, name, SaliencyModulation(
+            block, side, channels_last_fmt=getattr(self.backbone, 'output_fmt', 'NCHW') == 'NHWC',
+            num_prefix_tokens=getattr(self.backbone, 'num_prefix_tokens', 0)))
         self.fusion_module = fusion_module
+        self.fusion_side = side  # the wrapped module's 'input' or 'output' is modulated
         self.approach = approach
-        self.saliency = SaliencyBranch(in_chans, tuple(saliency_channels))
+        self.saliency_step_trains_head = saliency_step_trains_head
+        self.dead_saliency_check_every = dead_saliency_check_every
+        self._train_batches = 0
+        self._stage: Optional[str] = None  # the last stage started in this process (not saved: see set_training_stage)
+        self.saliency = SaliencyBranch(in_chans, tuple(saliency_channels), score_bias_init)
         self.add_head('main', self.backbone_features)
         self.num_features = self.head_hidden_size = self.backbone_features
 
@@ -157,7 +300,7 @@ class HSM(FGVCModel):
         check_images(x, self.in_chans, self.min_input_size)
         saliency = self.saliency_map(x)
         fusion = self.backbone.get_submodule(self.fusion_module)
-        fusion.saliency = saliency
+        fusion.saliency, fusion.image_size = saliency, tuple(x.shape[-2:])
         try:
             feature_map = self.backbone.forward_features(x)
         finally:
@@ -169,9 +312,23 @@ class HSM(FGVCModel):
 
     def forward_train(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> FGVCOutput:
         out = self._modulated_features(x)
+        if self.training:
+            self._check_saliency_alive(out['saliency'])
         logits = self.forward_head(out['feature_map'])
         return FGVCOutput(logits={'main': logits}, main='main', attention=self._in_image(out['saliency'], x),
                           extras={'saliency': out['saliency']})
+
+    def _check_saliency_alive(self, saliency: torch.Tensor) -> None:
+        """Warn when a training batch's saliency map is all zero: ReLU then passes no gradient, the branch stays
+        dead and HSM is its backbone. Checked every `dead_saliency_check_every` batches (one device sync each)."""
+        every, self._train_batches = self.dead_saliency_check_every, self._train_batches + 1
+        if every <= 0 or (self._train_batches - 1) % every or torch.compiler.is_compiling():
+            return
+        if not bool((saliency.detach() > 0).any()):
+            warnings.warn(DeadSaliencyWarning(
+                f'HSM: the saliency map of training batch {self._train_batches} is all zero, so the saliency branch '
+                'gets no gradient (HSM is now its backbone). Lower the learning rate of step 1, train it with SGD, or '
+                'start it with live cells (score_bias_init > 0).'), stacklevel=2)
 
     @staticmethod
     def _in_image(saliency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -185,11 +342,36 @@ class HSM(FGVCModel):
         return (attention, {'saliency': saliency}) if return_details else attention
 
     def training_stages(self) -> List[TrainingStage]:
-        """Step 1: the saliency branch (and the new classifier) with the RGB path frozen, the run's epochs;
-        step 2: fine-tuning for the paper's 70 epochs, everything (Approach B) or all but the saliency branch (A)."""
+        """Step 1: the saliency branch alone (the head too with `saliency_step_trains_head`) with the RGB path
+        frozen, the run's epochs; step 2: fine-tuning for the paper's 70 epochs, everything (Approach B) or all but
+        the saliency branch (A), from a Xavier-initialised classifier (`set_training_stage`)."""
+        saliency = ('saliency.', 'heads.') if self.saliency_step_trains_head else ('saliency.',)
         finetune = ('',) if self.approach == 'B' else ('backbone.', 'heads.')
-        return [TrainingStage('saliency', trainable=('saliency.', 'heads.')),
+        return [TrainingStage('saliency', trainable=saliency),
                 TrainingStage('finetune', trainable=finetune, epochs=70)]
+
+    def set_training_stage(self, stage: TrainingStage) -> None:
+        """Step 2 starts from a Xavier-initialised top layer (Sec. 3.4) when it follows step 1 in the same run.
+
+        A run that starts at step 2 (`--start-stage 1` from a checkpoint, or a resume inside step 2) keeps the
+        classifier it loaded: the previous stage is remembered in this process only, never in a checkpoint, so a
+        trained head is never wiped. The re-initialisation is in place (the optimiser keeps its parameters) and
+        draws from a generator seeded with the run's seed, so every process of a distributed run agrees.
+        """
+        previous, self._stage = self._stage, stage.name
+        if stage.name == 'finetune' and previous == 'saliency':
+            self.reinit_classifier(torch.initial_seed())
+
+    def reinit_classifier(self, seed: Optional[int] = None) -> None:
+        """Xavier weights and zero biases for every head (in place)."""
+        generator = torch.Generator().manual_seed(seed % 2 ** 63) if seed is not None else None
+        for head in self.heads.values():
+            if isinstance(head, nn.Linear):
+                with torch.no_grad():
+                    weight = torch.empty(head.weight.shape)
+                    nn.init.xavier_uniform_(weight, generator=generator)
+                    head.weight.copy_(weight)
+                    head.bias.zero_()
 
 
 def _create_hsm(variant: str, pretrained: bool = False, **kwargs) -> HSM:
