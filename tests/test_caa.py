@@ -2,6 +2,7 @@
 import math
 import re
 
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
@@ -116,3 +117,80 @@ def test_short_training_lowers_the_local_and_object_losses(short_training):
         first, last = losses[term]
         assert last < factor * first, (term, first, last)
     assert math.isfinite(losses['loss'][1])
+
+
+class _Planted(torch.nn.Module):
+    def __init__(self, activations):
+        super().__init__()
+        self.activations = activations
+
+    def forward(self, feature_map):
+        return self.activations
+
+
+def test_attention_from_probabilities_over_the_classes_and_background():
+    """Sec. 4.3 "probability activations": a cell with a large class logit but a larger background logit is
+    background; by default M is the max non-background softmax probability, not the raw logit."""
+    activations = torch.zeros(1, 4, 3, 3)  # L = 3 classes + background
+    activations[0, 0, 0, 0], activations[0, -1, 0, 0] = 6.0, 12.0  # confidently background
+    activations[0, 1, 2, 2] = 3.0  # confidently class 1
+    x = torch.rand(1, 3, 96, 96)
+    maps = {}
+    for source in ('probabilities', 'logits'):
+        model = tiny_caa(num_classes=3, num_scales=1, attention_from=source).eval()
+        model.heads['local_0'] = _Planted(activations)
+        maps[source] = model.attend(0, x)['attention'][0]
+    expected = activations.softmax(1)[0, :-1].amax(0)
+    assert torch.allclose(maps['probabilities'], expected, atol=1e-6)
+    assert maps['probabilities'][2, 2] > 0.8 > 0.01 > maps['probabilities'][0, 0]
+    assert maps['logits'][0, 0] > maps['logits'][2, 2]  # the option: raw logits rank the background cell first
+    with pytest.raises(ValueError, match='attention_from'):
+        tiny_caa(attention_from='scores')
+
+
+def test_next_scale_backbone_starts_from_the_trained_previous_scale():
+    model = tiny_caa(num_scales=3)
+    stages = model.training_stages()
+    apply_stage(model, stages[0])
+    with torch.no_grad():  # scale 0's backbone is "trained" in its stage
+        for p in model.backbone.parameters():
+            p.add_(0.5)
+    kept = list(model.zoom_backbones[0].parameters())
+    apply_stage(model, stages[1])
+    trained = model.backbone.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.zoom_backbones[0].state_dict().items())
+    assert all(a is b for a, b in zip(kept, model.zoom_backbones[0].parameters()))  # in place: the optimiser's
+    assert not torch.equal(model.zoom_backbones[1].conv1[0].weight, model.backbone.conv1[0].weight)  # not yet
+    apply_stage(model, stages[2])
+    assert torch.equal(model.zoom_backbones[1].conv1[0].weight, model.zoom_backbones[0].conv1[0].weight)
+    # a run that starts (or resumes) at scale 1 keeps the weights it loaded; 'independent' never copies
+    started_late = tiny_caa(num_scales=3)
+    before = started_late.zoom_backbones[0].conv1[0].weight.clone()
+    apply_stage(started_late, started_late.training_stages()[1])
+    assert torch.equal(started_late.zoom_backbones[0].conv1[0].weight, before)
+    independent = tiny_caa(num_scales=2, zoom_init='independent')
+    apply_stage(independent, independent.training_stages()[0])
+    apply_stage(independent, independent.training_stages()[1])
+    assert not torch.equal(independent.zoom_backbones[0].conv1[0].weight, independent.backbone.conv1[0].weight)
+    with pytest.raises(ValueError, match='zoom_init'):
+        tiny_caa(zoom_init='copy')
+
+
+def test_test_time_resizes_the_short_side_without_cutting_it():
+    """The paper tests on the whole image resized to a short side of 448 (Sec. 4.1), fully convolutionally."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model('caa_resnet50', num_classes=3, pretrained=False)
+    config = resolve_data_config({}, model=model, use_test_size=True)
+    assert config['input_size'] == (3, 448, 448) and config['crop_pct'] == 1.0
+    image = torch.zeros(3, 400, 600)
+    image[0, :8] = 1.0  # a red band on the top rows of the short side, a blue one at the bottom
+    image[2, -8:] = 1.0
+    out = create_transform(**config, is_training=False)(Image.fromarray(
+        (image.permute(1, 2, 0) * 255).byte().numpy()))
+    mean, std = torch.tensor(config['mean']).view(3, 1), torch.tensor(config['std']).view(3, 1)
+    top, bottom = out[:, 0] * std + mean, out[:, -1] * std + mean
+    assert top[0].mean() > 0.9 and bottom[2].mean() > 0.9  # nothing cut from the short side
+    tiny = tiny_caa(num_scales=2).eval()
+    assert tiny(torch.rand(1, 3, 96, 144)).shape == (1, 5)  # any aspect: fully convolutional

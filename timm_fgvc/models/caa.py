@@ -1,12 +1,12 @@
 """CAA: attention generated from classifier activations, with multi-scale crop-and-zoom.
 
-Paper: "Generating Attention from Classifier Activations for Fine-grained Recognition", W. Luo, X. Yang, X. Mo,
-Y. Lu, L. S. Davis, J. Li, J. Yang, S.-N. Lim, 2018 (https://arxiv.org/abs/1811.10770).
+Paper: "Generating Attention from Classifier Activations for Fine-grained Recognition", W. Shen, R. Liu
+(Fujitsu Research & Development Center), arXiv 2018 (https://arxiv.org/abs/1811.10770).
 
 Pipeline at each scale (one batched pass; the scales follow each other because each zooms into the last):
   image -> backbone -> feature maps f(X) -> n = 16 local classifiers (1x1 convs to L + 1 outputs, the last one
   background) -> max over classifiers: aggregated activations A (Eq. 1) -> attention M = max over the L
-  non-background channels (Sec. 4.3) -> binary object mask M_b by Otsu's threshold, per image -> local loss on A
+  non-background channels of softmax(A) over the L + 1 classes (Sec. 4.3's "probability activations") -> binary object mask M_b by Otsu's threshold, per image -> local loss on A
   with M_b as a surrogate segmentation mask (Eq. 2-4) and an object-level head on the spatial max-pool of
   M_b f(X) (Eq. 5); loss = local + object (Eq. 6). The bounding box of M_b is cropped and zoomed to the input
   size: the next scale's image (Sec. 4.4).
@@ -14,7 +14,19 @@ Pipeline at each scale (one batched pass; the scales follow each other because e
   final prediction is the mean over scales (Sec. 4.4.3). Scales train one after another (`training_stages`).
 
 Choices where the paper is open (SPEC §6):
-- One backbone per scale (the paper trains a model per scale); `share_backbone=True` uses one for all.
+- One backbone per scale (the paper trains a model per scale); `share_backbone=True` uses one for all. The paper
+  does not say how scale k + 1's backbone starts: by default (`zoom_init='previous'`) it starts from scale k's
+  trained backbone when stage k + 1 follows stage k in the same run (`set_training_stage`; a run that starts or
+  resumes at a later stage keeps the weights it loaded, `init_scale_from_previous(k)` copies by hand);
+  `zoom_init='independent'` keeps its own initialisation (the pretrained weights, or random).
+- Attention M from the softmax probabilities over the L + 1 classes (`attention_from='probabilities'`, Sec. 4.3:
+  "as long as their probability activations are high"): a cell confidently labelled background has a low M even
+  where a raw class logit is large. `attention_from='logits'` takes M from the raw activations A.
+- Test time: the paper resizes the short side to 448 and runs the fully convolutional model on the whole image
+  (Sec. 4.1: "we do not need to crop images during test time"). `forward` takes any H x W; the pretrained_cfg has
+  `crop_pct=1.0` and `test_input_size` = `input_size`, so timm's eval transform resizes the short side to the
+  input size and cuts nothing from it; to batch, it still centre-crops the long side to a square. The paper's
+  exact protocol (the whole image, any aspect) is batch size 1 with `Resize(448)` and no crop.
 - `forward` returns the log of the averaged probability, so softmax of the output is the paper's prediction and
   its argmax the predicted class.
 - The object feature is the max over the masked locations (equal to max-pooling M_b f(X) for the non-negative
@@ -84,6 +96,9 @@ class CAA(FGVCModel):
         num_scales: scales, each zooming into the previous one's attended box (3).
         num_classifiers: n local classifiers per scale (16).
         share_backbone: one backbone for every scale instead of one per scale.
+        zoom_init: 'previous' starts scale k + 1's backbone from scale k's trained one (default; the paper is
+            silent), 'independent' from its own initialisation.
+        attention_from: 'probabilities' (softmax over the L + 1 classes, the paper's reading) or 'logits'.
         otsu_bins: histogram bins of Otsu's threshold (256).
     """
     main_head = 'object_0'
@@ -100,6 +115,8 @@ class CAA(FGVCModel):
             num_scales: int = 3,
             num_classifiers: int = 16,
             share_backbone: bool = False,
+            zoom_init: str = 'previous',
+            attention_from: str = 'probabilities',
             otsu_bins: int = 256,
     ):
         super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
@@ -108,6 +125,14 @@ class CAA(FGVCModel):
             raise ValueError(f'num_scales must be >= 1, got {num_scales}.')
         self.num_scales = num_scales
         self.share_backbone = share_backbone
+        if zoom_init not in ('previous', 'independent'):
+            raise ValueError(f"zoom_init must be 'previous' (scale k + 1 starts from scale k's trained backbone) or "
+                             f"'independent', got {zoom_init!r}.")
+        if attention_from not in ('probabilities', 'logits'):
+            raise ValueError(f"attention_from must be 'probabilities' or 'logits', got {attention_from!r}.")
+        self.zoom_init = zoom_init
+        self.attention_from = attention_from
+        self._stage: Optional[str] = None  # the last stage started in this process (not saved)
         self.otsu_bins = otsu_bins
         self.zoom_backbones = nn.ModuleList()
         if not share_backbone:
@@ -134,7 +159,8 @@ class CAA(FGVCModel):
         """Backbone, local classifiers (Eq. 1), attention M, Otsu mask M_b and the object head (Eq. 5)."""
         feature_map = self.scale_backbone(scale).forward_features(x)
         activations = self.heads[f'local_{scale}'](feature_map)  # A, [B, L + 1, h, w]
-        attention = activations[:, :-1].amax(1)  # M: max over the non-background channels
+        scores = activations.float().softmax(1) if self.attention_from == 'probabilities' else activations
+        attention = scores[:, :-1].amax(1)  # M: max over the non-background channels (Sec. 4.3)
         object_mask = otsu_mask(attention.detach(), self.otsu_bins)  # M_b
         pool_mask = object_mask | ~object_mask.flatten(1).any(1)[:, None, None]  # empty M_b: the whole map
         object_feature = feature_map.masked_fill(~pool_mask[:, None], float('-inf')).amax((2, 3))
@@ -225,8 +251,24 @@ class CAA(FGVCModel):
         return stages
 
     def set_training_stage(self, stage: TrainingStage) -> None:
-        # a scale's stage needs that scale and the ones it zooms from, not the later ones
-        self._train_scales = int(stage.name.rsplit('_', 1)[1]) + 1 if stage.name.startswith('scale_') else None
+        """A scale's stage runs that scale and the ones it zooms from, not the later ones. With `zoom_init='previous'`
+        scale k + 1's backbone starts from scale k's trained one when stage k + 1 follows stage k in this process;
+        a run that starts or resumes at stage k + 1 keeps what it loaded (the previous stage is not saved)."""
+        previous, self._stage = self._stage, stage.name
+        scale = int(stage.name.rsplit('_', 1)[1]) if stage.name.startswith('scale_') else None
+        self._train_scales = scale + 1 if scale is not None else None
+        if scale and previous == f'scale_{scale - 1}' and self.zoom_init == 'previous':
+            self.init_scale_from_previous(scale)
+
+    def init_scale_from_previous(self, scale: int) -> None:
+        """Copy scale `scale - 1`'s backbone weights into scale `scale`'s, in place (the optimiser keeps its
+        parameters); nothing to do with a shared backbone."""
+        if self.share_backbone or not 1 <= scale < self.num_scales:
+            return
+        source, target = self.scale_backbone(scale - 1), self.scale_backbone(scale)
+        with torch.no_grad():
+            for name, value in source.state_dict().items():
+                target.state_dict()[name].copy_(value)
 
     # --- attention ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -278,8 +320,9 @@ _PAPER = dict(
 )
 
 default_cfgs = generate_default_cfgs({
-    **tagged_cfgs('caa_resnet50', ('cub200', 'aircraft', 'cars'), **_PAPER),
-    **tagged_cfgs('caa_resnet18', ('cub200',), **_PAPER),
+    # short side resized to the input size, nothing cut from it (the paper tests without a crop, Sec. 4.1)
+    **tagged_cfgs('caa_resnet50', ('cub200', 'aircraft', 'cars'), crop_pct=1.0, test_input_size=448, **_PAPER),
+    **tagged_cfgs('caa_resnet18', ('cub200',), crop_pct=1.0, test_input_size=448, **_PAPER),
     'caa_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
     **tagged_cfgs('caa_swin_tiny', ('cub200',), **_PAPER,
                   first_conv='backbone.patch_embed.proj', interpolation='bicubic'),
