@@ -207,7 +207,7 @@ def _create_lfd(variant: str, pretrained: bool = False, **kwargs) -> LFD:
 _PAPER = dict(
     classifier=('heads.hybrid', 'heads.image', 'heads.region'),
     paper_name='Learning to Focus and Discriminate for Fine-grained Classification',
-    paper_ids='Feng, Fu, Zhao 2019',
+    paper_ids='Learning to Focus and Discriminate for Fine-Grained Classification (Feng, Fu, Zhao, 2019)',
 )
 
 default_cfgs = generate_default_cfgs({

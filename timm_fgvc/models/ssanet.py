@@ -1,7 +1,7 @@
 """SSANet: Spatial-Scale Aligned Network.
 
 Paper: "Spatial-Scale Aligned Network for Fine-Grained Recognition", L. Gao, H. Xu, C. Sun, J. Liu, Y.-W. Tai
-(Tencent), 2020.
+(Tencent, Megvii, Peking University), 2020.
 
 Pipeline (one batched pass, no loop over images or parts):
   image -> backbone -> navigator (NTS-Net style, on the detached feature map) scores anchors of several sizes and
@@ -438,7 +438,7 @@ def _create_ssanet(variant: str, pretrained: bool = False, **kwargs) -> SSANet:
 _PAPER = dict(
     classifier=('heads.dsm', 'heads.op', 'heads.part'),
     paper_name='Spatial-Scale Aligned Network for Fine-Grained Recognition',
-    paper_ids='Gao, Xu, Sun, Liu, Tai 2020',
+    paper_ids='Spatial-Scale Aligned Network for Fine-Grained Recognition (Gao, Xu, Sun, Liu, Tai, 2020)',
 )
 
 default_cfgs = generate_default_cfgs({
