@@ -47,7 +47,7 @@ def paper_recipe(method: str) -> dict:
     train = yaml.safe_load(path.read_text())['train']
     lr, backbone_lr = float(train['lr']), float(train.get('backbone_lr') or float(train['lr']) * 0.1)
     return {'lr_ratio': lr / backbone_lr, 'stage_epochs': train.get('stage_epochs'), 'epochs': train['epochs'],
-            'source': str(path.relative_to(REPO))}
+            'model_args': dict(train.get('model_args') or {}), 'source': str(path.relative_to(REPO))}
 
 
 def stage_split(model, paper: dict, epochs: float) -> Optional[List[float]]:
@@ -176,9 +176,13 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
     names = ([] if args.skip_baseline else [PROTOCOL['baseline']]) + list(args.transfer_models)
+    if args.model_args and not args.label:
+        raise SystemExit('--model-args makes an ablation row: name it with --label (the plain row is the paper '
+                         "recipe's model arguments, from the method's hub config).")
     for seed in args.seeds:
         for name in names:
-            model_args = {} if name == PROTOCOL['baseline'] else dict(args.model_args)
+            paper_args = {} if name == PROTOCOL['baseline'] else method_config(name, recipe, {})['paper']['model_args']
+            model_args = {} if name == PROTOCOL['baseline'] else {**paper_args, **args.model_args}
             extra = method_config(name, recipe, model_args)
             cfg = TrainConfig(
                 model=name, model_args=model_args, dataset=dataset, pretrained_path=str(weights),

@@ -152,25 +152,28 @@ def test_next_scale_backbone_starts_from_the_trained_previous_scale():
     model = tiny_caa(num_scales=3)
     stages = model.training_stages()
     apply_stage(model, stages[0])
+    assert model.start_training_stage(stages[0], None) == []
     with torch.no_grad():  # scale 0's backbone is "trained" in its stage
         for p in model.backbone.parameters():
             p.add_(0.5)
     kept = list(model.zoom_backbones[0].parameters())
-    apply_stage(model, stages[1])
+    apply_stage(model, stages[1])  # entering a stage (e.g. on a resume inside it) never touches weights
+    assert not torch.equal(model.zoom_backbones[0].conv1[0].weight, model.backbone.conv1[0].weight)
+    fresh = model.start_training_stage(stages[1], stages[0])  # the engine: at the stage's first step
     trained = model.backbone.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in model.zoom_backbones[0].state_dict().items())
     assert all(a is b for a, b in zip(kept, model.zoom_backbones[0].parameters()))  # in place: the optimiser's
+    assert {id(p) for p in fresh} == {id(p) for p in kept}  # whose optimiser state the engine drops
     assert not torch.equal(model.zoom_backbones[1].conv1[0].weight, model.backbone.conv1[0].weight)  # not yet
-    apply_stage(model, stages[2])
+    model.start_training_stage(stages[2], stages[1])
     assert torch.equal(model.zoom_backbones[1].conv1[0].weight, model.zoom_backbones[0].conv1[0].weight)
-    # a run that starts (or resumes) at scale 1 keeps the weights it loaded; 'independent' never copies
+    # a run that starts at scale 1 keeps the weights it loaded; 'independent' never copies
     started_late = tiny_caa(num_scales=3)
     before = started_late.zoom_backbones[0].conv1[0].weight.clone()
-    apply_stage(started_late, started_late.training_stages()[1])
+    assert started_late.start_training_stage(started_late.training_stages()[1], None) == []
     assert torch.equal(started_late.zoom_backbones[0].conv1[0].weight, before)
     independent = tiny_caa(num_scales=2, zoom_init='independent')
-    apply_stage(independent, independent.training_stages()[0])
-    apply_stage(independent, independent.training_stages()[1])
+    independent.start_training_stage(independent.training_stages()[1], independent.training_stages()[0])
     assert not torch.equal(independent.zoom_backbones[0].conv1[0].weight, independent.backbone.conv1[0].weight)
     with pytest.raises(ValueError, match='zoom_init'):
         tiny_caa(zoom_init='copy')

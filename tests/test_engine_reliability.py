@@ -189,3 +189,22 @@ def test_help_gives_every_flag_its_meaning_and_default():
 def test_fp16_on_cpu_is_refused(tmp_path):
     with pytest.raises(ValueError, match='fp16 needs a GPU.*bf16'):
         train(tiny_config(tmp_path / 'fp16', mixed_precision='fp16', cpu=True, max_steps=1))
+
+
+# --- stage boundaries ------------------------------------------------------------------------------------------
+def test_a_resume_at_a_stage_boundary_equals_the_uninterrupted_run(tmp_path):
+    """HSM re-initialises its head when step 2 follows step 1: a run killed exactly at the boundary (its last
+    checkpoint is the one saved there) and resumed must do that too, and end with the uninterrupted run's weights."""
+    staged = dict(model='hsm_tiny', stage_epochs=[1, 1], epochs=2, max_steps=None)
+    full = train(tiny_config(tmp_path / 'full', **staged))
+    steps_per_stage = full['history'][0]['step']
+    train(tiny_config(tmp_path / 'cut', **dict(staged, max_steps=steps_per_stage)))
+    resumed = train(tiny_config(tmp_path / 'cut', **dict(staged, resume='latest')))
+    assert [h['step'] for h in resumed['history']] == [steps_per_stage, 2 * steps_per_stage]
+    a = load_file(str(tmp_path / 'full/model.safetensors'))
+    b = load_file(str(tmp_path / 'cut/model.safetensors'))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    # and the head really was re-initialised at the boundary: it differs from the one step 1 trained
+    step_one = load_file(str(sorted((tmp_path / 'cut/checkpoints').glob('step_*'))[0] / 'model.safetensors'))
+    head = next(k for k in step_one if k.startswith('model.heads.') and k.endswith('weight'))
+    assert not torch.allclose(step_one[head], a[head[len('model.'):]], atol=1e-3)

@@ -148,17 +148,19 @@ def test_step_two_reinitialises_the_classifier_only_after_step_one_in_the_same_r
     weight = head.weight
     saliency_step, finetune = model.training_stages()
     apply_stage(model, saliency_step)
+    model.start_training_stage(saliency_step, None)
+    apply_stage(model, finetune)  # entering the stage (e.g. a resume inside it) never touches weights
     assert torch.all(head.weight == 0.5)
-    apply_stage(model, finetune)  # step 2 follows step 1: Xavier (Sec. 3.4)
+    fresh = model.start_training_stage(finetune, saliency_step)  # the engine: step 2's first step -> Xavier
     assert model.get_classifier().weight is weight  # in place: the optimiser keeps its parameters
+    assert any(p is weight for p in fresh)  # and the engine drops their optimiser state
     bound = (6 / sum(head.weight.shape)) ** 0.5
     assert head.weight.abs().max() <= bound and head.weight.std() > bound / 4 and torch.all(head.bias == 0)
-    resumed = tiny_hsm(num_classes=4)  # a run that starts (or resumes) at step 2 keeps the head it loaded
-    resumed.load_state_dict(model.state_dict())
+    started = tiny_hsm(num_classes=4)  # a run that starts at step 2 keeps the head it loaded
     with torch.no_grad():
-        resumed.get_classifier().weight.fill_(0.5)
-    apply_stage(resumed, resumed.training_stages()[1])
-    assert torch.all(resumed.get_classifier().weight == 0.5)
+        started.get_classifier().weight.fill_(0.5)
+    assert started.start_training_stage(started.training_stages()[1], None) == []
+    assert torch.all(started.get_classifier().weight == 0.5)
 
 
 def test_step_one_keeps_a_live_saliency_map_and_warns_when_it_dies():

@@ -446,6 +446,12 @@ def train(cfg: TrainConfig) -> dict:
             index = stage_of(state.step)
             if index != current_stage:
                 frozen_norms = apply_stage(inner, stages[index])
+                if state.step == bounds[index][0] and hasattr(inner, 'start_training_stage'):
+                    # the stage begins here (first run or a resume exactly at its start): one-off initialisation
+                    fresh = inner.start_training_stage(stages[index], stages[index - 1] if index > 0 else None)
+                    optimizer_state = getattr(optimizer, 'optimizer', optimizer).state
+                    for param in fresh or []:
+                        optimizer_state.pop(param, None)
                 unwrapped = accelerator.unwrap_model(step_module)
                 unwrapped.loss_terms, unwrapped.frozen_norms = stages[index].loss_terms, frozen_norms
                 step_module.train()

@@ -470,7 +470,15 @@ class FGVCModel(nn.Module):
         return [TrainingStage(name='main')]
 
     def set_training_stage(self, stage: TrainingStage) -> None:
-        """Called by the engine when a stage starts; a staged method may skip work the stage does not train."""
+        """Called by the engine whenever it (re)enters a stage, a resume included; a staged method may skip work the
+        stage does not train. Must not change weights: one-off initialisation belongs in `start_training_stage`."""
+
+    def start_training_stage(self, stage: TrainingStage, previous: Optional[TrainingStage]) -> List[nn.Parameter]:
+        """Called by the engine once, at the first step of `stage` (also when a run resumes exactly there), with the
+        stage this run trained before it (None when the run starts at `stage`): a method's one-off initialisation
+        (CAA's next scale from the previous one, HSM's fresh head). Returns the parameters it re-initialised, whose
+        optimiser state the engine drops."""
+        return []
 
     # parameter-name prefixes with their own optimiser settings, relative to the new layers' lr (S3N's beta,
     # HSM's saliency score); the engine gives each its own param group: {prefix: {'lr_scale': x, 'weight_decay': 0}}

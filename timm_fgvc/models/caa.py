@@ -16,7 +16,7 @@ Pipeline at each scale (one batched pass; the scales follow each other because e
 Choices where the paper is open (SPEC §6):
 - One backbone per scale (the paper trains a model per scale); `share_backbone=True` uses one for all. The paper
   does not say how scale k + 1's backbone starts: by default (`zoom_init='previous'`) it starts from scale k's
-  trained backbone when stage k + 1 follows stage k in the same run (`set_training_stage`; a run that starts or
+  trained backbone when stage k + 1 follows stage k in the same run (`start_training_stage`; a run that starts or
   resumes at a later stage keeps the weights it loaded, `init_scale_from_previous(k)` copies by hand);
   `zoom_init='independent'` keeps its own initialisation (the pretrained weights, or random).
 - Attention M from the softmax probabilities over the L + 1 classes (`attention_from='probabilities'`, Sec. 4.3:
@@ -132,7 +132,6 @@ class CAA(FGVCModel):
             raise ValueError(f"attention_from must be 'probabilities' or 'logits', got {attention_from!r}.")
         self.zoom_init = zoom_init
         self.attention_from = attention_from
-        self._stage: Optional[str] = None  # the last stage started in this process (not saved)
         self.otsu_bins = otsu_bins
         self.zoom_backbones = nn.ModuleList()
         if not share_backbone:
@@ -251,14 +250,19 @@ class CAA(FGVCModel):
         return stages
 
     def set_training_stage(self, stage: TrainingStage) -> None:
-        """A scale's stage runs that scale and the ones it zooms from, not the later ones. With `zoom_init='previous'`
-        scale k + 1's backbone starts from scale k's trained one when stage k + 1 follows stage k in this process;
-        a run that starts or resumes at stage k + 1 keeps what it loaded (the previous stage is not saved)."""
-        previous, self._stage = self._stage, stage.name
+        """A scale's stage runs that scale and the ones it zooms from, not the later ones."""
         scale = int(stage.name.rsplit('_', 1)[1]) if stage.name.startswith('scale_') else None
         self._train_scales = scale + 1 if scale is not None else None
-        if scale and previous == f'scale_{scale - 1}' and self.zoom_init == 'previous':
+
+    def start_training_stage(self, stage: TrainingStage, previous: Optional[TrainingStage]) -> List[nn.Parameter]:
+        """With `zoom_init='previous'`, scale k + 1's backbone starts from scale k's trained one when stage k + 1
+        follows stage k in this run (the engine calls this at the stage's first step, a resume there included); a
+        run that starts at stage k + 1 keeps what it loaded."""
+        scale = int(stage.name.rsplit('_', 1)[1]) if stage.name.startswith('scale_') else None
+        if scale and previous is not None and previous.name == f'scale_{scale - 1}' and self.zoom_init == 'previous':
             self.init_scale_from_previous(scale)
+            return list(self.scale_backbone(scale).parameters())
+        return []
 
     def init_scale_from_previous(self, scale: int) -> None:
         """Copy scale `scale - 1`'s backbone weights into scale `scale`'s, in place (the optimiser keeps its

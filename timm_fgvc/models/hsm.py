@@ -27,7 +27,7 @@ Choices where the paper is open (SPEC §6):
   is the ImageNet one, trained). Step 1 here may run on the run's own data (the paper used ImageNet's validation
   set: run stage 0 on a generic dataset, then `--start-stage 1 --initial-checkpoint ...` on the target); a new
   dataset's classifier starts random, so `saliency_step_trains_head=True` trains it with the branch there.
-  Step 2 re-initialises the classifier (Xavier) when it follows step 1 in the same run (`set_training_stage`).
+  Step 2 re-initialises the classifier (Xavier) when it follows step 1 in the same run (`start_training_stage`).
 - The saliency branch can die: the loss first prefers s = 0 (the pretrained model), and once every cell is below
   zero ReLU passes no gradient. Guards: the score's bias starts at 1 (every cell live), the score gets no weight
   decay (`param_group_rules`), and training warns (`DeadSaliencyWarning`) when a batch's map is all zero. With
@@ -280,7 +280,6 @@ class HSM(FGVCModel):
         self.saliency_step_trains_head = saliency_step_trains_head
         self.dead_saliency_check_every = dead_saliency_check_every
         self._train_batches = 0
-        self._stage: Optional[str] = None  # the last stage started in this process (not saved: see set_training_stage)
         self.saliency = SaliencyBranch(in_chans, tuple(saliency_channels), score_bias_init)
         self.add_head('main', self.backbone_features)
         self.num_features = self.head_hidden_size = self.backbone_features
@@ -344,23 +343,24 @@ class HSM(FGVCModel):
     def training_stages(self) -> List[TrainingStage]:
         """Step 1: the saliency branch alone (the head too with `saliency_step_trains_head`) with the RGB path
         frozen, the run's epochs; step 2: fine-tuning for the paper's 70 epochs, everything (Approach B) or all but
-        the saliency branch (A), from a Xavier-initialised classifier (`set_training_stage`)."""
+        the saliency branch (A), from a Xavier-initialised classifier (`start_training_stage`)."""
         saliency = ('saliency.', 'heads.') if self.saliency_step_trains_head else ('saliency.',)
         finetune = ('',) if self.approach == 'B' else ('backbone.', 'heads.')
         return [TrainingStage('saliency', trainable=saliency),
                 TrainingStage('finetune', trainable=finetune, epochs=70)]
 
-    def set_training_stage(self, stage: TrainingStage) -> None:
+    def start_training_stage(self, stage: TrainingStage, previous: Optional[TrainingStage]) -> List[nn.Parameter]:
         """Step 2 starts from a Xavier-initialised top layer (Sec. 3.4) when it follows step 1 in the same run.
 
-        A run that starts at step 2 (`--start-stage 1` from a checkpoint, or a resume inside step 2) keeps the
-        classifier it loaded: the previous stage is remembered in this process only, never in a checkpoint, so a
-        trained head is never wiped. The re-initialisation is in place (the optimiser keeps its parameters) and
-        draws from a generator seeded with the run's seed, so every process of a distributed run agrees.
+        The engine calls this at the first step of a stage, a resume exactly there included, so an interrupted run
+        does what an uninterrupted one does. A run that starts at step 2 (`--start-stage 1` from a checkpoint)
+        keeps the classifier it loaded. The re-initialisation is in place and draws from a generator seeded with
+        the run's seed, so every process of a distributed run agrees; the engine drops the head's optimiser state.
         """
-        previous, self._stage = self._stage, stage.name
-        if stage.name == 'finetune' and previous == 'saliency':
+        if stage.name == 'finetune' and previous is not None and previous.name == 'saliency':
             self.reinit_classifier(torch.initial_seed())
+            return [p for head in self.heads.values() for p in head.parameters()]
+        return []
 
     def reinit_classifier(self, seed: Optional[int] = None) -> None:
         """Xavier weights and zero biases for every head (in place)."""
