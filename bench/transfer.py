@@ -12,7 +12,7 @@ from its paper-backbone hub config (`hub_configs/<method>_<paper backbone>.cub20
 Every finished run is written at once to `bench/results/accuracy_transfer.json` (a list of runs, one per model,
 seed, recipe and model args; a later run with the same key replaces the earlier), so runs started in parallel
 processes and runs still to come add up; the summary (baseline mean +- std, each method's gain) is computed
-from that list when it is printed or rendered.
+from that list when it is printed or rendered (`timm_fgvc.benchmarks.transfer_summary`).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from _common import METHODS, REPO, run_metadata, split_variant
+from timm_fgvc.benchmarks import transfer_summary
 
 SOURCE_WEIGHTS = REPO.parent / 'shared' / 'data' / 'resnet18_cub150.safetensors'
 PROTOCOL = dict(classes=50, img_size=128, output_stride=16, crop_pct=0.875, baseline='resnet18')
@@ -35,9 +36,11 @@ RECIPE_FIELDS = ('optimizer', 'lr', 'backbone_lr', 'epochs', 'batch_size', 'weig
 
 
 def recipe_id(recipe: dict) -> str:
-    """A short readable name of a recipe, e.g. `sgd lr0.02/bb0.01 wd0.0001 cosine w1 e12 b32`."""
+    """A short readable name of a recipe, e.g. `sgd lr0.02/bb0.01 wd0.0001 cosine w1 e12 b32` (a run cut short
+    with --max-steps is its own recipe, never pooled with the full ones)."""
     return (f"{recipe['optimizer']} lr{recipe['lr']:g}/bb{recipe['backbone_lr']:g} wd{recipe['weight_decay']:g} "
-            f"{recipe['scheduler']} w{recipe['warmup_epochs']:g} e{recipe['epochs']} b{recipe['batch_size']}")
+            f"{recipe['scheduler']} w{recipe['warmup_epochs']:g} e{recipe['epochs']} b{recipe['batch_size']}"
+            + (f" max{recipe['max_steps']}steps" if recipe.get('max_steps') else ''))
 
 
 def paper_recipe(method: str) -> dict:
@@ -118,43 +121,6 @@ def add_run(path: Path, run: dict) -> None:
         path.write_text(json.dumps(data, indent=2) + '\n')
 
 
-def summary(data: dict, recipe: Optional[str] = None) -> Dict[str, dict]:
-    """Per model args (method variants + ablations) of one recipe: top-1 over seeds, gain over the baseline
-    mean, per-head top-1, compute ratio and wall time. Default recipe: the one with the most baseline seeds."""
-    import statistics
-    runs = data.get('runs', [])
-    if recipe is None:
-        counts: Dict[str, int] = {}
-        for r in runs:
-            if r['role'] == 'baseline':
-                counts[r['recipe_id']] = counts.get(r['recipe_id'], 0) + 1
-        recipe = max(counts, key=counts.get) if counts else None
-    rows: Dict[str, dict] = {}
-    for r in runs:
-        if r['recipe_id'] != recipe:
-            continue
-        row = rows.setdefault(r['label'], {'label': r['label'], 'model': r['model'], 'role': r['role'],
-                                           'model_args': r.get('model_args', {}), 'runs': []})
-        row['runs'].append(r)
-    base = rows.get(PROTOCOL['baseline'])
-    base_mean = statistics.fmean(r['top1'] for r in base['runs']) if base else None
-    for row in rows.values():
-        top1 = [r['top1'] for r in row['runs']]
-        row['seeds'] = sorted(r['seed'] for r in row['runs'])
-        row['top1_mean'] = statistics.fmean(top1)
-        row['top1_std'] = statistics.stdev(top1) if len(top1) > 1 else None
-        row['gain'] = None if base_mean is None or row['role'] == 'baseline' else row['top1_mean'] - base_mean
-        heads = {}
-        for r in row['runs']:
-            for k, v in r['per_head_top1'].items():
-                heads.setdefault(k, []).append(v)
-        row['per_head_top1'] = {k: statistics.fmean(v) for k, v in heads.items()}
-        row['compute_ratio'] = row['runs'][0].get('compute_ratio')
-        row['wall_seconds'] = statistics.fmean(r['wall_seconds'] for r in row['runs'])
-        row['command'] = row['runs'][-1]['command']
-    return {'recipe': recipe, 'baseline_mean': base_mean, 'rows': rows}
-
-
 def method_config(name: str, recipe: dict, model_args: dict) -> dict:
     """The method's lr and stage epochs under the transfer recipe (paper ratio and proportions)."""
     import timm
@@ -171,7 +137,7 @@ def method_config(name: str, recipe: dict, model_args: dict) -> dict:
 def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     """Train each model of `args` (baseline unless --skip-baseline, then the method variants) for each seed."""
     import timm
-    recipe = {k: getattr(args, k) for k in RECIPE_FIELDS}
+    recipe = {k: getattr(args, k) for k in RECIPE_FIELDS + ('max_steps',)}
     rid = recipe_id(recipe)
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
@@ -217,8 +183,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
             add_run(out, run)
             print(f"{label}: top-1 {run['top1']:.2f}% (heads {json.dumps(run['per_head_top1'])}), compute "
                   f"x{run['compute_ratio']:.2f}, {wall:.0f} s -> {out}", flush=True)
-    table = summary(json.loads(out.read_text()), rid)
-    print(f"\ntransfer, recipe {rid}: baseline mean {table['baseline_mean']}")
+    table = transfer_summary(json.loads(out.read_text()))
+    print(f"\ntransfer, recipe {table['recipe']}: baseline mean {table['baseline_mean']}")
     for row in table['rows'].values():
-        print(f"| {row['label']} | seeds {row['seeds']} | {row['top1_mean']:.2f} | gain "
-              f"{'-' if row['gain'] is None else format(row['gain'], '+.2f')} | x{row['compute_ratio']:.2f} |")
+        print(f"| {row['label']} | seeds {row['seeds']} | {row['mean']:.2f} | gain "
+              f"{'-' if row['gain'] is None else format(row['gain'], '+.2f')} | x{row['compute']:.2f} |")

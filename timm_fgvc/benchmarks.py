@@ -332,10 +332,10 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
     """Per row label (a method variant or an ablation) of the recipe with the most baseline seeds: top-1 over
     seeds, gain over the baseline mean, per-head top-1, compute ratio, wall time, the command."""
     runs = data.get('runs', [])
-    counts: Dict[str, int] = {}
+    counts: Dict[str, Tuple[int, int]] = {}  # recipe -> (method runs, baseline runs): the methods' recipe wins
     for r in runs:
-        if r['role'] == 'baseline':
-            counts[r['recipe_id']] = counts.get(r['recipe_id'], 0) + 1
+        methods, baselines = counts.get(r['recipe_id'], (0, 0))
+        counts[r['recipe_id']] = (methods + (r['role'] != 'baseline'), baselines + (r['role'] == 'baseline'))
     recipe = max(sorted(counts), key=counts.get) if counts else None
     rows: Dict[str, dict] = {}
     for r in runs:

@@ -119,7 +119,8 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
                           seed=cfg.seed)
     data = load_fgvc_dataset(cfg.dataset, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.image_column,
                              cfg.label_column, cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples,
-                             cfg.max_eval_samples, synthetic_args)
+                             cfg.max_eval_samples, synthetic_args, check_images=cfg.check_images,
+                             skip_bad_images=cfg.skip_bad_images)  # the run's own data: bad images as it saw them
     if data.eval is None or not len(data.eval):
         raise ValueError(f'Dataset {cfg.dataset!r} has no evaluation images; name a split with --split.')
     if data.num_classes != loaded.num_classes:

@@ -117,5 +117,6 @@ def eval_transform(loaded: LoadedModel, img_size: Optional[int] = None) -> Tuple
         _, transform, data_cfg = build_transforms(loaded.model, cfg)
         return transform, data_cfg
     overrides = {'input_size': (3, img_size, img_size)} if img_size else {}
-    data_cfg = resolve_data_config(overrides, model=loaded.model)
+    # an exported model's test size (`test_input_size`) is the size its run evaluated at
+    data_cfg = resolve_data_config(overrides, model=loaded.model, use_test_size=not img_size)
     return create_transform(**data_cfg, is_training=False), data_cfg

@@ -195,9 +195,15 @@ def find_checkpoint(output_dir: Union[str, Path], resume: str) -> Tuple[Path, Li
     return path, []
 
 
-def check_checkpoint_config(path: Union[str, Path], cfg: TrainConfig) -> None:
-    """Refuse a checkpoint made by another configuration, naming what differs."""
+def check_checkpoint_config(path: Union[str, Path], cfg: TrainConfig, num_processes: Optional[int] = None) -> None:
+    """Refuse a checkpoint made by another configuration, naming what differs; also one saved by another number
+    of processes (steps per epoch, the stage bounds and the data shards all depend on it)."""
     info = _read_info(Path(path)) or {}
+    saved = info.get('num_processes')
+    if num_processes is not None and saved is not None and int(saved) != num_processes:
+        raise ValueError(f'Checkpoint {path} was saved by {saved} process(es) but this run has {num_processes}: its '
+                         'step counter means another place in the schedule. Resume with the same number of '
+                         'processes, or start a new run from its weights with --initial-checkpoint.')
     differences = config_differences(info.get('config') or {}, cfg.fingerprinted())
     if differences:
         raise ValueError(f'Checkpoint {path} belongs to another run configuration; it differs in: '

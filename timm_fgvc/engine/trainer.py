@@ -411,7 +411,7 @@ def train(cfg: TrainConfig) -> dict:
     resume_warnings: List[str] = []
     if cfg.resume:
         resume_path, resume_warnings = find_checkpoint(output_dir, cfg.resume)
-        check_checkpoint_config(resume_path, cfg)
+        check_checkpoint_config(resume_path, cfg, accelerator.num_processes)
         accelerator.load_state(str(resume_path))
         rng_problem = rng_restore_problem(resume_path, accelerator.process_index)
         if rng_problem:
@@ -523,8 +523,13 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in inner.state_dict().items()}, str(output_dir / 'model.safetensors'))
-        (output_dir / 'results.json').write_text(json.dumps(results, indent=2))
+        # each file whole or not at all: a kill here never leaves new weights next to old results or a torn file
+        weights_tmp, results_tmp = output_dir / 'model.safetensors.tmp', output_dir / 'results.json.tmp'
+        save_file({k: v.contiguous() for k, v in inner.state_dict().items()}, str(weights_tmp))
+        results_tmp.write_text(json.dumps(results, indent=2))
+        (output_dir / 'results.json').unlink(missing_ok=True)  # no results.json beside weights of another run
+        os.replace(weights_tmp, output_dir / 'model.safetensors')
+        os.replace(results_tmp, output_dir / 'results.json')
         plot_curves(state.history, output_dir / 'curves.png', title=f'{cfg.model} on {cfg.dataset}')
         accelerator.print(f"Final eval top-1 {final.get('eval_top1', float('nan')):.2f}% -> {output_dir}/results.json")
     accelerator.end_training()

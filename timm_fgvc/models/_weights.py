@@ -4,6 +4,7 @@ Safetensors first, `torch.load(weights_only=True)` otherwise. `load_backbone_wei
 `train.py --pretrained-path` for one backbone: the file's classifier is dropped when it does not fit, and every
 other key must match (a file that does not fit names its missing / unexpected keys).
 """
+import sys
 from pathlib import Path
 from typing import Dict, Sequence, Union
 
@@ -46,6 +47,17 @@ def _listing(keys: Sequence[str], limit: int = 8) -> str:
     return ', '.join(keys[:limit]) + (f' (+{len(keys) - limit} more)' if len(keys) > limit else '')
 
 
+def _timm_filter(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The model family's own `checkpoint_filter_fn` where timm has one (a ViT's position embedding resampled to
+    the model's grid, Swin's relative-position tables), as timm's pretrained loading does."""
+    for cls in type(model).__mro__:
+        module = sys.modules.get(cls.__module__)
+        if module is not None and module.__name__.startswith('timm.models.'):
+            filter_fn = getattr(module, 'checkpoint_filter_fn', None)
+            return filter_fn(state, model) if filter_fn is not None else state
+    return state
+
+
 def load_backbone_weights(model: nn.Module, path: Union[str, Path]) -> None:
     """Load a plain timm model's weights from a local file into `model` (a backbone or a baseline).
 
@@ -53,7 +65,7 @@ def load_backbone_weights(model: nn.Module, path: Union[str, Path]) -> None:
     (`num_classes=0`); any other key the model lacks, or lacks in the file, or whose shape differs, is an error
     that names the keys. BatchNorm's `num_batches_tracked` counters are not required.
     """
-    state = read_state_dict(path)
+    state = _timm_filter(model, read_state_dict(path))
     own = model.state_dict()
     heads = classifier_names(model)
     is_head = lambda k: any(k.startswith(h + '.') for h in heads)  # noqa: E731

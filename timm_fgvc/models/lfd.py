@@ -244,7 +244,8 @@ def lfd_tiny(pretrained: bool = False, **kwargs) -> LFD:
 
 @register_model
 def lfd_vit_small(pretrained: bool = False, **kwargs) -> LFD:
-    """LFD with a ViT-S/16 backbone: its 28 x 28 patch tokens at 448 px propose the regions; the 224 px
-    region zooms go through the same backbone (position embeddings resampled)."""
-    model_args = dict(backbone='vit_small_patch16_224', backbone_args=dict(img_size=448))
+    """LFD with a ViT-S/16 backbone: its 28 x 28 patch tokens at 448 px propose the regions, 10 cells (160 px,
+    the paper's region at stride 16) each; the 224 px region zooms go through the same backbone (position
+    embeddings resampled)."""
+    model_args = dict(backbone='vit_small_patch16_224', backbone_args=dict(img_size=448), region_cells=10)
     return _create_lfd('lfd_vit_small', pretrained, **dict(model_args, **kwargs))
