@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from accelerate.utils import load as accelerate_load
 
 from ..models._weights import classifier_names, read_state_dict
 from .config import TrainConfig, config_differences
@@ -218,7 +219,7 @@ def rng_restore_problem(path: Union[str, Path], process_index: int) -> Optional[
     if not file.is_file():
         return f'{file.name} is missing (was the checkpoint saved by fewer processes?)'
     try:
-        states = torch.load(file, map_location='cpu', weights_only=False)  # Accelerate's own pickle of RNG states
+        states = accelerate_load(file, map_location='cpu')  # weights_only=True with Accelerate's numpy allow-list
         saved = states['torch_manual_seed']
     except Exception as e:  # a damaged pickle raises many types
         return f'{file.name} cannot be read ({type(e).__name__}: {e})'
