@@ -126,6 +126,17 @@ def test_resume_falls_back_with_a_warning_and_continues_the_history(tiny_run, tm
     assert find_checkpoint(run, 'latest') == (run / 'checkpoints' / 'step_00000004', [])  # step 3 saved again
 
 
+def test_a_resume_from_an_older_checkpoint_drops_the_abandoned_later_ones(tiny_run, tmp_path):
+    """Rotation by step number must not keep a damaged or abandoned later checkpoint over the one just saved."""
+    run = copy_run(tiny_run, tmp_path)
+    (run / 'checkpoints' / 'step_00000003' / 'optimizer.bin').write_bytes(b'')
+    train(tiny_config(run, max_steps=2, checkpoint_every=1, keep_checkpoints=1,
+                      resume=str(run / 'checkpoints' / 'step_00000001')))  # back past a damaged step 3
+    # rotation by step number alone kept the damaged step 3 and deleted the step 2 just saved
+    assert [p.name for p in list_checkpoints(run)] == ['step_00000002']
+    assert find_checkpoint(run, 'latest') == (run / 'checkpoints' / 'step_00000002', [])
+
+
 def test_a_random_state_that_cannot_be_restored_is_said_loudly(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path)
     checkpoint = run / 'checkpoints' / 'step_00000002'

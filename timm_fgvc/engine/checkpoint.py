@@ -96,7 +96,9 @@ def list_checkpoints(output_dir: Union[str, Path]) -> List[Path]:
 
 def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, cfg: TrainConfig, keep: int) -> Path:
     """`accelerator.save_state` into a temporary folder, a manifest, then an atomic rename to `step_<step>`; the
-    oldest checkpoints beyond `keep` are removed. Every process calls this (each saves its own RNG state)."""
+    oldest checkpoints beyond `keep` are removed, and so are checkpoints of later steps (left by a trajectory the run
+    went back from: a resume from an older or fallback checkpoint), so `latest` is always this trajectory's newest.
+    Every process calls this (each saves its own RNG state)."""
     folder = Path(output_dir) / 'checkpoints'
     final = folder / f'step_{step:08d}'
     tmp = folder / f'{_TMP_PREFIX}{step:08d}'
@@ -118,6 +120,9 @@ def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, cfg: T
         if final.exists():  # a damaged or stale checkpoint of the same step (a resume went back past it)
             shutil.rmtree(final)
         os.replace(tmp, final)
+        for abandoned in list_checkpoints(output_dir):  # later steps of a trajectory this run went back from
+            if checkpoint_step(abandoned) > step:
+                shutil.rmtree(abandoned, ignore_errors=True)
         if keep > 0:
             for old in list_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
