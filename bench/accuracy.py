@@ -500,6 +500,8 @@ def parse_args(argv=None):
                    help='transfer: train only the methods (their gain is taken against the stored baseline runs '
                         'of the same recipe)')
     p.add_argument('--label', default=None, help='transfer: a name for a method ablation (with --model-args)')
+    p.add_argument('--lr-ratio', type=float, default=None,
+                   help="transfer: the methods' new-layer / backbone lr ratio instead of the paper's (an ablation)")
     args = p.parse_args(argv)
     if 'transfer' in args.suites:  # the transfer recipe's defaults (the baseline sweep's best; bench/README.md)
         for name, value in TRANSFER_DEFAULTS.items():

@@ -142,14 +142,16 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
     names = ([] if args.skip_baseline else [PROTOCOL['baseline']]) + list(args.transfer_models)
-    if args.model_args and not args.label:
-        raise SystemExit('--model-args makes an ablation row: name it with --label (the plain row is the paper '
-                         "recipe's model arguments, from the method's hub config).")
+    if (args.model_args or args.lr_ratio is not None) and not args.label:
+        raise SystemExit('--model-args / --lr-ratio make an ablation row: name it with --label (the plain row is the '
+                         "paper recipe: its hub config's model arguments and new-layer / backbone lr ratio).")
     for seed in args.seeds:
         for name in names:
             paper_args = {} if name == PROTOCOL['baseline'] else method_config(name, recipe, {})['paper']['model_args']
             model_args = {} if name == PROTOCOL['baseline'] else {**paper_args, **args.model_args}
             extra = method_config(name, recipe, model_args)
+            if args.lr_ratio is not None and name != PROTOCOL['baseline']:  # an ablation of the paper's ratio
+                extra['lr'] = recipe['backbone_lr'] * args.lr_ratio
             cfg = TrainConfig(
                 model=name, model_args=model_args, dataset=dataset, pretrained_path=str(weights),
                 output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'], crop_pct=PROTOCOL['crop_pct'],
