@@ -16,13 +16,14 @@ __all__ = ['otsu_threshold', 'otsu_mask']
 @torch.no_grad()
 def _otsu_bins(maps: Tensor, bins: int):
     """Per map: each value's bin `[B, N]`, the last bin of the lower class `[B, 1]`, and the bins' range."""
-    flat = maps.detach().flatten(1).float()
+    flat = maps.detach().flatten(1).double()  # float64: the range of a map of huge float32 values overflows
     low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
     span = (high - low).clamp_min(1e-12)
     index = ((flat - low) / span * bins).long().clamp_(0, bins - 1)
-    histogram = torch.zeros(flat.shape[0], bins, device=flat.device).scatter_add_(1, index, torch.ones_like(flat))
+    histogram = torch.zeros(flat.shape[0], bins, device=flat.device, dtype=flat.dtype)
+    histogram.scatter_add_(1, index, torch.ones_like(flat))
     prob = histogram / flat.shape[1]
-    centers = (torch.arange(bins, device=flat.device, dtype=torch.float32) + 0.5) / bins
+    centers = (torch.arange(bins, device=flat.device, dtype=flat.dtype) + 0.5) / bins
     weight_low = prob.cumsum(1)  # omega(t): share of the lower class
     mean_low = (prob * centers).cumsum(1)  # mu(t)
     mean_total = mean_low[:, -1:]
@@ -39,7 +40,7 @@ def otsu_threshold(maps: Tensor, bins: int = 256) -> Tensor:
     threshold is its value.
     """
     _, last_low, low, span, constant = _otsu_bins(maps, bins)
-    threshold = low + (last_low + 1).float() / bins * span
+    threshold = low + (last_low + 1).to(span.dtype) / bins * span
     return torch.where(constant, low, threshold).squeeze(1).to(maps.dtype)
 
 
