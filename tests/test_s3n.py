@@ -246,3 +246,11 @@ def test_authors_recipe_smooths_o_and_c_labels_and_buffers_the_branches():
     # each piece is its own argument too: the paper recipe with just the buffer
     only_buffer = tiny_s3n(branch_buffer=True)
     assert only_buffer.branch_buffers is not None and only_buffer.eval_rule == 'threshold'
+
+
+def test_eval_forward_exports_with_torch_export_and_matches_eager():
+    """Peak de-duplication must not branch on tensor values in traced code (torch.export / torch.compile)."""
+    model = timm.create_model('s3n_tiny', num_classes=5).eval()
+    x = torch.randn(2, 3, 96, 96)
+    exported = torch.export.export(model, (x,))
+    assert torch.allclose(exported.module()(x), model(x), atol=1e-5)

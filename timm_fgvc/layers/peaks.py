@@ -45,16 +45,18 @@ def one_per_plateau(is_peak: Tensor, window: int = 3) -> Tensor:
     Two local maxima within each other's window are equal (each is >= the other), so a plateau is a connected
     component of `is_peak` under the window's neighbourhood. Components are labelled by propagating the smallest
     cell index through the window (a min-pool) until nothing changes: one pass when there is no plateau, and
-    never more passes than the longest plateau has cells.
+    never more passes than the longest plateau has cells (traced for torch.compile / torch.export: all H * W).
     """
     B, H, W = is_peak.shape
     index = torch.arange(H * W, device=is_peak.device, dtype=torch.float32).view(1, H, W).expand(B, H, W)
     none = float(H * W)
     label = torch.where(is_peak, index, torch.full_like(index, none))
+    # traced (torch.compile / torch.export) code cannot branch on values: there every one of the H * W passes runs
+    traced = torch.compiler.is_compiling() or getattr(torch.compiler, 'is_exporting', lambda: False)()
     for _ in range(H * W):
         smallest = -F.max_pool2d(-label.unsqueeze(1), window, stride=1, padding=window // 2).squeeze(1)
         spread = torch.where(is_peak, smallest, label)
-        if torch.equal(spread, label):
+        if not traced and torch.equal(spread, label):
             break
         label = spread
     return is_peak & (label == index)
