@@ -1,12 +1,10 @@
 """Hub export and reload (SPEC §5): the real timm -> huggingface_hub path, offline, nothing mocked."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import timm
@@ -14,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import timm_fgvc  # noqa: F401  (registers the methods)
+from hub_cache import offline_env, to_hf_cache
 from timm_fgvc.cli import main as cli_main
 from timm_fgvc.hub import export_model, export_run, push
 from timm_fgvc.models import UnpublishedWeightsError
@@ -21,18 +20,7 @@ from timm_fgvc.models import UnpublishedWeightsError
 LABELS = ['acadian_flycatcher', 'baird_sparrow', 'cape_may_warbler', 'gray_catbird', 'indigo_bunting']
 DATA_CONFIG = {'input_size': (3, 64, 64), 'crop_pct': 0.9, 'interpolation': 'bilinear',
                'mean': (0.5, 0.4, 0.3), 'std': (0.2, 0.25, 0.3)}
-REVISION = '0123456789abcdef0123456789abcdef01234567'
 
-
-def _to_hf_cache(folder, hf_home, repo_id):
-    """Lay an export out as huggingface_hub's cache does after a download of `repo_id` at REVISION."""
-    repo = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
-    snapshot = repo / 'snapshots' / REVISION
-    snapshot.mkdir(parents=True)
-    for path in folder.iterdir():
-        shutil.copy(path, snapshot / path.name)
-    (repo / 'refs').mkdir()
-    (repo / 'refs' / 'main').write_text(REVISION)
 
 
 def _random_model(name, **kwargs):
@@ -64,7 +52,7 @@ def test_export_reloads_through_hf_hub_offline(tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
         config = json.loads((folder / 'config.json').read_text())
         assert 'pretrained_backbone' not in config['model_args']
-        _to_hf_cache(folder, hf_home, repo_id)
+        to_hf_cache(folder, hf_home, repo_id)
     assert s3n._model_args['pretrained_backbone'] is True  # the caller's model is left as it was
 
     script = textwrap.dedent(f"""
@@ -85,13 +73,9 @@ def test_export_reloads_through_hf_hub_offline(tmp_path):
         save_file(outputs, sys.argv[2])
         print(json.dumps(cfgs))
     """)
-    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1',
-               PYTHONPATH=os.pathsep.join([str(Path(timm_fgvc.__file__).resolve().parents[1]),
-                                           os.environ.get('PYTHONPATH', '')]))
-    env.pop('HF_HUB_CACHE', None)
-    env.pop('HUGGINGFACE_HUB_CACHE', None)
     proc = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'input.safetensors'),
-                           str(tmp_path / 'output.safetensors')], env=env, capture_output=True, text=True,
+                           str(tmp_path / 'output.safetensors')], env=offline_env(hf_home), capture_output=True,
+                          text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfgs = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -110,14 +94,6 @@ def test_export_reloads_through_hf_hub_offline(tmp_path):
         torch.set_num_threads(threads)  # later tests keep the session's setting
 
 
-def _offline_env(hf_home):
-    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1',
-               OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([str(Path(timm_fgvc.__file__).resolve().parents[1]),
-                                                                os.environ.get('PYTHONPATH', '')]))
-    env.pop('HF_HUB_CACHE', None)
-    env.pop('HUGGINGFACE_HUB_CACHE', None)
-    return env
-
 
 def test_model_card_usage_snippet_runs_as_written(tmp_path):
     """The card's Python block, copied as a user would, on an exported 3-class tiny model (fewer than 5 classes:
@@ -130,12 +106,12 @@ def test_model_card_usage_snippet_runs_as_written(tmp_path):
     usage = card[card.index('## Usage'):]
     snippet = usage[usage.index('```python') + len('```python'):usage.index('```', usage.index('```python') + 3)]
     assert 'topk(3)' in snippet and 'topk(5)' not in snippet
-    _to_hf_cache(folder, tmp_path / 'hf_home', repo_id)
+    to_hf_cache(folder, tmp_path / 'hf_home', repo_id)
     work = tmp_path / 'user'
     work.mkdir()
     from PIL import Image
     Image.new('RGB', (80, 60), (200, 120, 40)).save(work / 'image.jpg')
-    proc = subprocess.run([sys.executable, '-c', snippet], cwd=work, env=_offline_env(tmp_path / 'hf_home'),
+    proc = subprocess.run([sys.executable, '-c', snippet], cwd=work, env=offline_env(tmp_path / 'hf_home'),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = proc.stdout.strip().splitlines()[-1]

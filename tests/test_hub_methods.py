@@ -7,19 +7,16 @@ HF_HOME. The expected logits come from the run's own model.safetensors loaded in
 not from the export code.
 """
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
 
 import timm_fgvc  # noqa: F401  (registers the methods)
+from hub_cache import offline_env, to_hf_cache
 from timm_fgvc.engine.config import TrainConfig
 from timm_fgvc.engine.trainer import train
 from timm_fgvc.hub import export_run
@@ -28,27 +25,8 @@ METHODS = ('caa_tiny', 'hsm_tiny', 'ssanet_tiny')
 TINY = dict(synthetic_classes=3, synthetic_train_per_class=4, synthetic_test_per_class=1, synthetic_image_size=64,
             img_size=64, batch_size=6, optimizer='sgd', lr=0.02, weight_decay=1e-4, warmup_epochs=0, epochs=1,
             max_steps=2, check_images=False)
-REVISION = 'fedcba9876543210fedcba9876543210fedcba98'
 
 
-def _to_hf_cache(folder: Path, hf_home: Path, repo_id: str):
-    """Lay an export out as huggingface_hub's cache does after a download of `repo_id` at REVISION."""
-    repo = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
-    snapshot = repo / 'snapshots' / REVISION
-    snapshot.mkdir(parents=True)
-    for path in folder.iterdir():
-        shutil.copy(path, snapshot / path.name)
-    (repo / 'refs').mkdir()
-    (repo / 'refs' / 'main').write_text(REVISION)
-
-
-def _offline_env(hf_home: Path) -> dict:
-    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1',
-               OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([str(Path(timm_fgvc.__file__).resolve().parents[1]),
-                                                                os.environ.get('PYTHONPATH', '')]))
-    env.pop('HF_HUB_CACHE', None)
-    env.pop('HUGGINGFACE_HUB_CACHE', None)
-    return env
 
 
 RELOAD = textwrap.dedent("""
@@ -85,7 +63,7 @@ def test_trained_caa_hsm_ssanet_export_and_reload_through_hf_hub_offline(tmp_pat
         assert config['architecture'] == name and config['num_classes'] == 3
         assert config['label_names'] == results['label_names']
         assert config['pretrained_cfg']['input_size'] == [3, 64, 64]  # the run's size, not the tiny default 96
-        _to_hf_cache(folder, hf_home, repo_id)
+        to_hf_cache(folder, hf_home, repo_id)
         runs[repo_id], repos[repo_id] = run, results
 
     torch.manual_seed(1)
@@ -93,7 +71,7 @@ def test_trained_caa_hsm_ssanet_export_and_reload_through_hf_hub_offline(tmp_pat
     save_file({'x': x}, str(tmp_path / 'input.safetensors'))
     proc = subprocess.run([sys.executable, '-c', RELOAD, str(tmp_path / 'input.safetensors'),
                            str(tmp_path / 'output.safetensors'), json.dumps(list(runs))],
-                          env=_offline_env(hf_home), capture_output=True, text=True, timeout=120)
+                          env=offline_env(hf_home), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfgs = json.loads(proc.stdout.strip().splitlines()[-1])
     reloaded = load_file(str(tmp_path / 'output.safetensors'))
