@@ -417,14 +417,19 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
         if paper_rows:
             e = max(paper_rows, key=lambda e: e.get('date', ''))
             speed = f"{e['inference']['overhead']:.2f} / {e['training']['overhead']:.2f} (`{e['variant']}`)"
-        row = (summary or {}).get('rows', {}).get(f'{method}_resnet18')
+        rows_of = (summary or {}).get('rows', {})
+        row = rows_of.get(f'{method}_resnet18')
+        variant = ''
+        if row is None:  # only a labelled variant measured so far: show it, named
+            row = next((r for r in rows_of.values() if r['model'] == f'{method}_resnet18'), None)
+            variant = f" — variant: {row['label'].split('(', 1)[-1].rstrip(')')}" if row else ''
         gate = TRANSFER_GATES.get(method)
         if row is None:
             acc, compute = 'not yet measured', '–'
         else:
             verdict = 'passes' if row['gain'] is not None and gate is not None and row['gain'] >= gate else 'below'
             acc = (f"{row['mean']:.2f} ({signed(row['gain'])}; gate +{gate:g}: {verdict}; "
-                   f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''})")
+                   f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}{variant})")
             compute = fmt(row['compute'])
         rows.append(f'| {name} | {speed} | {acc} | {compute} |')
     base = (summary or {}).get('baseline_mean')
