@@ -180,6 +180,7 @@ def test_paper_variants_take_candidate_features_from_separate_crops_with_their_m
 
 
 def test_short_stage_training_lowers_each_stages_losses(short_training):
+    torch.manual_seed(0)  # the same initialisation whatever ran before in this worker
     model = tiny_ssanet(num_classes=4, candidate_features='roi_align')  # the fast candidates keep this test short
     dsm, op, _ = model.training_stages()
     apply_stage(model, dsm)
