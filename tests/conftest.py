@@ -73,3 +73,12 @@ def short_training():
         return {term: (sum(h[term] for h in history[:5]) / 5, sum(h[term] for h in history[-5:]) / 5)
                 for term in history[0]}
     return run
+
+
+def pytest_configure(config):
+    """One torch thread per pytest-xdist worker: two workers with two OpenMP threads each on two cores made the
+    training tests 20x slower (oversubscribed threads spin-wait); tests that need another count set it."""
+    import os
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        import torch
+        torch.set_num_threads(1)
