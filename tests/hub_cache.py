@@ -28,3 +28,17 @@ def offline_env(hf_home: Path) -> dict:
     env.pop('HF_HUB_CACHE', None)
     env.pop('HUGGINGFACE_HUB_CACHE', None)
     return env
+
+
+def run_offline(script: str, args, hf_home: Path):
+    """Run `script` (python -c) offline against the cache in `hf_home` with `args`; it prints a JSON line last and
+    saves tensors to `args[1]`. Returns (that JSON, those tensors)."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    proc = subprocess.run([sys.executable, '-c', script, *map(str, args)], env=offline_env(hf_home),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), load_file(str(args[1]))

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import timm_fgvc  # noqa: F401  (registers the methods)
-from hub_cache import offline_env, to_hf_cache
+from hub_cache import offline_env, run_offline, to_hf_cache
 from timm_fgvc.cli import main as cli_main
 from timm_fgvc.hub import export_model, export_run, push
 from timm_fgvc.models import UnpublishedWeightsError
@@ -73,13 +73,7 @@ def test_export_reloads_through_hf_hub_offline(tmp_path):
         save_file(outputs, sys.argv[2])
         print(json.dumps(cfgs))
     """)
-    proc = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'input.safetensors'),
-                           str(tmp_path / 'output.safetensors')], env=offline_env(hf_home), capture_output=True,
-                          text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cfgs = json.loads(proc.stdout.strip().splitlines()[-1])
-    reloaded = load_file(str(tmp_path / 'output.safetensors'))
+    cfgs, reloaded = run_offline(script, [tmp_path / 'input.safetensors', tmp_path / 'output.safetensors'], hf_home)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the subprocess's thread count, so float sums run in the same order

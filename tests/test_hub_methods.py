@@ -7,8 +7,6 @@ HF_HOME. The expected logits come from the run's own model.safetensors loaded in
 not from the export code.
 """
 import json
-import subprocess
-import sys
 import textwrap
 
 import timm
@@ -16,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import timm_fgvc  # noqa: F401  (registers the methods)
-from hub_cache import offline_env, to_hf_cache
+from hub_cache import run_offline, to_hf_cache
 from timm_fgvc.engine.config import TrainConfig
 from timm_fgvc.engine.trainer import train
 from timm_fgvc.hub import export_run
@@ -69,12 +67,8 @@ def test_trained_caa_hsm_ssanet_export_and_reload_through_hf_hub_offline(tmp_pat
     torch.manual_seed(1)
     x = torch.randn(2, 3, 64, 64)
     save_file({'x': x}, str(tmp_path / 'input.safetensors'))
-    proc = subprocess.run([sys.executable, '-c', RELOAD, str(tmp_path / 'input.safetensors'),
-                           str(tmp_path / 'output.safetensors'), json.dumps(list(runs))],
-                          env=offline_env(hf_home), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cfgs = json.loads(proc.stdout.strip().splitlines()[-1])
-    reloaded = load_file(str(tmp_path / 'output.safetensors'))
+    cfgs, reloaded = run_offline(RELOAD, [tmp_path / 'input.safetensors', tmp_path / 'output.safetensors',
+                                          json.dumps(list(runs))], hf_home)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the subprocess's thread count, so float sums run in the same order
