@@ -62,31 +62,31 @@ from timm_fgvc.data.synthetic import render_sample  # noqa: E402
 from timm_fgvc.engine.config import TrainConfig  # noqa: E402
 from timm_fgvc.engine.trainer import build_transforms, train  # noqa: E402
 from timm_fgvc.layers import propose_square_regions  # noqa: E402
+from transfer import TRANSFER_DEFAULTS  # noqa: E402
 
 DEFAULT_CUB_TAR = REPO.parent / 'shared' / 'data' / 'cub200_s160.tar'
-TRANSFER_DEFAULTS = dict(optimizer='sgd', lr=0.02, backbone_lr=0.01, epochs=12, batch_size=32, weight_decay=1e-4,
-                         scheduler='cosine', warmup_epochs=1.)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------------------
-def prepare_cub_subset(tar_path: Path, num_classes: int, workdir: Path) -> Tuple[Path, List[str]]:
-    """Extract the first `num_classes` classes (sorted folder names) of both splits into `workdir`.
+def prepare_cub_subset(tar_path: Path, num_classes: int, workdir: Path, first: int = 0) -> Tuple[Path, List[str]]:
+    """Extract `num_classes` classes (sorted folder names) from the `first`-th on, of both splits, into `workdir`.
 
     Returns the image-folder root (`<root>/{train,test}/<class>/*.jpg`, what the engine's `dataset=<dir>`
     reads with `datasets`' imagefolder) and the class names. Only the needed members are extracted.
     """
-    root = workdir / f'cub200_s160_first{num_classes}'
+    root = workdir / (f'cub200_s160_first{num_classes}' if first == 0 else
+                      f'cub200_s160_classes{first + 1}-{first + num_classes}')
     marker = root / '.complete'
     with tarfile.open(tar_path) as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
         parts = [Path(m.name).parts for m in members]
         base = next(p.index('train') for p in parts if 'train' in p[:-1])  # depth of <split>/<class>/<image>
         classes = sorted({p[base + 1] for p in parts if len(p) > base + 2 and p[base] == 'train'})
-        if len(classes) < num_classes:
-            raise SystemExit(f'{tar_path} has {len(classes)} classes, fewer than --cub-classes {num_classes}.')
-        keep = set(classes[:num_classes])
+        if len(classes) < first + num_classes:
+            raise SystemExit(f'{tar_path} has {len(classes)} classes, fewer than {first} + {num_classes}.')
+        keep = set(classes[first:first + num_classes])
         if not marker.exists():
             for member, p in zip(members, parts):
                 if len(p) > base + 2 and p[base] in ('train', 'test') and p[base + 1] in keep:
@@ -95,7 +95,7 @@ def prepare_cub_subset(tar_path: Path, num_classes: int, workdir: Path) -> Tuple
                     with tar.extractfile(member) as src:
                         target.write_bytes(src.read())
             marker.touch()
-    return root, classes[:num_classes]
+    return root, classes[first:first + num_classes]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -468,9 +468,11 @@ def parse_args(argv=None):
     p.add_argument('--backbone-lr', type=float, default=None, help='default: --lr (everything trains from scratch)')
     p.add_argument('--weight-decay', type=float, default=None, help=engine('weight_decay'))
     p.add_argument('--scheduler', default=None, help=engine('scheduler'))
+    p.add_argument('--label-smoothing', type=float, default=None, help=engine('label_smoothing'))
     p.add_argument('--warmup-epochs', type=float, default=None, help=engine('warmup_epochs'))
     p.add_argument('--crop-pct', type=float, default=None, help='default: 1.0 on the synthetic set, 0.875 on CUB')
-    p.add_argument('--mixed-precision', default='no')
+    p.add_argument('--mixed-precision', default=None, choices=('no', 'bf16', 'fp16'),
+                   help="default: bf16 for the transfer suite (3x faster on CPUs with AMX), else 'no'")
     p.add_argument('--cpu', action='store_true', help='force the CPU even where CUDA is available')
     p.add_argument('--workers', type=int, default=0)
     p.add_argument('--threads', type=int, default=None,
@@ -499,6 +501,11 @@ def parse_args(argv=None):
     p.add_argument('--skip-baseline', action='store_true',
                    help='transfer: train only the methods (their gain is taken against the stored baseline runs '
                         'of the same recipe)')
+    p.add_argument('--no-source-step', action='store_true',
+                   help="transfer: HSM's step 1 on the target data instead of on the source classes (the paper's "
+                        'ImageNet step; an ablation, needs --label)')
+    p.add_argument('--source-step-epochs', type=float, default=3.,
+                   help="transfer: epochs of HSM's step 1 on the source classes (CUB 51-200)")
     p.add_argument('--label', default=None, help='transfer: a name for a method ablation (with --model-args)')
     p.add_argument('--lr-ratio', type=float, default=None,
                    help="transfer: the methods' new-layer / backbone lr ratio instead of the paper's (an ablation)")
@@ -507,6 +514,8 @@ def parse_args(argv=None):
         for name, value in TRANSFER_DEFAULTS.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
+    if args.mixed_precision is None:
+        args.mixed_precision = 'no'
     if args.quick:
         args.synthetic_classes, args.synthetic_train_per_class, args.synthetic_test_per_class = 4, 8, 4
         args.synthetic_image_size, args.cub_img_size, args.cub_classes = 64, 64, 3
@@ -533,6 +542,7 @@ def main(argv=None):
             from transfer import PROTOCOL, run_transfer
             dataset, _ = prepare_cub_subset(Path(args.cub_tar), PROTOCOL['classes'], workdir)
             args.transfer_models, args.workdir, args.results_dir = variants, str(workdir), str(results_dir)
+            args.source_dataset = lambda: str(prepare_cub_subset(Path(args.cub_tar), 150, workdir, first=50)[0])
             run_transfer(args, train, TrainConfig, str(dataset))
             continue
         if suite == 'cub':

@@ -31,8 +31,12 @@ from timm_fgvc.benchmarks import transfer_summary
 
 SOURCE_WEIGHTS = REPO.parent / 'shared' / 'data' / 'resnet18_cub150.safetensors'
 PROTOCOL = dict(classes=50, img_size=128, output_stride=16, crop_pct=0.875, baseline='resnet18')
+# The protocol's recipe: the baseline sweep's best (bench/README.md); bf16 autocast makes a run ~3x faster on a
+# CPU with AMX (resnet18 step at 128 px, batch 32, one thread: 1.37 s fp32 -> 0.47 s)
+TRANSFER_DEFAULTS = dict(optimizer='sgd', lr=0.04, backbone_lr=0.02, epochs=12, batch_size=32, weight_decay=1e-4,
+                         scheduler='cosine', warmup_epochs=1., mixed_precision='bf16', label_smoothing=0.)
 RECIPE_FIELDS = ('optimizer', 'lr', 'backbone_lr', 'epochs', 'batch_size', 'weight_decay', 'scheduler',
-                 'warmup_epochs')
+                 'warmup_epochs', 'mixed_precision', 'label_smoothing')
 
 
 def recipe_id(recipe: dict) -> str:
@@ -40,6 +44,8 @@ def recipe_id(recipe: dict) -> str:
     with --max-steps is its own recipe, never pooled with the full ones)."""
     return (f"{recipe['optimizer']} lr{recipe['lr']:g}/bb{recipe['backbone_lr']:g} wd{recipe['weight_decay']:g} "
             f"{recipe['scheduler']} w{recipe['warmup_epochs']:g} e{recipe['epochs']} b{recipe['batch_size']}"
+            + (f" ls{recipe['label_smoothing']:g}" if recipe.get('label_smoothing') else '')
+            + (f" {recipe['mixed_precision']}" if recipe.get('mixed_precision', 'no') != 'no' else '')
             + (f" max{recipe['max_steps']}steps" if recipe.get('max_steps') else ''))
 
 
@@ -117,6 +123,7 @@ def add_run(path: Path, run: dict) -> None:
         data = json.loads(path.read_text()) if path.exists() else {}
         runs = [r for r in data.get('runs', []) if run_key(r) != run_key(run)] + [run]
         data = {'suite': 'transfer', 'protocol': {**PROTOCOL, 'source': 'resnet18_cub150.safetensors'},
+                'recipe': recipe_id(TRANSFER_DEFAULTS),
                 'notes': data.get('notes', {}), 'runs': runs}
         path.write_text(json.dumps(data, indent=2) + '\n')
 
@@ -134,6 +141,76 @@ def method_config(name: str, recipe: dict, model_args: dict) -> dict:
             'paper': paper}
 
 
+# Methods whose paper trains a new part on the pretraining data, the pretrained model frozen, before fine-tuning:
+# HSM's step 1 runs on ImageNet with the ImageNet model and head frozen (Sec. 3.4). Here the pretraining data is
+# the source (CUB classes 51-200) and the frozen model is the source resnet18 with its 150-way classifier.
+SOURCE_STEP_METHODS = ('hsm',)
+
+
+def source_initialisation(name: str, model_args: dict, weights: Path, out: Path) -> Path:
+    """A weights file of method `name` whose backbone is the source model and whose classifier is the source's
+    own (HSM's step 1 keeps the pretrained model's trained head, frozen)."""
+    import timm
+    from safetensors.torch import save_file
+    from timm_fgvc.models._weights import read_state_dict
+    state = read_state_dict(weights)
+    model = timm.create_model(name, num_classes=state['fc.weight'].shape[0], pretrained_backbone=str(weights),
+                              **model_args)
+    head = model.get_classifier()
+    with torch.no_grad():
+        head.weight.copy_(state['fc.weight'])
+        head.bias.copy_(state['fc.bias'])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    return out
+
+
+@torch.no_grad()
+def saliency_activity(run_dir: Path, dataset: str, images: int = 64) -> Optional[dict]:
+    """HSM: the share of non-zero saliency cells and the mean map on the first `images` eval images of a run (a
+    dead branch reads 0: the method is then its backbone)."""
+    from PIL import Image
+    from timm_fgvc.inference import eval_transform, load_model
+    loaded = load_model(checkpoint=run_dir)
+    if not hasattr(loaded.model, 'saliency_map'):
+        return None
+    transform, _ = eval_transform(loaded)
+    files = sorted((Path(dataset) / 'test').glob('*/*.jpg'))
+    files = files[::max(1, len(files) // images)][:images]  # spread over the classes
+    x = torch.stack([transform(Image.open(f).convert('RGB')) for f in files])
+    s = loaded.model.saliency_map(x).float()
+    return {'active_cells': float((s > 0).float().mean()), 'mean': float(s.mean()), 'max': float(s.max()),
+            'images': len(files)}
+
+
+def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recipe: dict, lr: float, seed: int,
+                    weights: Path, out_root: Path) -> dict:
+    """HSM's step 1 on the source classes: the saliency branch alone learns, the source model and its head frozen."""
+    step_args = {**model_args, 'saliency_step_trains_head': False}  # the paper: the pretrained head stays frozen
+    init = source_initialisation(name, step_args, weights, out_root / 'source_init.safetensors')
+    dataset = args.source_dataset()
+    n_train = sum(1 for _ in (Path(dataset) / 'train').glob('*/*.jpg'))
+    steps = int(args.source_step_epochs * (n_train // recipe['batch_size']))
+    steps = min(steps, args.max_steps) if args.max_steps else steps  # a smoke run
+    cfg = TrainConfig(
+        model=name, model_args=step_args, dataset=dataset, pretrained_path=str(init),
+        output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'], crop_pct=PROTOCOL['crop_pct'],
+        optimizer=recipe['optimizer'], lr=lr, backbone_lr=recipe['backbone_lr'], batch_size=recipe['batch_size'],
+        weight_decay=recipe['weight_decay'], scheduler=recipe['scheduler'], warmup_epochs=recipe['warmup_epochs'],
+        mixed_precision=recipe['mixed_precision'], stage_epochs=[args.source_step_epochs, recipe['epochs']],
+        epochs=recipe['epochs'], max_steps=steps, max_eval_samples=600, seed=seed, eval_every=10 ** 6,
+        keep_checkpoints=1, num_workers=args.workers, overwrite=True, output_dir=str(out_root / 'source_step'))
+    print(f'\n=== transfer seed {seed}: {name} step 1 on the source classes ({args.source_step_epochs:g} epochs, '
+          f'{steps} steps, lr {lr:g})', flush=True)
+    start = time.time()
+    results = train(cfg)
+    final = results.get('final', {})
+    return {'dataset': 'CUB classes 51-200 (train split)', 'epochs': args.source_step_epochs, 'steps': steps,
+            'lr': lr, 'wall_seconds': time.time() - start, 'source_top1_600': final.get('eval_top1'),
+            'saliency': saliency_activity(out_root / 'source_step', dataset),
+            'weights': str(out_root / 'source_step' / 'model.safetensors')}
+
+
 def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     """Train each model of `args` (baseline unless --skip-baseline, then the method variants) for each seed."""
     import timm
@@ -142,8 +219,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
     names = ([] if args.skip_baseline else [PROTOCOL['baseline']]) + list(args.transfer_models)
-    if (args.model_args or args.lr_ratio is not None) and not args.label:
-        raise SystemExit('--model-args / --lr-ratio make an ablation row: name it with --label (the plain row is the '
+    if (args.model_args or args.lr_ratio is not None or args.no_source_step) and not args.label:
+        raise SystemExit('--model-args / --lr-ratio / --no-source-step make an ablation row: name it with --label (the plain row is the '
                          "paper recipe: its hub config's model arguments and new-layer / backbone lr ratio).")
     for seed in args.seeds:
         for name in names:
@@ -152,16 +229,24 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
             extra = method_config(name, recipe, model_args)
             if args.lr_ratio is not None and name != PROTOCOL['baseline']:  # an ablation of the paper's ratio
                 extra['lr'] = recipe['backbone_lr'] * args.lr_ratio
+            out_dir = (Path(args.workdir) / 'transfer' / rid.replace(' ', '_').replace('/', '-') / f'seed{seed}'
+                       / (name + (('_' + args.label) if args.label else '')))
+            source_step, start_stage, init = None, 0, weights
+            if split_variant(name)[0] in SOURCE_STEP_METHODS and not args.no_source_step:
+                source_step = run_source_step(args, train, TrainConfig, name, model_args, recipe, extra['lr'], seed,
+                                              weights, out_dir)
+                init, start_stage = Path(source_step['weights']), 1  # step 2 on the target, all the epochs
+                extra['stage_epochs'] = [args.source_step_epochs, recipe['epochs']]
             cfg = TrainConfig(
-                model=name, model_args=model_args, dataset=dataset, pretrained_path=str(weights),
+                model=name, model_args=model_args, dataset=dataset, pretrained_path=str(init), start_stage=start_stage,
                 output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'], crop_pct=PROTOCOL['crop_pct'],
                 optimizer=recipe['optimizer'], lr=extra['lr'], backbone_lr=recipe['backbone_lr'],
                 epochs=recipe['epochs'], batch_size=recipe['batch_size'], weight_decay=recipe['weight_decay'],
                 scheduler=recipe['scheduler'], warmup_epochs=recipe['warmup_epochs'],
+                mixed_precision=recipe['mixed_precision'], label_smoothing=recipe['label_smoothing'],
                 stage_epochs=extra['stage_epochs'], seed=seed, eval_every=max(recipe['epochs'], 1),
                 keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers, overwrite=True,
-                output_dir=str(Path(args.workdir) / 'transfer' / rid.replace(' ', '_').replace('/', '-')
-                               / f'seed{seed}' / (name + (('_' + args.label) if args.label else ''))))
+                output_dir=str(out_dir / 'target' if source_step else out_dir))
             print(f'\n=== transfer seed {seed}: {name} {model_args or ""} lr {extra["lr"]:g} / backbone '
                   f'{recipe["backbone_lr"]:g}, stage epochs {extra["stage_epochs"] or recipe["epochs"]}', flush=True)
             start = time.time()
@@ -180,6 +265,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 'final_train_loss': final.get('train_loss'), 'history': results.get('history'),
                 'compute_ratio': backbone_passes(probe, PROTOCOL['img_size'], extra['stage_epochs'] or None),
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,
+                'source_step': source_step,
+                'saliency': saliency_activity(Path(cfg.output_dir), dataset) if name.startswith('hsm') else None,
                 **run_metadata(torch.device('cpu')),
             }
             add_run(out, run)

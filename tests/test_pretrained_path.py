@@ -102,3 +102,26 @@ def test_a_file_that_does_not_fit_names_the_keys(source, tmp_path):
         build_model(TrainConfig(model='test_resnet', pretrained_path=str(bad)), num_classes=3)
     with pytest.raises(FileNotFoundError, match='no such file'):
         build_model(TrainConfig(model='s3n_tiny', pretrained_path=str(tmp_path / 'missing.safetensors')), 3)
+
+
+@pytest.mark.parametrize('name', ('hsm_tiny', 's3n_tiny'))
+def test_a_trained_method_fine_tunes_on_another_label_set(source, name, tmp_path):
+    """`--pretrained-path` with a method's own weights (HSM's step 2 from its step-1 model): every tensor but the
+    classifier, which has the new task's size; a method of another kind does not fit and names the keys."""
+    path, _ = source
+    torch.manual_seed(0)
+    trained = build_model(TrainConfig(model=name, pretrained_path=str(path)), num_classes=7)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))  # every tensor differs from the source file and from a fresh model
+    weights = tmp_path / 'trained.safetensors'
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(weights))
+    model = build_model(TrainConfig(model=name, pretrained_path=str(weights)), num_classes=3)
+    heads = tuple(model.pretrained_cfg['classifier'])
+    own, theirs = model.state_dict(), trained.state_dict()
+    compared = [k for k in own if not k.startswith(tuple(h + '.' for h in heads))]
+    assert compared and all(torch.equal(own[k], theirs[k]) for k in compared)
+    assert all(own[h + '.weight'].shape[0] == 3 for h in heads)  # the new 3-way classifiers, as built
+    other = 'lfd_tiny'
+    with pytest.raises(ValueError, match='unexpected in the file'):
+        build_model(TrainConfig(model=other, pretrained_path=str(weights)), num_classes=3)

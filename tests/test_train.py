@@ -210,3 +210,20 @@ def test_stage_epochs_override_the_papers_stage_lengths():
     with pytest.raises(ValueError, match='positive'):
         resolve_stage_epochs(stages, TrainConfig(stage_epochs=[0]))
     assert parse_args(['--stage-epochs', '1', '0.5', '2']).stage_epochs == [1.0, 0.5, 2.0]
+
+
+def test_label_smoothing_reaches_a_plain_model_and_the_method_heads_without_their_own():
+    """`--label-smoothing`: a plain model's cross-entropy, and every method head its recipe leaves unsmoothed."""
+    import torch.nn.functional as F
+    from timm_fgvc.engine.trainer import TrainStep, default_label_smoothing
+    torch.manual_seed(0)
+    plain = timm.create_model('test_resnet', num_classes=4)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+    smooth = TrainStep(plain, label_smoothing=0.3)(x, y)['losses']['loss']
+    assert smooth.item() == pytest.approx(F.cross_entropy(plain(x), y, label_smoothing=0.3).item(), rel=1e-5)
+    assert abs(smooth.item() - F.cross_entropy(plain(x), y).item()) > 1e-3
+    s3n = timm.create_model('s3n_tiny', num_classes=4, recipe='authors')  # smooths O and C itself
+    own = dict(s3n.label_smoothing)
+    default_label_smoothing(s3n, 0.1)
+    assert s3n.label_smoothing == {'original': own['original'], 'complementary': own['complementary'],
+                                   'discriminative': 0.1, 'joint': 0.1}

@@ -329,14 +329,16 @@ def load_transfer(folder: Union[str, Path], repo: Optional[Union[str, Path]] = N
 
 
 def transfer_summary(data: dict) -> Dict[str, Any]:
-    """Per row label (a method variant or an ablation) of the recipe with the most baseline seeds: top-1 over
-    seeds, gain over the baseline mean, per-head top-1, compute ratio, wall time, the command."""
+    """Per row label (a method variant or an ablation) of the protocol's recipe (`data['recipe']`; older files: the
+    recipe with the most runs): top-1 over seeds, gain over the baseline mean, per-head top-1, compute ratio, wall
+    time, the command."""
     runs = data.get('runs', [])
     counts: Dict[str, Tuple[int, int]] = {}  # recipe -> (method runs, baseline runs): the methods' recipe wins
     for r in runs:
         methods, baselines = counts.get(r['recipe_id'], (0, 0))
         counts[r['recipe_id']] = (methods + (r['role'] != 'baseline'), baselines + (r['role'] == 'baseline'))
-    recipe = max(sorted(counts), key=counts.get) if counts else None
+    recipe = data.get('recipe') if data.get('recipe') in counts else (  # the protocol's recipe, else the most run
+        max(sorted(counts), key=counts.get) if counts else None)
     rows: Dict[str, dict] = {}
     for r in runs:
         if r['recipe_id'] == recipe:
@@ -395,9 +397,11 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             "its paper's new-layer / backbone lr ratio and stage proportions of the same epochs.\n\n")
     text += '\n'.join(lines) + '\n'
     if s['other_recipes']:
-        text += '\nOther recipes tried (baseline sweep):\n' + '\n'.join(
-            f"- `{rid}`: " + ', '.join(f"{r['label']} seed {r['seed']} {r['top1']:.2f}"
-                                      for r in data['runs'] if r['recipe_id'] == rid) for rid in s['other_recipes']) + '\n'
+        text += ('\nOther recipes (the baseline sweep, and runs under an earlier recipe):\n\n'
+                 '| Recipe | Runs (top-1, seed) |\n|---|---|\n' + '\n'.join(
+                     f"| `{rid}` | " + ', '.join(f"{r['label']} {r['top1']:.2f} (s{r['seed']})"
+                                               for r in data['runs'] if r['recipe_id'] == rid) + ' |'
+                     for rid in s['other_recipes']) + '\n')
     notes = data.get('notes') or {}
     if notes:
         text += '\n' + '\n'.join(f'- {k}: {v}' for k, v in notes.items()) + '\n'

@@ -54,7 +54,9 @@ class TrainConfig:
     pretrained: bool = _arg(False, "load the model's own pretrained weights through timm (needs the Hub)")
     pretrained_backbone: bool = _arg(False, "a method's backbone(s) start from timm's ImageNet weights (needs the Hub)")
     pretrained_path: Optional[str] = _arg(None, "a plain timm model's weights (local .safetensors/.pth) for the "
-                                          'backbone(s) of a method or the baseline')
+                                          "backbone(s) of a method or the baseline; or a trained method's weights "
+                                          '(file, exported folder or checkpoint) for the same method: all but a '
+                                          'classifier of another size')
     output_stride: Optional[int] = _arg(None, "dilate the backbone's last stage to this stride (e.g. 16)",
                                         _positive, 'a positive integer')
     model_args: Dict[str, Any] = _arg({}, 'extra timm.create_model arguments, a JSON object (e.g. \'{"backbone": '
@@ -112,6 +114,8 @@ class TrainConfig:
     step_gamma: float = _arg(0.1, "lr factor at each drop of the 'step' schedule", _positive, 'positive')
     warmup_epochs: float = _arg(1., 'linear warm-up at the start of each stage, in epochs', _non_negative,
                                 'zero or more')
+    label_smoothing: float = _arg(0., "cross-entropy label smoothing (a plain model's head, and every head of a "
+                                  'method that its recipe does not set)', lambda v: 0 <= v < 1, 'in [0, 1)')
     grad_accum_steps: int = _arg(1, 'batches accumulated per optimizer step', _positive, 'a positive integer')
     clip_grad: Optional[float] = _arg(None, 'clip the gradient norm to this value', _positive, 'positive')
     mixed_precision: str = _arg('no', "Accelerate mixed precision (fp16 needs a GPU; on CPU use bf16)",

@@ -33,13 +33,14 @@ from tqdm.auto import tqdm
 
 from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc_dataset
 from ..models._base import TrainingStage
-from ..models._weights import load_backbone_weights
+from ..models._weights import (is_method_state, load_backbone_weights, load_fine_tune_weights,
+                               read_state_dict)
 from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_outputs, find_checkpoint,
                          load_weights, rng_restore_problem, save_checkpoint, warn_loudly, write_run_config)
 from .config import TrainConfig
 from .curves import plot_curves
 
-__all__ = ['TrainStep', 'train', 'evaluate', 'build_model', 'model_kwargs', 'build_transforms', 'parameter_groups',
+__all__ = ['TrainStep', 'train', 'evaluate', 'build_model', 'default_label_smoothing', 'model_kwargs', 'build_transforms', 'parameter_groups',
            'resolve_stage_epochs', 'stage_schedule', 'format_record']
 
 _logger = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ _logger = logging.getLogger(__name__)
 class TrainStep(nn.Module):
     """`forward(x, target)` -> named logits and loss terms; the unit Accelerate prepares (and DDP wraps)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.):
         super().__init__()
         self.model = model
+        self.label_smoothing = label_smoothing  # a plain model's; a method's heads take theirs from the model
         self.loss_terms: Optional[Sequence[str]] = None  # set per stage
         self.frozen_norms: List[nn.Module] = []  # set per stage: norm layers whose parameters the stage freezes
 
@@ -72,7 +74,8 @@ class TrainStep(nn.Module):
             if hasattr(self.model, 'loss'):
                 losses = self.model.loss(output, target)
             else:
-                losses = {'loss_main': F.cross_entropy(logits['main'].float(), target)}
+                losses = {'loss_main': F.cross_entropy(logits['main'].float(), target,
+                                                       label_smoothing=self.label_smoothing)}
                 losses['loss'] = losses['loss_main']
             if self.loss_terms is not None:
                 losses['loss'] = sum(losses[k] for k in self.loss_terms)
@@ -111,22 +114,33 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     fgvc = is_fgvc_model(cfg.model)
     if cfg.pretrained_backbone and cfg.pretrained_path:
         raise ValueError('Give --pretrained-backbone (timm Hub weights) or --pretrained-path (a local file), not both.')
-    if cfg.pretrained_path and not Path(cfg.pretrained_path).is_file():
+    if cfg.pretrained_path and not Path(cfg.pretrained_path).exists():
         raise FileNotFoundError(f'--pretrained-path {cfg.pretrained_path}: no such file (a .safetensors or .pth '
-                                'state dict of a plain timm model).')
+                                "state dict of a plain timm model, or a method's weights or exported folder).")
+    method_weights = bool(cfg.pretrained_path) and fgvc and is_method_state(read_state_dict(cfg.pretrained_path))
     if cfg.pretrained_backbone:
         if not fgvc:
             raise ValueError(f'--pretrained-backbone is for timm-fgvc methods; {cfg.model} is a plain timm model: '
                              'use --pretrained for its ImageNet weights.')
         kwargs['pretrained_backbone'] = True
-    if cfg.pretrained_path and fgvc:
+    if cfg.pretrained_path and fgvc and not method_weights:
         kwargs['pretrained_backbone'] = cfg.pretrained_path  # every backbone of the method (CAA: each scale's)
     model = timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, **kwargs)
+    if method_weights:  # a trained method of the same architecture: all but a classifier that does not fit
+        load_fine_tune_weights(model, cfg.pretrained_path)
     if cfg.pretrained_path and not fgvc:
         load_backbone_weights(model, cfg.pretrained_path)  # the baseline: all but a classifier that does not fit
     if cfg.initial_checkpoint:
         load_weights(model, cfg.initial_checkpoint)
     return model
+
+
+def default_label_smoothing(model: nn.Module, value: float) -> None:
+    """`--label-smoothing` for every head of a method whose recipe sets none (S3N's authors' recipe smooths its O
+    and C heads itself); a plain model gets it in `TrainStep`."""
+    if value and isinstance(getattr(model, 'label_smoothing', None), dict):
+        for name in getattr(model, 'heads', {}):
+            model.label_smoothing.setdefault(name, value)
 
 
 def is_fgvc_model(name: str) -> bool:
@@ -395,7 +409,8 @@ def train(cfg: TrainConfig) -> dict:
     else:
         raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adamw'.")
 
-    step_module = TrainStep(model)
+    default_label_smoothing(model, cfg.label_smoothing)
+    step_module = TrainStep(model, cfg.label_smoothing)
     step_module, optimizer, train_loader = accelerator.prepare(step_module, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)

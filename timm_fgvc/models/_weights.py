@@ -11,7 +11,8 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn as nn
 
-__all__ = ['read_state_dict', 'load_backbone_weights', 'classifier_names']
+__all__ = ['read_state_dict', 'load_backbone_weights', 'load_fine_tune_weights', 'is_method_state',
+           'classifier_names']
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
@@ -65,7 +66,29 @@ def load_backbone_weights(model: nn.Module, path: Union[str, Path]) -> None:
     (`num_classes=0`); any other key the model lacks, or lacks in the file, or whose shape differs, is an error
     that names the keys. BatchNorm's `num_batches_tracked` counters are not required.
     """
-    state = _timm_filter(model, read_state_dict(path))
+    _load_dropping_classifier(model, _timm_filter(model, read_state_dict(path)), path,
+                              'The file must hold a plain timm model of the same architecture.')
+
+
+def is_method_state(state: Dict[str, torch.Tensor]) -> bool:
+    """True for the weights of a timm-fgvc method (its backbone under `backbone.`; a training checkpoint's keys
+    carry `model.` before that), False for a plain timm model's."""
+    return any(k.startswith(('backbone.', 'model.backbone.')) for k in state)
+
+
+def load_fine_tune_weights(model: nn.Module, path: Union[str, Path]) -> None:
+    """Load a trained method's weights (an exported folder, a weights file or a run's checkpoint) into a method of
+    the same architecture for fine-tuning on another label set: every tensor but a classifier that does not fit
+    (the new task's classifier stays as built), as `load_backbone_weights` does for a plain model. The HSM paper's
+    step 2 starts this way from its step-1 model (saliency branch trained, ImageNet head replaced)."""
+    state = read_state_dict(path)
+    if state and all(k.startswith('model.') for k in state):
+        state = {k[len('model.'):]: v for k, v in state.items()}  # a train_fgvc.py checkpoint (TrainStep.model)
+    _load_dropping_classifier(model, state, path, 'The file must hold a model of the same method and backbone.')
+
+
+def _load_dropping_classifier(model: nn.Module, state: Dict[str, torch.Tensor], path: Union[str, Path],
+                              hint: str) -> None:
     own = model.state_dict()
     heads = classifier_names(model)
     is_head = lambda k: any(k.startswith(h + '.') for h in heads)  # noqa: E731
@@ -79,6 +102,5 @@ def load_backbone_weights(model: nn.Module, path: Union[str, Path]) -> None:
         problems = [f'{label}: {_listing(keys)}' for label, keys in
                     (('missing in the file', missing), ('unexpected in the file', unexpected),
                      ('shape differs', mismatched)) if keys]
-        raise ValueError(f'Pretrained weights {path} do not fit backbone {name!r}: ' + '; '.join(problems)
-                         + '. The file must hold a plain timm model of the same architecture.')
+        raise ValueError(f'Pretrained weights {path} do not fit {name!r}: ' + '; '.join(problems) + '. ' + hint)
     model.load_state_dict(state, strict=False)
