@@ -21,14 +21,12 @@ from timm.data import create_transform, resolve_data_config
 
 from . import models  # noqa: F401  (registers the methods with timm)
 from .engine.checkpoint import load_weights
+from .hub import RUNTIME_MODEL_ARGS
 from .runs import read_run, run_train_config
 
 __all__ = ['LoadedModel', 'load_model', 'eval_transform', 'resolve_device']
 
 _HUB_PREFIXES = ('hf-hub:', 'local-dir:')
-# factory kwargs that act when a model is built (downloads, local pretrained files), not what the weights are
-_BUILD_TIME_ARGS = ('pretrained_backbone', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay',
-                    'pretrained_strict', 'checkpoint_path', 'cache_dir')
 
 
 @dataclass
@@ -82,7 +80,7 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
             raise ValueError('Give --model (a registered name, hf-hub:<repo> or local-dir:<folder>), or a '
                              '--checkpoint inside a train_fgvc.py run folder (with its results.json).')
         name = run['model'] if ':' in run['model'] else run['model'].split('.')[0]  # the tag named the dataset
-    kwargs = {k: v for k, v in ((run or {}).get('model_args') or {}).items() if k not in _BUILD_TIME_ARGS}
+    kwargs = {k: v for k, v in ((run or {}).get('model_args') or {}).items() if k not in RUNTIME_MODEL_ARGS}
     kwargs.update(model_args or {})
     if num_classes is None and run is not None:
         num_classes = int(run['num_classes'])
