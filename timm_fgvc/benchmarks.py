@@ -360,9 +360,20 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
             heads={k: statistics.fmean(v) for k, v in heads.items()},
             compute=row['runs'][-1].get('compute_ratio'),
             wall=statistics.fmean(r['wall_seconds'] for r in row['runs']), command=row['runs'][-1]['command'],
-            lr=row['runs'][-1].get('lr'), stage_epochs=row['runs'][-1].get('stage_epochs'))
+            lr=row['runs'][-1].get('lr'), stage_epochs=row['runs'][-1].get('stage_epochs'),
+            saliency=[r['saliency']['active_cells'] for r in row['runs'] if r.get('saliency')] or None)
     others = sorted({r['recipe_id'] for r in runs} - {recipe})
     return {'recipe': recipe, 'baseline_mean': base_mean, 'rows': rows, 'other_recipes': others}
+
+
+def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
+    """'passes' / 'below' the gate; a gain of a method whose own part is dead (HSM's saliency map all zero: the
+    model is its backbone with another head schedule) is not credited to the method."""
+    if row['gain'] is None or gate is None:
+        return '–'
+    if row.get('saliency') is not None and max(row['saliency']) == 0:
+        return 'not credited (saliency map dead)'
+    return ('**passes**' if bold else 'passes') if row['gain'] >= gate else 'below'
 
 
 def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
@@ -384,8 +395,11 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
         elif gate is None or row['gain'] is None:
             verdict = '–'
         else:
-            verdict = f"+{gate:g}: " + ('**passes**' if row['gain'] >= gate else 'below')
-        heads = ', '.join(f'{k} {v:.1f}' for k, v in row['heads'].items() if k != 'main') or '–'
+            verdict = f"+{gate:g}: " + gate_verdict(row, gate, bold=True)
+        heads = ', '.join(f'{k} {v:.1f}' for k, v in row['heads'].items() if k != 'main')
+        if row['saliency'] is not None:
+            heads += ('; ' if heads else '') + 'saliency cells live ' + '/'.join(f'{a:.0%}' for a in row['saliency'])
+        heads = heads or '–'
         stages = '/'.join(f'{e:.1f}' for e in row['stage_epochs']) if row['stage_epochs'] else 'one stage'
         lines.append(
             f"| {row['label']} | {top1} | {signed(row['gain'])} | {verdict} | "
@@ -431,7 +445,7 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
         if row is None:
             acc, compute = 'not yet measured', '–'
         else:
-            verdict = 'passes' if row['gain'] is not None and gate is not None and row['gain'] >= gate else 'below'
+            verdict = gate_verdict(row, gate)
             acc = (f"{row['mean']:.2f} ({signed(row['gain'])}; gate +{gate:g}: {verdict}; "
                    f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}{variant})")
             compute = fmt(row['compute'])
