@@ -192,3 +192,31 @@ def test_short_stage_training_lowers_each_stages_losses(short_training):
     apply_stage(model, op)  # then OP on the parts the first stage learned to find, all else fixed
     first, last = short_training(model, num_classes=4, image_size=96, lr=0.02, terms=op.loss_terms)['loss_op']
     assert last < 0.7 * first, (first, last)
+
+
+def _dsm_losses(flat_head_lr, steps=8):
+    """DSM cross-entropy over SGD steps (lr 0.05, stage 1) on one fixed batch of 4 x 4 candidate maps."""
+    from timm_fgvc.engine.trainer import parameter_groups
+    torch.manual_seed(0)
+    model = timm.create_model('ssanet_resnet50', num_classes=5, backbone='test_resnet', dsm_pool_size=4,
+                              flat_head_lr=flat_head_lr)
+    model.train()
+    model.set_training_stage(model.training_stages()[0])
+    x, y = torch.randn(8, 3, 128, 128), torch.arange(8) % 5
+    opt = torch.optim.SGD(parameter_groups(model, 0.05, 0.05, 0.), momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(model.forward_train(x, y), y)['loss_dsm']
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_flattened_map_heads_learn_at_a_fan_in_scaled_lr_and_diverge_without_it():
+    """DSM reads S x p^2 flattened cells: at the new-layer lr its logits jump (loss far above its start); at the
+    lr divided by its cells the same steps lower it."""
+    same, scaled = _dsm_losses('same'), _dsm_losses('fan_in')
+    assert max(same) > 3 * same[0]
+    assert max(scaled) < 1.5 * scaled[0] and min(scaled[-3:]) < scaled[0]
