@@ -220,8 +220,9 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
     names = ([] if args.skip_baseline else [PROTOCOL['baseline']]) + list(args.transfer_models)
     if (args.model_args or args.lr_ratio is not None or args.no_source_step) and not args.label:
-        raise SystemExit('--model-args / --lr-ratio / --no-source-step make an ablation row: name it with --label (the plain row is the '
-                         "paper recipe: its hub config's model arguments and new-layer / backbone lr ratio).")
+        raise SystemExit('--model-args / --lr-ratio / --no-source-step make an ablation row: name it with --label '
+                         "(the plain row is the paper recipe: its hub config's model arguments and new-layer / "
+                         'backbone lr ratio).')
     for seed in args.seeds:
         for name in names:
             paper_args = {} if name == PROTOCOL['baseline'] else method_config(name, recipe, {})['paper']['model_args']
