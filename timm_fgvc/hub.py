@@ -40,10 +40,11 @@ RUNTIME_MODEL_ARGS = ('pretrained_backbone', 'pretrained', 'pretrained_cfg', 'pr
                       'pretrained_strict', 'checkpoint_path', 'cache_dir')
 EXPORT_FILES = ('config.json', 'model.safetensors', 'README.md')
 _PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.ckpt')
-_RECIPE_KEYS = ('model', 'pretrained', 'pretrained_backbone', 'pretrained_path', 'output_stride', 'model_args', 'dataset', 'shots', 'img_size',
-                'test_img_size', 'crop_pct', 'augment', 'epochs', 'max_steps', 'batch_size', 'grad_accum_steps',
-                'optimizer', 'lr', 'backbone_lr', 'momentum', 'weight_decay', 'scheduler', 'warmup_epochs',
-                'mixed_precision', 'seed', 'max_train_samples', 'max_eval_samples')
+_RECIPE_KEYS = ('model', 'pretrained', 'pretrained_backbone', 'pretrained_path', 'output_stride', 'model_args',
+                'dataset', 'shots', 'img_size', 'test_img_size', 'crop_pct', 'augment', 'epochs', 'max_steps',
+                'batch_size', 'grad_accum_steps', 'optimizer', 'lr', 'backbone_lr', 'momentum', 'weight_decay',
+                'scheduler', 'warmup_epochs', 'label_smoothing', 'mixed_precision', 'seed', 'max_train_samples',
+                'max_eval_samples')
 
 
 # --- helpers -------------------------------------------------------------------------------------

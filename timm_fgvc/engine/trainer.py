@@ -40,8 +40,8 @@ from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_ou
 from .config import TrainConfig
 from .curves import plot_curves
 
-__all__ = ['TrainStep', 'train', 'evaluate', 'build_model', 'default_label_smoothing', 'model_kwargs', 'build_transforms', 'parameter_groups',
-           'resolve_stage_epochs', 'stage_schedule', 'format_record']
+__all__ = ['TrainStep', 'train', 'evaluate', 'build_model', 'default_label_smoothing', 'model_kwargs',
+           'build_transforms', 'parameter_groups', 'resolve_stage_epochs', 'stage_schedule', 'format_record']
 
 _logger = logging.getLogger(__name__)
 
