@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from accelerate.utils import load as accelerate_load
 
-from ..models._weights import classifier_names, read_state_dict
+from ..models._weights import classifier_names, model_state, read_state_dict
 from .config import TrainConfig, config_differences
 
 __all__ = ['read_state_dict', 'load_weights', 'save_checkpoint', 'list_checkpoints', 'checkpoint_problems',
@@ -42,10 +42,8 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
     `path` may be a weights file, an exported folder, or a run's `checkpoints/step_*` folder (whose keys carry the
     training wrapper's `model.` prefix).
     """
-    state = read_state_dict(path)
+    state = model_state(read_state_dict(path), model)  # a train_fgvc.py checkpoint: TrainStep.model's keys
     own = model.state_dict()
-    if state and all(k.startswith('model.') for k in state) and not any(k.startswith('model.') for k in own):
-        state = {k[len('model.'):]: v for k, v in state.items()}  # a train_fgvc.py checkpoint (TrainStep.model)
     heads = classifier_names(model)
     for name, tensor in state.items():
         if name not in own or own[name].shape == tensor.shape:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc_dataset
 from ..models._base import TrainingStage
 from ..models._weights import (is_method_state, load_backbone_weights, load_fine_tune_weights,
-                               read_state_dict)
+                               state_dict_keys)
 from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_outputs, find_checkpoint,
                          load_weights, rng_restore_problem, save_checkpoint, warn_loudly, write_run_config)
 from .config import TrainConfig
@@ -117,7 +117,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if cfg.pretrained_path and not Path(cfg.pretrained_path).exists():
         raise FileNotFoundError(f'--pretrained-path {cfg.pretrained_path}: no such file (a .safetensors or .pth '
                                 "state dict of a plain timm model, or a method's weights or exported folder).")
-    method_weights = bool(cfg.pretrained_path) and fgvc and is_method_state(read_state_dict(cfg.pretrained_path))
+    method_weights = bool(cfg.pretrained_path) and fgvc and is_method_state(state_dict_keys(cfg.pretrained_path))
     if cfg.pretrained_backbone:
         if not fgvc:
             raise ValueError(f'--pretrained-backbone is for timm-fgvc methods; {cfg.model} is a plain timm model: '

@@ -11,8 +11,8 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn as nn
 
-__all__ = ['read_state_dict', 'load_backbone_weights', 'load_fine_tune_weights', 'is_method_state',
-           'classifier_names']
+__all__ = ['read_state_dict', 'state_dict_keys', 'model_state', 'load_backbone_weights', 'load_fine_tune_weights',
+           'is_method_state', 'classifier_names']
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
@@ -34,6 +34,31 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         state = state['state_dict']
     if not isinstance(state, dict):
         raise ValueError(f'Checkpoint {path} holds a {type(state).__name__}, not a state dict.')
+    return state
+
+
+def state_dict_keys(path: Union[str, Path]) -> Sequence[str]:
+    """The tensor names of a weights file (or of `<dir>/model.safetensors`); a safetensors file's header only, so a
+    check of what a file holds does not load its tensors."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'model.safetensors'
+    if path.suffix == '.safetensors' and path.is_file():
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework='pt') as f:
+                return list(f.keys())
+        except Exception:  # a damaged file: read_state_dict says so clearly
+            pass
+    return list(read_state_dict(path))
+
+
+def model_state(state: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """`state` with the training wrapper's `model.` prefix removed when every key has it and `model`'s own keys do
+    not (a train_fgvc.py checkpoint holds `TrainStep.model`)."""
+    if state and all(k.startswith('model.') for k in state) and not any(k.startswith('model.') for k in
+                                                                          model.state_dict()):
+        return {k[len('model.'):]: v for k, v in state.items()}
     return state
 
 
@@ -70,10 +95,10 @@ def load_backbone_weights(model: nn.Module, path: Union[str, Path]) -> None:
                               'The file must hold a plain timm model of the same architecture.')
 
 
-def is_method_state(state: Dict[str, torch.Tensor]) -> bool:
-    """True for the weights of a timm-fgvc method (its backbone under `backbone.`; a training checkpoint's keys
-    carry `model.` before that), False for a plain timm model's."""
-    return any(k.startswith(('backbone.', 'model.backbone.')) for k in state)
+def is_method_state(keys: Sequence[str]) -> bool:
+    """True for the tensor names of a timm-fgvc method (its backbone under `backbone.`; a training checkpoint's
+    keys carry `model.` before that), False for a plain timm model's."""
+    return any(k.startswith(('backbone.', 'model.backbone.')) for k in keys)
 
 
 def load_fine_tune_weights(model: nn.Module, path: Union[str, Path]) -> None:
@@ -81,10 +106,7 @@ def load_fine_tune_weights(model: nn.Module, path: Union[str, Path]) -> None:
     the same architecture for fine-tuning on another label set: every tensor but a classifier that does not fit
     (the new task's classifier stays as built), as `load_backbone_weights` does for a plain model. The HSM paper's
     step 2 starts this way from its step-1 model (saliency branch trained, ImageNet head replaced)."""
-    state = read_state_dict(path)
-    if state and all(k.startswith('model.') for k in state):
-        state = {k[len('model.'):]: v for k, v in state.items()}  # a train_fgvc.py checkpoint (TrainStep.model)
-    _load_dropping_classifier(model, state, path, 'The file must hold a model of the same method and backbone.')
+    _load_dropping_classifier(model, model_state(read_state_dict(path), model), path, 'The file must hold a model of the same method and backbone.')
 
 
 def _load_dropping_classifier(model: nn.Module, state: Dict[str, torch.Tensor], path: Union[str, Path],
