@@ -183,6 +183,11 @@ def saliency_activity(run_dir: Path, dataset: str, images: int = 64) -> Optional
             'images': len(files)}
 
 
+def source_step_stages(args, recipe: dict) -> List[float]:
+    """HSM's stage epochs: step 1 on the source classes, then step 2 on the target for the recipe's epochs."""
+    return [args.source_step_epochs, recipe['epochs']]
+
+
 def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recipe: dict, lr: float, seed: int,
                     weights: Path, out_root: Path) -> dict:
     """HSM's step 1 on the source classes: the saliency branch alone learns, the source model and its head frozen."""
@@ -197,7 +202,7 @@ def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recip
         output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'], crop_pct=PROTOCOL['crop_pct'],
         optimizer=recipe['optimizer'], lr=lr, backbone_lr=recipe['backbone_lr'], batch_size=recipe['batch_size'],
         weight_decay=recipe['weight_decay'], scheduler=recipe['scheduler'], warmup_epochs=recipe['warmup_epochs'],
-        mixed_precision=recipe['mixed_precision'], stage_epochs=[args.source_step_epochs, recipe['epochs']],
+        mixed_precision=recipe['mixed_precision'], stage_epochs=source_step_stages(args, recipe),
         epochs=recipe['epochs'], max_steps=steps, max_eval_samples=600, seed=seed, eval_every=10 ** 6,
         keep_checkpoints=1, num_workers=args.workers, overwrite=True, output_dir=str(out_root / 'source_step'))
     print(f'\n=== transfer seed {seed}: {name} step 1 on the source classes ({args.source_step_epochs:g} epochs, '
@@ -237,7 +242,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 source_step = run_source_step(args, train, TrainConfig, name, model_args, recipe, extra['lr'], seed,
                                               weights, out_dir)
                 init, start_stage = Path(source_step['weights']), 1  # step 2 on the target, all the epochs
-                extra['stage_epochs'] = [args.source_step_epochs, recipe['epochs']]
+                extra['stage_epochs'] = source_step_stages(args, recipe)
             cfg = TrainConfig(
                 model=name, model_args=model_args, dataset=dataset, pretrained_path=str(init), start_stage=start_stage,
                 output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'], crop_pct=PROTOCOL['crop_pct'],

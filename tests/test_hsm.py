@@ -217,3 +217,26 @@ def test_step_one_trains_the_saliency_branch_for_classification(short_training):
     assert last < 0.7 * first, (first, last)
     assert all(torch.equal(v, dict(model.backbone.named_parameters())[k]) for k, v in backbone_before.items())
     assert any(not torch.equal(a, b) for a, b in zip(saliency_before, model.saliency.parameters()))
+
+
+@pytest.mark.parametrize('norm_stats', ['batch', 'frozen'])
+def test_step_one_batchnorm_statistics_follow_the_chosen_mode(norm_stats):
+    """Step 1 freezes the RGB path's weights either way; its BatchNorm layers track batch statistics ('batch', the
+    default: a uniform (s + 1) is then not read as a shift of the pretrained statistics) or keep theirs."""
+    from timm_fgvc.engine.trainer import TrainStep
+    model = tiny_hsm(num_classes=3, saliency_step_norm_stats=norm_stats)
+    step = TrainStep(model)
+    step.frozen_norms = apply_stage(model, model.training_stages()[0])
+    step.train()
+    norm = model.backbone.bn1
+    weight, stats = norm.weight.detach().clone(), norm.running_mean.clone()
+    images, target = torch.rand(4, 3, 64, 64) * 3, torch.tensor([0, 1, 2, 0])
+    step(images, target)['losses']['loss'].backward()
+    assert norm.weight.grad is None and torch.equal(norm.weight, weight)
+    assert torch.equal(norm.running_mean, stats) == (norm_stats == 'frozen')
+    assert norm.training == (norm_stats == 'batch')
+
+
+def test_step_one_norm_stats_mode_is_checked():
+    with pytest.raises(ValueError, match="'batch'"):
+        tiny_hsm(saliency_step_norm_stats='running')

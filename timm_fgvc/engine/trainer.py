@@ -268,11 +268,14 @@ def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_
 
 def apply_stage(model: nn.Module, stage: TrainingStage) -> List[nn.Module]:
     """Freeze what the stage does not train and tell the model which stage runs; returns the BatchNorm layers
-    the stage freezes (the engine keeps them in eval mode so their running statistics stay put)."""
+    the stage freezes (the engine keeps them in eval mode so their running statistics stay put; none where the
+    stage has `frozen_norm_stats=False`)."""
     for name, param in model.named_parameters():
         param.requires_grad_(stage.is_trainable(name))
     if hasattr(model, 'set_training_stage'):
         model.set_training_stage(stage)
+    if not stage.frozen_norm_stats:
+        return []
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
             and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
 

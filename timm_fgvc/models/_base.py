@@ -50,7 +50,9 @@ class TrainingStage:
 
     `trainable` lists parameter-name prefixes that train in this stage ('' = everything), `loss_terms`
     the loss keys that are summed into `loss` (None = all), and the paper's epochs / learning rates
-    (None = the run's own settings).
+    (None = the run's own settings). `frozen_norm_stats`: a BatchNorm layer the stage freezes keeps its running
+    statistics (eval mode, the default); False normalises it with batch statistics, which it also tracks, as a
+    module frozen by `requires_grad_(False)` alone does in PyTorch.
     """
     name: str
     trainable: Tuple[str, ...] = ('',)
@@ -58,6 +60,7 @@ class TrainingStage:
     epochs: Optional[int] = None
     lr: Optional[float] = None
     backbone_lr: Optional[float] = None
+    frozen_norm_stats: bool = True
 
     def is_trainable(self, param_name: str) -> bool:
         return any(param_name.startswith(prefix) for prefix in self.trainable)

@@ -136,8 +136,10 @@ class CAA(FGVCModel):
         self.zoom_backbones = nn.ModuleList()
         if not share_backbone:
             for _ in range(num_scales - 1):
-                self.zoom_backbones.append(create_backbone(backbone, pretrained=pretrained_backbone,
-                                                           in_chans=in_chans, **(backbone_args or {})))
+                zoom = create_backbone(backbone, in_chans=in_chans, **(backbone_args or {}))
+                if pretrained_backbone:  # the same weights as scale 0's: copied, not read (or downloaded) again
+                    zoom.load_state_dict(self.backbone.state_dict())
+                self.zoom_backbones.append(zoom)
             self.backbone_prefixes += tuple(f'zoom_backbones.{k}.' for k in range(num_scales - 1))
         for k in range(num_scales):
             self.add_head(f'object_{k}', self.backbone_features)
