@@ -506,6 +506,9 @@ def parse_args(argv=None):
                         'ImageNet step; an ablation, needs --label)')
     p.add_argument('--source-step-epochs', type=float, default=3.,
                    help="transfer: epochs of HSM's step 1 on the source classes (CUB 51-200)")
+    p.add_argument('--source-step-lr', type=float, default=None,
+                   help="transfer: lr of HSM's step 1 on the source classes (default: the new-layer lr; an ablation, "
+                        'needs --label)')
     p.add_argument('--label', default=None, help='transfer: a name for a method ablation (with --model-args)')
     p.add_argument('--lr-ratio', type=float, default=None,
                    help="transfer: the methods' new-layer / backbone lr ratio instead of the paper's (an ablation)")

@@ -114,7 +114,10 @@ def locked(path: Path):
 
 
 def run_key(run: dict) -> tuple:
-    return (run['model'], run['seed'], run['recipe_id'], json.dumps(run.get('model_args', {}), sort_keys=True))
+    """One row per model, seed, recipe, model arguments and label (an ablation of a runner flag, e.g.
+    --source-step-lr, differs only by its label)."""
+    return (run['model'], run['seed'], run['recipe_id'], json.dumps(run.get('model_args', {}), sort_keys=True),
+            run.get('label'))
 
 
 def add_run(path: Path, run: dict) -> None:
@@ -224,8 +227,10 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
     names = ([] if args.skip_baseline else [PROTOCOL['baseline']]) + list(args.transfer_models)
-    if (args.model_args or args.lr_ratio is not None or args.no_source_step) and not args.label:
-        raise SystemExit('--model-args / --lr-ratio / --no-source-step make an ablation row: name it with --label '
+    if (args.model_args or args.lr_ratio is not None or args.no_source_step or args.source_step_lr is not None) \
+            and not args.label:
+        raise SystemExit('--model-args / --lr-ratio / --no-source-step / --source-step-lr make an ablation row: name '
+                         'it with --label '
                          "(the plain row is the paper recipe: its hub config's model arguments and new-layer / "
                          'backbone lr ratio).')
     for seed in args.seeds:
@@ -239,7 +244,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                        / (name + (('_' + args.label) if args.label else '')))
             source_step, start_stage, init = None, 0, weights
             if split_variant(name)[0] in SOURCE_STEP_METHODS and not args.no_source_step:
-                source_step = run_source_step(args, train, TrainConfig, name, model_args, recipe, extra['lr'], seed,
+                step_lr = extra['lr'] if args.source_step_lr is None else args.source_step_lr
+                source_step = run_source_step(args, train, TrainConfig, name, model_args, recipe, step_lr, seed,
                                               weights, out_dir)
                 init, start_stage = Path(source_step['weights']), 1  # step 2 on the target, all the epochs
                 extra['stage_epochs'] = source_step_stages(args, recipe)
