@@ -240,3 +240,16 @@ def test_step_one_batchnorm_statistics_follow_the_chosen_mode(norm_stats):
 def test_step_one_norm_stats_mode_is_checked():
     with pytest.raises(ValueError, match="'batch'"):
         tiny_hsm(saliency_step_norm_stats='running')
+
+
+def test_saliency_lr_scale_puts_the_whole_branch_in_its_own_slower_groups():
+    from timm_fgvc.engine.trainer import parameter_groups
+    model = tiny_hsm(num_classes=3, saliency_lr_scale=0.05)
+    groups = {g['name']: g for g in parameter_groups(model, 0.02, 0.01, weight_decay=1e-4)}
+    saliency = {id(p) for p in model.saliency.parameters()}
+    score, rest = groups['new:saliency.score.'], groups['new:saliency.']
+    assert {id(p) for p in score['params'] + rest['params']} == saliency
+    assert score['lr'] == pytest.approx(1e-3) and score['weight_decay'] == 0
+    assert rest['lr'] == pytest.approx(1e-3) and rest['weight_decay'] == pytest.approx(1e-4)
+    assert not saliency & {id(p) for p in groups['new']['params'] + groups['backbone']['params']}
+    assert tiny_hsm(num_classes=3).param_group_rules == {'saliency.score.': {'lr_scale': 1.0, 'weight_decay': 0.}}
