@@ -106,7 +106,8 @@ def load_fine_tune_weights(model: nn.Module, path: Union[str, Path]) -> None:
     the same architecture for fine-tuning on another label set: every tensor but a classifier that does not fit
     (the new task's classifier stays as built), as `load_backbone_weights` does for a plain model. The HSM paper's
     step 2 starts this way from its step-1 model (saliency branch trained, ImageNet head replaced)."""
-    _load_dropping_classifier(model, model_state(read_state_dict(path), model), path, 'The file must hold a model of the same method and backbone.')
+    _load_dropping_classifier(model, model_state(read_state_dict(path), model), path,
+                              'The file must hold a model of the same method and backbone.')
 
 
 def _load_dropping_classifier(model: nn.Module, state: Dict[str, torch.Tensor], path: Union[str, Path],
