@@ -107,6 +107,46 @@ def test_nts_proposals_are_classified_and_the_top_k_are_the_parts():
         tiny_ssanet(num_proposals=3)
 
 
+def _train_navigator_to_prefer_large_boxes(selection, steps=30):
+    """Plant NTS-Net's init bias (the finest anchor level scores highest), then train the navigator alone with the
+    ranking loss against a confidence that grows with box area: the side of the top part before and after."""
+    model = tiny_ssanet(proposal_selection=selection).eval()
+    with torch.no_grad():
+        model.navigator.score[0].bias.add_(2.)  # the finest level wins every top-P slot at the start
+    torch.manual_seed(3)
+    features = model.backbone.forward_features(torch.randn(4, 3, 96, 96)).detach()
+    optimizer = torch.optim.SGD(model.navigator.parameters(), lr=0.05)
+    sides = []
+    for _ in range(steps):
+        out = model.propose(features, (96, 96))
+        boxes = out['proposal_boxes']
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        sides.append(area[:, 0].sqrt().mean().item())  # part 1, the navigator's best
+        loss = ranking_loss(out['proposal_scores'], area, out['proposal_mask'])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return sides[0], sides[-1]
+
+
+def test_per_level_proposals_let_the_ranking_loss_find_the_informative_anchor_size():
+    # NTS-Net's global NMS: the ranking loss only orders the proposals it is shown, all from the finest level
+    finest, middle = (size * 2 ** (2 / 3) * 96 / 448 for size in (48, 96))  # each level's largest anchor at 96 px
+    start, end = _train_navigator_to_prefer_large_boxes('global')
+    assert start <= finest + 1e-3 and end <= finest + 1e-3
+    # one NMS per level: every size is shown, and the coarsest level's anchors climb to the top
+    start, end = _train_navigator_to_prefer_large_boxes('per_level')
+    assert start <= finest + 1e-3 and end > middle + 1e-3
+    model = tiny_ssanet(proposal_selection='per_level').eval()
+    torch.manual_seed(1)
+    out = model.forward_train(torch.randn(2, 3, 96, 96))
+    scores, mask = out.extras['proposal_scores'], out.extras['part_mask']
+    valid = scores.masked_fill(~mask, float('-inf'))
+    assert torch.all(valid[:, :-1] >= valid[:, 1:])  # still ranked, padded slots last: the parts are the best K
+    with pytest.raises(ValueError, match='proposal_selection'):
+        tiny_ssanet(proposal_selection='level')
+
+
 def test_parts_are_ranked_non_overlapping_and_batching_is_exact():
     model = tiny_ssanet().eval()
     torch.manual_seed(1)

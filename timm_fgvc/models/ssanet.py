@@ -25,6 +25,12 @@ Choices where the paper is open (SPEC §6):
   CAT_NUM = 4 downstream; SSANet names only K = 4 parts ("marginal improvements when the part number is larger
   than 4") and its Eq. 1 sums the part CE over those K. `num_proposals=6` (NTS's) is the default;
   `num_proposals=num_parts` is Eq. 1 read literally. MAC, DSM and OP always use the top `num_parts`.
+- Proposal selection: NTS-Net's NMS over every anchor (`proposal_selection='global'`, default) lets the navigator's
+  initial scores fix the part size: the finest level has 6x the anchors and 2x the score spread at init, so all
+  P proposals come from it, and the ranking loss, which only orders the proposals it is shown, cannot find a
+  better size. Measured (transfer protocol, resnet18 at 128 px): every proposal stays a 17-22 px anchor through
+  training (mean side 20 px at every rank), the part head scores 14%. `'per_level'` runs NMS within each level
+  (P / 3 proposals each) and ranks all P by score, so the ranking loss compares sizes; the parts are the top K.
 - Anchors as NTS-Net's at 448 px (sizes 48, 96, 192 on maps of stride 32, 64, 128; scales 2^(1/3), 2^(2/3) and
   also 1 on the coarsest; ratios 0.667, 1, 1.5), scaled with the input size; NMS at IoU 0.25 as NTS-Net.
 - MAC (Eq. 2, whose indices are garbled in the paper) as the SPEC reads it: for a pair of samples (xi, tau),
@@ -181,6 +187,11 @@ class SSANet(FGVCModel):
         num_scales: S scale candidates per part (5, odd).
         scale_factor: alpha between neighbouring candidates (1.2).
         nms_threshold: IoU of the part NMS (0.25).
+        proposal_selection: 'global' (NTS-Net's: NMS over every anchor, the top P scores) or 'per_level' (NMS
+            within each anchor level, P / 3 proposals from each, all P then ranked by score, so the parts are the
+            top K of them). With 'global' the navigator's initial scores decide the part size for good: the finest
+            level has 6x the anchors and 2x the score spread at init, its top scores win, and the ranking loss only
+            orders the proposals it is shown, so it never finds that a larger anchor is more informative.
         mac_weight: lambda of Eq. 1 (0.5).
         mac_reduction: 'paper' (Eq. 1's sum over all sample pairs, over its B * K part CE terms) or 'mean' (mean
             over pairs of distinct samples, B / K times weaker); see `mac_loss`.
@@ -215,6 +226,7 @@ class SSANet(FGVCModel):
             num_scales: int = 5,
             scale_factor: float = 1.2,
             nms_threshold: float = 0.25,
+            proposal_selection: str = 'global',
             mac_weight: float = 0.5,
             mac_reduction: str = 'paper',
             candidate_features: str = 'crops',
@@ -229,6 +241,11 @@ class SSANet(FGVCModel):
             raise ValueError(f"candidate_features must be 'roi_align' or 'crops', got {candidate_features!r}.")
         if mac_reduction not in ('paper', 'mean'):
             raise ValueError(f"mac_reduction must be 'paper' or 'mean', got {mac_reduction!r}.")
+        if proposal_selection not in ('global', 'per_level'):
+            raise ValueError(f"proposal_selection must be 'global' or 'per_level', got {proposal_selection!r}.")
+        if proposal_selection == 'per_level' and num_proposals < len(_ANCHORS_448):
+            raise ValueError(f"proposal_selection='per_level' keeps at least one proposal per anchor level: "
+                             f"num_proposals must be at least {len(_ANCHORS_448)}, got {num_proposals}.")
         if num_scales % 2 != 1:
             raise ValueError(f'num_scales must be odd, got {num_scales}.')
         if num_proposals < num_parts:
@@ -240,6 +257,7 @@ class SSANet(FGVCModel):
         self.num_scales = num_scales
         self.scale_factor = scale_factor
         self.nms_threshold = nms_threshold
+        self.proposal_selection = proposal_selection
         self.mac_weight = mac_weight
         self.mac_reduction = mac_reduction
         self.candidate_features = candidate_features
@@ -287,10 +305,21 @@ class SSANet(FGVCModel):
             sizes = [size * s * side / 448 for s in scales]
             boxes.append(anchor_boxes(level.shape[-2:], image_size, sizes, ratios, device=feature_map.device))
             scores.append(level.permute(0, 2, 3, 1).flatten(1))  # cell-major, anchor-minor
-        boxes, scores = torch.cat(boxes), torch.cat(scores, 1)
-        proposals = nms_top_k(boxes, scores.detach(), self.num_proposals, self.nms_threshold)
-        return dict(proposal_boxes=proposals.boxes, proposal_mask=proposals.mask,
-                    proposal_scores=scores.gather(1, proposals.indices))
+        if self.proposal_selection == 'global':
+            boxes, scores = torch.cat(boxes), torch.cat(scores, 1)
+            proposals = nms_top_k(boxes, scores.detach(), self.num_proposals, self.nms_threshold)
+            return dict(proposal_boxes=proposals.boxes, proposal_mask=proposals.mask,
+                        proposal_scores=scores.gather(1, proposals.indices))
+        # 'per_level': every anchor size always proposed, so the ranking loss can compare sizes (one NMS per level)
+        levels = len(boxes)
+        counts = [self.num_proposals // levels + (i < self.num_proposals % levels) for i in range(levels)]
+        picked = [nms_top_k(b, s.detach(), n, self.nms_threshold) for b, s, n in zip(boxes, scores, counts)]
+        level_boxes = torch.cat([p.boxes for p in picked], 1)
+        level_scores = torch.cat([s.gather(1, p.indices) for s, p in zip(scores, picked)], 1)
+        mask = torch.cat([p.mask for p in picked], 1)
+        rank = level_scores.detach().float().masked_fill(~mask, float('-inf')).argsort(1, descending=True)
+        return dict(proposal_boxes=level_boxes.gather(1, rank[..., None].expand(-1, -1, 4)),
+                    proposal_mask=mask.gather(1, rank), proposal_scores=level_scores.gather(1, rank))
 
     def _zoomed_feature_maps(self, x: torch.Tensor, proposals: torch.Tensor, candidates: torch.Tensor):
         """One backbone pass over the zoomed proposals and, for 'crops', the scale candidates that are not their
