@@ -16,6 +16,12 @@ def tiny_ssanet(num_classes=5, **kwargs):
     return timm.create_model('ssanet_tiny', num_classes=num_classes, **kwargs)
 
 
+def assert_ranked(scores, mask):
+    """Proposal scores descend over the real slots, and the padded slots (NMS left fewer boxes) come last."""
+    valid = scores.masked_fill(~mask, float('-inf'))
+    assert torch.all(valid[:, :-1] >= valid[:, 1:])
+
+
 def _eq2(unit, xi, tau):
     """Eq. 2 for one ordered pair of samples, written out: (1 / K) sum_j log(1 + sum_{m != j} e^(S_jm - S_jj))."""
     s = unit[xi] @ unit[tau].T  # S_jm
@@ -96,8 +102,7 @@ def test_nts_proposals_are_classified_and_the_top_k_are_the_parts():
     out = model.forward_train(x)
     assert out.logits['part'].shape == (2, 6, 5) and out.extras['part_mask'].shape == (2, 6)
     assert out.extras['part_features'].shape == (2, 4, model.backbone_features)
-    scores = out.extras['proposal_scores']
-    assert torch.all(scores[:, :-1] >= scores[:, 1:])  # ranked: the parts are the best K proposals
+    assert_ranked(out.extras['proposal_scores'], out.extras['part_mask'])  # the parts are the best K proposals
     assert torch.equal(out.extras['part_boxes'], out.extras['proposal_boxes'][:, :4])
     # the part head classifies every proposal: its first K rows are the parts' own features
     assert torch.allclose(out.logits['part'][:, :4], model.heads['part'](out.extras['part_features']), atol=1e-5)
@@ -140,9 +145,7 @@ def test_per_level_proposals_let_the_ranking_loss_find_the_informative_anchor_si
     model = tiny_ssanet(proposal_selection='per_level').eval()
     torch.manual_seed(1)
     out = model.forward_train(torch.randn(2, 3, 96, 96))
-    scores, mask = out.extras['proposal_scores'], out.extras['part_mask']
-    valid = scores.masked_fill(~mask, float('-inf'))
-    assert torch.all(valid[:, :-1] >= valid[:, 1:])  # still ranked, padded slots last: the parts are the best K
+    assert_ranked(out.extras['proposal_scores'], out.extras['part_mask'])  # the parts are the best K proposals
     with pytest.raises(ValueError, match='proposal_selection'):
         tiny_ssanet(proposal_selection='level')
 
@@ -153,8 +156,15 @@ def test_parts_are_ranked_non_overlapping_and_batching_is_exact():
     x = torch.randn(3, 3, 128, 128)
     _, details = model.attention_maps(x, return_details=True)
     scores, boxes = details['region_scores'], details['region_boxes']
-    assert torch.all(scores[:, :-1] >= scores[:, 1:])  # part j = rank j
-    assert torch.all(box_iou(boxes, boxes).triu(1) <= model.nms_threshold + 1e-6)
+    assert_ranked(scores, details['region_mask'])  # part j = rank j
+    # one NMS per anchor level: parts of one level never overlap (sides at 128 px: 17-22, 35-44, 55-87 px)
+    level = torch.bucketize(((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).sqrt(),
+                            torch.tensor([28., 49.]))
+    same_level = (level[..., :, None] == level[..., None, :]).triu(1)
+    assert torch.all(box_iou(boxes, boxes)[same_level] <= model.nms_threshold + 1e-6)
+    nts = tiny_ssanet(proposal_selection='global').eval()  # NTS-Net's one NMS: no two proposals overlap
+    proposals = nts.attention_maps(x, return_details=True)[1]['proposal_boxes']
+    assert torch.all(box_iou(proposals, proposals).triu(1) <= nts.nms_threshold + 1e-6)
     assert details['scale_candidates'].shape == (3, model.num_parts, model.num_scales, 4)
     # the middle candidate is the box itself, up to float rounding (x1 + 1.0 * (x2 - x1) need not be x2 exactly)
     assert torch.allclose(details['scale_candidates'][:, :, model.num_scales // 2], boxes, atol=1e-4)

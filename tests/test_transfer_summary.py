@@ -1,12 +1,13 @@
 """The transfer protocol's summary (SPEC §8): gains against the baseline's mean, and gates a dead part cannot pass."""
 import pytest
 
-from timm_fgvc.benchmarks import gate_verdict, transfer_summary
+from timm_fgvc.benchmarks import gate_verdict, headline_variant, summary_table, transfer_summary
 
 
-def _run(model, seed, top1, role='method', label=None, recipe='sgd e12', saliency=None):
+def _run(model, seed, top1, role='method', label=None, recipe='sgd e12', saliency=None, model_args=None, date=''):
     run = {'model': model, 'label': label or model, 'role': role, 'seed': seed, 'recipe_id': recipe, 'top1': top1,
-           'per_head_top1': {'main': top1}, 'wall_seconds': 60.0, 'command': 'cmd'}
+           'per_head_top1': {'main': top1}, 'wall_seconds': 60.0, 'command': 'cmd', 'model_args': model_args or {},
+           'date': date}
     if saliency is not None:
         run['saliency'] = {'active_cells': saliency}
     return run
@@ -28,3 +29,23 @@ def test_gains_are_against_the_baseline_mean_of_the_protocol_recipe_and_dead_sal
     assert rows['s3n_resnet18']['std'] == pytest.approx(2.1213, abs=1e-3)
     assert gate_verdict(rows['s3n_resnet18'], 3.0) == 'below'  # +2.5 over two seeds
     assert gate_verdict(rows['resnet18'], None) == '–'
+
+
+def test_the_readme_headline_of_a_method_with_only_variants_is_the_nearest_to_the_registered_model():
+    runs = [_run('resnet18', 0, 55.0, role='baseline'),
+            _run('ssanet_resnet18', 0, 25.0, label='ssanet_resnet18 (old selection)', date='2026-01-01',
+                 model_args={'dsm_pool_size': 4, 'proposal_selection': 'global'}),
+            _run('ssanet_resnet18', 0, 43.0, label='ssanet_resnet18 (big parts)', date='2026-01-03',
+                 model_args={'dsm_pool_size': 4, 'part_scale': 0.875, 'candidate_features': 'roi_align'}),
+            _run('ssanet_resnet18', 0, 41.0, label='ssanet_resnet18 (per level)', date='2026-01-02',
+                 model_args={'dsm_pool_size': 4, 'proposal_selection': 'per_level'})]
+    rows = transfer_summary({'recipe': 'sgd e12', 'runs': runs})['rows'].values()
+    # two overrides each: the newer wins the tie; the best score (big parts, four overrides) is not the headline
+    assert headline_variant(rows, 'ssanet_resnet18')['label'] == 'ssanet_resnet18 (per level)'
+    runs.append(_run('ssanet_resnet18', 1, 24.0, label='ssanet_resnet18 (old selection)', date='2026-01-01',
+                     model_args={'dsm_pool_size': 4, 'proposal_selection': 'global'}))
+    rows = transfer_summary({'recipe': 'sgd e12', 'runs': runs})['rows'].values()
+    assert headline_variant(rows, 'ssanet_resnet18')['label'] == 'ssanet_resnet18 (old selection)'  # more seeds
+    assert headline_variant(rows, 's3n_resnet18') is None
+    table = summary_table([], {'recipe': 'sgd e12', 'runs': runs})
+    assert '24.50 (-30.50; gate +3: below; 2 seeds — variant: old selection)' in table

@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Union
 
 import yaml
 
-from .benchmarks import RESULTS_DIR, load_results, load_transfer, paper_top1, render, speed_summary, transfer_summary
+from .benchmarks import (RESULTS_DIR, headline_variant, load_results, load_transfer, paper_top1, render, speed_summary,
+                         transfer_summary)
 from .catalog import METHODS, split_model_name
 from .data.catalog import DATASETS
 from .models._builder import HUB_ORG
@@ -266,10 +267,11 @@ def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[s
         lines.append(f'- Recipe (`train:`): {format_recipe(cfg["train"])}')
         for speed in speed_summary(throughput, cfg['model'].split('.')[0]):
             lines.append(f'- Speed measured here: {speed}')
-        small = transfer_rows.get(f"{cfg['method']}_resnet18")
+        small = transfer_rows.get(f"{cfg['method']}_resnet18") or headline_variant(
+            transfer_rows.values(), f"{cfg['method']}_resnet18")
         base = transfer_rows.get('resnet18')
         if small and base:
-            lines.append(f"- Transfer protocol measured here (`{cfg['method']}_resnet18`, CUB classes 1-50 from a "
+            lines.append(f"- Transfer protocol measured here (`{small['label']}`, CUB classes 1-50 from a "
                          f"resnet18 trained on 51-200, 128 px): top-1 {small['mean']:.2f} vs fine-tuned resnet18 "
                          f"{base['mean']:.2f} ({small['gain']:+.2f}; seeds {small['seeds']})")
     if has_bench:
