@@ -5,13 +5,13 @@ Paper: "Spatial-Scale Aligned Network for Fine-Grained Recognition", L. Gao, H. 
 
 Pipeline (one batched pass, no loop over images or parts):
   image -> backbone -> navigator (NTS-Net style, on the detached feature map) scores anchors of several sizes and
-  aspect ratios per cell -> NMS -> top P = 6 proposals, each cropped, zoomed to half the input side, through the
-  backbone and classified by the part head -> the top K = 4 are the parts, part j = rank j (Sec. 3.1) -> part
-  features f_ij -> Morphological Alignment Constraint across the batch (MAC, Eq. 1-2) -> Discriminative Scale
-  Mining: S = 5 scale candidates per part (expanded about the far vertex, shrunk about the near one), each cropped
-  separately, its h x w feature map flattened (Fig. 3), circulant scale alignment, max over cyclic shifts
-  (Eq. 6-7) -> Oriented Pooling of each part's feature map: 3 x 3 overlapping sub-patches, row / column max,
-  four orientations, max over orientations (Eq. 9-13). Final logits = DSM + OP (parts only, no global feature).
+  aspect ratios per cell -> NMS per anchor level -> top P = 6 proposals (2 per level) ranked by score, each cropped,
+  zoomed to half the input side, through the backbone and classified by the part head -> the top K = 4 are the
+  parts, part j = rank j (Sec. 3.1) -> part features f_ij -> Morphological Alignment Constraint across the batch
+  (MAC, Eq. 1-2) -> Discriminative Scale Mining: S = 5 scale candidates per part (expanded about the far vertex,
+  shrunk about the near one), each cropped separately, its h x w feature map flattened (Fig. 3), circulant scale
+  alignment, max over cyclic shifts (Eq. 6-7) -> Oriented Pooling of each part's feature map: 3 x 3 overlapping
+  sub-patches, row / column max, four orientations, max over orientations (Eq. 9-13). Final logits = DSM + OP (parts only, no global feature).
 Training has three stages (Sec. 3.4): (1) backbone, navigator, part head and DSM; (2) the OP head alone;
 (3) the part network (backbone, navigator, part head) with DSM and OP fixed.
 
@@ -192,10 +192,11 @@ class SSANet(FGVCModel):
         nms_threshold: IoU of the part NMS (0.25).
         proposal_selection: 'per_level' (default: NMS within each anchor level, P / 3 proposals from each, all P
             ranked by score, so the parts are the top K of them; proposals of different levels may overlap) or
-            'global' (NTS-Net's: NMS over every anchor, the top P scores). With 'global' the navigator's initial scores decide the part size for good:
-            the finest level has 6x the anchors and 2x the score spread at init, its top scores win, and the
-            ranking loss only orders the proposals it is shown, so it never finds that a larger anchor is more
-            informative (module docstring: 24.8% vs 41.8% top-1 in the transfer protocol).
+            'global' (NTS-Net's: NMS over every anchor, the top P scores). With 'global' the navigator's initial
+            scores decide the part size for good: the finest level has 6x the anchors and 2x the score spread at
+            init, its top scores win, and the ranking loss only orders the proposals it is shown, so it never finds
+            that a larger anchor is more informative (module docstring: 24.8% vs 41.8% top-1 in the transfer
+            protocol).
         mac_weight: lambda of Eq. 1 (0.5).
         mac_reduction: 'paper' (Eq. 1's sum over all sample pairs, over its B * K part CE terms) or 'mean' (mean
             over pairs of distinct samples, B / K times weaker); see `mac_loss`.
