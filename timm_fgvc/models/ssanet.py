@@ -11,7 +11,8 @@ Pipeline (one batched pass, no loop over images or parts):
   (MAC, Eq. 1-2) -> Discriminative Scale Mining: S = 5 scale candidates per part (expanded about the far vertex,
   shrunk about the near one), each cropped separately, its h x w feature map flattened (Fig. 3), circulant scale
   alignment, max over cyclic shifts (Eq. 6-7) -> Oriented Pooling of each part's feature map: 3 x 3 overlapping
-  sub-patches, row / column max, four orientations, max over orientations (Eq. 9-13). Final logits = DSM + OP (parts only, no global feature).
+  sub-patches, row / column max, four orientations, max over orientations (Eq. 9-13). Final logits = DSM + OP
+  (parts only, no global feature).
 Training has three stages (Sec. 3.4): (1) backbone, navigator, part head and DSM; (2) the OP head alone;
 (3) the part network (backbone, navigator, part head) with DSM and OP fixed.
 
