@@ -31,10 +31,10 @@ Choices where the paper is open (SPEC §6):
   may overlap a part of another level, as a scale candidate overlaps its part). NTS-Net's NMS over every anchor
   at once (`'global'`) lets the navigator's initial scores fix the part size: the finest level has 6x the anchors
   and 2x the score spread at init, so all P proposals come from it, and the ranking loss, which only orders the
-  proposals it is shown, never finds a better size. Measured (transfer protocol, resnet18
-  at 128 px, 4 x 4 DSM maps, seed 0): with 'global' every proposal stays a 17-22 px anchor through training, the
-  part head scores 14% and the model 24.8%; with 'per_level' the parts grow to 45-53 px (the 20 px anchors rank
-  last) and the model scores 41.8%.
+  proposals it is shown, never finds a better size. Measured (transfer protocol, resnet18 at 128 px, 4 x 4 DSM
+  maps): with 'global' every proposal stays a 17-22 px anchor through training, the part head scores 14% and the
+  model 24.8% (seed 0); with 'per_level' the parts grow to 45-53 px (the 20 px anchors rank last) and the model
+  scores 41.8 / 43.0% (seeds 0 / 1).
 - Anchors as NTS-Net's at 448 px (sizes 48, 96, 192 on maps of stride 32, 64, 128; scales 2^(1/3), 2^(2/3) and
   also 1 on the coarsest; ratios 0.667, 1, 1.5), scaled with the input size; NMS at IoU 0.25 as NTS-Net.
 - MAC (Eq. 2, whose indices are garbled in the paper) as the SPEC reads it: for a pair of samples (xi, tau),
@@ -196,7 +196,7 @@ class SSANet(FGVCModel):
             'global' (NTS-Net's: NMS over every anchor, the top P scores). With 'global' the navigator's initial
             scores decide the part size for good: the finest level has 6x the anchors and 2x the score spread at
             init, its top scores win, and the ranking loss only orders the proposals it is shown, so it never finds
-            that a larger anchor is more informative (module docstring: 24.8% vs 41.8% top-1 in the transfer
+            that a larger anchor is more informative (module docstring: 24.8% vs 42.4% top-1 in the transfer
             protocol).
         mac_weight: lambda of Eq. 1 (0.5).
         mac_reduction: 'paper' (Eq. 1's sum over all sample pairs, over its B * K part CE terms) or 'mean' (mean
@@ -299,7 +299,8 @@ class SSANet(FGVCModel):
 
     # --- parts ------------------------------------------------------------------------------------------------
     def propose(self, feature_map: torch.Tensor, image_size: Tuple[int, int]) -> Dict[str, torch.Tensor]:
-        """Navigator scores of every anchor, NMS, the top P proposals (Sec. 3.1), ranked: the first K are the parts.
+        """Navigator scores of every anchor, NMS (per level by default), the top P proposals (Sec. 3.1), ranked by
+        score: the first K are the parts.
 
         The navigator sees the feature map detached, as NTS-Net's `proposal_net(rpn_feature.detach())`: its
         ranking loss trains the navigator alone and never pulls the backbone. Scores keep their gradient.
