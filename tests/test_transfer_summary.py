@@ -1,7 +1,7 @@
 """The transfer protocol's summary (SPEC §8): gains against the baseline's mean, and gates a dead part cannot pass."""
 import pytest
 
-from timm_fgvc.benchmarks import gate_verdict, headline_variant, summary_table, transfer_summary
+from timm_fgvc.benchmarks import gate_verdict, headline_row, summary_table, transfer_summary
 
 
 def _run(model, seed, top1, role='method', label=None, recipe='sgd e12', saliency=None, model_args=None, date=''):
@@ -41,11 +41,18 @@ def test_the_readme_headline_of_a_method_with_only_variants_is_the_nearest_to_th
                  model_args={'dsm_pool_size': 4, 'proposal_selection': 'per_level'})]
     rows = transfer_summary({'recipe': 'sgd e12', 'runs': runs})['rows'].values()
     # two overrides each: the newer wins the tie; the best score (big parts, four overrides) is not the headline
-    assert headline_variant(rows, 'ssanet_resnet18')['label'] == 'ssanet_resnet18 (per level)'
+    assert headline_row(rows, 'ssanet_resnet18')['label'] == 'ssanet_resnet18 (per level)'
     runs.append(_run('ssanet_resnet18', 1, 24.0, label='ssanet_resnet18 (old selection)', date='2026-01-01',
                      model_args={'dsm_pool_size': 4, 'proposal_selection': 'global'}))
     rows = transfer_summary({'recipe': 'sgd e12', 'runs': runs})['rows'].values()
-    assert headline_variant(rows, 'ssanet_resnet18')['label'] == 'ssanet_resnet18 (old selection)'  # more seeds
-    assert headline_variant(rows, 's3n_resnet18') is None
+    assert headline_row(rows, 'ssanet_resnet18')['label'] == 'ssanet_resnet18 (old selection)'  # more seeds
+    assert headline_row(rows, 's3n_resnet18') is None
     table = summary_table([], {'recipe': 'sgd e12', 'runs': runs})
     assert '24.50 (-30.50; gate +3: below; 2 seeds — variant: old selection)' in table
+    # a plain row speaks for its model whenever it is measured, even against a variant with no overrides and more seeds
+    runs += [_run('s3n_resnet18', s, 56.0, label='s3n_resnet18 (runner flag)', date='2026-01-05') for s in (0, 1)]
+    runs.append(_run('s3n_resnet18', 0, 54.0, date='2026-01-04'))
+    rows = transfer_summary({'recipe': 'sgd e12', 'runs': runs})['rows'].values()
+    assert headline_row(rows, 's3n_resnet18')['label'] == 's3n_resnet18'
+    table = summary_table([], {'recipe': 'sgd e12', 'runs': runs})
+    assert '| S3N | – | 54.00 (-1.00; gate +3: below; 1 seed) |' in table

@@ -432,11 +432,12 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
     return text
 
 
-def headline_variant(rows, model: str) -> Optional[dict]:
-    """Of `model`'s labelled rows, the one nearest the registered model: the fewest model-argument overrides, then
-    the most seeds, then the newest run (never the best score: a headline chosen by its result would flatter)."""
+def headline_row(rows, model: str) -> Optional[dict]:
+    """The row that speaks for `model` in the README and the model cards: its plain row (label = model name) when
+    measured, else the labelled variant nearest the registered model: the fewest model-argument overrides, then the
+    most seeds, then the newest run (never the best score: a headline chosen by its result would flatter)."""
     candidates = sorted((r for r in rows if r['model'] == model), key=lambda r: r['date'], reverse=True)
-    return min(candidates, key=lambda r: (len(r['model_args']), -len(r['seeds'])), default=None)
+    return min(candidates, key=lambda r: (r['label'] != model, len(r['model_args']), -len(r['seeds'])), default=None)
 
 
 def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
@@ -453,11 +454,10 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
             e = max(paper_rows, key=lambda e: e.get('date', ''))
             speed = f"{e['inference']['overhead']:.2f} / {e['training']['overhead']:.2f} (`{e['variant']}`)"
         rows_of = (summary or {}).get('rows', {})
-        row = rows_of.get(f'{method}_resnet18')
+        row = headline_row(rows_of.values(), f'{method}_resnet18')
         variant = ''
-        if row is None:  # only labelled variants measured so far: show the one named below
-            row = headline_variant(rows_of.values(), f'{method}_resnet18')
-            variant = f" — variant: {row['label'].split('(', 1)[-1].rstrip(')')}" if row else ''
+        if row is not None and row['label'] != row['model']:  # only labelled variants measured so far: name it
+            variant = f" — variant: {row['label'].split('(', 1)[-1].rstrip(')')}"
         gate = TRANSFER_GATES.get(method)
         if row is None:
             acc, compute = 'not yet measured', '–'

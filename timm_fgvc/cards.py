@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Union
 
 import yaml
 
-from .benchmarks import (RESULTS_DIR, headline_variant, load_results, load_transfer, paper_top1, render, speed_summary,
+from .benchmarks import (RESULTS_DIR, headline_row, load_results, load_transfer, paper_top1, render, speed_summary,
                          transfer_summary)
 from .catalog import METHODS, split_model_name
 from .data.catalog import DATASETS
@@ -267,8 +267,7 @@ def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[s
         lines.append(f'- Recipe (`train:`): {format_recipe(cfg["train"])}')
         for speed in speed_summary(throughput, cfg['model'].split('.')[0]):
             lines.append(f'- Speed measured here: {speed}')
-        small = transfer_rows.get(f"{cfg['method']}_resnet18") or headline_variant(
-            transfer_rows.values(), f"{cfg['method']}_resnet18")
+        small = headline_row(transfer_rows.values(), f"{cfg['method']}_resnet18")
         base = transfer_rows.get('resnet18')
         if small and base:
             lines.append(f"- Transfer protocol measured here (`{small['label']}`, CUB classes 1-50 from a "
