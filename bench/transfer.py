@@ -41,12 +41,14 @@ RECIPE_FIELDS = ('optimizer', 'lr', 'backbone_lr', 'epochs', 'batch_size', 'weig
 
 def recipe_id(recipe: dict) -> str:
     """A short readable name of a recipe, e.g. `sgd lr0.02/bb0.01 wd0.0001 cosine w1 e12 b32` (a run cut short
-    with --max-steps is its own recipe, never pooled with the full ones)."""
+    with --max-steps is its own recipe, never pooled with the full ones; a few-shot run, `--shots k`, ends in
+    ` k<k>`: each k has its own baseline)."""
     return (f"{recipe['optimizer']} lr{recipe['lr']:g}/bb{recipe['backbone_lr']:g} wd{recipe['weight_decay']:g} "
             f"{recipe['scheduler']} w{recipe['warmup_epochs']:g} e{recipe['epochs']} b{recipe['batch_size']}"
             + (f" ls{recipe['label_smoothing']:g}" if recipe.get('label_smoothing') else '')
             + (f" {recipe['mixed_precision']}" if recipe.get('mixed_precision', 'no') != 'no' else '')
-            + (f" max{recipe['max_steps']}steps" if recipe.get('max_steps') else ''))
+            + (f" max{recipe['max_steps']}steps" if recipe.get('max_steps') else '')
+            + (f" k{recipe['shots']}" if recipe.get('shots') else ''))
 
 
 def paper_recipe(method: str) -> dict:
@@ -191,10 +193,35 @@ def source_step_stages(args, recipe: dict) -> List[float]:
     return [args.source_step_epochs, recipe['epochs']]
 
 
+def source_step_key(name: str, step_args: dict, recipe: dict, lr: float, seed: int, epochs: float, weights: Path,
+                    max_steps: Optional[int]) -> str:
+    """What defines a step-1 run: it does not depend on the target (nor on --shots), so every target run with the
+    same key starts from the same step-1 weights."""
+    import hashlib
+    stat = weights.stat()
+    key = {'model': name, 'model_args': step_args, 'lr': lr, 'seed': seed, 'epochs': epochs, 'max_steps': max_steps,
+           'recipe': {k: v for k, v in recipe.items() if k not in ('shots', 'max_steps')},
+           'weights': [str(weights.resolve()), stat.st_size, stat.st_mtime_ns]}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recipe: dict, lr: float, seed: int,
                     weights: Path, out_root: Path) -> dict:
-    """HSM's step 1 on the source classes: the saliency branch alone learns, the source model and its head frozen."""
+    """HSM's step 1 on the source classes: the saliency branch alone learns, the source model and its head frozen.
+
+    A finished step is kept under `<workdir>/transfer/source_steps/<key>/` with its record `step.json` (written
+    last, so a killed step is never reused) and reused by every later target run with the same key (the few-shot
+    runs of one seed share it)."""
     step_args = {**model_args, 'saliency_step_trains_head': False}  # the paper: the pretrained head stays frozen
+    key = source_step_key(name, step_args, recipe, lr, seed, args.source_step_epochs, weights, args.max_steps)
+    step_root = Path(args.workdir) / 'transfer' / 'source_steps' / key
+    record = step_root / 'step.json'
+    if record.exists():
+        step = json.loads(record.read_text())
+        if Path(step['weights']).exists():
+            print(f'\n=== transfer seed {seed}: {name} step 1 on the source classes: reusing {step_root}', flush=True)
+            return {**step, 'reused': True}
+    out_root = step_root
     init = source_initialisation(name, step_args, weights, out_root / 'source_init.safetensors')
     dataset = args.source_dataset()
     n_train = sum(1 for _ in (Path(dataset) / 'train').glob('*/*.jpg'))
@@ -213,16 +240,18 @@ def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recip
     start = time.time()
     results = train(cfg)
     final = results.get('final', {})
-    return {'dataset': 'CUB classes 51-200 (train split)', 'epochs': args.source_step_epochs, 'steps': steps,
+    step = {'dataset': 'CUB classes 51-200 (train split)', 'epochs': args.source_step_epochs, 'steps': steps,
             'lr': lr, 'wall_seconds': time.time() - start, 'source_top1_600': final.get('eval_top1'),
             'saliency': saliency_activity(out_root / 'source_step', dataset),
-            'weights': str(out_root / 'source_step' / 'model.safetensors')}
+            'weights': str(out_root / 'source_step' / 'model.safetensors'), 'key': key}
+    record.write_text(json.dumps(step, indent=2) + '\n')
+    return step
 
 
 def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     """Train each model of `args` (baseline unless --skip-baseline, then the method variants) for each seed."""
     import timm
-    recipe = {k: getattr(args, k) for k in RECIPE_FIELDS + ('max_steps',)}
+    recipe = {k: getattr(args, k) for k in RECIPE_FIELDS + ('max_steps', 'shots')}
     rid = recipe_id(recipe)
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
@@ -256,7 +285,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 epochs=recipe['epochs'], batch_size=recipe['batch_size'], weight_decay=recipe['weight_decay'],
                 scheduler=recipe['scheduler'], warmup_epochs=recipe['warmup_epochs'],
                 mixed_precision=recipe['mixed_precision'], label_smoothing=recipe['label_smoothing'],
-                stage_epochs=extra['stage_epochs'], seed=seed, eval_every=max(recipe['epochs'], 1),
+                stage_epochs=extra['stage_epochs'], shots=recipe['shots'], seed=seed,
+                eval_every=max(recipe['epochs'], 1),
                 keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers, overwrite=True,
                 output_dir=str(out_dir / 'target' if source_step else out_dir))
             print(f'\n=== transfer seed {seed}: {name} {model_args or ""} lr {extra["lr"]:g} / backbone '
