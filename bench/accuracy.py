@@ -510,6 +510,9 @@ def parse_args(argv=None):
                    help="transfer: lr of HSM's step 1 on the source classes (default: the new-layer lr; an ablation, "
                         'needs --label)')
     p.add_argument('--label', default=None, help='transfer: a name for a method ablation (with --model-args)')
+    p.add_argument('--resume', action='store_true',
+                   help='transfer: continue each run from the newest complete checkpoint in its folder (a killed '
+                        'benchmark picks up where it stopped; default: every run starts again)')
     p.add_argument('--lr-ratio', type=float, default=None,
                    help="transfer: the methods' new-layer / backbone lr ratio instead of the paper's (an ablation)")
     args = p.parse_args(argv)

@@ -248,6 +248,18 @@ def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recip
     return step
 
 
+def resume_fields(output_dir: Path, resume: bool) -> dict:
+    """A run's `resume` / `overwrite`: with --resume, continue from the newest complete checkpoint in its folder (the
+    engine refuses one of another configuration, naming what differs); otherwise, or with no complete checkpoint
+    there (said), start the run again."""
+    from timm_fgvc.engine.checkpoint import checkpoint_problems, list_checkpoints
+    if resume:
+        if any(not checkpoint_problems(c) for c in list_checkpoints(output_dir)):
+            return {'resume': 'latest', 'overwrite': False}
+        print(f'--resume: no complete checkpoint in {output_dir}; this run starts from the beginning', flush=True)
+    return {'resume': None, 'overwrite': True}
+
+
 def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     """Train each model of `args` (baseline unless --skip-baseline, then the method variants) for each seed."""
     import timm
@@ -287,8 +299,9 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 mixed_precision=recipe['mixed_precision'], label_smoothing=recipe['label_smoothing'],
                 stage_epochs=extra['stage_epochs'], shots=recipe['shots'], seed=seed,
                 eval_every=max(recipe['epochs'], 1),
-                keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers, overwrite=True,
-                output_dir=str(out_dir / 'target' if source_step else out_dir))
+                keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers,
+                output_dir=str(out_dir / 'target' if source_step else out_dir),
+                **resume_fields(out_dir / 'target' if source_step else out_dir, args.resume))
             print(f'\n=== transfer seed {seed}: {name} {model_args or ""} lr {extra["lr"]:g} / backbone '
                   f'{recipe["backbone_lr"]:g}, stage epochs {extra["stage_epochs"] or recipe["epochs"]}', flush=True)
             start = time.time()
@@ -307,7 +320,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 'final_train_loss': final.get('train_loss'), 'history': results.get('history'),
                 'compute_ratio': backbone_passes(probe, PROTOCOL['img_size'], extra['stage_epochs'] or None),
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,
-                'source_step': source_step,
+                'source_step': source_step, 'resumed': results.get('resumed_from'),
                 'saliency': saliency_activity(Path(cfg.output_dir), dataset) if name.startswith('hsm') else None,
                 **run_metadata(torch.device('cpu')),
             }

@@ -147,6 +147,33 @@ def test_a_random_state_that_cannot_be_restored_is_said_loudly(tiny_run, tmp_pat
     assert 'WARNING: ' in capsys.readouterr().out
 
 
+
+def test_the_benchmark_runner_resumes_a_killed_run_from_its_last_complete_checkpoint(tiny_run, tmp_path, capsys):
+    """`bench/accuracy.py --suites transfer --resume`: a run killed after step 2 (step 3's checkpoint torn, no
+    results) continues from step 2 and ends where the uninterrupted run ended; a folder without a complete
+    checkpoint starts again, and says so."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+    from transfer import resume_fields
+    run = copy_run(tiny_run, tmp_path)
+    (run / 'results.json').unlink()
+    (run / 'model.safetensors').unlink()
+    (run / 'checkpoints' / 'step_00000003' / 'optimizer.bin').write_bytes(b'')
+    fields = resume_fields(run, resume=True)
+    assert fields == {'resume': 'latest', 'overwrite': False}
+    with pytest.warns(RuntimeWarning, match='step_00000003'):
+        results = train(tiny_config(run, max_steps=3, checkpoint_every=1, keep_checkpoints=5, **fields))
+    assert results['resumed_from'].endswith('step_00000002')
+    resumed, uninterrupted = load_file(str(run / 'model.safetensors')), load_file(str(tiny_run[0] / 'model.safetensors'))
+    assert resumed.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for step in (1, 2, 3):
+        (run / 'checkpoints' / f'step_{step:08d}' / 'optimizer.bin').write_bytes(b'')
+    assert resume_fields(run, resume=True) == {'resume': None, 'overwrite': True}
+    assert 'no complete checkpoint' in capsys.readouterr().out
+    assert resume_fields(run, resume=False) == {'resume': None, 'overwrite': True}
+
 # --- initial checkpoint, typed config, help, clear errors --------------------------------------------------
 def test_initial_checkpoint_can_be_a_checkpoint_folder(tiny_run):
     checkpoint = tiny_run[0] / 'checkpoints' / 'step_00000002'

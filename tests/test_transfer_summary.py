@@ -1,7 +1,8 @@
 """The transfer protocol's summary (SPEC §8): gains against the baseline's mean, and gates a dead part cannot pass."""
 import pytest
 
-from timm_fgvc.benchmarks import gate_verdict, headline_row, summary_table, transfer_summary
+from timm_fgvc.benchmarks import (Commands, few_shot_summary, few_shot_table, gate_verdict, headline_row, summary_table,
+                                   transfer_summary)
 
 
 def _run(model, seed, top1, role='method', label=None, recipe='sgd e12', saliency=None, model_args=None, date=''):
@@ -56,3 +57,34 @@ def test_the_readme_headline_of_a_method_with_only_variants_is_the_nearest_to_th
     assert headline_row(rows, 's3n_resnet18')['label'] == 's3n_resnet18'
     table = summary_table([], {'recipe': 'sgd e12', 'runs': runs})
     assert '| S3N | – | 54.00 (-1.00; gate +3: below; 1 seed) |' in table
+
+
+def test_few_shot_runs_are_compared_per_k_against_their_own_baseline_and_the_gate_takes_the_mean_gain():
+    def shot(model, seed, top1, k, **kw):
+        run = _run(model, seed, top1, recipe=f'sgd e12 k{k}', **kw)
+        run['recipe'] = {'shots': k}
+        return run
+    runs = [_run('resnet18', s, 56.0, role='baseline') for s in (0, 1)] + [
+        _run('hsm_resnet18', 0, 57.0, label='hsm live', saliency=0.9),
+        shot('resnet18', 0, 20.0, 1, role='baseline'), shot('resnet18', 1, 22.0, 1, role='baseline'),
+        shot('resnet18', 0, 40.0, 5, role='baseline'),
+        shot('hsm_resnet18', 0, 23.0, 1, label='hsm live', saliency=0.8),
+        shot('hsm_resnet18', 1, 24.0, 1, label='hsm live', saliency=0.7),
+        shot('hsm_resnet18', 0, 41.0, 5, label='hsm live', saliency=0.9),
+        shot('hsm_resnet18', 0, 30.0, 3, label='hsm live', saliency=0.9)]  # k = 3 has no baseline: no gain
+    data = {'recipe': 'sgd e12', 'runs': runs}
+    s = transfer_summary(data)
+    assert s['other_recipes'] == [] and s['baseline_mean'] == pytest.approx(56.0)  # few-shot runs stay apart
+    fs = few_shot_summary(data)
+    assert fs['shots'] == [1, 3, 5, 'all']
+    hsm = fs['rows']['hsm live']
+    assert hsm['per_k'][1]['gain'] == pytest.approx(2.5) and hsm['per_k'][5]['gain'] == pytest.approx(1.0)
+    assert hsm['per_k'][3]['gain'] is None and hsm['per_k']['all']['gain'] == pytest.approx(1.0)
+    assert hsm['gain_shots'] == [1, 5, 'all'] and hsm['gain'] == pytest.approx(1.5)
+    assert gate_verdict(hsm, 1.5) == 'passes' and gate_verdict(hsm, 1.6) == 'below'
+    assert 'resnet18' in fs['rows'] and few_shot_summary({'recipe': 'sgd e12', 'runs': runs[:3]}) is None
+    data['_file'] = 'results.json'
+    table = few_shot_table(data, Commands())
+    assert '| hsm live | 23.50 (+2.50, 2) | 30.00 (–, 1) | 41.00 (+1.00, 1) | 57.00 (+1.00, 1) | +1.50 (k = 1, 5, all) |' \
+        in table
+    assert 'few-shot k = 1, 5, all: mean gain +1.50 (gate: passes, hsm live)' in summary_table([], data)

@@ -341,6 +341,8 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
     runs = data.get('runs', [])
     counts: Dict[str, Tuple[int, int]] = {}  # recipe -> (method runs, baseline runs): the methods' recipe wins
     for r in runs:
+        if (r.get('recipe') or {}).get('shots'):  # a few-shot run is never the protocol's recipe
+            continue
         methods, baselines = counts.get(r['recipe_id'], (0, 0))
         counts[r['recipe_id']] = (methods + (r['role'] != 'baseline'), baselines + (r['role'] == 'baseline'))
     recipe = data.get('recipe') if data.get('recipe') in counts else (  # the protocol's recipe, else the most run
@@ -365,12 +367,64 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
             gain=None if base_mean is None or row['role'] == 'baseline' else statistics.fmean(top1) - base_mean,
             heads={k: statistics.fmean(v) for k, v in heads.items()},
             compute=row['runs'][-1].get('compute_ratio'),
-            wall=statistics.fmean(r['wall_seconds'] for r in row['runs']), command=row['runs'][-1]['command'],
+            # a resumed run's wall time is only its last part
+            wall=statistics.fmean(r['wall_seconds'] for r in row['runs'] if not r.get('resumed')) if any(
+                not r.get('resumed') for r in row['runs']) else None, command=row['runs'][-1]['command'],
             lr=row['runs'][-1].get('lr'), stage_epochs=row['runs'][-1].get('stage_epochs'),
             model_args=row['runs'][-1].get('model_args') or {}, date=max(r.get('date', '') for r in row['runs']),
             saliency=[r['saliency']['active_cells'] for r in row['runs'] if r.get('saliency')] or None)
-    others = sorted({r['recipe_id'] for r in runs} - {recipe})
+    others = sorted({r['recipe_id'] for r in runs} - {recipe} - {r['recipe_id'] for r in runs if _shots(r, recipe)})
     return {'recipe': recipe, 'baseline_mean': base_mean, 'rows': rows, 'other_recipes': others}
+
+
+def _shots(run: dict, recipe: Optional[str]) -> Optional[int]:
+    """k of a few-shot run of the protocol's recipe (`--shots k`; its recipe id is the protocol's + ' k<k>'), else None."""
+    k = (run.get('recipe') or {}).get('shots')
+    return k if k and run['recipe_id'] == f'{recipe} k{k}' else None
+
+
+def few_shot_summary(data: dict) -> Optional[Dict[str, Any]]:
+    """HSM's evaluation protocol (the paper's Tables 1-2, SPEC §6) under the transfer recipe: k training images per
+    class (`--shots k`, drawn per seed), each k with its own baseline; the full training set is k = 'all' (the
+    protocol's rows). Per row label with few-shot runs: mean top-1 and gain per k, and the mean of its gains over the
+    k measured for it and the baseline (the paper's AVG column). None when no few-shot run exists."""
+    protocol = transfer_summary(data)
+    recipe = protocol['recipe']
+    cells: Dict[Tuple[str, Any], List[dict]] = {}
+    labels: Dict[str, dict] = {}
+    for r in data.get('runs', []):
+        k = _shots(r, recipe) or ('all' if r['recipe_id'] == recipe else None)
+        if k is None:
+            continue
+        cells.setdefault((r['label'], k), []).append(r)
+        if k != 'all':
+            labels.setdefault(r['label'], {'label': r['label'], 'model': r['model'], 'role': r['role']})
+    if not labels:
+        return None
+    shots = sorted({k for _, k in cells if k != 'all'}) + ['all']
+    base_label = next((lab for lab, row in labels.items() if row['role'] == 'baseline'), None)
+    for row in labels.values():
+        row['per_k'] = {}
+        for k in shots:
+            runs = cells.get((row['label'], k), [])
+            if not runs:
+                continue
+            top1 = [r['top1'] for r in runs]
+            base = [r['top1'] for r in cells.get((base_label, k), [])] if base_label else []
+            row['per_k'][k] = {
+                'mean': statistics.fmean(top1), 'std': statistics.stdev(top1) if len(top1) > 1 else None,
+                'seeds': sorted(r['seed'] for r in runs),
+                'gain': None if not base or row['role'] == 'baseline' else statistics.fmean(top1) - statistics.fmean(base),
+                'saliency': [r['saliency']['active_cells'] for r in runs if r.get('saliency')]}
+        gains = [c['gain'] for c in row['per_k'].values() if c['gain'] is not None]
+        live = [a for c in row['per_k'].values() for a in c['saliency']]
+        few = [r for k in shots if k != 'all' for r in cells.get((row['label'], k), [])]
+        row.update(gain=statistics.fmean(gains) if gains else None, saliency=live or None,
+                   model_args=few[-1].get('model_args') or {}, seeds=sorted({r['seed'] for r in few}),
+                   date=max(r.get('date', '') for r in few),
+                   gain_shots=[k for k, c in row['per_k'].items() if c['gain'] is not None],
+                   command=next(r['command'] for k in shots for r in cells.get((row['label'], k), []) if k != 'all'))
+    return {'recipe': recipe, 'shots': shots, 'rows': labels}
 
 
 DEAD_SALIENCY_SHARE = 0.01  # live saliency cells below which HSM's branch counts as dead
@@ -411,9 +465,10 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             heads += ('; ' if heads else '') + 'saliency cells live ' + '/'.join(f'{a:.0%}' for a in row['saliency'])
         heads = heads or '–'
         stages = '/'.join(f'{e:.1f}' for e in row['stage_epochs']) if row['stage_epochs'] else 'one stage'
+        wall = f"{row['wall'] / 60:.0f} min" if row['wall'] is not None else '– (resumed runs only)'
         lines.append(
             f"| {row['label']} | {top1} | {signed(row['gain'])} | {verdict} | "
-            f"{fmt(row['compute'])} | {heads} | {row['lr']:g}, {stages} | {row['wall'] / 60:.0f} min | "
+            f"{fmt(row['compute'])} | {heads} | {row['lr']:g}, {stages} | {wall} | "
             f"{commands.ref(row['command'], data['_file'])} |")
     text = (f"Recipe for every row: `{s['recipe']}`; target CUB classes 1-50 (1,500 train / 1,389 test), "
             f"{data['protocol']['img_size']} px, resnet18 at output stride {data['protocol']['output_stride']}, "
@@ -426,10 +481,45 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
                      f"| `{rid}` | " + ', '.join(f"{r['label']} {r['top1']:.2f} (s{r['seed']})"
                                                for r in data['runs'] if r['recipe_id'] == rid) + ' |'
                      for rid in s['other_recipes']) + '\n')
+    text += few_shot_table(data, commands)
     notes = data.get('notes') or {}
     if notes:
         text += '\n' + '\n'.join(f'- {k}: {v}' for k, v in notes.items()) + '\n'
     return text
+
+
+def few_shot_table(data: dict, commands: 'Commands') -> str:
+    """The few-shot protocol's table (HSM's: `few_shot_summary`), empty when no few-shot run exists."""
+    fs = few_shot_summary(data)
+    if fs is None:
+        return ''
+    head = ['k = all' if k == 'all' else f'k = {k}' for k in fs['shots']]
+    lines = ['| Model | ' + ' | '.join(head) + ' | Mean gain over k | Gate | Cmd |',
+             '|---' * (len(head) + 4) + '|']
+    for row in sorted(fs['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label'])):
+        cells = []
+        for k in fs['shots']:
+            c = row['per_k'].get(k)
+            if c is None:
+                cells.append('–')
+            elif row['role'] == 'baseline':
+                cells.append(f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c['std'] is not None else '')
+                             + f" ({len(c['seeds'])})")
+            else:
+                cells.append(f"{c['mean']:.2f} ({signed(c['gain'])}, {len(c['seeds'])})")
+        if row['role'] == 'baseline':
+            mean_gain, verdict = '–', 'yardstick'
+        else:
+            gate = TRANSFER_GATES.get(row['model'].split('_')[0])
+            mean_gain = f"{signed(row['gain'])} (k = {', '.join(map(str, row['gain_shots']))})"
+            verdict = '–' if gate is None else f'+{gate:g}: ' + gate_verdict(row, gate, bold=True)
+        lines.append(f"| {row['label']} | " + ' | '.join(cells) + f" | {mean_gain} | {verdict} | "
+                     f"{commands.ref(row['command'], data['_file'])} |")
+    return (f"\nFew-shot protocol (HSM's, the paper's Tables 1-2): the same recipe `{fs['recipe']}` on k training "
+            'images per class drawn per seed (`--shots k`), each k with its own baseline; k = all is the table above '
+            '(30 images per class). Cells: top-1 (gain vs the baseline at that k, seeds); the baseline: mean ± std '
+            "(seeds). The gate applies to the mean gain over k (the paper's AVG column: Birds, ResNet-152, +1.6).\n\n"
+            + '\n'.join(lines) + '\n')
 
 
 def headline_row(rows, model: str) -> Optional[dict]:
@@ -446,6 +536,7 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
     rows = ['| Method | Paper backbone: inference / training overhead | Transfer protocol: top-1 (gain vs resnet18, '
             'gate) | Compute vs baseline |', '|---|---|---|---|']
     summary = transfer_summary(transfer) if transfer and transfer.get('runs') else None
+    few_shot = few_shot_summary(transfer) if summary else None
     for method, name in METHODS.items():
         paper_rows = [e for e in throughput if e['method'] == method and e.get('paper_variant')
                       and e['device_type'] == 'cpu']
@@ -466,6 +557,11 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
             acc = (f"{row['mean']:.2f} ({signed(row['gain'])}; gate +{gate:g}: {verdict}; "
                    f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}{variant})")
             compute = fmt(row['compute'])
+        few = headline_row((few_shot or {}).get('rows', {}).values(), f'{method}_resnet18')
+        if few is not None and few['gain'] is not None:
+            label = '' if few['label'] == few['model'] else f", {few['label'].split('(', 1)[-1].rstrip(')')}"
+            acc += (f"; few-shot k = {', '.join(map(str, few['gain_shots']))}: mean gain {signed(few['gain'])} "
+                    f"(gate: {gate_verdict(few, gate)}{label})")
         rows.append(f'| {name} | {speed} | {acc} | {compute} |')
     base = (summary or {}).get('baseline_mean')
     base_row = (summary or {}).get('rows', {}).get('resnet18')

@@ -536,7 +536,7 @@ def train(cfg: TrainConfig) -> dict:
         'model_args': model_kwargs(cfg),
         'config_fingerprint': cfg.fingerprint(),
         'bad_images_skipped': len(data.bad_images), 'bad_images': data.bad_images,
-        'resume_warnings': resume_warnings,
+        'resume_warnings': resume_warnings, 'resumed_from': str(resume_path) if cfg.resume else None,
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
