@@ -25,6 +25,7 @@ method's gain over the baseline (per seed, then the mean), on
         --synthetic-train-per-class 40 --synthetic-test-per-class 10 --threads 1     # S3N-R18 vs R18, ~14 min CPU
     python bench/accuracy.py --suites cub --cub-classes 50 --cub-img-size 128 --epochs 10
     for k in 1 2 3 5 10 15 20 25 30; do python bench/accuracy.py --methods hsm --shots $k --seeds 0 1 2; done
+    for k in 1 3 5 10; do python bench/accuracy.py --suites transfer --methods hsm --shots $k --seeds 0 1 2; done
 
 Budget flags left unset take the engine's `TrainConfig` defaults (the same for both models); the backbone's
 learning rate equals `--lr` (nothing is pretrained here). The baseline gets the method's data config

@@ -300,8 +300,11 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   ImageNet (`--source-step-epochs`, default 3; `--no-source-step --label ...`: on the target). `--methods` (none:
   the baseline alone), `--seeds 0 1 2`,
   `--skip-baseline` (methods only: gains against the stored baseline runs of the same recipe), `--model-args
-  '{...}' --label NAME` (an ablation row), `--threads 1`. Each finished run is added at once to
-  `bench/results/accuracy_transfer.json`, so parallel processes and interrupted sweeps add up.
+  '{...}' --label NAME` (an ablation row), `--threads 1`, `--shots k` (HSM's few-shot protocol: k training images
+  per class drawn per seed, each k against its own baseline; HSM's step 1 is run once per seed and reused),
+  `--resume` (a killed sweep: each run continues from the newest complete checkpoint in its folder). Each finished
+  run is added at once to `bench/results/accuracy_transfer.json`, so parallel processes and interrupted sweeps add
+  up.
   `python bench/hsm_source_step.py --workdir W --settings '[[bias, lr, steps], ...]'` probes HSM's step 1 (live
   saliency cells and source top-1 per setting).
 - `python bench/accuracy.py` — trains each method and the plain timm backbone with an identical budget through
