@@ -1,8 +1,8 @@
 """The transfer protocol's summary (SPEC §8): gains against the baseline's mean, and gates a dead part cannot pass."""
 import pytest
 
-from timm_fgvc.benchmarks import (Commands, few_shot_summary, few_shot_table, gate_verdict, headline_row, summary_table,
-                                   transfer_summary)
+from timm_fgvc.benchmarks import (Commands, few_shot_summaries, few_shot_summary, few_shot_table, gate_verdict,
+                                   headline_row, summary_table, transfer_summary)
 
 
 def _run(model, seed, top1, role='method', label=None, recipe='sgd e12', saliency=None, model_args=None, date=''):
@@ -88,3 +88,11 @@ def test_few_shot_runs_are_compared_per_k_against_their_own_baseline_and_the_gat
     assert '| hsm live | 23.50 (+2.50, 2) | 30.00 (–, 1) | 41.00 (+1.00, 1) | 57.00 (+1.00, 1) | +1.50 (k = 1, 5, all) |' \
         in table
     assert 'few-shot k = 1, 5, all: mean gain +1.50 (gate: passes, hsm live)' in summary_table([], data)
+    # another base recipe (here: more epochs) is its own table, with its own baseline and no k = all without full runs
+    data['runs'] += [dict(shot('resnet18', 0, 30.0, 1, role='baseline'), recipe_id='sgd e70 k1'),
+                     dict(shot('hsm_resnet18', 0, 29.0, 1, label='hsm live', saliency=0.9), recipe_id='sgd e70 k1')]
+    protocol, other = few_shot_summaries(data)
+    assert protocol['recipe'] == 'sgd e12' and other['recipe'] == 'sgd e70' and other['shots'] == [1]
+    assert other['rows']['hsm live']['gain'] == pytest.approx(-1.0) and protocol['rows']['hsm live']['gain'] == \
+        pytest.approx(1.5)
+    assert transfer_summary(data)['other_recipes'] == []

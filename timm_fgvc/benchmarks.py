@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -376,35 +377,44 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
             lr=row['runs'][-1].get('lr'), stage_epochs=row['runs'][-1].get('stage_epochs'),
             model_args=row['runs'][-1].get('model_args') or {}, date=max(r.get('date', '') for r in row['runs']),
             saliency=[r['saliency']['active_cells'] for r in row['runs'] if r.get('saliency')] or None)
-    others = sorted({r['recipe_id'] for r in runs} - {recipe} - {r['recipe_id'] for r in runs if _shots(r, recipe)})
+    others = sorted({r['recipe_id'] for r in runs if not _few_shot_base(r)} - {recipe})
     return {'recipe': recipe, 'baseline_mean': base_mean, 'rows': rows, 'other_recipes': others}
 
 
-def _shots(run: dict, recipe: Optional[str]) -> Optional[int]:
-    """k of a few-shot run of the protocol's recipe (`--shots k`; its recipe id is the protocol's + ' k<k>'), else None."""
+def _few_shot_base(run: dict) -> Optional[Tuple[str, int]]:
+    """(base recipe id, k) of a few-shot run (`--shots k`: its recipe id is the base's + ' k<k>'), else None."""
     k = (run.get('recipe') or {}).get('shots')
-    return k if k and run['recipe_id'] == f'{recipe} k{k}' else None
+    suffix = f' k{k}'
+    return (run['recipe_id'][:-len(suffix)], k) if k and run['recipe_id'].endswith(suffix) else None
+
+
+def few_shot_summaries(data: dict) -> List[Dict[str, Any]]:
+    """HSM's evaluation protocol (the paper's Tables 1-2, SPEC §6) under the transfer protocol: k training images
+    per class (`--shots k`, drawn per seed), each k with its own baseline of the same recipe; the full training set
+    (the base recipe's runs without --shots) is k = 'all'. One summary per base recipe (the protocol's first): per
+    row label, mean top-1 and gain per k, and the mean of its gains over the k measured for it and the baseline (the
+    paper's AVG column)."""
+    protocol = transfer_summary(data)['recipe']
+    few = [(r, *_few_shot_base(r)) for r in data.get('runs', []) if _few_shot_base(r)]
+    bases = sorted({base for _, base, _ in few}, key=lambda b: (b != protocol, b))
+    return [_few_shot_summary(data, base, [(r, k) for r, b, k in few if b == base]) for base in bases]
 
 
 def few_shot_summary(data: dict) -> Optional[Dict[str, Any]]:
-    """HSM's evaluation protocol (the paper's Tables 1-2, SPEC §6) under the transfer recipe: k training images per
-    class (`--shots k`, drawn per seed), each k with its own baseline; the full training set is k = 'all' (the
-    protocol's rows). Per row label with few-shot runs: mean top-1 and gain per k, and the mean of its gains over the
-    k measured for it and the baseline (the paper's AVG column). None when no few-shot run exists."""
-    protocol = transfer_summary(data)
-    recipe = protocol['recipe']
+    """The protocol recipe's few-shot summary (`few_shot_summaries`), else the first there is, else None."""
+    return next(iter(few_shot_summaries(data)), None)
+
+
+def _few_shot_summary(data: dict, recipe: str, few: List[Tuple[dict, int]]) -> Dict[str, Any]:
     cells: Dict[Tuple[str, Any], List[dict]] = {}
     labels: Dict[str, dict] = {}
-    for r in data.get('runs', []):
-        k = _shots(r, recipe) or ('all' if r['recipe_id'] == recipe else None)
-        if k is None:
-            continue
+    for r, k in few:
         cells.setdefault((r['label'], k), []).append(r)
-        if k != 'all':
-            labels.setdefault(r['label'], {'label': r['label'], 'model': r['model'], 'role': r['role']})
-    if not labels:
-        return None
-    shots = sorted({k for _, k in cells if k != 'all'}) + ['all']
+        labels.setdefault(r['label'], {'label': r['label'], 'model': r['model'], 'role': r['role']})
+    for r in data.get('runs', []):
+        if r['recipe_id'] == recipe and not _few_shot_base(r) and r['label'] in labels:
+            cells.setdefault((r['label'], 'all'), []).append(r)
+    shots = sorted({k for _, k in cells if k != 'all'}) + (['all'] if any(k == 'all' for _, k in cells) else [])
     base_label = next((lab for lab, row in labels.items() if row['role'] == 'baseline'), None)
     for row in labels.values():
         row['per_k'] = {}
@@ -421,12 +431,11 @@ def few_shot_summary(data: dict) -> Optional[Dict[str, Any]]:
                 'saliency': [r['saliency']['active_cells'] for r in runs if r.get('saliency')]}
         gains = [c['gain'] for c in row['per_k'].values() if c['gain'] is not None]
         live = [a for c in row['per_k'].values() for a in c['saliency']]
-        few = [r for k in shots if k != 'all' for r in cells.get((row['label'], k), [])]
+        own = [r for r, _ in few if r['label'] == row['label']]
         row.update(gain=statistics.fmean(gains) if gains else None, saliency=live or None,
-                   model_args=few[-1].get('model_args') or {}, seeds=sorted({r['seed'] for r in few}),
-                   date=max(r.get('date', '') for r in few),
-                   gain_shots=[k for k, c in row['per_k'].items() if c['gain'] is not None],
-                   command=next(r['command'] for k in shots for r in cells.get((row['label'], k), []) if k != 'all'))
+                   model_args=own[-1].get('model_args') or {}, seeds=sorted({r['seed'] for r in own}),
+                   date=max(r.get('date', '') for r in own), command=own[-1]['command'],
+                   gain_shots=[k for k, c in row['per_k'].items() if c['gain'] is not None])
     return {'recipe': recipe, 'shots': shots, 'rows': labels}
 
 
@@ -492,37 +501,40 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
 
 
 def few_shot_table(data: dict, commands: 'Commands') -> str:
-    """The few-shot protocol's table (HSM's: `few_shot_summary`), empty when no few-shot run exists."""
-    fs = few_shot_summary(data)
-    if fs is None:
-        return ''
-    head = ['k = all' if k == 'all' else f'k = {k}' for k in fs['shots']]
-    lines = ['| Model | ' + ' | '.join(head) + ' | Mean gain over k | Gate | Cmd |',
-             '|---' * (len(head) + 4) + '|']
-    for row in sorted(fs['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label'])):
-        cells = []
-        for k in fs['shots']:
-            c = row['per_k'].get(k)
-            if c is None:
-                cells.append('–')
-            elif row['role'] == 'baseline':
-                cells.append(f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c['std'] is not None else '')
-                             + f" ({len(c['seeds'])})")
+    """The few-shot protocol's tables (HSM's: `few_shot_summaries`), one per base recipe; empty when no few-shot run
+    exists."""
+    text = ''
+    for fs in few_shot_summaries(data):
+        head = ['k = all' if k == 'all' else f'k = {k}' for k in fs['shots']]
+        lines = ['| Model | ' + ' | '.join(head) + ' | Mean gain over k | Gate | Cmd |',
+                 '|---' * (len(head) + 4) + '|']
+        for row in sorted(fs['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label'])):
+            cells = []
+            for k in fs['shots']:
+                c = row['per_k'].get(k)
+                if c is None:
+                    cells.append('–')
+                elif row['role'] == 'baseline':
+                    cells.append(f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c['std'] is not None else '')
+                                 + f" ({len(c['seeds'])})")
+                else:
+                    cells.append(f"{c['mean']:.2f} ({signed(c['gain'])}, {len(c['seeds'])})")
+            if row['role'] == 'baseline':
+                mean_gain, verdict = '–', 'yardstick'
             else:
-                cells.append(f"{c['mean']:.2f} ({signed(c['gain'])}, {len(c['seeds'])})")
-        if row['role'] == 'baseline':
-            mean_gain, verdict = '–', 'yardstick'
-        else:
-            gate = TRANSFER_GATES.get(row['model'].split('_')[0])
-            mean_gain = f"{signed(row['gain'])} (k = {', '.join(map(str, row['gain_shots']))})"
-            verdict = '–' if gate is None else f'+{gate:g}: ' + gate_verdict(row, gate, bold=True)
-        lines.append(f"| {row['label']} | " + ' | '.join(cells) + f" | {mean_gain} | {verdict} | "
-                     f"{commands.ref(row['command'], data['_file'])} |")
-    return (f"\nFew-shot protocol (HSM's, the paper's Tables 1-2): the same recipe `{fs['recipe']}` on k training "
-            'images per class drawn per seed (`--shots k`), each k with its own baseline; k = all is the table above '
-            '(30 images per class). Cells: top-1 (gain vs the baseline at that k, seeds); the baseline: mean ± std '
-            "(seeds). The gate applies to the mean gain over k (the paper's AVG column: Birds, ResNet-152, +1.6).\n\n"
-            + '\n'.join(lines) + '\n')
+                gate = TRANSFER_GATES.get(row['model'].split('_')[0])
+                mean_gain = f"{signed(row['gain'])} (k = {', '.join(map(str, row['gain_shots']))})"
+                verdict = '–' if gate is None else f'+{gate:g}: ' + gate_verdict(row, gate, bold=True)
+            lines.append(f"| {row['label']} | " + ' | '.join(cells) + f" | {mean_gain} | {verdict} | "
+                         f"{commands.ref(row['command'], data['_file'])} |")
+        text += (f"\nFew-shot protocol (HSM's, the paper's Tables 1-2), recipe `{fs['recipe']}` on k training images "
+                 'per class drawn per seed (`--shots k`), each k against the baseline of the same recipe and k'
+                 + ('; k = all: the full training set (30 images per class)' if 'all' in
+                    fs['shots'] else '')
+                 + '. Cells: top-1 (gain vs that baseline, seeds); the baseline: mean ± std (seeds). The gate applies '
+                 "to the mean gain over k (the paper's AVG column; Birds, ResNet-152: +1.6).\n\n"
+                 + '\n'.join(lines) + '\n')
+    return text
 
 
 def headline_row(rows, model: str) -> Optional[dict]:
@@ -539,7 +551,7 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
     rows = ['| Method | Paper backbone: inference / training overhead | Transfer protocol: top-1 (gain vs resnet18, '
             'gate) | Compute vs baseline |', '|---|---|---|---|']
     summary = transfer_summary(transfer) if transfer and transfer.get('runs') else None
-    few_shot = few_shot_summary(transfer) if summary else None
+    few_shot = few_shot_summaries(transfer) if summary else []
     for method, name in METHODS.items():
         paper_rows = [e for e in throughput if e['method'] == method and e.get('paper_variant')
                       and e['device_type'] == 'cpu']
@@ -560,11 +572,14 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
             acc = (f"{row['mean']:.2f} ({signed(row['gain'])}; gate +{gate:g}: {verdict}; "
                    f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}{variant})")
             compute = fmt(row['compute'])
-        few = headline_row((few_shot or {}).get('rows', {}).values(), f'{method}_resnet18')
-        if few is not None and few['gain'] is not None:
-            label = '' if few['label'] == few['model'] else f", {few['label'].split('(', 1)[-1].rstrip(')')}"
-            acc += (f"; few-shot k = {', '.join(map(str, few['gain_shots']))}: mean gain {signed(few['gain'])} "
-                    f"(gate: {gate_verdict(few, gate)}{label})")
+        for fs in few_shot:
+            few = headline_row(fs['rows'].values(), f'{method}_resnet18')
+            if few is not None and few['gain'] is not None:
+                label = '' if few['label'] == few['model'] else f", {few['label'].split('(', 1)[-1].rstrip(')')}"
+                epochs = re.search(r' e(\d+) ', fs['recipe'])
+                acc += (f"; few-shot k = {', '.join(map(str, few['gain_shots']))}"
+                        + (f", {epochs.group(1)} epochs" if epochs else '')
+                        + f": mean gain {signed(few['gain'])} (gate: {gate_verdict(few, gate)}{label})")
         rows.append(f'| {name} | {speed} | {acc} | {compute} |')
     base = (summary or {}).get('baseline_mean')
     base_row = (summary or {}).get('rows', {}).get('resnet18')

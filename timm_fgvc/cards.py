@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Union
 
 import yaml
 
-from .benchmarks import (RESULTS_DIR, few_shot_summary, headline_row, load_results, load_transfer, paper_top1, render,
+from .benchmarks import (RESULTS_DIR, few_shot_summaries, headline_row, load_results, load_transfer, paper_top1, render,
                          speed_summary, transfer_summary)
 from .catalog import METHODS, split_model_name
 from .data.catalog import DATASETS
@@ -214,7 +214,7 @@ def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[s
     throughput, accuracy = bench.get('throughput') or [], bench.get('accuracy') or []
     transfer = bench.get('transfer')
     transfer_rows = transfer_summary(transfer)['rows'] if transfer and transfer.get('runs') else {}
-    few_shot_rows = ((few_shot_summary(transfer) or {}).get('rows', {}) if transfer_rows else {})
+    few_shot = few_shot_summaries(transfer) if transfer_rows else []
     has_bench = bool(throughput or accuracy or transfer_rows)
     lines = [
         f'<!-- Generated from {CONFIG_DIR}/*.yaml by `{REGENERATE}`: do not edit by hand. Change the hub config',
@@ -274,12 +274,14 @@ def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[s
             lines.append(f"- Transfer protocol measured here (`{small['label']}`, CUB classes 1-50 from a "
                          f"resnet18 trained on 51-200, 128 px): top-1 {small['mean']:.2f} vs fine-tuned resnet18 "
                          f"{base['mean']:.2f} ({small['gain']:+.2f}; seeds {small['seeds']})")
-        few = headline_row(few_shot_rows.values(), f"{cfg['method']}_resnet18")
-        if few and few['gain'] is not None:
-            per_k = ', '.join(f"k = {k}: {c['mean']:.2f} ({c['gain']:+.2f})" for k, c in few['per_k'].items()
-                              if c['gain'] is not None)
-            lines.append(f"- Few-shot protocol measured here (`{few['label']}`, k training images per class, the "
-                         f"same transfer; gain vs resnet18 at that k): {per_k}; mean gain {few['gain']:+.2f}")
+        for fs in few_shot:
+            few = headline_row(fs['rows'].values(), f"{cfg['method']}_resnet18")
+            if few and few['gain'] is not None:
+                per_k = ', '.join(f"k = {k}: {c['mean']:.2f} ({c['gain']:+.2f})" for k, c in few['per_k'].items()
+                                  if c['gain'] is not None)
+                lines.append(f"- Few-shot protocol measured here (`{few['label']}`, recipe `{fs['recipe']}`, k "
+                             f"training images per class; gain vs resnet18 at that k): {per_k}; mean gain "
+                             f"{few['gain']:+.2f}")
     if has_bench:
         block, _, _ = render(throughput, accuracy, paper_top1(configs), transfer=transfer)
         lines += ['', '## Benchmarks measured here', '',
