@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Eval-only probes of a trained transfer-protocol model (the investigations in bench/README.md's notes).
+
+    python bench/probes.py lfd  RUN_DIR --dataset /path/cub200_s160_first50   # heads, random / centre attention
+    python bench/probes.py caa  RUN_DIR --dataset ...                         # head subsets, attention off
+    python bench/probes.py caa-where RUN_DIR --dataset ... [--init]           # where CAA's Otsu masks fall
+
+RUN_DIR is a run folder of `bench/accuracy.py --suites transfer` (its model.safetensors and results.json); the
+test images are the run's eval transform of `<dataset>/test`. Results are printed as JSON, one line per setting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def load_test_set(loaded, dataset: str, every: int = 1):
+    from torchvision.datasets import ImageFolder
+    from timm_fgvc.inference import eval_transform
+    transform, _ = eval_transform(loaded)
+    folder = ImageFolder(str(Path(dataset) / 'test'), transform=transform)
+    index = range(0, len(folder), every)
+    return torch.stack([folder[i][0] for i in index]), torch.tensor([folder.targets[i] for i in index])
+
+
+def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return round(100 * (scores.argmax(1) == labels).float().mean().item(), 2)
+
+
+def batched(model_fn, images: torch.Tensor, batch: int = 64):
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        return [model_fn(images[i:i + batch]) for i in range(0, len(images), batch)]
+
+
+def centre_and_ring(h: int, w: int):
+    """The central half (4 x 4 of 8 x 8) and the outermost ring of a feature grid."""
+    centre = torch.zeros(h, w, dtype=torch.bool)
+    centre[h // 4: h - h // 4, w // 4: w - w // 4] = True
+    ring = torch.ones(h, w, dtype=torch.bool)
+    ring[1:-1, 1:-1] = False
+    return centre, ring
+
+
+def probe_lfd(model, images, labels):
+    """Image head, region head (best-ranked region; mean of the m regions' probabilities), hybrid head and the
+    hybrid head's image and region halves, with the trained attention M, a random M (random regions) and a fixed
+    centre-peaked M."""
+    trained = model.attention
+
+    def random_attention(feature_map):
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(feature_map.shape[0], *feature_map.shape[-2:], generator=g)
+
+    def centre_attention(feature_map):
+        h, w = feature_map.shape[-2:]
+        yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing='ij')
+        return (-(yy ** 2 + xx ** 2) / 8).exp().expand(feature_map.shape[0], h, w).clone()
+
+    def heads(x):
+        o = model._focus(x)
+        d = o['image_feature'].shape[1]
+        zeros_regions = torch.zeros_like(o['hybrid_feature'][:, d:])
+        region = model.heads['region'](o['region_features']).float()
+        return {'image': model.heads['image'](o['image_feature']).float(),
+                'region (top-ranked)': region[:, 0], 'region (mean of m)': region.softmax(-1).mean(1),
+                'hybrid': model.pooled_head(o['hybrid_feature']).float(),
+                'hybrid, image half only': model.pooled_head(torch.cat([o['image_feature'], zeros_regions], 1)).float(),
+                'hybrid, region half only': model.pooled_head(
+                    torch.cat([torch.zeros_like(o['image_feature']), o['hybrid_feature'][:, d:]], 1)).float()}
+
+    for name, attention in [('trained attention', trained), ('random attention', random_attention),
+                            ('centre-peaked attention', centre_attention)]:
+        model.attention = attention
+        outs = batched(heads, images)
+        model.attention = trained
+        print(name, json.dumps({k: top1(torch.cat([o[k] for o in outs]), labels) for k in outs[0]}), flush=True)
+
+
+def probe_caa(model, images, labels):
+    """The paper's combination, head and scale subsets, with the Otsu masks and with attention off (every cell in
+    the mask: the object heads pool the whole map and every scale sees the whole image)."""
+    import timm_fgvc.models.caa as caa
+    otsu = caa.otsu_mask
+    for name, mask_fn in [('trained (Otsu masks)', otsu),
+                          ('attention off (mask = every cell)', lambda a, bins=256: torch.ones_like(a, dtype=torch.bool))]:
+        caa.otsu_mask = mask_fn
+        outs = batched(lambda x: model.forward_train(x).logits, images)
+        caa.otsu_mask = otsu
+        logits = {k: torch.cat([o[k].float() for o in outs]) for k in outs[0]}
+        probs = {k: v.softmax(-1) for k, v in logits.items() if k != 'combined'}
+        scales = sum(k.startswith('object_') for k in logits)
+        result = {k: top1(v, labels) for k, v in logits.items()}
+        result['object heads, mean over scales'] = top1(sum(probs[f'object_{k}'] for k in range(scales)), labels)
+        result['local heads, mean over scales'] = top1(sum(probs[f'local_{k}'] for k in range(scales)), labels)
+        print(name, json.dumps(result), flush=True)
+
+
+def probe_caa_where(model, images):
+    """Per scale: mean attention M and Otsu mask share over the grid's central half vs its border ring, and how
+    often M's peak is in the central half (chance: its share of the cells). CUB birds are mostly centred."""
+    outs = batched(model._forward_scales, images)
+    result = {}
+    for k in range(len(outs[0])):
+        attention = torch.cat([o[k]['attention'].float() for o in outs])
+        mask = torch.cat([o[k]['object_mask'] for o in outs]).float()
+        centre, ring = centre_and_ring(*attention.shape[-2:])
+        peak = attention.flatten(1).argmax(1)
+        result[f'scale {k}'] = {
+            'attention centre / ring': [round(attention[:, centre].mean().item(), 4),
+                                        round(attention[:, ring].mean().item(), 4)],
+            'mask share centre / ring': [round(mask[:, centre].mean().item(), 3), round(mask[:, ring].mean().item(), 3)],
+            'peak in centre': round(centre.flatten()[peak].float().mean().item(), 3),
+            'chance': round(centre.float().mean().item(), 3), 'images': len(attention)}
+    print(json.dumps(result), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where'])
+    p.add_argument('run', help='a transfer run folder (model.safetensors, results.json)')
+    p.add_argument('--dataset', required=True, help='the target image folder (<dataset>/test/<class>/*.jpg)')
+    p.add_argument('--every', type=int, default=1, help='every n-th test image (default: all)')
+    p.add_argument('--init', action='store_true',
+                   help="caa-where: the run's model at initialisation (its pretrained backbone, fresh heads)")
+    p.add_argument('--checkpoint', default=None,
+                   help="the run's model at one of its checkpoints (a checkpoints/step_N folder) instead of its end")
+    p.add_argument('--threads', type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from timm_fgvc.inference import load_model
+    loaded = load_model(checkpoint=args.run)
+    model = loaded.model.eval()
+    if args.init or args.checkpoint:
+        import timm
+        from safetensors.torch import load_file
+        cfg = json.loads((Path(args.run) / 'results.json').read_text())['config']
+        torch.manual_seed(cfg['seed'])
+        model = timm.create_model(cfg['model'], num_classes=loaded.num_classes, pretrained_backbone=cfg['pretrained_path'],
+                                  backbone_args={'output_stride': cfg['output_stride']},
+                                  **(cfg.get('model_args') or {})).eval()
+        if args.checkpoint:  # accelerate's checkpoint: the model's state under 'model.'
+            state = load_file(str(Path(args.checkpoint) / 'model.safetensors'))
+            model.load_state_dict({k.removeprefix('model.'): v for k, v in state.items()})
+    images, labels = load_test_set(loaded, args.dataset, args.every)
+    if args.probe == 'lfd':
+        probe_lfd(model, images, labels)
+    elif args.probe == 'caa':
+        probe_caa(model, images, labels)
+    else:
+        probe_caa_where(model, images)
+
+
+if __name__ == '__main__':
+    main()
