@@ -128,9 +128,10 @@ class _Planted(torch.nn.Module):
         return self.activations
 
 
-def test_attention_from_probabilities_over_the_classes_and_background():
-    """Sec. 4.3 "probability activations": a cell with a large class logit but a larger background logit is
-    background; by default M is the max non-background softmax probability, not the raw logit."""
+def test_attention_from_the_activations_by_default_or_from_their_probabilities():
+    """M is the channel max of A without the background channel (Sec. 4.3, Fig. 2): by default a cell with a large
+    class activation ranks first whatever its background activation; with `attention_from='probabilities'` M is the
+    max non-background softmax probability, and a cell with a larger background activation is background."""
     activations = torch.zeros(1, 4, 3, 3)  # L = 3 classes + background
     activations[0, 0, 0, 0], activations[0, -1, 0, 0] = 6.0, 12.0  # confidently background
     activations[0, 1, 2, 2] = 3.0  # confidently class 1
@@ -143,7 +144,9 @@ def test_attention_from_probabilities_over_the_classes_and_background():
     expected = activations.softmax(1)[0, :-1].amax(0)
     assert torch.allclose(maps['probabilities'], expected, atol=1e-6)
     assert maps['probabilities'][2, 2] > 0.8 > 0.01 > maps['probabilities'][0, 0]
-    assert maps['logits'][0, 0] > maps['logits'][2, 2]  # the option: raw logits rank the background cell first
+    assert maps['logits'][0, 0] > maps['logits'][2, 2]  # raw activations rank the large class logit first
+    assert torch.equal(maps['logits'], activations[0, :-1].amax(0))
+    assert tiny_caa().attention_from == 'logits'
     with pytest.raises(ValueError, match='attention_from'):
         tiny_caa(attention_from='scores')
 

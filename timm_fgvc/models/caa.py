@@ -19,9 +19,12 @@ Choices where the paper is open (SPEC §6):
   trained backbone when stage k + 1 follows stage k in the same run (`start_training_stage`; a run that starts or
   resumes at a later stage keeps the weights it loaded, `init_scale_from_previous(k)` copies by hand);
   `zoom_init='independent'` keeps its own initialisation (the pretrained weights, or random).
-- Attention M from the softmax probabilities over the L + 1 classes (`attention_from='probabilities'`, Sec. 4.3:
-  "as long as their probability activations are high"): a cell confidently labelled background has a low M even
-  where a raw class logit is large. `attention_from='logits'` takes M from the raw activations A.
+- Attention M = max over the non-background channels of the aggregated activations A themselves
+  (`attention_from='logits'`, Sec. 4.3 and Fig. 2: "max-pooling A along the channel dimension excluding the last
+  background category"). `attention_from='probabilities'` takes the max of softmax(A) over the L + 1 classes
+  instead (a reading of Sec. 4.3's "probability activations"), which ranks cells by how little background they
+  show: in the transfer protocol its Otsu mask left the bird for the border ring within the first epoch and stayed
+  there (bench/README.md, CAA).
 - Test time: the paper resizes the short side to 448 and runs the fully convolutional model on the whole image
   (Sec. 4.1: "we do not need to crop images during test time"). `forward` takes any H x W; the pretrained_cfg has
   `crop_pct=1.0` and `test_input_size` = `input_size`, so timm's eval transform resizes the short side to the
@@ -98,7 +101,7 @@ class CAA(FGVCModel):
         share_backbone: one backbone for every scale instead of one per scale.
         zoom_init: 'previous' starts scale k + 1's backbone from scale k's trained one (default; the paper is
             silent), 'independent' from its own initialisation.
-        attention_from: 'probabilities' (softmax over the L + 1 classes, the paper's reading) or 'logits'.
+        attention_from: 'logits' (M from A, Sec. 4.3 / Fig. 2) or 'probabilities' (from softmax(A) over L + 1).
         otsu_bins: histogram bins of Otsu's threshold (256).
     """
     main_head = 'object_0'
@@ -116,7 +119,7 @@ class CAA(FGVCModel):
             num_classifiers: int = 16,
             share_backbone: bool = False,
             zoom_init: str = 'previous',
-            attention_from: str = 'probabilities',
+            attention_from: str = 'logits',
             otsu_bins: int = 256,
     ):
         super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
