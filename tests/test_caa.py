@@ -200,3 +200,36 @@ def test_test_time_resizes_the_short_side_without_cutting_it():
     assert top[0].mean() > 0.9 and bottom[2].mean() > 0.9  # nothing cut from the short side
     tiny = tiny_caa(num_scales=2).eval()
     assert tiny(torch.rand(1, 3, 96, 144)).shape == (1, 5)  # any aspect: fully convolutional
+
+
+def test_the_mask_stays_on_the_object_while_the_local_classifiers_learn():
+    """Local classifiers (Eq. 1) trained with the local loss (Eq. 2-4) on the Otsu mask of their own M. The object's
+    cells carry weak class evidence and twice the feature norm of the rest (ReLU features share a positive direction;
+    measured on the transfer protocol's backbone: 16 vs 8). With M from A (the default) the mask stays on the
+    object; with M from softmax probabilities the background logit, pushed up on the rest's features, grows faster
+    on the object's larger ones and the mask flips to the background, as it did in the transfer protocol."""
+    from timm_fgvc.layers import otsu_mask
+    batch, dim, classes, side = 32, 64, 10, 8
+    obj = torch.zeros(side, side, dtype=torch.bool)
+    obj[2:6, 2:6] = True
+    torch.manual_seed(0)
+    evidence, shared = torch.rand(classes, dim), torch.rand(dim)
+    shares = {}
+    for source in ('logits', 'probabilities'):
+        torch.manual_seed(1)
+        head = LocalClassifiers(dim, classes, num_classifiers=16)
+        optimizer = torch.optim.SGD(head.parameters(), lr=0.02, momentum=0.9)
+        for _ in range(60):
+            target = torch.randint(0, classes, (batch,))
+            features = torch.rand(batch, dim, side, side) * 0.5 + shared[None, :, None, None]
+            features = (features + 0.3 * evidence[target][:, :, None, None] * obj) * (1 + obj.float())
+            activations = head(features)
+            scores = activations.softmax(1) if source == 'probabilities' else activations
+            mask = otsu_mask(scores[:, :-1].amax(1).detach())
+            loss = local_loss(activations, mask, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        shares[source] = (mask[:, obj].float().mean().item(), mask[:, ~obj].float().mean().item())
+    assert shares['logits'][0] > 0.9 and shares['logits'][1] < 0.1, shares
+    assert shares['probabilities'][0] < 0.1 and shares['probabilities'][1] > 0.9, shares

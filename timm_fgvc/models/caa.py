@@ -24,7 +24,8 @@ Choices where the paper is open (SPEC §6):
   background category"). `attention_from='probabilities'` takes the max of softmax(A) over the L + 1 classes
   instead (a reading of Sec. 4.3's "probability activations"), which ranks cells by how little background they
   show: in the transfer protocol its Otsu mask left the bird for the border ring within the first epoch and stayed
-  there (bench/README.md, CAA).
+  there (bench/README.md, CAA): the background logit, trained up on the border's features, grows faster on the
+  bird's larger-norm ones (a test plants this).
 - Test time: the paper resizes the short side to 448 and runs the fully convolutional model on the whole image
   (Sec. 4.1: "we do not need to crop images during test time"). `forward` takes any H x W; the pretrained_cfg has
   `crop_pct=1.0` and `test_input_size` = `input_size`, so timm's eval transform resizes the short side to the
