@@ -307,7 +307,9 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   run is added at once to `bench/results/accuracy_transfer.json`, so parallel processes and interrupted sweeps add
   up.
   `python bench/hsm_source_step.py --workdir W --settings '[[bias, lr, steps], ...]'` probes HSM's step 1 (live
-  saliency cells and source top-1 per setting).
+  saliency cells and source top-1 per setting); `python bench/probes.py lfd|caa|caa-where RUN --dataset DIR`
+  probes a trained run (heads under trained / random / fixed attention, attention off, where CAA's masks fall;
+  `--init`, `--checkpoint`).
 - `python bench/accuracy.py` — trains each method and the plain timm backbone with an identical budget through
   the same engine (`timm_fgvc.engine.trainer.train`) and reports top-1, gain over the baseline and, on the
   synthetic set, the attention hit rate. `--suites synthetic cub`, `--epochs`, `--batch-size`, `--lr`,
