@@ -5,9 +5,9 @@ Paper: "Generating Attention from Classifier Activations for Fine-grained Recogn
 
 Pipeline at each scale (one batched pass; the scales follow each other because each zooms into the last):
   image -> backbone -> feature maps f(X) -> n = 16 local classifiers (1x1 convs to L + 1 outputs, the last one
-  background) -> max over classifiers: aggregated activations A (Eq. 1) -> attention M = max over the L
-  non-background channels of softmax(A) over the L + 1 classes (Sec. 4.3's "probability activations") -> binary object mask M_b by Otsu's threshold, per image -> local loss on A
-  with M_b as a surrogate segmentation mask (Eq. 2-4) and an object-level head on the spatial max-pool of
+  background) -> max over classifiers: aggregated activations A (Eq. 1) -> attention M = max over A's L
+  non-background channels (Sec. 4.3, Fig. 2) -> binary object mask M_b by Otsu's threshold, per image -> local
+  loss on A with M_b as a surrogate segmentation mask (Eq. 2-4) and an object-level head on the spatial max-pool of
   M_b f(X) (Eq. 5); loss = local + object (Eq. 6). The bounding box of M_b is cropped and zoomed to the input
   size: the next scale's image (Sec. 4.4).
   Prediction per scale = mean of softmax(object logits) and softmax(spatial mean of A without background); the
