@@ -290,6 +290,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                                               weights, out_dir)
                 init, start_stage = Path(source_step['weights']), 1  # step 2 on the target, all the epochs
                 extra['stage_epochs'] = source_step_stages(args, recipe)
+            run_dir = out_dir / 'target' if source_step else out_dir
             cfg = TrainConfig(
                 model=name, model_args=model_args, dataset=dataset, pretrained_path=str(init), start_stage=start_stage,
                 output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'], crop_pct=PROTOCOL['crop_pct'],
@@ -299,9 +300,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 mixed_precision=recipe['mixed_precision'], label_smoothing=recipe['label_smoothing'],
                 stage_epochs=extra['stage_epochs'], shots=recipe['shots'], seed=seed,
                 eval_every=max(recipe['epochs'], 1),
-                keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers,
-                output_dir=str(out_dir / 'target' if source_step else out_dir),
-                **resume_fields(out_dir / 'target' if source_step else out_dir, args.resume))
+                keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers, output_dir=str(run_dir),
+                **resume_fields(run_dir, args.resume))
             print(f'\n=== transfer seed {seed}: {name} {model_args or ""} lr {extra["lr"]:g} / backbone '
                   f'{recipe["backbone_lr"]:g}, stage epochs {extra["stage_epochs"] or recipe["epochs"]}', flush=True)
             start = time.time()

@@ -1,7 +1,7 @@
 """The transfer protocol's summary (SPEC §8): gains against the baseline's mean, and gates a dead part cannot pass."""
 import pytest
 
-from timm_fgvc.benchmarks import (Commands, few_shot_summaries, few_shot_summary, few_shot_table, gate_verdict,
+from timm_fgvc.benchmarks import (Commands, few_shot_summaries, few_shot_table, gate_verdict,
                                    headline_row, summary_table, transfer_summary)
 
 
@@ -75,14 +75,14 @@ def test_few_shot_runs_are_compared_per_k_against_their_own_baseline_and_the_gat
     data = {'recipe': 'sgd e12', 'runs': runs}
     s = transfer_summary(data)
     assert s['other_recipes'] == [] and s['baseline_mean'] == pytest.approx(56.0)  # few-shot runs stay apart
-    fs = few_shot_summary(data)
+    fs = few_shot_summaries(data)[0]
     assert fs['shots'] == [1, 3, 5, 'all']
     hsm = fs['rows']['hsm live']
     assert hsm['per_k'][1]['gain'] == pytest.approx(2.5) and hsm['per_k'][5]['gain'] == pytest.approx(1.0)
     assert hsm['per_k'][3]['gain'] is None and hsm['per_k']['all']['gain'] == pytest.approx(1.0)
     assert hsm['gain_shots'] == [1, 5, 'all'] and hsm['gain'] == pytest.approx(1.5)
     assert gate_verdict(hsm, 1.5) == 'passes' and gate_verdict(hsm, 1.6) == 'below'
-    assert 'resnet18' in fs['rows'] and few_shot_summary({'recipe': 'sgd e12', 'runs': runs[:3]}) is None
+    assert 'resnet18' in fs['rows'] and few_shot_summaries({'recipe': 'sgd e12', 'runs': runs[:3]}) == []
     data['_file'] = 'results.json'
     table = few_shot_table(data, Commands())
     assert '| hsm live | 23.50 (+2.50, 2) | 30.00 (–, 1) | 41.00 (+1.00, 1) | 57.00 (+1.00, 1) | +1.50 (k = 1, 5, all) |' \

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -347,7 +346,7 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
     runs = data.get('runs', [])
     counts: Dict[str, Tuple[int, int]] = {}  # recipe -> (method runs, baseline runs): the methods' recipe wins
     for r in runs:
-        if (r.get('recipe') or {}).get('shots'):  # a few-shot run is never the protocol's recipe
+        if _few_shot_base(r):  # a few-shot run is never the protocol's recipe
             continue
         methods, baselines = counts.get(r['recipe_id'], (0, 0))
         counts[r['recipe_id']] = (methods + (r['role'] != 'baseline'), baselines + (r['role'] == 'baseline'))
@@ -363,6 +362,7 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
     base_mean = statistics.fmean(base_top1) if base_top1 else None
     for row in rows.values():
         top1 = [r['top1'] for r in row['runs']]
+        walls = [r['wall_seconds'] for r in row['runs'] if not r.get('resumed')]  # a resumed run's is only its end
         heads: Dict[str, List[float]] = {}
         for r in row['runs']:
             for k, v in r['per_head_top1'].items():
@@ -373,9 +373,7 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
             gain=None if base_mean is None or row['role'] == 'baseline' else statistics.fmean(top1) - base_mean,
             heads={k: statistics.fmean(v) for k, v in heads.items()},
             compute=row['runs'][-1].get('compute_ratio'),
-            # a resumed run's wall time is only its last part
-            wall=statistics.fmean(r['wall_seconds'] for r in row['runs'] if not r.get('resumed')) if any(
-                not r.get('resumed') for r in row['runs']) else None, command=row['runs'][-1]['command'],
+            wall=statistics.fmean(walls) if walls else None, command=row['runs'][-1]['command'],
             lr=row['runs'][-1].get('lr'), stage_epochs=row['runs'][-1].get('stage_epochs'),
             model_args=row['runs'][-1].get('model_args') or {}, date=max(r.get('date', '') for r in row['runs']),
             saliency=[r['saliency']['active_cells'] for r in row['runs'] if r.get('saliency')] or None)
@@ -397,14 +395,9 @@ def few_shot_summaries(data: dict) -> List[Dict[str, Any]]:
     row label, mean top-1 and gain per k, and the mean of its gains over the k measured for it and the baseline (the
     paper's AVG column)."""
     protocol = transfer_summary(data)['recipe']
-    few = [(r, *_few_shot_base(r)) for r in data.get('runs', []) if _few_shot_base(r)]
+    few = [(r, *base) for r in data.get('runs', []) if (base := _few_shot_base(r))]
     bases = sorted({base for _, base, _ in few}, key=lambda b: (b != protocol, b))
     return [_few_shot_summary(data, base, [(r, k) for r, b, k in few if b == base]) for base in bases]
-
-
-def few_shot_summary(data: dict) -> Optional[Dict[str, Any]]:
-    """The protocol recipe's few-shot summary (`few_shot_summaries`), else the first there is, else None."""
-    return next(iter(few_shot_summaries(data)), None)
 
 
 def _few_shot_summary(data: dict, recipe: str, few: List[Tuple[dict, int]]) -> Dict[str, Any]:
@@ -438,7 +431,7 @@ def _few_shot_summary(data: dict, recipe: str, few: List[Tuple[dict, int]]) -> D
                    model_args=own[-1].get('model_args') or {}, seeds=sorted({r['seed'] for r in own}),
                    date=max(r.get('date', '') for r in own), command=own[-1]['command'],
                    gain_shots=[k for k, c in row['per_k'].items() if c['gain'] is not None])
-    return {'recipe': recipe, 'shots': shots, 'rows': labels}
+    return {'recipe': recipe, 'epochs': few[0][0]['recipe'].get('epochs'), 'shots': shots, 'rows': labels}
 
 
 DEAD_SALIENCY_SHARE = 0.01  # live saliency cells below which HSM's branch counts as dead
@@ -547,6 +540,11 @@ def headline_row(rows, model: str) -> Optional[dict]:
     return min(candidates, key=lambda r: (r['label'] != model, len(r['model_args']), -len(r['seeds'])), default=None)
 
 
+def variant_name(row: dict) -> str:
+    """What a labelled row varies, e.g. 'border shift' of 'lfd_resnet18 (border shift)'."""
+    return row['label'].split('(', 1)[-1].rstrip(')')
+
+
 def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
     """README's table: one row per method - its paper backbone's overhead against the backbone bound and its
     transfer-protocol gain over the fine-tuned backbone (the full tables are in bench/README.md)."""
@@ -565,7 +563,7 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
         row = headline_row(rows_of.values(), f'{method}_resnet18')
         variant = ''
         if row is not None and row['label'] != row['model']:  # only labelled variants measured so far: name it
-            variant = f" — variant: {row['label'].split('(', 1)[-1].rstrip(')')}"
+            variant = f" — variant: {variant_name(row)}"
         gate = TRANSFER_GATES.get(method)
         if row is None:
             acc, compute = 'not yet measured', '–'
@@ -577,10 +575,9 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
         for fs in few_shot:
             few = headline_row(fs['rows'].values(), f'{method}_resnet18')
             if few is not None and few['gain'] is not None:
-                label = '' if few['label'] == few['model'] else f", {few['label'].split('(', 1)[-1].rstrip(')')}"
-                epochs = re.search(r' e(\d+) ', fs['recipe'])
+                label = '' if few['label'] == few['model'] else f', {variant_name(few)}'
                 acc += (f"; few-shot k = {', '.join(map(str, few['gain_shots']))}"
-                        + (f", {epochs.group(1)} epochs" if epochs else '')
+                        + (f", {fs['epochs']} epochs" if fs['epochs'] else '')
                         + f": mean gain {signed(few['gain'])} (gate: {gate_verdict(few, gate)}{label})")
         rows.append(f'| {name} | {speed} | {acc} | {compute} |')
     base = (summary or {}).get('baseline_mean')
