@@ -514,6 +514,10 @@ def parse_args(argv=None):
     p.add_argument('--resume', action='store_true',
                    help='transfer: continue each run from the newest complete checkpoint in its folder (a killed '
                         'benchmark picks up where it stopped; default: every run starts again)')
+    p.add_argument('--stage-epochs', type=float, nargs='+', default=None,
+                   help="transfer: each stage's epochs instead of the paper's proportions of --epochs (an ablation, "
+                        "needs --label; e.g. CAA's paper trains every scale for the whole schedule: "
+                        '--stage-epochs 12 12 12, 3x the baseline\'s epochs, counted in the compute column)')
     p.add_argument('--lr-ratio', type=float, default=None,
                    help="transfer: the methods' new-layer / backbone lr ratio instead of the paper's (an ablation)")
     args = p.parse_args(argv)

@@ -4,6 +4,7 @@
     python bench/probes.py lfd  RUN_DIR --dataset /path/cub200_s160_first50   # heads, random / centre attention
     python bench/probes.py caa  RUN_DIR --dataset ...                         # head subsets, attention off
     python bench/probes.py caa-where RUN_DIR --dataset ... [--init]           # where CAA's Otsu masks fall
+    python bench/probes.py ensemble RUN_DIR RUN_DIR ... --dataset ...         # averaged probabilities of runs
 
 RUN_DIR is a run folder of `bench/accuracy.py --suites transfer` (its model.safetensors and results.json); the
 test images are the run's eval transform of `<dataset>/test`. Results are printed as JSON, one line per setting.
@@ -117,10 +118,19 @@ def probe_caa_where(model, images):
     print(json.dumps(result), flush=True)
 
 
+def probe_ensemble(models, images, labels):
+    """Each model's top-1 and the top-1 of their averaged probabilities: the yardstick for a method that trains
+    several backbones (CAA's scales) or several views, against as many baselines of different seeds."""
+    probs = [torch.cat([o.float().softmax(-1) for o in batched(m, images)]) for m in models]
+    print(json.dumps({'each': [top1(p, labels) for p in probs], 'ensemble': top1(sum(probs), labels),
+                      'images': len(labels)}), flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where'])
-    p.add_argument('run', help='a transfer run folder (model.safetensors, results.json)')
+    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'ensemble'])
+    p.add_argument('runs', nargs='+', help='a transfer run folder (model.safetensors, results.json); ensemble: '
+                                           'several')
     p.add_argument('--dataset', required=True, help='the target image folder (<dataset>/test/<class>/*.jpg)')
     p.add_argument('--every', type=int, default=1, help='every n-th test image (default: all)')
     p.add_argument('--init', action='store_true',
@@ -131,6 +141,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from timm_fgvc.inference import load_model
+    if args.probe == 'ensemble':
+        loaded = [load_model(checkpoint=run) for run in args.runs]
+        images, labels = load_test_set(loaded[0], args.dataset, args.every)
+        probe_ensemble([lm.model.eval() for lm in loaded], images, labels)
+        return
+    if len(args.runs) != 1:
+        p.error(f'{args.probe} probes one run, got {len(args.runs)}')
+    args.run = args.runs[0]
     loaded = load_model(checkpoint=args.run)
     model = loaded.model.eval()
     if args.init or args.checkpoint:

@@ -268,9 +268,14 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
     names = ([] if args.skip_baseline else [PROTOCOL['baseline']]) + list(args.transfer_models)
-    if (args.model_args or args.lr_ratio is not None or args.no_source_step or args.source_step_lr is not None) \
-            and not args.label:
-        raise SystemExit('--model-args / --lr-ratio / --no-source-step / --source-step-lr make an ablation row: name '
+    stage_override = args.stage_epochs
+    if stage_override and any(split_variant(n)[0] in SOURCE_STEP_METHODS for n in names):
+        raise SystemExit("--stage-epochs: HSM's stages are its source step (--source-step-epochs) and the target "
+                         'run (--epochs); set those instead.')
+    if (args.model_args or args.lr_ratio is not None or args.no_source_step or args.source_step_lr is not None
+            or stage_override) and not args.label:
+        raise SystemExit('--model-args / --lr-ratio / --stage-epochs / --no-source-step / --source-step-lr make an '
+                         'ablation row: name '
                          'it with --label '
                          "(the plain row is the paper recipe: its hub config's model arguments and new-layer / "
                          'backbone lr ratio).')
@@ -281,6 +286,10 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
             extra = method_config(name, recipe, model_args)
             if args.lr_ratio is not None and name != PROTOCOL['baseline']:  # an ablation of the paper's ratio
                 extra['lr'] = recipe['backbone_lr'] * args.lr_ratio
+            epochs_factor = 1.0  # a stage-epochs ablation trains longer than the recipe: its compute says so
+            if stage_override and name != PROTOCOL['baseline']:
+                extra['stage_epochs'] = [float(e) for e in stage_override]
+                epochs_factor = sum(extra['stage_epochs']) / recipe['epochs']
             out_dir = (Path(args.workdir) / 'transfer' / rid.replace(' ', '_').replace('/', '-') / f'seed{seed}'
                        / (name + (('_' + args.label) if args.label else '')))
             source_step, start_stage, init = None, 0, weights
@@ -318,7 +327,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 'per_head_top1': {k[len('eval_top1_'):]: v for k, v in final.items() if k.startswith('eval_top1_')},
                 'eval_samples': final.get('eval_samples'), 'steps': final.get('step'),
                 'final_train_loss': final.get('train_loss'), 'history': results.get('history'),
-                'compute_ratio': backbone_passes(probe, PROTOCOL['img_size'], extra['stage_epochs'] or None),
+                'compute_ratio': epochs_factor * backbone_passes(probe, PROTOCOL['img_size'],
+                                                                 extra['stage_epochs'] or None),
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,
                 'source_step': source_step, 'resumed': results.get('resumed_from'),
                 'saliency': saliency_activity(Path(cfg.output_dir), dataset) if name.startswith('hsm') else None,
