@@ -5,6 +5,7 @@
     python bench/probes.py caa  RUN_DIR --dataset ...                         # head subsets, attention off
     python bench/probes.py caa-where RUN_DIR --dataset ... [--init]           # where CAA's Otsu masks fall
     python bench/probes.py ensemble RUN_DIR RUN_DIR ... --dataset ...         # averaged probabilities of runs
+    python bench/probes.py where RUN_DIR --dataset ...                        # where any model's attention falls
 
 RUN_DIR is a run folder of `bench/accuracy.py --suites transfer` (its model.safetensors and results.json); the
 test images are the run's eval transform of `<dataset>/test`. Results are printed as JSON, one line per setting.
@@ -118,6 +119,51 @@ def probe_caa_where(model, images):
     print(json.dumps(result), flush=True)
 
 
+def probe_where(model, images):
+    """Where a model's attention falls (`attention_maps`, the maps `timm-fgvc explain` draws, max over maps; S3N's
+    peaks weighted by their response): its mean over the central half and the border ring of an 8 x 8 grid over
+    the image, and how often its focus is in the central half of the image (chance 0.25): S3N's strongest peak,
+    SSANet's top-ranked part's centre (a box centre: pulled inward by the box's size), else the map's maximum. For a plain timm model: its predicted
+    class's CAM. CUB birds are mostly centred, so attention driven by the bird sits in the centre."""
+    import torch.nn.functional as F
+    size = torch.tensor(images.shape[-2:][::-1], dtype=torch.float32)  # (W, H)
+
+    def argmax_xy(attention):
+        w = attention.shape[-1]
+        index = attention.flatten(1).argmax(1)
+        return torch.stack([index % w + 0.5, index // w + 0.5], -1).float() * size / torch.tensor(attention.shape[-2:][::-1])
+
+    def maps(x):
+        if not hasattr(model, 'attention_maps'):
+            features = model.forward_features(x).float()
+            weight = model.get_classifier().weight.float()[model.forward_head(features).argmax(-1)]
+            cam = F.relu(torch.einsum('bdhw,bd->bhw', features, weight))
+            return cam, argmax_xy(cam)
+        attention, details = model.attention_maps(x, return_details=True)
+        attention = attention.float()
+        if 'peak_scores' in details:  # S3N: one unit-peak map per class peak, weighted by its response
+            scores = details['peak_scores'].float().clamp_min(0) * details['peak_mask']
+            attention = attention * (scores / scores.amax(1, keepdim=True).clamp_min(1e-12))[..., None, None]
+            focus = details['peak_xy'].float()[torch.arange(len(x)), scores.argmax(1)]
+        elif 'proposal_boxes' in details:  # SSANet's maps are flat boxes: its top-ranked part is its focus
+            box = details['region_boxes'][:, 0].float()
+            focus = torch.stack([(box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2], -1)
+        else:
+            focus = argmax_xy(attention.amax(1))
+        return attention.amax(1), focus
+
+    outs = batched(maps, images)
+    attention = F.adaptive_avg_pool2d(torch.cat([o[0] for o in outs])[:, None], 8)[:, 0]
+    attention = attention / attention.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    focus = torch.cat([o[1] for o in outs]) / size  # in [0, 1]
+    in_centre = ((focus >= 0.25) & (focus < 0.75)).all(-1)
+    centre, ring = centre_and_ring(8, 8)
+    print(json.dumps({'attention centre / ring': [round(attention[:, centre].mean().item(), 3),
+                                                  round(attention[:, ring].mean().item(), 3)],
+                      'focus in centre': round(in_centre.float().mean().item(), 3), 'chance': 0.25,
+                      'images': len(attention)}), flush=True)
+
+
 def probe_ensemble(models, images, labels):
     """Each model's top-1 and the top-1 of their averaged probabilities: the yardstick for a method that trains
     several backbones (CAA's scales) or several views, against as many baselines of different seeds."""
@@ -128,7 +174,7 @@ def probe_ensemble(models, images, labels):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'ensemble'])
+    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'where', 'ensemble'])
     p.add_argument('runs', nargs='+', help='a transfer run folder (model.safetensors, results.json); ensemble: '
                                            'several')
     p.add_argument('--dataset', required=True, help='the target image folder (<dataset>/test/<class>/*.jpg)')
@@ -167,6 +213,8 @@ def main(argv=None):
         probe_lfd(model, images, labels)
     elif args.probe == 'caa':
         probe_caa(model, images, labels)
+    elif args.probe == 'where':
+        probe_where(model, images)
     else:
         probe_caa_where(model, images)
 
