@@ -300,15 +300,17 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   ImageNet (`--source-step-epochs`, default 3; `--no-source-step --label ...`: on the target). `--methods` (none:
   the baseline alone), `--seeds 0 1 2`,
   `--skip-baseline` (methods only: gains against the stored baseline runs of the same recipe), `--model-args
-  '{...}' --label NAME` (an ablation row), `--threads 1`, `--shots k` (HSM's few-shot protocol: k training images
+  '{...}' --label NAME` (an ablation row), `--stage-epochs E E E --label NAME` (each stage's epochs instead of
+  the paper's proportions of the recipe's; the compute column counts the extra epochs), `--threads 1`, `--shots k` (HSM's few-shot protocol: k training images
   per class drawn per seed, each k against its own baseline; HSM's step 1 is run once per seed and reused),
   `--resume` (a killed sweep: each run continues from the newest complete checkpoint in its folder). Each finished
   run is added at once to `bench/results/accuracy_transfer.json`, so parallel processes and interrupted sweeps add
   up.
   `python bench/hsm_source_step.py --workdir W --settings '[[bias, lr, steps], ...]'` probes HSM's step 1 (live
-  saliency cells and source top-1 per setting); `python bench/probes.py lfd|caa|caa-where RUN --dataset DIR`
-  probes a trained run (heads under trained / random / fixed attention, attention off, where CAA's masks fall;
-  `--init`, `--checkpoint`).
+  saliency cells and source top-1 per setting); `python bench/probes.py lfd|caa|caa-where|where RUN --dataset DIR`
+  probes a trained run (heads under trained / random / fixed attention, attention off, where CAA's masks fall,
+  where any model's attention falls; `--init`, `--checkpoint`); `python bench/probes.py ensemble RUN RUN ...
+  --dataset DIR`: the top-1 of several runs' averaged probabilities (e.g. baselines of different seeds).
 - `python bench/accuracy.py` — trains each method and the plain timm backbone with an identical budget through
   the same engine (`timm_fgvc.engine.trainer.train`) and reports top-1, gain over the baseline and, on the
   synthetic set, the attention hit rate. `--suites synthetic cub`, `--epochs`, `--batch-size`, `--lr`,
