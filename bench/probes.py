@@ -200,11 +200,13 @@ def main(argv=None):
     if args.init or args.checkpoint:
         import timm
         from safetensors.torch import load_file
-        cfg = json.loads((Path(args.run) / 'results.json').read_text())['config']
+        from timm_fgvc.hub import run_model_args
+        results = json.loads((Path(args.run) / 'results.json').read_text())
+        cfg = results['config']
         torch.manual_seed(cfg['seed'])
-        model = timm.create_model(cfg['model'], num_classes=loaded.num_classes, pretrained_backbone=cfg['pretrained_path'],
-                                  backbone_args={'output_stride': cfg['output_stride']},
-                                  **(cfg.get('model_args') or {})).eval()
+        model_args = run_model_args(results)  # with the run's output stride in backbone_args
+        model = timm.create_model(cfg['model'], num_classes=loaded.num_classes,
+                                  pretrained_backbone=cfg['pretrained_path'], **model_args).eval()
         if args.checkpoint:  # accelerate's checkpoint: the model's state under 'model.'
             state = load_file(str(Path(args.checkpoint) / 'model.safetensors'))
             model.load_state_dict({k.removeprefix('model.'): v for k, v in state.items()})

@@ -36,6 +36,7 @@ def make_run(tmp_path):
             'config': cfg, 'history': [final], 'final': final if eval_top1 is not None else {},
             'per_process_eval_top1': [eval_top1], 'num_processes': 1, 'train_seconds': 1.0, 'device': 'cpu',
             'params': sum(p.numel() for p in model.parameters()), 'model_args': dict(cfg['model_args']),
+            'init_args': getattr(model, 'init_args', None),
         }
         results.update(overrides)
         (run_dir / 'results.json').write_text(json.dumps(results, indent=2))

@@ -146,6 +146,32 @@ def test_export_run_rebuilds_the_run(make_run, tmp_path):
         assert torch.equal(exported[name], tensor), name
 
 
+def test_a_run_reloads_with_the_arguments_it_was_trained_with_after_a_default_changes(make_run, tmp_path):
+    """A run trained when `attention_from='probabilities'` was CAA's default recorded no model args; it must
+    still reload (load_model, export_run, and the export through timm) with M from the probabilities."""
+    from timm_fgvc.hub import run_model_args
+    from timm_fgvc.inference import load_model
+    model = _random_model('caa_tiny', attention_from='probabilities')
+    run = make_run(model, label_names=LABELS)  # results.json: model_args {} (it was the default), init_args
+    assert json.loads((run / 'results.json').read_text())['model_args'] == {}
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        today = timm.create_model('caa_tiny', num_classes=5).eval()  # today's default reading of M
+        today.load_state_dict(model.state_dict())
+        assert not torch.allclose(today(x), expected, atol=1e-4)  # so the recorded argument matters
+        loaded = load_model(checkpoint=run).model
+        assert loaded.attention_from == 'probabilities'
+        torch.testing.assert_close(loaded(x), expected)
+        folder = export_run(run, tmp_path / 'export')
+        config = json.loads((folder / 'config.json').read_text())
+        assert config['model_args']['attention_from'] == 'probabilities'
+        reloaded = timm.create_model('local-dir:' + str(folder), pretrained=True).eval()
+        torch.testing.assert_close(reloaded(x), expected)
+    assert run_model_args({'model_args': {'otsu_bins': 64}, 'init_args': model.init_args})['otsu_bins'] == 64
+
+
 def test_export_run_rejects_corrupt_weights(make_run, tmp_path):
     run = make_run(_random_model('s3n_resnet18'))
     (run / 'model.safetensors').write_bytes(os.urandom(4096))

@@ -6,7 +6,8 @@
     model = timm.create_model('hf-hub:timm-fgvc/s3n_resnet50.cub200', pretrained=True)  # after `import timm_fgvc`
 
 The folder is timm's own format, written by `timm.models._hub.save_for_hf` (config.json with architecture,
-num_classes, num_features, label_names, model_args and pretrained_cfg; model.safetensors), plus a README.md model
+num_classes, num_features, label_names, model_args -- every constructor argument of a method, so a default changed
+later does not change the reloaded model -- and pretrained_cfg; model.safetensors), plus a README.md model
 card built with huggingface_hub's `ModelCard` / `ModelCardData` / `EvalResult`. The card's `model-index` holds only
 measured accuracy (a run's results.json or a hub config's `measured:`); the paper's reported accuracy is shown in
 its own column and never enters the metadata.
@@ -38,6 +39,14 @@ __all__ = ['RUNTIME_MODEL_ARGS', 'EXPORT_FILES', 'export_model', 'export_run', '
 # (`pretrained_backbone=True` would download the backbone's ImageNet weights under the fine-tuned ones)
 RUNTIME_MODEL_ARGS = ('pretrained_backbone', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay',
                       'pretrained_strict', 'checkpoint_path', 'cache_dir')
+
+
+def run_model_args(run: Dict[str, Any]) -> Dict[str, Any]:
+    """`timm.create_model` kwargs that rebuild a run's model: every constructor argument it recorded (`init_args`,
+    so a default changed since cannot change it; runs before it was recorded rebuild with today's defaults) under
+    the run's `model_args`, without the arguments that only load weights."""
+    args = {**(run.get('init_args') or {}), **(run.get('model_args') or {})}
+    return {k: v for k, v in args.items() if k not in RUNTIME_MODEL_ARGS}
 EXPORT_FILES = ('config.json', 'model.safetensors', 'README.md')
 _PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.ckpt')
 _RECIPE_KEYS = ('model', 'pretrained', 'pretrained_backbone', 'pretrained_path', 'output_stride', 'model_args',
@@ -301,8 +310,8 @@ def export_model(
                          f'for {DATASETS[hub_config["dataset"]].title}.')
 
     saved_args = getattr(model, '_model_args', None)
-    if saved_args is not None:
-        model._model_args = {k: v for k, v in saved_args.items() if k not in RUNTIME_MODEL_ARGS}
+    if saved_args is not None:  # config.json gets every constructor argument: a later default cannot change it
+        model._model_args = run_model_args({'init_args': getattr(model, 'init_args', None), 'model_args': saved_args})
     try:
         save_for_hf(model, out_dir, model_config={'label_names': label_names} if label_names else None,
                     safe_serialization=True, data_config=data_config)
@@ -344,8 +353,7 @@ def export_run(
     name = results['model']
     if ':' not in name:
         name = name.split('.')[0]  # the run's tag named its dataset, not these weights
-    model_args = {k: v for k, v in (results.get('model_args') or {}).items() if k not in RUNTIME_MODEL_ARGS}
-    model = timm.create_model(name, pretrained=False, num_classes=results['num_classes'], **model_args)
+    model = timm.create_model(name, pretrained=False, num_classes=results['num_classes'], **run_model_args(results))
     load_weights(model, run_dir / 'model.safetensors')
     model.eval()
     label_names = results.get('label_names')

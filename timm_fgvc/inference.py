@@ -21,7 +21,7 @@ from timm.data import create_transform, resolve_data_config
 
 from . import models  # noqa: F401  (registers the methods with timm)
 from .engine.checkpoint import load_weights
-from .hub import RUNTIME_MODEL_ARGS
+from .hub import run_model_args
 from .runs import read_run, run_train_config
 
 __all__ = ['LoadedModel', 'load_model', 'eval_transform', 'resolve_device']
@@ -80,7 +80,7 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
             raise ValueError('Give --model (a registered name, hf-hub:<repo> or local-dir:<folder>), or a '
                              '--checkpoint inside a train_fgvc.py run folder (with its results.json).')
         name = run['model'] if ':' in run['model'] else run['model'].split('.')[0]  # the tag named the dataset
-    kwargs = {k: v for k, v in ((run or {}).get('model_args') or {}).items() if k not in RUNTIME_MODEL_ARGS}
+    kwargs = run_model_args(run or {})
     kwargs.update(model_args or {})
     if num_classes is None and run is not None:
         num_classes = int(run['num_classes'])

@@ -534,6 +534,7 @@ def train(cfg: TrainConfig) -> dict:
         'train_seconds': time.time() - start_time, 'device': str(accelerator.device),
         'params': sum(p.numel() for p in inner.parameters()),
         'model_args': model_kwargs(cfg),
+        'init_args': getattr(inner, 'init_args', None),  # every constructor argument: reloads survive new defaults
         'config_fingerprint': cfg.fingerprint(),
         'bad_images_skipped': len(data.bad_images), 'bad_images': data.bad_images,
         'resume_warnings': resume_warnings, 'resumed_from': str(resume_path) if cfg.resume else None,

@@ -3,6 +3,8 @@
 A method file declares `default_cfgs = generate_default_cfgs({...fgvc_cfg(...)...})` and one short
 `@register_model` function per variant calling `build_fgvc_model`, exactly as timm's own model files do.
 """
+import inspect
+import json
 from typing import Any, Dict, Optional, Sequence
 
 from timm.models import build_model_with_cfg
@@ -10,7 +12,8 @@ from timm.models._builder import resolve_pretrained_cfg
 
 from ..data.catalog import DATASETS
 
-__all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'fgvc_cfg', 'tagged_cfgs', 'build_fgvc_model', 'UnpublishedWeightsError']
+__all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'fgvc_cfg', 'tagged_cfgs', 'build_fgvc_model', 'init_args',
+           'UnpublishedWeightsError']
 
 HUB_ORG = 'timm-fgvc'
 
@@ -86,4 +89,27 @@ def build_fgvc_model(model_cls, variant: str, pretrained: bool = False, **kwargs
                 'then load the result with timm.create_model(..., checkpoint_path="<output>/model.safetensors") '
                 'or export it (timm-fgvc export) and use "hf-hub:<your-repo>" / "local-dir:<folder>". '
                 'Use pretrained=False with pretrained_backbone=True for ImageNet backbone weights only.')
-    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    model.init_args = init_args(model_cls, kwargs)
+    return model
+
+
+# set per run or per load, never part of what the model is
+_NOT_RECORDED = ('self', 'num_classes', 'pretrained_backbone')
+
+
+def init_args(model_cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Every constructor argument of `model_cls` as this build resolved it (given, else the default), JSON values
+    only: a run records them, so a default changed later cannot change the model it reloads."""
+    resolved = {}
+    for name, param in inspect.signature(model_cls.__init__).parameters.items():
+        if name in _NOT_RECORDED or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        value = kwargs.get(name, param.default)
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        if value is not param.empty:
+            resolved[name] = value
+    return resolved
