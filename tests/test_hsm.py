@@ -253,3 +253,20 @@ def test_saliency_lr_scale_puts_the_whole_branch_in_its_own_slower_groups():
     assert rest['lr'] == pytest.approx(1e-3) and rest['weight_decay'] == pytest.approx(1e-4)
     assert not saliency & {id(p) for p in groups['new']['params'] + groups['backbone']['params']}
     assert tiny_hsm(num_classes=3).param_group_rules == {'saliency.score.': {'lr_scale': 1.0, 'weight_decay': 0.}}
+
+
+def test_reflect_padding_takes_the_border_cue_out_of_the_saliency_map():
+    """On an image of one colour the only thing telling cells apart is the padding: with AlexNet's zeros the
+    border cells of the map differ from the centre, with 'reflect' every cell is the same."""
+    torch.manual_seed(0)
+    flat = torch.full((1, 3, 128, 128), 0.7)
+    spreads = {}
+    for padding in ('zeros', 'reflect'):
+        model = timm.create_model('hsm_resnet18', num_classes=5, saliency_padding=padding).eval()
+        with torch.no_grad():
+            scores = model.saliency.score(model.saliency.features(flat))  # before ReLU: no cell hidden at 0
+        spreads[padding] = (scores.max() - scores.min()).item() / scores.abs().max().item()
+    assert spreads['zeros'] > 0.05
+    assert spreads['reflect'] < 1e-4
+    with pytest.raises(ValueError, match='saliency_padding'):
+        timm.create_model('hsm_resnet18', num_classes=5, saliency_padding='circular')

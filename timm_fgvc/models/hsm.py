@@ -68,17 +68,20 @@ class SaliencyBranch(nn.Module):
     `score_bias_init` (1: every cell live, s ~ 1) rather than 0, because with a zero bias only some cells start
     above zero and a few optimiser steps that lower s everywhere (the loss first prefers the pretrained model's
     s = 0) push every cell below zero, after which ReLU passes no gradient and the branch is dead for good.
+    `padding_mode`: AlexNet's zero padding (default) marks the border cells of the small map; 'reflect' removes
+    that cue, so the map can only follow image content (an ablation).
     """
 
     def __init__(self, in_chans: int = 3, channels: Tuple[int, int, int, int] = (96, 256, 384, 384),
-                 score_bias_init: float = 1.0):
+                 score_bias_init: float = 1.0, padding_mode: str = 'zeros'):
         super().__init__()
         c1, c2, c3, c4 = channels
+        pad = dict(padding_mode=padding_mode)
         self.features = nn.Sequential(
-            nn.Conv2d(in_chans, c1, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_chans, c1, 11, stride=4, padding=2, **pad), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(c1, c2, 5, padding=2, **pad), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(c2, c3, 3, padding=1, **pad), nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, 3, padding=1, **pad), nn.ReLU(inplace=True),
         )
         self.score = nn.Conv2d(c4, 1, 1)  # the saliency score of every cell
         for module in self.modules():  # Xavier initialisation (Sec. 3.4, step 1)
@@ -233,6 +236,8 @@ class HSM(FGVCModel):
         approach: 'B' fine-tunes everything in step 2 (default), 'A' keeps the saliency branch frozen.
         saliency_channels: conv1-4 widths of the saliency branch.
         score_bias_init: the saliency score's starting bias (1: every cell starts live; see `SaliencyBranch`).
+        saliency_padding: padding of the saliency branch's convolutions: 'zeros' (AlexNet's) or 'reflect' (no
+            border cue; an ablation).
         saliency_step_trains_head: step 1 also trains the classifier. False is the paper ("freeze all the
             remaining layers": its head is the ImageNet one, trained); set True when step 1 runs on a dataset whose
             classifier is new (a frozen random head gives the saliency branch no useful signal).
@@ -259,6 +264,7 @@ class HSM(FGVCModel):
             approach: str = 'B',
             saliency_channels: Tuple[int, int, int, int] = (96, 256, 384, 384),
             score_bias_init: float = 1.0,
+            saliency_padding: str = 'zeros',
             saliency_step_trains_head: bool = False,
             saliency_step_norm_stats: str = 'batch',
             saliency_lr_scale: float = 1.0,
@@ -301,7 +307,9 @@ class HSM(FGVCModel):
             self.param_group_rules['saliency.'] = {'lr_scale': saliency_lr_scale}
         self.dead_saliency_check_every = dead_saliency_check_every
         self._train_batches = 0
-        self.saliency = SaliencyBranch(in_chans, tuple(saliency_channels), score_bias_init)
+        if saliency_padding not in ('zeros', 'reflect'):
+            raise ValueError(f"saliency_padding must be 'zeros' or 'reflect', got {saliency_padding!r}.")
+        self.saliency = SaliencyBranch(in_chans, tuple(saliency_channels), score_bias_init, saliency_padding)
         self.add_head('main', self.backbone_features)
         self.num_features = self.head_hidden_size = self.backbone_features
 
