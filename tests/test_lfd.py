@@ -46,10 +46,10 @@ def planted_feature_backbone(model, hot_cells, image_size=96):
         model.heads['image'].weight[:, 0] = 1.0  # every class map = channel 0
 
 
-def test_first_region_is_centred_on_the_attention_peak_and_zoomed():
-    """Each region is centred on its cell, a corner one too (it used to be shifted inside, off its cell), and the
-    part outside the image is zero padding."""
-    model = tiny_lfd(smoothing_sigma=0.).eval()
+def test_padded_regions_are_centred_on_the_attention_peak_and_zoomed():
+    """With `border='pad'` (NTS-Net's) each region is centred on its cell, a corner one too, and the part outside
+    the image is zero padding."""
+    model = tiny_lfd(smoothing_sigma=0., border='pad').eval()
     planted_feature_backbone(model, [(0, 11), (6, 6)])  # 12 x 12 feature cells of 8 px at 96 px
     x = torch.rand(2, 3, 96, 96) + 1.  # >= 1 everywhere: zeros in a crop are padding
     _, details = model.attention_maps(x, return_details=True)
@@ -73,6 +73,19 @@ def test_first_region_is_centred_on_the_attention_peak_and_zoomed():
         assert torch.allclose(crop[inside], expected[inside], atol=1e-5)
     corner = details['zoomed_regions'][0, 0]
     assert corner[:, :20].abs().max() == 0 and corner[:, :, 35:].abs().max() == 0  # outside the image
+
+
+def test_default_regions_are_moved_inside_the_image_and_hold_only_image():
+    """The default (`border='shift'`): a corner peak's region is moved inside the image, still covering its cell,
+    and its zoomed crop holds image everywhere (no padding to learn from)."""
+    model = tiny_lfd(smoothing_sigma=0.).eval()
+    planted_feature_backbone(model, [(0, 11), (6, 6)])
+    x = torch.rand(2, 3, 96, 96) + 1.  # >= 1 everywhere: a zero would be padding
+    _, details = model.attention_maps(x, return_details=True)
+    corner = details['region_boxes'][0, 0]
+    assert torch.equal(corner, torch.tensor([56., 0., 96., 40.]))  # the 40 px square in the top-right corner
+    assert corner[0] <= 88 < corner[2] and corner[1] <= 0 < corner[3]  # cell (0, 11) spans x 88-96, y 0-8
+    assert details['zoomed_regions'][0].min() > 0.9
 
 
 def test_region_size_follows_the_feature_stride_and_small_inputs_warn():

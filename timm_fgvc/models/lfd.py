@@ -24,8 +24,12 @@ Choices where the paper is open (SPEC §6):
   Minimum input: the feature map needs >= region_cells + 2 = 7 cells per side (224 px at stride 32, 112 px with
   `output_stride=16`), so that a 5-cell region is smaller than the image and m = 6 regions >= 3 cells apart fit
   (a 7 x 7 grid holds 3 x 3 of them). Smaller inputs run (the region is capped at the image side) with a warning.
-- A region that crosses the image border stays centred on its cell and is zero-padded outside the image (as
-  NTS-Net, whose m and l LFD follows, pads before cropping); `border='shift'` moves it inside instead.
+- A region that would cross the image border is moved inside it (`border='shift'`, default: the paper crops the
+  regions "from the input image"); `border='pad'` keeps it centred on its cell and zero-pads outside the image
+  (NTS-Net, whose m and l LFD follows, pads before cropping). Measured (transfer protocol, resnet18 at 128 px,
+  8 x 8 grid): NMS pushes regions 2-4 to the borders, where padded regions are half zeros; with 'shift' the
+  region head rises from 34.7 to 49.5 and the hybrid from 55.51 / 55.51 to 56.37 / 56.88 (seeds 0 / 1; seed 2
+  55.15).
 - M is computed without gradient: the region selection is a discrete choice, and crops do not back-propagate
   into box coordinates (the paper trains only through softmax losses). It is computed in float32 with autocast
   off, so bf16 training ranks the regions as float32 would.
@@ -58,7 +62,8 @@ class LFD(FGVCModel):
             unless `region_scale` is given.
         region_scale: instead, the side relative to the input side (160 / 448 keeps the paper's ratio).
         zoom_factor: side of a zoomed region relative to the region's (224 / 160).
-        border: 'pad' (regions stay centred on their cell, zeros outside the image) or 'shift' (moved inside).
+        border: 'shift' (regions moved inside the image, default) or 'pad' (centred on their cell, zeros outside
+            the image, NTS-Net's).
         nms_threshold: IoU above which a lower-ranked region is suppressed (0.25).
         smoothing_sigma: Gaussian smoothing of the attention map, in feature cells (1; 0 = none).
         label_smoothing: per-head label smoothing, e.g. `{'hybrid': 0.1}`.
@@ -79,7 +84,7 @@ class LFD(FGVCModel):
             region_cells: Optional[float] = None,
             region_scale: Optional[float] = None,
             zoom_factor: float = 224 / 160,
-            border: str = 'pad',
+            border: str = 'shift',
             nms_threshold: float = 0.25,
             smoothing_sigma: float = 1.,
             label_smoothing: Optional[Dict[str, float]] = None,
