@@ -123,15 +123,17 @@ def probe_where(model, images):
     """Where a model's attention falls (`attention_maps`, the maps `timm-fgvc explain` draws, max over maps; S3N's
     peaks weighted by their response): its mean over the central half and the border ring of an 8 x 8 grid over
     the image, and how often its focus is in the central half of the image (chance 0.25): S3N's strongest peak,
-    SSANet's top-ranked part's centre (a box centre: pulled inward by the box's size), else the map's maximum. For a plain timm model: its predicted
-    class's CAM. CUB birds are mostly centred, so attention driven by the bird sits in the centre."""
+    SSANet's top-ranked part's centre (a box centre: pulled inward by the box's size), else the map's maximum.
+    For a plain timm model: its predicted class's CAM. CUB birds are mostly centred, so attention driven by the
+    bird sits in the centre."""
     import torch.nn.functional as F
     size = torch.tensor(images.shape[-2:][::-1], dtype=torch.float32)  # (W, H)
 
     def argmax_xy(attention):
         w = attention.shape[-1]
         index = attention.flatten(1).argmax(1)
-        return torch.stack([index % w + 0.5, index // w + 0.5], -1).float() * size / torch.tensor(attention.shape[-2:][::-1])
+        cells = torch.tensor(attention.shape[-2:][::-1], dtype=torch.float32)
+        return torch.stack([index % w + 0.5, index // w + 0.5], -1).float() * size / cells
 
     def maps(x):
         if not hasattr(model, 'attention_maps'):
