@@ -62,10 +62,11 @@ def paper_recipe(method: str) -> dict:
 
 
 def stage_split(model, paper: dict, epochs: float) -> Optional[List[float]]:
-    """`epochs` shared between the model's stages in the paper's proportions (None for a one-stage method)."""
+    """`epochs` shared between the model's stages in the paper's proportions (None for a one-stage method that
+    trains for the run's epochs; a single stage with its own epochs, e.g. CAA with one scale, gets all `epochs`)."""
     stages = model.training_stages()
     if len(stages) == 1:
-        return None
+        return None if stages[0].epochs is None else [float(epochs)]
     paper_epochs = paper['stage_epochs'] or [s.epochs if s.epochs is not None else paper['epochs'] for s in stages]
     total = float(sum(paper_epochs))
     return [epochs * e / total for e in paper_epochs]
