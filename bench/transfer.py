@@ -328,6 +328,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 'per_head_top1': {k[len('eval_top1_'):]: v for k, v in final.items() if k.startswith('eval_top1_')},
                 'eval_samples': final.get('eval_samples'), 'steps': final.get('step'),
                 'final_train_loss': final.get('train_loss'), 'history': results.get('history'),
+                'epochs_ratio': epochs_factor,  # epochs trained / the recipe's (a --stage-epochs ablation)
                 'compute_ratio': epochs_factor * backbone_passes(probe, PROTOCOL['img_size'],
                                                                  extra['stage_epochs'] or None),
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,

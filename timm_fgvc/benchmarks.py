@@ -377,6 +377,7 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
             compute=row['runs'][-1].get('compute_ratio'),
             wall=statistics.fmean(walls) if walls else None, command=row['runs'][-1]['command'],
             lr=row['runs'][-1].get('lr'), stage_epochs=row['runs'][-1].get('stage_epochs'),
+            epochs_ratio=row['runs'][-1].get('epochs_ratio', 1.0),
             model_args=row['runs'][-1].get('model_args') or {}, date=max(r.get('date', '') for r in row['runs']),
             saliency=[r['saliency']['active_cells'] for r in row['runs'] if r.get('saliency')] or None)
     others = sorted({r['recipe_id'] for r in runs if not _few_shot_base(r)} - {recipe})
@@ -446,7 +447,11 @@ def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
         return '–'
     if row.get('saliency') is not None and max(row['saliency']) < DEAD_SALIENCY_SHARE:
         return f'not credited (saliency map dead: < {DEAD_SALIENCY_SHARE:.0%} of cells live)'
-    return ('**passes**' if bold else 'passes') if row['gain'] >= gate else 'below'
+    if row['gain'] < gate:
+        return 'below'
+    longer = row.get('epochs_ratio', 1.0) > 1  # a --stage-epochs ablation: not at equal epochs
+    return ('passes' if longer or not bold else '**passes**') + (
+        f" with {row['epochs_ratio']:g}x the baseline's epochs" if longer else '')
 
 
 def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
