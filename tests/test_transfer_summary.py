@@ -96,3 +96,18 @@ def test_few_shot_runs_are_compared_per_k_against_their_own_baseline_and_the_gat
     assert other['rows']['hsm live']['gain'] == pytest.approx(-1.0) and protocol['rows']['hsm live']['gain'] == \
         pytest.approx(1.5)
     assert transfer_summary(data)['other_recipes'] == []
+
+
+def test_a_variant_past_the_gate_is_named_in_the_readme_with_the_epochs_it_took():
+    """The headline stays the plain row; a labelled variant that passes is listed after it, and one that trained
+    longer than the recipe (a --stage-epochs row) says so instead of counting as a pass at equal epochs."""
+    longer = dict(_run('caa_resnet18', 0, 62.0, label='caa_resnet18 (each scale 12 epochs (3x))'), epochs_ratio=3.0)
+    runs = [_run('resnet18', 0, 55.0, role='baseline'), _run('caa_resnet18', 0, 54.0), longer,
+            _run('caa_resnet18', 0, 56.0, label='caa_resnet18 (small change)')]
+    rows = transfer_summary({'recipe': 'sgd e12', 'runs': runs})['rows']
+    assert gate_verdict(rows['caa_resnet18 (each scale 12 epochs (3x))'], 3.0, bold=True) == \
+        "passes with 3x the baseline's epochs"
+    line = next(l for l in summary_table([], {'recipe': 'sgd e12', 'runs': runs}).splitlines() if l.startswith('| CAA'))
+    assert "54.00 (-1.00; gate +3: below; 1 seed); each scale 12 epochs (3x): 62.00 (+7.00, passes with 3x the " \
+           "baseline's epochs" in line
+    assert 'small change' not in line  # +1: below the gate, not listed

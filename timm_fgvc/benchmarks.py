@@ -548,8 +548,9 @@ def headline_row(rows, model: str) -> Optional[dict]:
 
 
 def variant_name(row: dict) -> str:
-    """What a labelled row varies, e.g. 'border shift' of 'lfd_resnet18 (border shift)'."""
-    return row['label'].split('(', 1)[-1].rstrip(')')
+    """What a labelled row varies, e.g. 'border shift' of 'lfd_resnet18 (border shift)' (brackets inside kept)."""
+    label, prefix = row['label'], row['model'] + ' ('
+    return label[len(prefix):-1] if label.startswith(prefix) and label.endswith(')') else label
 
 
 def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
@@ -579,6 +580,10 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
             acc = (f"{row['mean']:.2f} ({signed(row['gain'])}; gate +{gate:g}: {verdict}; "
                    f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}{variant})")
             compute = fmt(row['compute'])
+            for other in rows_of.values():  # a labelled variant past the gate is named with its condition
+                if other['model'] == row['model'] and other is not row and gate_verdict(other, gate).startswith('pass'):
+                    acc += (f"; {variant_name(other)}: {other['mean']:.2f} ({signed(other['gain'])}, "
+                            f"{gate_verdict(other, gate)}, compute {fmt(other['compute'])})")
         for fs in few_shot:
             few = headline_row(fs['rows'].values(), f'{method}_resnet18')
             if few is not None and few['gain'] is not None:
