@@ -287,10 +287,10 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
             extra = method_config(name, recipe, model_args)
             if args.lr_ratio is not None and name != PROTOCOL['baseline']:  # an ablation of the paper's ratio
                 extra['lr'] = recipe['backbone_lr'] * args.lr_ratio
-            epochs_factor = 1.0  # a stage-epochs ablation trains longer than the recipe: its compute says so
+            epochs_ratio = 1.0  # epochs trained / the recipe's: a stage-epochs ablation's compute and gate say so
             if stage_override and name != PROTOCOL['baseline']:
                 extra['stage_epochs'] = [float(e) for e in stage_override]
-                epochs_factor = sum(extra['stage_epochs']) / recipe['epochs']
+                epochs_ratio = sum(extra['stage_epochs']) / recipe['epochs']
             out_dir = (Path(args.workdir) / 'transfer' / rid.replace(' ', '_').replace('/', '-') / f'seed{seed}'
                        / (name + (('_' + args.label) if args.label else '')))
             source_step, start_stage, init = None, 0, weights
@@ -328,8 +328,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 'per_head_top1': {k[len('eval_top1_'):]: v for k, v in final.items() if k.startswith('eval_top1_')},
                 'eval_samples': final.get('eval_samples'), 'steps': final.get('step'),
                 'final_train_loss': final.get('train_loss'), 'history': results.get('history'),
-                'epochs_ratio': epochs_factor,  # epochs trained / the recipe's (a --stage-epochs ablation)
-                'compute_ratio': epochs_factor * backbone_passes(probe, PROTOCOL['img_size'],
+                'epochs_ratio': epochs_ratio,
+                'compute_ratio': epochs_ratio * backbone_passes(probe, PROTOCOL['img_size'],
                                                                  extra['stage_epochs'] or None),
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,
                 'source_step': source_step, 'resumed': results.get('resumed_from'),

@@ -301,8 +301,9 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   the baseline alone), `--seeds 0 1 2`,
   `--skip-baseline` (methods only: gains against the stored baseline runs of the same recipe), `--model-args
   '{...}' --label NAME` (an ablation row), `--stage-epochs E E E --label NAME` (each stage's epochs instead of
-  the paper's proportions of the recipe's; the compute column counts the extra epochs), `--threads 1`, `--shots k` (HSM's few-shot protocol: k training images
-  per class drawn per seed, each k against its own baseline; HSM's step 1 is run once per seed and reused),
+  the paper's proportions of the recipe's; the compute column counts the extra epochs), `--threads 1`, `--shots
+  k` (HSM's few-shot protocol: k training images per class drawn per seed, each k against its own baseline;
+  HSM's step 1 is run once per seed and reused),
   `--resume` (a killed sweep: each run continues from the newest complete checkpoint in its folder). Each finished
   run is added at once to `bench/results/accuracy_transfer.json`, so parallel processes and interrupted sweeps add
   up.
@@ -581,9 +582,10 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
                    f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}{variant})")
             compute = fmt(row['compute'])
             for other in rows_of.values():  # a labelled variant past the gate is named with its condition
-                if other['model'] == row['model'] and other is not row and gate_verdict(other, gate).startswith('pass'):
-                    acc += (f"; {variant_name(other)}: {other['mean']:.2f} ({signed(other['gain'])}, "
-                            f"{gate_verdict(other, gate)}, compute {fmt(other['compute'])})")
+                passes = other['model'] == row['model'] and other is not row and gate_verdict(other, gate)
+                if passes and passes.startswith('pass'):
+                    acc += (f"; {variant_name(other)}: {other['mean']:.2f} ({signed(other['gain'])}, {passes}, "
+                            f"compute {fmt(other['compute'])})")
         for fs in few_shot:
             few = headline_row(fs['rows'].values(), f'{method}_resnet18')
             if few is not None and few['gain'] is not None:

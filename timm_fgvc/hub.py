@@ -39,14 +39,6 @@ __all__ = ['RUNTIME_MODEL_ARGS', 'EXPORT_FILES', 'export_model', 'export_run', '
 # (`pretrained_backbone=True` would download the backbone's ImageNet weights under the fine-tuned ones)
 RUNTIME_MODEL_ARGS = ('pretrained_backbone', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay',
                       'pretrained_strict', 'checkpoint_path', 'cache_dir')
-
-
-def run_model_args(run: Dict[str, Any]) -> Dict[str, Any]:
-    """`timm.create_model` kwargs that rebuild a run's model: every constructor argument it recorded (`init_args`,
-    so a default changed since cannot change it; runs before it was recorded rebuild with today's defaults) under
-    the run's `model_args`, without the arguments that only load weights."""
-    args = {**(run.get('init_args') or {}), **(run.get('model_args') or {})}
-    return {k: v for k, v in args.items() if k not in RUNTIME_MODEL_ARGS}
 EXPORT_FILES = ('config.json', 'model.safetensors', 'README.md')
 _PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.ckpt')
 _RECIPE_KEYS = ('model', 'pretrained', 'pretrained_backbone', 'pretrained_path', 'output_stride', 'model_args',
@@ -57,6 +49,14 @@ _RECIPE_KEYS = ('model', 'pretrained', 'pretrained_backbone', 'pretrained_path',
 
 
 # --- helpers -------------------------------------------------------------------------------------
+def run_model_args(run: Dict[str, Any]) -> Dict[str, Any]:
+    """`timm.create_model` kwargs that rebuild a run's model: every constructor argument it recorded (`init_args`,
+    so a default changed since cannot change it; runs before it was recorded rebuild with today's defaults) under
+    the run's `model_args`, without the arguments that only load weights."""
+    args = {**(run.get('init_args') or {}), **(run.get('model_args') or {})}
+    return {k: v for k, v in args.items() if k not in RUNTIME_MODEL_ARGS}
+
+
 def _dataset_info(name: Optional[str]) -> Optional[DatasetInfo]:
     """A catalog entry from a tag or a Hub dataset id."""
     if not name:
