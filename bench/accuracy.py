@@ -62,7 +62,7 @@ from safetensors.torch import load_file  # noqa: E402
 from timm_fgvc.data.synthetic import render_sample  # noqa: E402
 from timm_fgvc.engine.config import TrainConfig  # noqa: E402
 from timm_fgvc.engine.trainer import build_transforms, train  # noqa: E402
-from timm_fgvc.layers import propose_square_regions  # noqa: E402
+from timm_fgvc.layers import predicted_class_map, propose_square_regions  # noqa: E402
 from transfer import TRANSFER_DEFAULTS  # noqa: E402
 
 DEFAULT_CUB_TAR = REPO.parent / 'shared' / 'data' / 'cub200_s160.tar'
@@ -193,8 +193,7 @@ def attention_points(model, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor
     features = model.forward_features(x)  # [B, D, h, w]
     head = model.get_classifier()
     logits = model.forward_head(features)
-    weight = head.weight[logits.argmax(-1)]
-    cam = torch.einsum('bdhw,bd->bhw', features.float(), weight.float())
+    cam = predicted_class_map(features.float(), head.weight.float(), logits)
     stride = x.shape[-1] / cam.shape[-1]
     regions = propose_square_regions(cam, tuple(x.shape[-2:]), round(CAM_REGION_CELLS * stride), TOP_K_POINTS,
                                      CAM_NMS_IOU)

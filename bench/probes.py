@@ -137,10 +137,10 @@ def probe_where(model, images):
 
     def maps(x):
         if not hasattr(model, 'attention_maps'):
-            from timm_fgvc.layers import class_response_maps
+            from timm_fgvc.layers import predicted_class_map
             features = model.forward_features(x).float()
-            maps = class_response_maps(features, model.get_classifier().weight.float())
-            cam = F.relu(maps[torch.arange(len(x)), model.forward_head(features).argmax(-1)])
+            cam = F.relu(predicted_class_map(features, model.get_classifier().weight.float(),
+                                             model.forward_head(features)))
             return cam, argmax_xy(cam)
         attention, details = model.attention_maps(x, return_details=True)
         attention = attention.float()

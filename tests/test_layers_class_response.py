@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from timm_fgvc.layers import class_response_maps, entropy_gated_response, min_max_normalize
+from timm_fgvc.layers import class_response_maps, entropy_gated_response, min_max_normalize, predicted_class_map
 
 
 def _explicit_eq1(features, weight, bias):
@@ -38,6 +38,20 @@ def test_pooled_class_response_maps_are_the_logits():
     fc = torch.nn.Linear(16, 10)
     maps = class_response_maps(features, fc.weight, fc.bias)
     torch.testing.assert_close(maps.mean(dim=(2, 3)), fc(features.mean(dim=(2, 3))), atol=1e-5, rtol=1e-5)
+
+
+def test_predicted_class_map_follows_each_images_prediction_to_its_planted_part():
+    """Two images, each with a part of its own class planted in a different cell: each image's map is its predicted
+    class's response map and peaks on that image's part."""
+    torch.manual_seed(3)
+    weight = torch.eye(4, 8)  # class c reads channel c
+    features = torch.rand(2, 8, 5, 5) * 0.1
+    features[0, 1, 1, 3] = 5.0  # image 0: class 1 at (row 1, col 3)
+    features[1, 2, 4, 0] = 5.0  # image 1: class 2 at (row 4, col 0)
+    logits = features.mean((2, 3)) @ weight.t()
+    cam = predicted_class_map(features, weight, logits)
+    torch.testing.assert_close(cam, class_response_maps(features, weight)[torch.arange(2), torch.tensor([1, 2])])
+    assert [divmod(int(i), 5) for i in cam.flatten(1).argmax(1)] == [(1, 3), (4, 0)]
 
 
 def test_min_max_normalize_any_leading_dims_and_constant_maps():

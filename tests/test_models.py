@@ -111,3 +111,21 @@ def test_mismatched_and_corrupt_checkpoints_fail_clearly(tmp_path):
 def test_unpublished_tag_says_how_to_train():
     with pytest.raises(timm_fgvc.models.UnpublishedWeightsError, match='train_fgvc.py --config'):
         timm.create_model('s3n_resnet50.cub200', pretrained=True)
+
+
+def test_a_new_method_without_its_own_attention_gets_the_predicted_class_cam_on_its_planted_part():
+    """FGVCModel's default `attention_maps` (for a method that adds none): the predicted class's CAM, in input
+    coordinates, peaks where that class's channel fires in each image."""
+    model = FGVCModel(num_classes=3, **TINY).eval()
+    model.add_head('main', model.backbone_features)
+    with torch.no_grad():
+        model.heads['main'].weight.zero_()[:, :3] = torch.eye(3)  # class c reads channel c
+        model.heads['main'].bias.zero_()
+    planted = torch.zeros(2, model.backbone_features, 4, 4)
+    planted[0, 2, 0, 3] = 1.0  # image 0: class 2 at the top-right cell
+    planted[1, 0, 3, 1] = 1.0  # image 1: class 0 at the bottom row, second cell
+    model.forward_features = lambda x: planted
+    cam = model.attention_maps(torch.zeros(2, 3, 64, 64))
+    assert cam.shape == (2, 1, 64, 64) and float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0
+    peaks = [divmod(int(i), 64) for i in cam.flatten(1).argmax(1)]
+    assert [(r // 16, c // 16) for r, c in peaks] == [(0, 3), (3, 1)]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['class_response_maps', 'min_max_normalize', 'maps_in_image', 'entropy_gated_response',
+__all__ = ['class_response_maps', 'predicted_class_map', 'min_max_normalize', 'maps_in_image', 'entropy_gated_response',
            'max_class_response', 'gaussian_smooth']
 
 
@@ -41,6 +41,17 @@ def class_response_maps(
     if classifier_bias is not None:
         maps = maps + classifier_bias.to(maps.dtype)[None, :, None, None]
     return maps
+
+
+def predicted_class_map(features: Tensor, classifier_weight: Tensor, logits: Tensor) -> Tensor:
+    """The class response map (Eq. 1) of each image's top-1 class, the CAM of its prediction: [B, H, W].
+
+    Args:
+        features: last feature map S, [B, D, H, W].
+        classifier_weight: weight of the linear classifier, [C, D].
+        logits: the classifier's logits, [B, C]; their argmax picks each image's class.
+    """
+    return torch.einsum('bdhw,bd->bhw', features, classifier_weight[logits.argmax(-1)])
 
 
 def min_max_normalize(maps: Tensor, eps: float = 1e-6) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.class_response import maps_in_image
+from ..layers.class_response import maps_in_image, predicted_class_map
 from ._weights import load_backbone_weights
 
 __all__ = ['FGVCOutput', 'TrainingStage', 'FGVCModel', 'BackboneInfo', 'SpatialFeatures', 'create_backbone',
@@ -511,8 +511,7 @@ class FGVCModel(nn.Module):
         features = self.forward_features(x)
         head = self.heads[self.main_head]
         logits = head(features.mean((2, 3)))
-        weight = head.weight[logits.argmax(-1)]  # [B, D]
-        cam = maps_in_image(torch.einsum('bdhw,bd->bhw', features.float(), weight.float()).unsqueeze(1),
+        cam = maps_in_image(predicted_class_map(features.float(), head.weight.float(), logits).unsqueeze(1),
                             x.shape[-2:])
         return (cam, {}) if return_details else cam
 
