@@ -6,6 +6,7 @@
     python bench/probes.py caa-where RUN_DIR --dataset ... [--init]           # where CAA's Otsu masks fall
     python bench/probes.py ensemble RUN_DIR RUN_DIR ... --dataset ...         # averaged probabilities of runs
     python bench/probes.py where RUN_DIR --dataset ...                        # where any model's attention falls
+    python bench/probes.py s3n-zoom RUN_DIR --dataset ...                     # how much S3N's images magnify
 
 RUN_DIR is a run folder of `bench/accuracy.py --suites transfer` (its model.safetensors and results.json); the
 test images are the run's eval transform of `<dataset>/test`. Results are printed as JSON, one line per setting.
@@ -167,6 +168,26 @@ def probe_where(model, images):
                       'images': len(attention)}), flush=True)
 
 
+def probe_s3n_zoom(model, images):
+    """How much S3N's resampled images magnify the input: the local linear magnification 1 / sqrt|det J| of each
+    sampling grid (J: input coordinates per output coordinate, central differences), its median and 90th
+    percentile over an image's pixels (averaged over images), and the share of output pixels magnified > 1.2x."""
+    with torch.no_grad():  # float32: grid differences of ~1 / 64 are below bf16's resolution near +-1
+        grids = [model.attention_maps(images[i:i + 64], return_details=True)[1] for i in range(0, len(images), 64)]
+    result = {}
+    for branch in ('discriminative', 'complementary'):
+        grid = torch.cat([g[f'grid_{branch}'].float() for g in grids])  # [B, H, W, 2] in [-1, 1]
+        H, W = grid.shape[1:3]
+        d_dx = (grid[:, 1:-1, 2:] - grid[:, 1:-1, :-2]) * (W - 1) / 4  # per output unit of the same [-1, 1] span
+        d_dy = (grid[:, 2:, 1:-1] - grid[:, :-2, 1:-1]) * (H - 1) / 4
+        det = (d_dx[..., 0] * d_dy[..., 1] - d_dx[..., 1] * d_dy[..., 0]).abs().flatten(1)
+        magnification = det.clamp_min(1e-8).rsqrt()
+        q = torch.quantile(magnification, torch.tensor([0.5, 0.9]), dim=1).mean(1)
+        result[branch] = {'median / p90 magnification': [round(v, 2) for v in q.tolist()],
+                          'share magnified > 1.2x': round((magnification > 1.2).float().mean().item(), 3)}
+    print(json.dumps({**result, 'images': len(images)}), flush=True)
+
+
 def probe_ensemble(models, images, labels):
     """Each model's top-1 and the top-1 of their averaged probabilities: the yardstick for a method that trains
     several backbones (CAA's scales) or several views, against as many baselines of different seeds."""
@@ -177,7 +198,7 @@ def probe_ensemble(models, images, labels):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'where', 'ensemble'])
+    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'where', 's3n-zoom', 'ensemble'])
     p.add_argument('runs', nargs='+', help='a transfer run folder (model.safetensors, results.json); ensemble: '
                                            'several')
     p.add_argument('--dataset', required=True, help='the target image folder (<dataset>/test/<class>/*.jpg)')
@@ -220,6 +241,8 @@ def main(argv=None):
         probe_caa(model, images, labels)
     elif args.probe == 'where':
         probe_where(model, images)
+    elif args.probe == 's3n-zoom':
+        probe_s3n_zoom(model, images)
     else:
         probe_caa_where(model, images)
 
