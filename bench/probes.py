@@ -33,8 +33,8 @@ def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return round(100 * (scores.argmax(1) == labels).float().mean().item(), 2)
 
 
-def batched(model_fn, images: torch.Tensor, batch: int = 64):
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+def batched(model_fn, images: torch.Tensor, batch: int = 64, bf16: bool = True):
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
         return [model_fn(images[i:i + batch]) for i in range(0, len(images), batch)]
 
 
@@ -172,8 +172,8 @@ def probe_s3n_zoom(model, images):
     """How much S3N's resampled images magnify the input: the local linear magnification 1 / sqrt|det J| of each
     sampling grid (J: input coordinates per output coordinate, central differences), its median and 90th
     percentile over an image's pixels (averaged over images), and the share of output pixels magnified > 1.2x."""
-    with torch.no_grad():  # float32: grid differences of ~1 / 64 are below bf16's resolution near +-1
-        grids = [model.attention_maps(images[i:i + 64], return_details=True)[1] for i in range(0, len(images), 64)]
+    # float32: grid differences of ~1 / 64 are below bf16's resolution near +-1
+    grids = batched(lambda x: model.attention_maps(x, return_details=True)[1], images, bf16=False)
     result = {}
     for branch in ('discriminative', 'complementary'):
         grid = torch.cat([g[f'grid_{branch}'].float() for g in grids])  # [B, H, W, 2] in [-1, 1]
