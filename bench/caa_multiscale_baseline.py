@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -91,12 +92,13 @@ def caa_view_resnet18(pretrained: bool = False, teacher_run: str = '', scale: in
 @torch.no_grad()
 def ensemble_top1(students, dataset: str) -> dict:
     from torchvision.datasets import ImageFolder
-    from timm_fgvc.inference import eval_transform, load_model as load
-    transform, _ = eval_transform(load(checkpoint=students[0]))
+    from timm_fgvc.inference import eval_transform
+    loaded = [load_model(checkpoint=run) for run in students]
+    transform, _ = eval_transform(loaded[0])
     folder = ImageFolder(str(Path(dataset) / 'test'), transform=transform)
     images = torch.stack([folder[i][0] for i in range(len(folder))])
     labels = torch.tensor(folder.targets)
-    models = [load(checkpoint=run).model.eval() for run in students]
+    models = [lm.model.eval() for lm in loaded]
     probs = []
     with torch.autocast('cpu', dtype=torch.bfloat16):
         for m in models:
@@ -144,7 +146,7 @@ def main(argv=None):
              .get('final', {}).get('eval_top1'), 'seed': args.seed, 'recipe_id': recipe_id({**recipe, 'max_steps':
                                                                                            args.max_steps}),
              'per_scale_top1': per_scale, **ensemble_top1(runs, dataset), 'wall_seconds': time.time() - start,
-             'command': 'python ' + ' '.join([sys.argv[0]] + [a for a in sys.argv[1:]]),
+             'command': 'python ' + shlex.join(sys.argv),
              **run_metadata(torch.device('cpu'))}
     print(json.dumps({k: entry[k] for k in ('caa_top1', 'per_scale_top1', 'each', 'ensemble')}), flush=True)
     path = Path(args.results)
