@@ -1,7 +1,7 @@
 """The transfer protocol's summary (SPEC §8): gains against the baseline's mean, and gates a dead part cannot pass."""
 import pytest
 
-from timm_fgvc.benchmarks import (Commands, few_shot_summaries, few_shot_table, gate_verdict,
+from timm_fgvc.benchmarks import (Commands, few_shot_summaries, few_shot_table, gate_verdict, transfer_table,
                                    headline_row, summary_table, transfer_summary)
 
 
@@ -111,3 +111,22 @@ def test_a_variant_past_the_gate_is_named_in_the_readme_with_the_epochs_it_took(
     assert "54.00 (-1.00; gate +3: below; 1 seed); each scale 12 epochs (3x): 62.00 (+7.00, passes with 3x the " \
            "baseline's epochs" in line
     assert 'small change' not in line  # +1: below the gate, not listed
+
+
+def test_a_reference_row_is_measured_against_the_baseline_but_neither_gated_nor_a_method_headline():
+    """A control run (role 'reference', e.g. CAA's paper's multi-scale baseline on CAA's views) gets its gain over
+    the baseline mean, leaves that mean alone, is listed right after the baseline with no gate, and never speaks
+    for a method in the README."""
+    reference = dict(_run('resnet18', 0, 60.0, role='reference', label='resnet18 x3 on caa views'), epochs_ratio=3.0)
+    runs = [dict(r, lr=0.04) for r in (_run('resnet18', 0, 55.0, role='baseline'),
+                                       _run('resnet18', 1, 57.0, role='baseline'), reference,
+                                       _run('caa_resnet18', 0, 59.0))]
+    data = {'recipe': 'sgd e12', 'runs': runs, 'protocol': {'img_size': 128, 'output_stride': 16, 'source': 'src'},
+            '_file': 'f.json'}
+    rows = transfer_summary(data)['rows']
+    assert transfer_summary(data)['baseline_mean'] == pytest.approx(56.0)
+    assert rows['resnet18 x3 on caa views']['gain'] == pytest.approx(4.0)
+    lines = [l for l in transfer_table(data, Commands()).splitlines() if l.startswith('| ') and '---' not in l][1:]
+    assert [l.split(' | ')[0] for l in lines] == ['| resnet18', '| resnet18 x3 on caa views', '| caa_resnet18']
+    assert '| +4.00 | reference, no gate |' in lines[1]
+    assert 'reference' not in summary_table([], data) and '59.00 (+3.00' in summary_table([], data)

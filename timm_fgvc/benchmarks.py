@@ -312,6 +312,9 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   probes a trained run (heads under trained / random / fixed attention, attention off, where CAA's masks fall,
   where any model's attention falls; `--init`, `--checkpoint`); `python bench/probes.py ensemble RUN RUN ...
   --dataset DIR`: the top-1 of several runs' averaged probabilities (e.g. baselines of different seeds).
+  `python bench/caa_multiscale_baseline.py --caa-run RUN --seed S --workdir W` trains the CAA paper's multi-scale
+  baseline on a trained CAA run's zoomed views (a max-pooled resnet18 per scale, the protocol's recipe each,
+  probabilities averaged) and adds it as a 'reference' row: a control with a gain and no gate.
 - `python bench/accuracy.py` — trains each method and the plain timm backbone with an identical budget through
   the same engine (`timm_fgvc.engine.trainer.train`) and reports top-1, gain over the baseline and, on the
   synthetic set, the attention hit rate. `--suites synthetic cub`, `--epochs`, `--batch-size`, `--lr`,
@@ -463,7 +466,7 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
     lines = ['| Model | Top-1 (seeds) | Gain vs baseline mean | Gate | Compute (backbone px / baseline) | '
              'Per-head top-1 | New-layer lr, stage epochs | Wall / run | Cmd |',
              '|---|---|---|---|---|---|---|---|---|']
-    order = sorted(s['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label']))
+    order = sorted(s['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['role'] != 'reference', r['label']))
     for row in order:
         method = row['model'].split('_')[0]
         gate = TRANSFER_GATES.get(method)
@@ -471,6 +474,8 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             f" ({', '.join(map(str, row['seeds']))})"
         if row['role'] == 'baseline':
             verdict = 'yardstick'
+        elif row['role'] == 'reference':  # a control for the methods (e.g. CAA's paper's multi-scale baseline)
+            verdict = 'reference, no gate'
         elif gate is None or row['gain'] is None:
             verdict = '–'
         else:
@@ -488,7 +493,9 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
     text = (f"Recipe for every row: `{s['recipe']}`; target CUB classes 1-50 (1,500 train / 1,389 test), "
             f"{data['protocol']['img_size']} px, resnet18 at output stride {data['protocol']['output_stride']}, "
             f"all backbones from `{data['protocol']['source']}` (trained on CUB classes 51-200). A method gets "
-            "its paper's new-layer / backbone lr ratio and stage proportions of the same epochs.\n\n")
+            "its paper's new-layer / backbone lr ratio and stage proportions of the same epochs. Rows with the gate "
+            "'reference, no gate' are controls: plain models that tell what a method's extra compute or views would "
+            "give without the method.\n\n")
     text += '\n'.join(lines) + '\n'
     if s['other_recipes']:
         text += ('\nOther recipes (the baseline sweep, and runs under an earlier recipe):\n\n'
