@@ -314,7 +314,8 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   --dataset DIR`: the top-1 of several runs' averaged probabilities (e.g. baselines of different seeds).
   `python bench/caa_multiscale_baseline.py --caa-run RUN --seed S --workdir W` trains the CAA paper's multi-scale
   baseline on a trained CAA run's zoomed views (a max-pooled resnet18 per scale, the protocol's recipe each,
-  probabilities averaged) and adds it as a 'reference' row: a control with a gain and no gate.
+  probabilities averaged) and adds it as a 'reference' row: a control with a gain and no gate; `--views centre`:
+  the same on fixed central crops as large as CAA's mean box at each scale (CAA's attention off).
 - `python bench/accuracy.py` — trains each method and the plain timm backbone with an identical budget through
   the same engine (`timm_fgvc.engine.trainer.train`) and reports top-1, gain over the baseline and, on the
   synthetic set, the attention hit rate. `--suites synthetic cub`, `--epochs`, `--batch-size`, `--lr`,
