@@ -158,7 +158,13 @@ def main(argv=None):
     from timm_fgvc.engine.config import TrainConfig
     from timm_fgvc.engine.trainer import train
 
+    missing = [f for f in ('results.json', 'model.safetensors') if not (Path(args.caa_run) / f).exists()]
+    if missing:
+        p.error(f'--caa-run {args.caa_run}: no {" or ".join(missing)} there; give the folder of a finished CAA run '
+                '(bench/accuracy.py --suites transfer --methods caa ...).')
     caa_cfg = json.loads((Path(args.caa_run) / 'results.json').read_text())['config']
+    if not caa_cfg['model'].startswith('caa_'):
+        p.error(f"--caa-run {args.caa_run} is a {caa_cfg['model']} run; the views come from a CAA run.")
     dataset = args.dataset or caa_cfg['dataset']
     scales = teacher_model(args.caa_run).num_scales
     recipe = dict(TRANSFER_DEFAULTS)
