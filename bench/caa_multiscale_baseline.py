@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS_DIR, run_metadata  # noqa: E402
+from probes import load_test_set, probe_ensemble  # noqa: E402
 from transfer import PROTOCOL, SOURCE_WEIGHTS, TRANSFER_DEFAULTS, add_run, recipe_id  # noqa: E402
 
 import timm  # noqa: E402
@@ -46,14 +47,19 @@ from timm_fgvc.inference import load_model  # noqa: E402
 from timm_fgvc.layers import crop_regions  # noqa: E402
 from timm_fgvc.models._weights import load_backbone_weights, read_state_dict  # noqa: E402
 
-_TEACHERS = {}  # run folder -> its loaded CAA model (one per process, shared by the scales' students)
+_TEACHERS = {}  # run folder -> its loaded CAA run (one per process, shared by the scales' students)
+
+
+def teacher_run_loaded(run: str):
+    if run not in _TEACHERS:
+        loaded = load_model(checkpoint=run)
+        loaded.model.eval().requires_grad_(False)
+        _TEACHERS[run] = loaded
+    return _TEACHERS[run]
 
 
 def teacher_model(run: str) -> nn.Module:
-    if run not in _TEACHERS:
-        model = load_model(checkpoint=run).model.eval()
-        _TEACHERS[run] = model.requires_grad_(False)
-    return _TEACHERS[run]
+    return teacher_run_loaded(run).model
 
 
 class ZoomedViewModel(nn.Module):
@@ -110,7 +116,7 @@ def mean_box_fractions(caa_run: str, dataset: str, every: int = 4) -> list:
     offset of its centre from the image's (fractions), on every `every`-th training image (eval transform)."""
     from torchvision.datasets import ImageFolder
     from timm_fgvc.inference import eval_transform
-    transform, _ = eval_transform(load_model(checkpoint=caa_run))
+    transform, _ = eval_transform(teacher_run_loaded(caa_run))
     folder = ImageFolder(str(Path(dataset) / 'train'), transform=transform)
     x = torch.stack([folder[i][0] for i in range(0, len(folder), every)])
     size = torch.tensor(x.shape[-1:-3:-1], dtype=torch.float32)  # (W, H)
@@ -124,22 +130,11 @@ def mean_box_fractions(caa_run: str, dataset: str, every: int = 4) -> list:
             for k in range(side.shape[1])]
 
 
-@torch.no_grad()
 def ensemble_top1(students, dataset: str) -> dict:
-    from torchvision.datasets import ImageFolder
-    from timm_fgvc.inference import eval_transform
+    """Each scale's model alone and their averaged probabilities on the test images (`probes.py ensemble`)."""
     loaded = [load_model(checkpoint=run) for run in students]
-    transform, _ = eval_transform(loaded[0])
-    folder = ImageFolder(str(Path(dataset) / 'test'), transform=transform)
-    images = torch.stack([folder[i][0] for i in range(len(folder))])
-    labels = torch.tensor(folder.targets)
-    models = [lm.model.eval() for lm in loaded]
-    probs = []
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        for m in models:
-            probs.append(torch.cat([m(images[i:i + 64]).float().softmax(-1) for i in range(0, len(images), 64)]))
-    top1 = lambda p: round(100 * (p.argmax(1) == labels).float().mean().item(), 2)  # noqa: E731
-    return {'each': [top1(p) for p in probs], 'ensemble': top1(sum(probs)), 'images': len(labels)}
+    images, labels = load_test_set(loaded[0], dataset)
+    return probe_ensemble([lm.model.eval() for lm in loaded], images, labels)
 
 
 def main(argv=None):

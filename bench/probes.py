@@ -192,8 +192,7 @@ def probe_ensemble(models, images, labels):
     """Each model's top-1 and the top-1 of their averaged probabilities: the yardstick for a method that trains
     several backbones (CAA's scales) or several views, against as many baselines of different seeds."""
     probs = [torch.cat([o.float().softmax(-1) for o in batched(m, images)]) for m in models]
-    print(json.dumps({'each': [top1(p, labels) for p in probs], 'ensemble': top1(sum(probs), labels),
-                      'images': len(labels)}), flush=True)
+    return {'each': [top1(p, labels) for p in probs], 'ensemble': top1(sum(probs), labels), 'images': len(labels)}
 
 
 def main(argv=None):
@@ -214,7 +213,7 @@ def main(argv=None):
     if args.probe == 'ensemble':
         loaded = [load_model(checkpoint=run) for run in args.runs]
         images, labels = load_test_set(loaded[0], args.dataset, args.every)
-        probe_ensemble([lm.model.eval() for lm in loaded], images, labels)
+        print(json.dumps(probe_ensemble([lm.model.eval() for lm in loaded], images, labels)), flush=True)
         return
     if len(args.runs) != 1:
         p.error(f'{args.probe} probes one run, got {len(args.runs)}')
