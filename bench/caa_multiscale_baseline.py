@@ -92,7 +92,7 @@ class ZoomedViewModel(nn.Module):
                 centre = torch.tensor([width / 2, height / 2])
                 box = torch.cat([centre - half, centre + half]).to(x.device).expand(x.shape[0], 1, 4)
                 return crop_regions(x, box, (height, width))[:, 0]
-            return self.teacher._forward_scales(x, self.scale + 1)[self.scale]['image']
+            return self.teacher.zoomed_views(x, self.scale + 1)[0][:, self.scale]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(self.view(x))
@@ -121,7 +121,7 @@ def mean_box_fractions(caa_run: str, dataset: str, every: int = 4) -> list:
     x = torch.stack([folder[i][0] for i in range(0, len(folder), every)])
     size = torch.tensor(x.shape[-1:-3:-1], dtype=torch.float32)  # (W, H)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        boxes = torch.cat([torch.stack([s['box'] for s in teacher_model(caa_run)._forward_scales(x[i:i + 64])], 1)
+        boxes = torch.cat([teacher_model(caa_run).zoomed_views(x[i:i + 64])[1]
                            for i in range(0, len(x), 64)]).float()  # [N, S, 4] in image pixels
     side = (boxes[..., 2:] - boxes[..., :2]) / size
     offset = ((boxes[..., 2:] + boxes[..., :2]) / 2 - size / 2) / size

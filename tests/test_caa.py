@@ -77,6 +77,26 @@ def test_next_scale_zooms_into_the_otsu_box_and_attention_maps_back():
     assert abs(attention[0, 0].max() - 1) < 1e-5 and attention.min() >= 0
 
 
+def test_zoomed_views_are_the_scales_images_without_the_last_scales_pass():
+    model = tiny_caa(num_scales=3).eval()
+    planted_activations(model, [(0, 2, 1, 3), (1, 3, 0, 1)])
+    calls = []
+    for k in range(3):  # count each scale's backbone passes
+        backbone = model.scale_backbone(k)
+        backbone.forward_features = lambda x, k=k, f=backbone.forward_features: calls.append(k) or f(x)
+    x = torch.rand(2, 3, 96, 96)
+    views, boxes = model.zoomed_views(x)
+    assert calls == [0, 1]  # scale 2's view needs scales 0 and 1 only
+    _, details = model.attention_maps(x, return_details=True)
+    assert torch.equal(views[:, 0], x) and torch.allclose(views[:, 1:], details['zoomed_regions'])
+    assert torch.equal(boxes, details['scale_boxes']) and boxes[0, 1].tolist() == [32, 0, 96, 64]
+    calls.clear()
+    views, boxes = model.zoomed_views(x, num_scales=2)
+    assert calls == [0] and views.shape[1] == 2 and not views.requires_grad
+    expected = F.interpolate(x[:1, :, 0:64, 32:96], size=(96, 96), mode='bilinear', align_corners=False)
+    assert torch.allclose(views[0, 1, :, 4:-4, 4:-4], expected[0, :, 4:-4, 4:-4], atol=1e-5)  # 1.5x zoom
+
+
 def test_prediction_is_the_mean_over_scales_of_object_and_local_softmax():
     model = tiny_caa().eval()
     x = torch.randn(2, 3, 96, 96)

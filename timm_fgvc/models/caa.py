@@ -38,7 +38,7 @@ Choices where the paper is open (SPEC §6):
   pools over the whole map and crops nothing.
 - Otsu uses a 256-bin histogram of each image's M; the next scale's crop is the bounding box of M_b's cells.
 """
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -175,9 +175,11 @@ class CAA(FGVCModel):
                                                                            self.training)),
                     local_logits=activations[:, :-1].mean((2, 3)))  # averaged local prediction
 
-    def _forward_scales(self, x: torch.Tensor, num_scales: Optional[int] = None) -> List[Dict[str, torch.Tensor]]:
+    def _forward_scales(self, x: torch.Tensor, num_scales: Optional[int] = None,
+                        attend_last: bool = True) -> List[Dict[str, torch.Tensor]]:
         """Every scale in turn; scale k + 1 sees the bounding box of scale k's M_b zoomed to the input size.
-        `box` is each scale's view in the original image's pixels (scale 0: the whole image)."""
+        `box` is each scale's view in the original image's pixels (scale 0: the whole image). Without
+        `attend_last` the last scale gets its image and box only: no backbone pass of its own."""
         check_images(x, self.in_chans, self.min_input_size)
         height, width = x.shape[-2:]
         batch = x.shape[0]
@@ -185,7 +187,7 @@ class CAA(FGVCModel):
         num_scales = num_scales or self.num_scales
         scales = []
         for k in range(num_scales):
-            out = self.attend(k, x)
+            out = self.attend(k, x) if attend_last or k + 1 < num_scales else {}
             out.update(image=x, box=box)
             scales.append(out)
             if k + 1 < num_scales:
@@ -281,6 +283,14 @@ class CAA(FGVCModel):
                 target.state_dict()[name].copy_(value)
 
     # --- attention ---------------------------------------------------------------------------------------------
+    @torch.no_grad()  # a view carries no gradient: its crop is made from the detached M_b
+    def zoomed_views(self, x: torch.Tensor, num_scales: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The image each scale sees, `[B, S, C, H, W]` (scale 0: `x`), and its box in `x`'s pixels, `[B, S, 4]`
+        (x1, y1, x2, y2), for the first `num_scales` scales (all by default). Costs S - 1 backbone passes: the
+        last scale's own attention is not needed for its view."""
+        scales = self._forward_scales(x, num_scales, attend_last=False)
+        return torch.stack([s['image'] for s in scales], 1), torch.stack([s['box'] for s in scales], 1)
+
     @staticmethod
     def _attention_in_image(scales: List[Dict[str, torch.Tensor]], size) -> torch.Tensor:
         """Each scale's M in the original image's coordinates (zero outside its box), `[B, S, H, W]` in [0, 1]."""
