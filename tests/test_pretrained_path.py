@@ -28,8 +28,7 @@ def source(tmp_path_factory):
 
 
 def _backbones(model):
-    return [m for n, m in model.named_modules() if n == 'backbone' or (n.startswith('zoom_backbones.')
-                                                                        and n.count('.') == 1)]
+    return [model.get_submodule(prefix.rstrip('.')) for prefix in model.backbone_prefixes]
 
 
 def _assert_loaded(backbone, tensors):
@@ -44,18 +43,20 @@ def _assert_loaded(backbone, tensors):
     assert compared == len([k for k in own if not k.startswith('fc.')])
 
 
-@pytest.mark.parametrize('name', METHODS)
-def test_every_backbone_of_a_method_gets_the_file(source, name):
+@pytest.mark.parametrize('name, model_args, num_backbones', [
+    *[(name, {}, 3 if name == 'caa_tiny' else 1) for name in METHODS],  # CAA: one backbone per scale
+    ('lfd_tiny', {'share_backbone': False}, 2), ('s3n_tiny', {'share_backbone': False}, 2)])  # the views' own
+def test_every_backbone_of_a_method_gets_the_file(source, name, model_args, num_backbones):
     path, tensors = source
-    model = build_model(TrainConfig(model=name, pretrained_path=str(path)), num_classes=3)
+    model = build_model(TrainConfig(model=name, pretrained_path=str(path), model_args=model_args), num_classes=3)
     backbones = _backbones(model)
-    assert len(backbones) == (3 if name == 'caa_tiny' else 1)  # CAA: one backbone per scale
+    assert len(backbones) == num_backbones and len({id(b) for b in backbones}) == num_backbones
     for backbone in backbones:
         _assert_loaded(backbone, tensors)
     # new layers stay random: the method's heads are not the file's 7-way classifier
     assert all(h.weight.shape[0] == 3 for h in model.heads.values() if isinstance(h, torch.nn.Linear))
     # and the backbone trains at the backbone lr (lr / 10 by default once something is pretrained)
-    cfg = TrainConfig(model=name, pretrained_path=str(path), lr=0.02)
+    cfg = TrainConfig(model=name, pretrained_path=str(path), model_args=model_args, lr=0.02)
     groups = {g['name']: g for g in parameter_groups(model, cfg.lr, resolve_backbone_lr(cfg), 0.)}
     assert groups['backbone']['lr'] == pytest.approx(0.002)
     backbone_params = {id(p) for b in backbones for p in b.parameters()}

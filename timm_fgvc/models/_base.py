@@ -354,7 +354,7 @@ class FGVCModel(nn.Module):
         self.backbone_args = dict(backbone_args or {})  # create_backbone(backbone_name, **backbone_args) rebuilds it
         self.backbone = create_backbone(backbone, pretrained=pretrained_backbone, in_chans=in_chans,
                                         **(backbone_args or {}))
-        # state-dict prefixes of every backbone (pretrained, lower lr, timm's layer groups); CAA adds its zoom ones
+        # state-dict prefixes of every backbone (pretrained, lower lr, timm's layer groups); see add_backbone
         self.backbone_prefixes: Tuple[str, ...] = ('backbone.',)
         info = backbone_info(self.backbone)
         self.backbone_features = info.channels  # D of the [B, D, h, w] map
@@ -364,6 +364,16 @@ class FGVCModel(nn.Module):
         self.loss_weights: Dict[str, float] = {}  # per head name, default 1
         self.label_smoothing: Dict[str, float] = {}  # per head name, default 0
         self.grad_checkpointing = False
+
+    def add_backbone(self, name: str, copy_weights: bool = True) -> nn.Module:
+        """Another backbone like `self.backbone`, registered under `name` (backbone lr, layer groups, pretrained
+        loading); it starts from `self.backbone`'s weights (copied, not read or downloaded again) or, without
+        `copy_weights`, from its own initialisation."""
+        backbone = create_backbone(self.backbone_name, in_chans=self.in_chans, **self.backbone_args)
+        if copy_weights:
+            backbone.load_state_dict(self.backbone.state_dict())
+        self.backbone_prefixes += (f'{name}.',)
+        return backbone
 
     # --- heads ---------------------------------------------------------------------------------
     def _make_head(self, name: str, in_features: int, num_classes: int) -> nn.Module:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import crop_regions, mask_bounding_box, min_max_normalize, otsu_mask
-from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images, create_backbone
+from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['CAA', 'LocalClassifiers', 'local_loss']
@@ -139,12 +139,8 @@ class CAA(FGVCModel):
         self.otsu_bins = otsu_bins
         self.zoom_backbones = nn.ModuleList()
         if not share_backbone:
-            for _ in range(num_scales - 1):
-                zoom = create_backbone(backbone, in_chans=in_chans, **(backbone_args or {}))
-                if pretrained_backbone:  # the same weights as scale 0's: copied, not read (or downloaded) again
-                    zoom.load_state_dict(self.backbone.state_dict())
-                self.zoom_backbones.append(zoom)
-            self.backbone_prefixes += tuple(f'zoom_backbones.{k}.' for k in range(num_scales - 1))
+            for k in range(num_scales - 1):
+                self.zoom_backbones.append(self.add_backbone(f'zoom_backbones.{k}', bool(pretrained_backbone)))
         for k in range(num_scales):
             self.add_head(f'object_{k}', self.backbone_features)
             self.add_head(f'local_{k}', self.backbone_features)

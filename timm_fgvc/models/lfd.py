@@ -67,6 +67,9 @@ class LFD(FGVCModel):
         nms_threshold: IoU above which a lower-ranked region is suppressed (0.25).
         smoothing_sigma: Gaussian smoothing of the attention map, in feature cells (1; 0 = none).
         label_smoothing: per-head label smoothing, e.g. `{'hybrid': 0.1}`.
+        share_backbone: the paper's one backbone for the image and its regions (Sec. 3.3); False gives the zoomed
+            regions a backbone of their own (`region_backbone`, a copy of the image backbone at the start): an
+            ablation outside the paper.
     """
     main_head = 'hybrid'
     needs_classifier = True
@@ -88,6 +91,7 @@ class LFD(FGVCModel):
             nms_threshold: float = 0.25,
             smoothing_sigma: float = 1.,
             label_smoothing: Optional[Dict[str, float]] = None,
+            share_backbone: bool = True,
     ):
         super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
         if not 1 <= num_hybrid_regions <= num_regions:
@@ -112,6 +116,8 @@ class LFD(FGVCModel):
         self.border = border
         self.nms_threshold = nms_threshold
         self.smoothing_sigma = smoothing_sigma
+        self.share_backbone = share_backbone
+        self.region_backbone = None if share_backbone else self.add_backbone('region_backbone')
         self.add_head('image', self.backbone_features)
         self.add_head('region', self.backbone_features)  # one head shared by every region (Sec. 3.3)
         self.add_head('hybrid', (1 + num_hybrid_regions) * self.backbone_features)
@@ -164,7 +170,8 @@ class LFD(FGVCModel):
         regions = propose_square_regions(attention, x.shape[-2:], self.region_size(side), self.num_regions,
                                          self.nms_threshold, border=self.border)
         zoomed = crop_regions(x, regions.boxes, self.zoom_size(side))  # [B, m, C, z, z]
-        region_maps = self.backbone.forward_features(zoomed.flatten(0, 1))
+        region_backbone = self.backbone if self.region_backbone is None else self.region_backbone
+        region_maps = region_backbone.forward_features(zoomed.flatten(0, 1))
         region_features = region_maps.mean((2, 3)).view(batch, self.num_regions, -1)  # F^R_r
         hybrid = torch.cat([image_feature, region_features[:, :self.num_hybrid_regions].flatten(1)], 1)  # F
         return dict(image_feature=image_feature, region_features=region_features, hybrid_feature=hybrid,

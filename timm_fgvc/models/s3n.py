@@ -187,6 +187,9 @@ class S3N(FGVCModel):
         smooth_ratio: target probability of the true class on the O and C heads (the authors' 0.85), i.e. label
             smoothing (1 - ratio) C / (C - 1); None: none.
         label_smoothing: per-head label smoothing, e.g. `{'joint': 0.1}` (over the recipe's).
+        share_backbone: the paper's one backbone for every input (Sec. 3.4); False gives the two resampled
+            images a backbone of their own (`resampled_backbone`, a copy of the first at the start): an
+            ablation outside the paper.
     """
     main_head = 'joint'
     needs_classifier = True
@@ -219,6 +222,7 @@ class S3N(FGVCModel):
             branch_buffer: Optional[bool] = None,
             smooth_ratio: Optional[float] = None,
             label_smoothing: Optional[Dict[str, float]] = None,
+            share_backbone: bool = True,
     ):
         if recipe not in RECIPES:
             raise ValueError(f'Unknown S3N recipe {recipe!r}; use one of {sorted(RECIPES)}.')
@@ -246,6 +250,8 @@ class S3N(FGVCModel):
         self.beta1 = nn.Parameter(torch.tensor(float(beta1)))
         self.beta2 = nn.Parameter(torch.tensor(float(beta2)))
         self.param_group_rules = {'beta': {'lr_scale': beta_lr_scale, 'weight_decay': 0.}}
+        self.share_backbone = share_backbone
+        self.resampled_backbone = None if share_backbone else self.add_backbone('resampled_backbone')
         self.sampler = SaliencySampler(grid_size=grid_size, padding=sampler_padding, fwhm=sampler_fwhm)
         for name in self.branches:
             self.add_head(name, self.backbone_features)
@@ -342,7 +348,8 @@ class S3N(FGVCModel):
 
     def _forward_branches(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         out, resampled = self._attend_and_resample(x, (self.grid_size, self.grid_size))
-        feat_resampled = self.backbone.forward_features(resampled)
+        backbone = self.backbone if self.resampled_backbone is None else self.resampled_backbone
+        feat_resampled = backbone.forward_features(resampled)
         batch = x.shape[0]
         features = dict(discriminative=feat_resampled[:batch], complementary=feat_resampled[batch:])
         if self.branch_buffers is not None:
