@@ -7,6 +7,7 @@
     python bench/probes.py ensemble RUN_DIR RUN_DIR ... --dataset ...         # averaged probabilities of runs
     python bench/probes.py where RUN_DIR --dataset ...                        # where any model's attention falls
     python bench/probes.py s3n-zoom RUN_DIR --dataset ...                     # how much S3N's images magnify
+    python bench/probes.py bn-split RUN_DIR --dataset ...                     # LFD / S3N: BN statistics split
 
 RUN_DIR is a run folder of `bench/accuracy.py --suites transfer` (its model.safetensors and results.json); the
 test images are the run's eval transform of `<dataset>/test`. Results are printed as JSON, one line per setting.
@@ -20,11 +21,11 @@ from pathlib import Path
 import torch
 
 
-def load_test_set(loaded, dataset: str, every: int = 1):
+def load_test_set(loaded, dataset: str, every: int = 1, split: str = 'test'):
     from torchvision.datasets import ImageFolder
     from timm_fgvc.inference import eval_transform
     transform, _ = eval_transform(loaded)
-    folder = ImageFolder(str(Path(dataset) / 'test'), transform=transform)
+    folder = ImageFolder(str(Path(dataset) / split), transform=transform)
     index = range(0, len(folder), every)
     return torch.stack([folder[i][0] for i in index]), torch.tensor([folder.targets[i] for i in index])
 
@@ -188,6 +189,39 @@ def probe_s3n_zoom(model, images):
     print(json.dumps({**result, 'images': len(images)}), flush=True)
 
 
+def probe_bn_split(model, images, labels, train_images):
+    """LFD / S3N run the image and their zoomed (resampled) views through one backbone, so its BatchNorm statistics
+    mix both. Heads' top-1 as trained, with the statistics re-estimated on the training images (eval transform)
+    for both passes together, and split: the views through a copy of the backbone (same weights, as
+    `share_backbone=False` builds it), each copy with the statistics of its own passes."""
+    import copy
+    view = 'region_backbone' if hasattr(model, 'region_backbone') else 'resampled_backbone'
+    if not hasattr(model, view):
+        raise SystemExit('bn-split probes an LFD or S3N run (one backbone for the image and its views).')
+
+    def recalibrate(m):
+        norms = [n for n in m.modules() if isinstance(n, torch.nn.modules.batchnorm._BatchNorm)]
+        for n in norms:
+            n.reset_running_stats()
+            n.momentum = None  # the plain average over every batch
+            n.train()
+        batched(m.forward_train, train_images)
+        for n in norms:
+            n.eval()
+        return m
+
+    def heads(m):
+        outs = batched(lambda x: m.forward_train(x).logits, images)
+        return {k: top1(torch.cat([o[k].float() if o[k].dim() == 2 else o[k][:, 0].float() for o in outs]), labels)
+                for k in outs[0]}  # LFD's region head: its top-ranked region
+
+    split = copy.deepcopy(model)
+    setattr(split, view, copy.deepcopy(split.backbone))
+    return {'as trained': heads(model), 'shared statistics, re-estimated': heads(recalibrate(copy.deepcopy(model))),
+            'split statistics (image / views)': heads(recalibrate(split)), 'train images': len(train_images),
+            'images': len(labels)}
+
+
 def probe_ensemble(models, images, labels):
     """Each model's top-1 and the top-1 of their averaged probabilities: the yardstick for a method that trains
     several backbones (CAA's scales) or several views, against as many baselines of different seeds."""
@@ -197,7 +231,7 @@ def probe_ensemble(models, images, labels):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'where', 's3n-zoom', 'ensemble'])
+    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'where', 's3n-zoom', 'bn-split', 'ensemble'])
     p.add_argument('runs', nargs='+', help='a transfer run folder (model.safetensors, results.json); ensemble: '
                                            'several')
     p.add_argument('--dataset', required=True, help='the target image folder (<dataset>/test/<class>/*.jpg)')
@@ -242,6 +276,9 @@ def main(argv=None):
         probe_where(model, images)
     elif args.probe == 's3n-zoom':
         probe_s3n_zoom(model, images)
+    elif args.probe == 'bn-split':
+        train_images, _ = load_test_set(loaded, args.dataset, args.every, split='train')
+        print(json.dumps(probe_bn_split(model, images, labels, train_images)), flush=True)
     else:
         probe_caa_where(model, images)
 
