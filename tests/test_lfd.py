@@ -170,20 +170,3 @@ def test_short_training_lowers_all_three_losses(short_training):
     for term in ('loss_image', 'loss_region', 'loss_hybrid'):
         first, last = losses[term]
         assert last < 0.7 * first, (term, first, last)
-
-
-def test_unshared_backbone_reads_only_the_regions():
-    """`share_backbone=False` (an ablation): the regions go through `region_backbone`, the image does not."""
-    model = tiny_lfd(share_backbone=False).eval()
-    assert all(torch.equal(a, b) for a, b in zip(model.backbone.state_dict().values(),
-                                                 model.region_backbone.state_dict().values()))
-    x = torch.rand(2, 3, 96, 96)
-    before = model.forward_train(x).logits
-    with torch.no_grad():
-        for p in model.region_backbone.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    after = model.forward_train(x).logits
-    assert torch.equal(before['image'], after['image'])
-    assert not torch.allclose(before['region'], after['region'], atol=1e-3)
-    assert 'region_backbone.' in model.backbone_prefixes  # backbone lr, layer groups
-    assert not any(k.startswith('region_backbone.') for k in tiny_lfd().state_dict())  # shared: one backbone

@@ -129,3 +129,26 @@ def test_a_new_method_without_its_own_attention_gets_the_predicted_class_cam_on_
     assert cam.shape == (2, 1, 64, 64) and float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0
     peaks = [divmod(int(i), 64) for i in cam.flatten(1).argmax(1)]
     assert [(r // 16, c // 16) for r, c in peaks] == [(0, 3), (3, 1)]
+
+
+@pytest.mark.parametrize('name, view_backbone, own_heads, view_heads', [
+    ('lfd_tiny', 'region_backbone', ['image'], ['region', 'hybrid']),
+    ('s3n_tiny', 'resampled_backbone', ['original'], ['discriminative', 'complementary', 'joint'])])
+def test_unshared_backbone_reads_only_the_views(name, view_backbone, own_heads, view_heads):
+    """LFD / S3N `share_backbone=False` (an ablation outside the papers): the zoomed or resampled views go through
+    a backbone of their own, starting as a copy of the image's; the image branch does not read it."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, share_backbone=False).eval()
+    views = getattr(model, view_backbone)
+    assert all(torch.equal(a, b) for a, b in zip(model.backbone.state_dict().values(), views.state_dict().values()))
+    assert f'{view_backbone}.' in model.backbone_prefixes  # backbone lr, layer groups, pretrained loading
+    x = torch.rand(2, 3, 96, 96)
+    before = model.forward_train(x).logits
+    with torch.no_grad():
+        for p in views.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    after = model.forward_train(x).logits
+    assert all(torch.equal(before[k], after[k]) for k in own_heads)
+    assert not any(torch.allclose(before[k], after[k], atol=1e-3) for k in view_heads)
+    shared = timm.create_model(name, num_classes=5)
+    assert getattr(shared, view_backbone) is None and not any(k.startswith(view_backbone) for k in shared.state_dict())

@@ -254,18 +254,3 @@ def test_eval_forward_exports_with_torch_export_and_matches_eager():
     x = torch.randn(2, 3, 96, 96)
     exported = torch.export.export(model, (x,))
     assert torch.allclose(exported.module()(x), model(x), atol=1e-5)
-
-
-def test_unshared_backbone_reads_only_the_resampled_images():
-    """`share_backbone=False` (an ablation): D and C go through `resampled_backbone`, O does not."""
-    model = tiny_s3n(share_backbone=False).eval()
-    x = torch.rand(2, 3, 96, 96)
-    before = model.forward_train(x).logits
-    with torch.no_grad():
-        for p in model.resampled_backbone.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    after = model.forward_train(x).logits
-    assert torch.equal(before['original'], after['original'])
-    assert not torch.allclose(before['discriminative'], after['discriminative'], atol=1e-3)
-    assert not torch.allclose(before['complementary'], after['complementary'], atol=1e-3)
-    assert 'resampled_backbone.' in model.backbone_prefixes
