@@ -25,10 +25,12 @@ def test_gains_are_against_the_baseline_mean_of_the_protocol_recipe_and_dead_sal
     rows = s['rows']
     assert rows['hsm_resnet18']['gain'] == pytest.approx(2.0) and rows['hsm live']['gain'] == pytest.approx(2.0)
     assert gate_verdict(rows['hsm_resnet18'], 1.5).startswith('not credited')  # 0.03% live cells: dead
-    assert gate_verdict(rows['hsm live'], 1.5) == 'passes'
-    assert gate_verdict(rows['hsm live'], 3.0) == 'below'
+    assert gate_verdict(rows['hsm live'], 1.5) == 'passes on 1 seed (3 needed within 1 pt of the gate)'
+    assert gate_verdict(rows['hsm live'], 2.9) == 'below on 1 seed (3 needed within 1 pt of the gate)'
+    assert gate_verdict(rows['hsm live'], 0.9) == 'passes' and gate_verdict(rows['hsm live'], 3.1) == 'below'
+    assert gate_verdict(dict(rows['hsm live'], seeds=[0, 1, 2]), 1.5) == 'passes'  # 3 seeds settle it
     assert rows['s3n_resnet18']['std'] == pytest.approx(2.1213, abs=1e-3)
-    assert gate_verdict(rows['s3n_resnet18'], 3.0) == 'below'  # +2.5 over two seeds
+    assert gate_verdict(rows['s3n_resnet18'], 3.0) == 'below on 2 seeds (3 needed within 1 pt of the gate)'
     assert gate_verdict(rows['resnet18'], None) == '–'
 
 
@@ -81,13 +83,16 @@ def test_few_shot_runs_are_compared_per_k_against_their_own_baseline_and_the_gat
     assert hsm['per_k'][1]['gain'] == pytest.approx(2.5) and hsm['per_k'][5]['gain'] == pytest.approx(1.0)
     assert hsm['per_k'][3]['gain'] is None and hsm['per_k']['all']['gain'] == pytest.approx(1.0)
     assert hsm['gain_shots'] == [1, 5, 'all'] and hsm['gain'] == pytest.approx(1.5)
-    assert gate_verdict(hsm, 1.5) == 'passes' and gate_verdict(hsm, 1.6) == 'below'
+    assert gate_verdict(hsm, 1.5) == gate_verdict(hsm, 1.6).replace('below', 'passes') == \
+        'passes on 2 seeds (3 needed within 1 pt of the gate)'
+    assert gate_verdict(hsm, 0.4) == 'passes' and gate_verdict(hsm, 2.6) == 'below'
     assert 'resnet18' in fs['rows'] and few_shot_summaries({'recipe': 'sgd e12', 'runs': runs[:3]}) == []
     data['_file'] = 'results.json'
     table = few_shot_table(data, Commands())
     assert '| hsm live | 23.50 (+2.50, 2) | 30.00 (–, 1) | 41.00 (+1.00, 1) | 57.00 (+1.00, 1) | +1.50 (k = 1, 5, all) |' \
         in table
-    assert 'few-shot k = 1, 5, all: mean gain +1.50 (gate: passes, hsm live)' in summary_table([], data)
+    assert 'few-shot k = 1, 5, all: mean gain +1.50 (gate: passes on 2 seeds (3 needed within 1 pt of the gate), ' \
+        'hsm live)' in summary_table([], data)
     # another base recipe (here: more epochs) is its own table, with its own baseline and no k = all without full runs
     data['runs'] += [dict(shot('resnet18', 0, 30.0, 1, role='baseline'), recipe_id='sgd e70 k1'),
                      dict(shot('hsm_resnet18', 0, 29.0, 1, label='hsm live', saliency=0.9), recipe_id='sgd e70 k1')]

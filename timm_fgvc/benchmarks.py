@@ -445,18 +445,26 @@ def _few_shot_summary(data: dict, recipe: str, few: List[Tuple[dict, int]]) -> D
 DEAD_SALIENCY_SHARE = 0.01  # live saliency cells below which HSM's branch counts as dead
 
 
+GATE_MARGIN_SEEDS = (1.0, 3)  # within 1 pt of its gate a method needs 3 seeds (SPEC §8)
+
+
 def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
     """'passes' / 'below' the gate; a gain of a method whose own part is dead (HSM's saliency map zero in at least
-    99% of its cells in every run: the model is its backbone with another head schedule) is not credited to it."""
+    99% of its cells in every run: the model is its backbone with another head schedule) is not credited to it.
+    A gain within 1 pt of the gate on fewer than 3 seeds says that more seeds are needed."""
     if row['gain'] is None or gate is None:
         return '–'
     if row.get('saliency') is not None and max(row['saliency']) < DEAD_SALIENCY_SHARE:
         return f'not credited (saliency map dead: < {DEAD_SALIENCY_SHARE:.0%} of cells live)'
+    margin, needed = GATE_MARGIN_SEEDS
+    seeds = len(row.get('seeds') or ())
+    unsettled = f" on {seeds} seed{'s' if seeds > 1 else ''} ({needed} needed within {margin:g} pt of the gate)" \
+        if seeds and seeds < needed and abs(row['gain'] - gate) < margin else ''
     if row['gain'] < gate:
-        return 'below'
+        return 'below' + unsettled
     longer = row.get('epochs_ratio', 1.0) > 1  # a --stage-epochs ablation: not at equal epochs
-    return ('passes' if longer or not bold else '**passes**') + (
-        f" with {row['epochs_ratio']:g}x the baseline's epochs" if longer else '')
+    return ('passes' if longer or not bold or unsettled else '**passes**') + (
+        f" with {row['epochs_ratio']:g}x the baseline's epochs" if longer else '') + unsettled
 
 
 def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
