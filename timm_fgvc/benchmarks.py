@@ -445,7 +445,7 @@ def _few_shot_summary(data: dict, recipe: str, few: List[Tuple[dict, int]]) -> D
 DEAD_SALIENCY_SHARE = 0.01  # live saliency cells below which HSM's branch counts as dead
 
 
-GATE_MARGIN_SEEDS = (1.0, 3)  # within 1 pt of its gate a method needs 3 seeds (SPEC §8)
+GATE_MARGIN_SEEDS = (1.0, 3)  # within 1 pt of its gate a method needs 3 seeds (the transfer issue's rule)
 
 
 def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
