@@ -76,8 +76,7 @@ def stage_split(model, paper: dict, epochs: float) -> Optional[List[float]]:
 def backbone_passes(model, size: int, stage_epochs: Optional[List[float]] = None, batch: int = 2) -> float:
     """Backbone pixels processed per input pixel in one training step (the baseline: 1.0), averaged over the
     method's stages by their epochs: the compute ratio of a method against its baseline."""
-    backbones = [model.get_submodule(p.rstrip('.')) for p in model.backbone_prefixes] \
-        if hasattr(model, 'forward_train') else [model]  # every backbone of a method (CAA's scales, unshared views)
+    backbones = [b for _, b in model.named_backbones()] if hasattr(model, 'forward_train') else [model]
     stems = [b.get_submodule(b.pretrained_cfg['first_conv']) for b in backbones]  # methods call forward_features
     pixels = []
     hooks = [b.register_forward_pre_hook(lambda mod, inp: pixels.append(inp[0].shape[0] * inp[0].shape[-2]

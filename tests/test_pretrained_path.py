@@ -27,8 +27,6 @@ def source(tmp_path_factory):
     return path, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _backbones(model):
-    return [model.get_submodule(prefix.rstrip('.')) for prefix in model.backbone_prefixes]
 
 
 def _assert_loaded(backbone, tensors):
@@ -49,7 +47,7 @@ def _assert_loaded(backbone, tensors):
 def test_every_backbone_of_a_method_gets_the_file(source, name, model_args, num_backbones):
     path, tensors = source
     model = build_model(TrainConfig(model=name, pretrained_path=str(path), model_args=model_args), num_classes=3)
-    backbones = _backbones(model)
+    backbones = [b for _, b in model.named_backbones()]
     assert len(backbones) == num_backbones and len({id(b) for b in backbones}) == num_backbones
     for backbone in backbones:
         _assert_loaded(backbone, tensors)

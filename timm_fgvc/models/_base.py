@@ -375,6 +375,10 @@ class FGVCModel(nn.Module):
         self.backbone_prefixes += (f'{name}.',)
         return backbone
 
+    def named_backbones(self) -> List[Tuple[str, nn.Module]]:
+        """Every backbone of the method with its state-dict prefix: `backbone.` and any `add_backbone` made."""
+        return [(prefix, self.get_submodule(prefix.rstrip('.'))) for prefix in self.backbone_prefixes]
+
     # --- heads ---------------------------------------------------------------------------------
     def _make_head(self, name: str, in_features: int, num_classes: int) -> nn.Module:
         return nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -503,8 +507,7 @@ class FGVCModel(nn.Module):
         position embedding and class token)."""
         names = {n for n, _ in self.named_parameters()
                  if any(n.startswith(p) and r.get('weight_decay', None) == 0 for p, r in self.param_group_rules.items())}
-        for prefix in self.backbone_prefixes:
-            backbone = self.get_submodule(prefix.rstrip('.'))
+        for prefix, backbone in self.named_backbones():
             if hasattr(backbone, 'no_weight_decay'):
                 names |= {prefix + n for n in backbone.no_weight_decay()}
         return names
