@@ -198,6 +198,8 @@ def probe_bn_split(model, images, labels, train_images):
     view = 'region_backbone' if hasattr(model, 'region_backbone') else 'resampled_backbone'
     if not hasattr(model, view):
         raise SystemExit('bn-split probes an LFD or S3N run (one backbone for the image and its views).')
+    if getattr(model, view) is not None:  # the copy below would overwrite its trained view backbone
+        raise SystemExit('bn-split probes a shared-backbone run; this one was trained with share_backbone=False.')
 
     def recalibrate(m):
         norms = [n for n in m.modules() if isinstance(n, torch.nn.modules.batchnorm._BatchNorm)]
