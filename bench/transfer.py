@@ -42,13 +42,15 @@ RECIPE_FIELDS = ('optimizer', 'lr', 'backbone_lr', 'epochs', 'batch_size', 'weig
 def recipe_id(recipe: dict) -> str:
     """A short readable name of a recipe, e.g. `sgd lr0.02/bb0.01 wd0.0001 cosine w1 e12 b32` (a run cut short
     with --max-steps is its own recipe, never pooled with the full ones; a few-shot run, `--shots k`, ends in
-    ` k<k>`: each k has its own baseline)."""
+    ` k<k>`: each k has its own baseline; a run on an accelerator ends in its device type, e.g. ` cuda`: its numerics
+    differ from the CPU's, so its runs are never pooled with theirs)."""
     return (f"{recipe['optimizer']} lr{recipe['lr']:g}/bb{recipe['backbone_lr']:g} wd{recipe['weight_decay']:g} "
             f"{recipe['scheduler']} w{recipe['warmup_epochs']:g} e{recipe['epochs']} b{recipe['batch_size']}"
             + (f" ls{recipe['label_smoothing']:g}" if recipe.get('label_smoothing') else '')
             + (f" {recipe['mixed_precision']}" if recipe.get('mixed_precision', 'no') != 'no' else '')
             + (f" max{recipe['max_steps']}steps" if recipe.get('max_steps') else '')
-            + (f" k{recipe['shots']}" if recipe.get('shots') else ''))
+            + (f" k{recipe['shots']}" if recipe.get('shots') else '')
+            + (f" {recipe['device']}" if recipe.get('device', 'cpu') != 'cpu' else ''))
 
 
 def paper_recipe(method: str) -> dict:
@@ -264,6 +266,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     """Train each model of `args` (baseline unless --skip-baseline, then the method variants) for each seed."""
     import timm
     recipe = {k: getattr(args, k) for k in RECIPE_FIELDS + ('max_steps', 'shots')}
+    recipe['device'] = 'cuda' if torch.cuda.is_available() and not args.cpu else 'cpu'
     rid = recipe_id(recipe)
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
@@ -333,7 +336,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,
                 'source_step': source_step, 'resumed': results.get('resumed_from'),
                 'saliency': saliency_activity(Path(cfg.output_dir), dataset) if name.startswith('hsm') else None,
-                **run_metadata(torch.device('cpu')),
+                **run_metadata(torch.device(recipe['device'])),
             }
             add_run(out, run)
             print(f"{label}: top-1 {run['top1']:.2f}% (heads {json.dumps(run['per_head_top1'])}), compute "

@@ -1,8 +1,8 @@
 """The transfer protocol's summary (SPEC §8): gains against the baseline's mean, and gates a dead part cannot pass."""
 import pytest
 
-from timm_fgvc.benchmarks import (Commands, few_shot_summaries, few_shot_table, gate_verdict, transfer_table,
-                                   headline_row, summary_table, transfer_summary)
+from timm_fgvc.benchmarks import (Commands, few_shot_summaries, few_shot_table, gate_verdict, headline_row,
+                                   schedule_summaries, summary_table, transfer_summary, transfer_table)
 
 
 def _run(model, seed, top1, role='method', label=None, recipe='sgd e12', saliency=None, model_args=None, date=''):
@@ -135,3 +135,42 @@ def test_a_reference_row_is_measured_against_the_baseline_but_neither_gated_nor_
     assert [l.split(' | ')[0] for l in lines] == ['| resnet18', '| resnet18 x3 on caa views', '| caa_resnet18']
     assert '| +4.00 | reference, no gate |' in lines[1]
     assert 'reference' not in summary_table([], data) and '59.00 (+3.00' in summary_table([], data)
+
+
+def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epochs_and_never_pool_devices():
+    """Runs that differ from a recipe only in epochs form one table, each cell against the baseline trained as long;
+    a --stage-epochs ablation (not at equal epochs), a few-shot run and another device's runs stay out of it."""
+    gpu = lambda e: f'sgd e{e} b32 bf16 cuda'  # noqa: E731
+    runs = [_run('resnet18', s, t, role='baseline', recipe=gpu(12)) for s, t in ((0, 55.0), (1, 57.0))]
+    runs += [_run('resnet18', s, t, role='baseline', recipe=gpu(36)) for s, t in ((0, 57.0), (1, 58.0))]
+    runs += [_run('caa_resnet18', 0, 57.0, recipe=gpu(12)), _run('caa_resnet18', 0, 60.0, recipe=gpu(36)),
+             _run('caa_resnet18', 1, 62.0, recipe=gpu(36)),
+             _run('resnet18', 0, 40.0, role='baseline', recipe='sgd e36 b32 bf16'),  # the CPU's: another family
+             dict(_run('caa_resnet18', 0, 70.0, label='caa 3x', recipe=gpu(12)), epochs_ratio=3.0)]
+    runs = [dict(r, lr=0.04) for r in runs + [_run('resnet18', 0, 55.0, role='baseline', recipe='sgd e12 b32 bf16')]]
+    data = {'recipe': 'sgd e12 b32 bf16', 'runs': runs,
+            'protocol': {'img_size': 128, 'output_stride': 16, 'source': 'src'}, '_file': 'f.json'}
+    (sch,) = schedule_summaries(data)
+    assert sch['recipe'] == 'sgd e* b32 bf16 cuda' and sch['epochs'] == [12, 36]
+    assert set(sch['rows']) == {'resnet18', 'caa_resnet18'}
+    caa = sch['rows']['caa_resnet18']['per_epochs']
+    assert caa[12]['gain'] == pytest.approx(1.0) and caa[36]['gain'] == pytest.approx(3.5)
+    assert caa[36]['seeds'] == [0, 1] and sch['rows']['resnet18']['per_epochs'][36]['gain'] is None
+    table = transfer_table(data, Commands())
+    assert '| caa_resnet18 | 57.00 (+1.00, 1) | 61.00 ± 1.41 (+3.50, 2) | +3: 12 epochs below; 36 epochs passes on ' \
+           '2 seeds (3 needed within 1 pt of the gate) |' in table
+    other = table.split('Other recipes')[1].split('Equal epochs')[0]  # the table's recipes are not listed again
+    assert '`sgd e36 b32 bf16`' in other and 'cuda' not in other
+    # a family whose methods ran at one length only has no table
+    assert schedule_summaries({'runs': [r for r in runs if r['recipe_id'] != gpu(36) or r['role'] == 'baseline']}) \
+        == []
+
+
+def test_a_run_on_an_accelerator_is_its_own_recipe():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+    from transfer import TRANSFER_DEFAULTS, recipe_id
+    cpu = recipe_id({**TRANSFER_DEFAULTS, 'device': 'cpu'})
+    assert cpu == recipe_id(TRANSFER_DEFAULTS) == 'sgd lr0.04/bb0.02 wd0.0001 cosine w1 e12 b32 bf16'
+    assert recipe_id({**TRANSFER_DEFAULTS, 'device': 'cuda'}) == cpu + ' cuda'

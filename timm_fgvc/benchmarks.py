@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -442,6 +443,81 @@ def _few_shot_summary(data: dict, recipe: str, few: List[Tuple[dict, int]]) -> D
     return {'recipe': recipe, 'epochs': few[0][0]['recipe'].get('epochs'), 'shots': shots, 'rows': labels}
 
 
+def _schedule_family(run: dict) -> Optional[Tuple[str, int]]:
+    """(recipe id with its epochs as `e*`, epochs) of a run at the recipe's own epochs, else None (a few-shot run, or
+    a --stage-epochs ablation, which is not at equal epochs)."""
+    match = re.search(r' e(\d+) ', run['recipe_id'])
+    if not match or _few_shot_base(run) or run.get('epochs_ratio', 1.0) != 1.0:
+        return None
+    return run['recipe_id'][:match.start()] + ' e* ' + run['recipe_id'][match.end():], int(match.group(1))
+
+
+def schedule_summaries(data: dict) -> List[Dict[str, Any]]:
+    """Equal epochs at several schedule lengths: runs of one recipe that differ only in epochs (`--epochs`), each
+    model against the baseline trained the same epochs. One summary per such recipe family in which a method was
+    measured at two or more lengths: per row label and epochs, mean top-1, std, seeds and gain."""
+    families: Dict[str, Dict[Tuple[str, int], List[dict]]] = {}
+    for r in data.get('runs', []):
+        if (key := _schedule_family(r)) is not None:
+            families.setdefault(key[0], {}).setdefault((r['label'], key[1]), []).append(r)
+    summaries = []
+    for family, cells in sorted(families.items()):
+        rows: Dict[str, dict] = {}
+        for (label, _), runs in cells.items():
+            rows.setdefault(label, {'label': label, 'model': runs[0]['model'], 'role': runs[0]['role'],
+                                    'per_epochs': {}, 'command': runs[-1]['command']})
+        base = next((label for label, row in rows.items() if row['role'] == 'baseline'), None)
+        epochs = sorted({e for _, e in cells})
+        for label, row in rows.items():
+            for e in epochs:
+                top1 = [r['top1'] for r in cells.get((label, e), [])]
+                if not top1:
+                    continue
+                base_top1 = [r['top1'] for r in cells.get((base, e), [])] if base else []
+                row['per_epochs'][e] = {
+                    'mean': statistics.fmean(top1), 'std': statistics.stdev(top1) if len(top1) > 1 else None,
+                    'seeds': sorted(r['seed'] for r in cells[(label, e)]),
+                    'gain': None if not base_top1 or row['role'] == 'baseline'
+                    else statistics.fmean(top1) - statistics.fmean(base_top1)}
+        if any(sum(c['gain'] is not None for c in row['per_epochs'].values()) >= 2 for row in rows.values()):
+            summaries.append({'recipe': family, 'epochs': epochs, 'rows': rows,
+                              'recipe_ids': sorted({r['recipe_id'] for runs in cells.values() for r in runs})})
+    return summaries
+
+
+def schedule_table(data: dict, commands: 'Commands') -> str:
+    """The tables of `schedule_summaries`: a cell per model and epochs, the gate judged at each length."""
+    text = ''
+    for sch in schedule_summaries(data):
+        lines = ['| Model | ' + ' | '.join(f"{e} epochs" for e in sch['epochs']) + ' | Gate | Cmd |',
+                 '|---' * (len(sch['epochs']) + 3) + '|']
+        for row in sorted(sch['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label'])):
+            cells = []
+            for e in sch['epochs']:
+                c = row['per_epochs'].get(e)
+                if c is None:
+                    cells.append('–')
+                    continue
+                spread = f" ± {c['std']:.2f}" if c['std'] is not None else ''
+                cells.append(f"{c['mean']:.2f}{spread} ({len(c['seeds'])})" if c['gain'] is None else
+                             f"{c['mean']:.2f}{spread} ({signed(c['gain'])}, {len(c['seeds'])})")
+            gate = TRANSFER_GATES.get(row['model'].split('_')[0])
+            if row['role'] == 'baseline':
+                verdict = 'yardstick'
+            elif gate is None:
+                verdict = '–'
+            else:
+                verdict = f'+{gate:g}: ' + '; '.join(
+                    f"{e} epochs {gate_verdict({'gain': c['gain'], 'seeds': c['seeds']}, gate)}"
+                    for e, c in row['per_epochs'].items() if c['gain'] is not None)
+            lines.append(f"| {row['label']} | " + ' | '.join(cells) + f" | {verdict} | "
+                         f"{commands.ref(row['command'], data['_file'])} |")
+        text += (f"\nEqual epochs at several schedule lengths, recipe `{sch['recipe']}` (`--epochs`; a staged method "
+                 "splits each length in its paper's proportions): every model against the baseline trained the same "
+                 "epochs. Cells: top-1 ± std (gain vs that baseline's mean, seeds).\n\n" + '\n'.join(lines) + '\n')
+    return text
+
+
 DEAD_SALIENCY_SHARE = 0.01  # live saliency cells below which HSM's branch counts as dead
 
 
@@ -506,12 +582,15 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             "'reference, no gate' are controls: plain models that tell what a method's extra compute or views would "
             "give without the method.\n\n")
     text += '\n'.join(lines) + '\n'
-    if s['other_recipes']:
+    in_schedules = {rid for sch in schedule_summaries(data) for rid in sch['recipe_ids']}
+    others = [rid for rid in s['other_recipes'] if rid not in in_schedules]
+    if others:
         text += ('\nOther recipes (the baseline sweep, and runs under an earlier recipe):\n\n'
                  '| Recipe | Runs (top-1, seed) |\n|---|---|\n' + '\n'.join(
                      f"| `{rid}` | " + ', '.join(f"{r['label']} {r['top1']:.2f} (s{r['seed']})"
                                                for r in data['runs'] if r['recipe_id'] == rid) + ' |'
-                     for rid in s['other_recipes']) + '\n')
+                     for rid in others) + '\n')
+    text += schedule_table(data, commands)
     text += few_shot_table(data, commands)
     notes = data.get('notes') or {}
     if notes:
