@@ -656,6 +656,7 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
             'gate) | Compute vs baseline |', '|---|---|---|---|']
     summary = transfer_summary(transfer) if transfer and transfer.get('runs') else None
     few_shot = few_shot_summaries(transfer) if summary else []
+    schedules = schedule_summaries(transfer) if summary else []
     for method, name in METHODS.items():
         paper_rows = [e for e in throughput if e['method'] == method and e.get('paper_variant')
                       and e['device_type'] == 'cpu']
@@ -688,6 +689,15 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
                 acc += (f"; few-shot k = {', '.join(map(str, few['gain_shots']))}"
                         + (f", {fs['epochs']} epochs" if fs['epochs'] else '')
                         + f": mean gain {signed(few['gain'])} (gate: {gate_verdict(few, gate)}{label})")
+        for sch in schedules:  # the paper's own model past its gate at equal epochs on a longer schedule
+            plain = sch['rows'].get(f'{method}_resnet18', {}).get('per_epochs', {})
+            for epochs, cell in plain.items():
+                verdict = gate_verdict(cell, gate) if cell['gain'] is not None else ''
+                if verdict.startswith('pass'):
+                    where = ', GPU runs' if sch['recipe'].endswith(' cuda') else ''
+                    acc += (f"; equal epochs, {epochs} for both{where}: "
+                            f"{cell['mean']:.2f} ({signed(cell['gain'])} vs the baseline trained as long, {verdict}, "
+                            f"{len(cell['seeds'])} seeds)")
         rows.append(f'| {name} | {speed} | {acc} | {compute} |')
     base = (summary or {}).get('baseline_mean')
     base_row = (summary or {}).get('rows', {}).get('resnet18')
