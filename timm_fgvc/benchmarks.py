@@ -307,7 +307,9 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   HSM's step 1 is run once per seed and reused),
   `--resume` (a killed sweep: each run continues from the newest complete checkpoint in its folder). Each finished
   run is added at once to `bench/results/accuracy_transfer.json`, so parallel processes and interrupted sweeps add
-  up.
+  up. It trains on CUDA where there is one (`--cpu` forces the CPU); a GPU run's recipe id ends in ` cuda`, so it is
+  never pooled with CPU runs, and runs of one recipe at several `--epochs` are tabled side by side, each against the
+  baseline trained as long.
   `python bench/hsm_source_step.py --workdir W --settings '[[bias, lr, steps], ...]'` probes HSM's step 1 (live
   saliency cells and source top-1 per setting); `python bench/probes.py lfd|caa|caa-where|where RUN --dataset DIR`
   probes a trained run (heads under trained / random / fixed attention, attention off, where CAA's masks fall,
