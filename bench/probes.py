@@ -105,11 +105,11 @@ def probe_caa(model, images, labels):
 def probe_caa_where(model, images):
     """Per scale: mean attention M and Otsu mask share over the grid's central half vs its border ring, and how
     often M's peak is in the central half (chance: its share of the cells). CUB birds are mostly centred."""
-    outs = batched(model._forward_scales, images)
+    outs = batched(lambda x: model.attention_maps(x, return_details=True)[1], images)
     result = {}
-    for k in range(len(outs[0])):
-        attention = torch.cat([o[k]['attention'].float() for o in outs])
-        mask = torch.cat([o[k]['object_mask'] for o in outs]).float()
+    for k in range(model.num_scales):
+        attention = torch.cat([o[f'attention_{k}'].float() for o in outs])
+        mask = torch.cat([o[f'object_mask_{k}'] for o in outs]).float()
         centre, ring = centre_and_ring(*attention.shape[-2:])
         peak = attention.flatten(1).argmax(1)
         result[f'scale {k}'] = {

@@ -310,15 +310,17 @@ class CAA(FGVCModel):
 
     def attention_maps(self, x: torch.Tensor, return_details: bool = False):
         """Each scale's attention M in input-image coordinates, `[B, S, H, W]` in [0, 1] (zero outside the box the
-        scale zoomed into). Details: `scale_boxes` `[B, S, 4]` (x1, y1, x2, y2 px in the input), the Otsu masks
-        `object_mask_k` on each scale's feature grid, and the zoomed images `zoomed_regions` `[B, S - 1, C, H, W]`.
+        scale zoomed into). Details: `scale_boxes` `[B, S, 4]` (x1, y1, x2, y2 px in the input), each scale's M
+        `attention_k` and Otsu mask `object_mask_k` on its own feature grid, and the zoomed images `zoomed_regions`
+        `[B, S - 1, C, H, W]`.
         """
         scales = self._forward_scales(x)
         attention = self._attention_in_image(scales, x.shape[-2:])
         if not return_details:
             return attention
         details = {'scale_boxes': torch.stack([s['box'] for s in scales], 1)}
-        details.update({f'object_mask_{k}': s['object_mask'] for k, s in enumerate(scales)})
+        for k, scale in enumerate(scales):
+            details.update({f'attention_{k}': scale['attention'], f'object_mask_{k}': scale['object_mask']})
         if len(scales) > 1:
             details['zoomed_regions'] = torch.stack([s['image'] for s in scales[1:]], 1)
         return attention, details
