@@ -160,7 +160,8 @@ def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epoch
     assert '| caa_resnet18 | 57.00 (+1.00, 1) | 61.00 ± 1.41 (+3.50, 2) | +3: 12 epochs below; 36 epochs passes on ' \
            '2 seeds (3 needed within 1 pt of the gate) |' in table
     line = next(l for l in summary_table([], data).splitlines() if l.startswith('| CAA'))
-    assert 'equal epochs, 36 for both, GPU runs: 61.00 (+3.50 vs the baseline trained as long, passes on 2 seeds' in line
+    assert 'equal epochs, 36 for both, GPU runs: 61.00 (+3.50 vs the baseline trained as long, passes on 2 seeds' \
+        in line
     assert '12 for both' not in line  # +1: below, not named
     other = table.split('Other recipes')[1].split('Equal epochs')[0]  # the table's recipes are not listed again
     assert '`sgd e36 b32 bf16`' in other and 'cuda' not in other
