@@ -235,7 +235,7 @@ def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recip
         optimizer=recipe['optimizer'], lr=lr, backbone_lr=recipe['backbone_lr'], batch_size=recipe['batch_size'],
         weight_decay=recipe['weight_decay'], scheduler=recipe['scheduler'], warmup_epochs=recipe['warmup_epochs'],
         mixed_precision=recipe['mixed_precision'], stage_epochs=source_step_stages(args, recipe),
-        epochs=recipe['epochs'], max_steps=steps, max_eval_samples=600, seed=seed, eval_every=10 ** 6,
+        epochs=recipe['epochs'], max_steps=steps, max_eval_samples=600, seed=seed, eval_every=10 ** 6, cpu=args.cpu,
         keep_checkpoints=1, num_workers=args.workers, overwrite=True, output_dir=str(out_root / 'source_step'))
     print(f'\n=== transfer seed {seed}: {name} step 1 on the source classes ({args.source_step_epochs:g} epochs, '
           f'{steps} steps, lr {lr:g})', flush=True)
@@ -309,7 +309,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 optimizer=recipe['optimizer'], lr=extra['lr'], backbone_lr=recipe['backbone_lr'],
                 epochs=recipe['epochs'], batch_size=recipe['batch_size'], weight_decay=recipe['weight_decay'],
                 scheduler=recipe['scheduler'], warmup_epochs=recipe['warmup_epochs'],
-                mixed_precision=recipe['mixed_precision'], label_smoothing=recipe['label_smoothing'],
+                mixed_precision=recipe['mixed_precision'], label_smoothing=recipe['label_smoothing'], cpu=args.cpu,
                 stage_epochs=extra['stage_epochs'], shots=recipe['shots'], seed=seed,
                 eval_every=max(recipe['epochs'], 1),
                 keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers, output_dir=str(run_dir),
