@@ -392,6 +392,25 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
     return {'recipe': recipe, 'baseline_mean': base_mean, 'rows': rows, 'other_recipes': others}
 
 
+def seed_stats(runs: List[dict], baseline_runs: List[dict]) -> Dict[str, Any]:
+    """Top-1 over the seeds of `runs`: mean, std (None for one seed), seeds, and the gain over the mean of
+    `baseline_runs` (None without them)."""
+    top1 = [r['top1'] for r in runs]
+    base = [r['top1'] for r in baseline_runs]
+    return {'mean': statistics.fmean(top1), 'std': statistics.stdev(top1) if len(top1) > 1 else None,
+            'seeds': sorted(r['seed'] for r in runs),
+            'gain': statistics.fmean(top1) - statistics.fmean(base) if base else None}
+
+
+def seed_cell(stats: Optional[Dict[str, Any]], baseline: bool = False, spread: bool = True) -> str:
+    """A table cell of `seed_stats`: 'mean ± std (gain, seeds)' ('–' for a gain without a baseline to take it
+    against), a baseline's without the gain; '–' when not measured."""
+    if stats is None:
+        return '–'
+    text = f"{stats['mean']:.2f}" + (f" ± {stats['std']:.2f}" if spread and stats['std'] is not None else '')
+    return text + (f" ({len(stats['seeds'])})" if baseline else f" ({signed(stats['gain'])}, {len(stats['seeds'])})")
+
+
 def _few_shot_base(run: dict) -> Optional[Tuple[str, int]]:
     """(base recipe id, k) of a few-shot run (`--shots k`: its recipe id is the base's + ' k<k>'), else None."""
     k = (run.get('recipe') or {}).get('shots')
@@ -428,13 +447,9 @@ def _few_shot_summary(data: dict, recipe: str, few: List[Tuple[dict, int]]) -> D
             runs = cells.get((row['label'], k), [])
             if not runs:
                 continue
-            top1 = [r['top1'] for r in runs]
-            base = [r['top1'] for r in cells.get((base_label, k), [])] if base_label else []
-            row['per_k'][k] = {
-                'mean': statistics.fmean(top1), 'std': statistics.stdev(top1) if len(top1) > 1 else None,
-                'seeds': sorted(r['seed'] for r in runs),
-                'gain': None if not base or row['role'] == 'baseline' else statistics.fmean(top1) - statistics.fmean(base),
-                'saliency': [r['saliency']['active_cells'] for r in runs if r.get('saliency')]}
+            base = cells.get((base_label, k), []) if base_label and row['role'] != 'baseline' else []
+            row['per_k'][k] = dict(seed_stats(runs, base),
+                                   saliency=[r['saliency']['active_cells'] for r in runs if r.get('saliency')])
         gains = [c['gain'] for c in row['per_k'].values() if c['gain'] is not None]
         live = [a for c in row['per_k'].values() for a in c['saliency']]
         own = [r for r, _ in few if r['label'] == row['label']]
@@ -472,15 +487,9 @@ def schedule_summaries(data: dict) -> List[Dict[str, Any]]:
         epochs = sorted({e for _, e in cells})
         for label, row in rows.items():
             for e in epochs:
-                top1 = [r['top1'] for r in cells.get((label, e), [])]
-                if not top1:
-                    continue
-                base_top1 = [r['top1'] for r in cells.get((base, e), [])] if base else []
-                row['per_epochs'][e] = {
-                    'mean': statistics.fmean(top1), 'std': statistics.stdev(top1) if len(top1) > 1 else None,
-                    'seeds': sorted(r['seed'] for r in cells[(label, e)]),
-                    'gain': None if not base_top1 or row['role'] == 'baseline'
-                    else statistics.fmean(top1) - statistics.fmean(base_top1)}
+                if (label, e) in cells:
+                    row['per_epochs'][e] = seed_stats(cells[(label, e)], cells.get((base, e), [])
+                                                      if base and row['role'] != 'baseline' else [])
         if any(sum(c['gain'] is not None for c in row['per_epochs'].values()) >= 2 for row in rows.values()):
             summaries.append({'recipe': family, 'epochs': epochs, 'rows': rows,
                               'recipe_ids': sorted({r['recipe_id'] for runs in cells.values() for r in runs})})
@@ -494,15 +503,7 @@ def schedule_table(data: dict, commands: 'Commands') -> str:
         lines = ['| Model | ' + ' | '.join(f"{e} epochs" for e in sch['epochs']) + ' | Gate | Cmd |',
                  '|---' * (len(sch['epochs']) + 3) + '|']
         for row in sorted(sch['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label'])):
-            cells = []
-            for e in sch['epochs']:
-                c = row['per_epochs'].get(e)
-                if c is None:
-                    cells.append('–')
-                    continue
-                spread = f" ± {c['std']:.2f}" if c['std'] is not None else ''
-                cells.append(f"{c['mean']:.2f}{spread} ({len(c['seeds'])})" if c['gain'] is None else
-                             f"{c['mean']:.2f}{spread} ({signed(c['gain'])}, {len(c['seeds'])})")
+            cells = [seed_cell(row['per_epochs'].get(e), row['role'] == 'baseline') for e in sch['epochs']]
             gate = TRANSFER_GATES.get(row['model'].split('_')[0])
             if row['role'] == 'baseline':
                 verdict = 'yardstick'
@@ -609,16 +610,8 @@ def few_shot_table(data: dict, commands: 'Commands') -> str:
         lines = ['| Model | ' + ' | '.join(head) + ' | Mean gain over k | Gate | Cmd |',
                  '|---' * (len(head) + 4) + '|']
         for row in sorted(fs['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label'])):
-            cells = []
-            for k in fs['shots']:
-                c = row['per_k'].get(k)
-                if c is None:
-                    cells.append('–')
-                elif row['role'] == 'baseline':
-                    cells.append(f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c['std'] is not None else '')
-                                 + f" ({len(c['seeds'])})")
-                else:
-                    cells.append(f"{c['mean']:.2f} ({signed(c['gain'])}, {len(c['seeds'])})")
+            baseline = row['role'] == 'baseline'
+            cells = [seed_cell(row['per_k'].get(k), baseline, spread=baseline) for k in fs['shots']]
             if row['role'] == 'baseline':
                 mean_gain, verdict = '–', 'yardstick'
             else:
