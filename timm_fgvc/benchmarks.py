@@ -309,7 +309,8 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   run is added at once to `bench/results/accuracy_transfer.json`, so parallel processes and interrupted sweeps add
   up. It trains on CUDA where there is one (`--cpu` forces the CPU); a GPU run's recipe id ends in ` cuda`, so it is
   never pooled with CPU runs, and runs of one recipe at several `--epochs` are tabled side by side, each against the
-  baseline trained as long.
+  baseline trained as long. `python bench/sweep.py jobs.txt --slots 8 --common '--suites transfer'` runs a list of
+  such jobs (one `bench/accuracy.py` argument list a line) several at a time: one GPU holds many of these small runs.
   `python bench/hsm_source_step.py --workdir W --settings '[[bias, lr, steps], ...]'` probes HSM's step 1 (live
   saliency cells and source top-1 per setting); `python bench/probes.py lfd|caa|caa-where|where RUN --dataset DIR`
   probes a trained run (heads under trained / random / fixed attention, attention off, where CAA's masks fall,

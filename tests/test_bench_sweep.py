@@ -1,0 +1,54 @@
+"""bench/sweep.py: jobs run N at a time, a failure and the jobs cut off by the deadline are reported, never lost."""
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+from sweep import main, read_jobs, run_sweep  # noqa: E402
+
+# stands in for bench/accuracy.py: records when it ran, sleeps, exits with the status it is given
+JOB = """
+import sys, time
+name, seconds, status = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+start = time.time()
+time.sleep(seconds)
+open(f'{sys.argv[4]}/{name}', 'w').write(f'{start} {time.time()}')
+sys.exit(status)
+"""
+
+
+def test_jobs_run_slots_at_a_time_and_failures_and_the_deadline_are_reported(tmp_path):
+    script = tmp_path / 'job.py'
+    script.write_text(JOB)
+    done = tmp_path / 'done'
+    done.mkdir()
+    jobs = [f'{name} 1.0 0' for name in 'abc'] + ['bad 0.1 3']
+    problems = run_sweep([f'{j} {done}' for j in jobs], slots=2, script=script, logs=tmp_path / 'logs', poll=0.05)
+    spans = {p.name: tuple(map(float, p.read_text().split())) for p in done.iterdir()}
+    assert set(spans) == {'a', 'b', 'c', 'bad'}
+    events = sorted([(t0, 1) for t0, _ in spans.values()] + [(t1, -1) for _, t1 in spans.values()])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2  # two slots: never three at once, and both used
+    assert problems == [f'exit status 3 (log {tmp_path / "logs" / "job03.log"}): bad 0.1 3 {done}']
+
+    # past the deadline: the running job is stopped, the pending one never starts, both are listed
+    start = time.monotonic()
+    problems = run_sweep([f'slow 30 0 {done}', f'later 0.1 0 {done}'], slots=1, script=script,
+                         logs=tmp_path / 'logs', poll=0.05, deadline=1.0)
+    assert time.monotonic() - start < 10
+    assert problems == [f'killed at the deadline: slow 30 0 {done}', f'not started: later 0.1 0 {done}']
+    assert not (done / 'slow').exists() and not (done / 'later').exists()
+
+
+def test_a_jobs_file_without_jobs_is_refused_before_anything_runs(tmp_path, capsys):
+    jobs = tmp_path / 'jobs.txt'
+    jobs.write_text('# nothing yet\n\n')
+    assert read_jobs(jobs) == []
+    with pytest.raises(SystemExit) as error:
+        main([str(jobs)])
+    assert error.value.code == 2 and 'holds no job' in capsys.readouterr().err
