@@ -6,12 +6,14 @@ this module is imported by path (`bench/` is on `sys.path` when a script in it r
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -99,17 +101,31 @@ def run_metadata(device: torch.device) -> dict:
     }
 
 
-def merge_results(path: Path, entries: List[dict], key_fields: Sequence[str]) -> List[dict]:
-    """Add `entries` to the JSON list in `path`, replacing older entries with the same key; returns the list."""
-    old = []
-    if path.exists():
-        try:
-            old = json.loads(path.read_text()).get('entries', [])
-        except (ValueError, AttributeError):
-            old = []
-    key = lambda e: tuple(json.dumps(e.get(k), sort_keys=True) for k in key_fields)  # noqa: E731
-    new_keys = {key(e) for e in entries}
-    merged = [e for e in old if key(e) not in new_keys] + list(entries)
+@contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on `path` (its `.lock` sibling) while results are read and written back: jobs run in
+    parallel (`bench/sweep.py`) add to the same file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({'entries': merged}, indent=2) + '\n')
+    with open(path.with_suffix('.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def merge_results(path: Path, entries: List[dict], key_fields: Sequence[str]) -> List[dict]:
+    """Add `entries` to the JSON list in `path` (under its lock), replacing older entries with the same key; returns
+    the list."""
+    with locked(path):
+        old = []
+        if path.exists():
+            try:
+                old = json.loads(path.read_text()).get('entries', [])
+            except (ValueError, AttributeError):
+                old = []
+        key = lambda e: tuple(json.dumps(e.get(k), sort_keys=True) for k in key_fields)  # noqa: E731
+        new_keys = {key(e) for e in entries}
+        merged = [e for e in old if key(e) not in new_keys] + list(entries)
+        path.write_text(json.dumps({'entries': merged}, indent=2) + '\n')
     return merged

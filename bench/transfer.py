@@ -16,17 +16,15 @@ from that list when it is printed or rendered (`timm_fgvc.benchmarks.transfer_su
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 import yaml
 
-from _common import METHODS, REPO, run_metadata, split_variant
+from _common import METHODS, REPO, locked, run_metadata, split_variant
 from timm_fgvc.benchmarks import transfer_summary
 
 SOURCE_WEIGHTS = REPO.parent / 'shared' / 'data' / 'resnet18_cub150.safetensors'
@@ -104,17 +102,6 @@ def backbone_passes(model, size: int, stage_epochs: Optional[List[float]] = None
             h.remove()
         model.train(was_training)
     return sum(p * w for p, w in zip(per_stage, weights)) / sum(weights)
-
-
-@contextmanager
-def locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix('.lock'), 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_key(run: dict) -> tuple:

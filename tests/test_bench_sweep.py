@@ -1,4 +1,6 @@
 """bench/sweep.py: jobs run N at a time, a failure and the jobs cut off by the deadline are reported, never lost."""
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,3 +54,16 @@ def test_a_jobs_file_without_jobs_is_refused_before_anything_runs(tmp_path, caps
     with pytest.raises(SystemExit) as error:
         main([str(jobs)])
     assert error.value.code == 2 and 'holds no job' in capsys.readouterr().err
+
+
+def test_parallel_jobs_writing_one_results_file_lose_no_entry(tmp_path):
+    """What `bench/sweep.py` relies on: `merge_results` (the synthetic / cub suites; the transfer suite's `add_run`
+    takes the same lock) read-modify-writes under a lock, so runs that finish at the same moment all land."""
+    out = tmp_path / 'accuracy_x.json'
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from _common import merge_results\n"
+            "for i in range(25): merge_results(Path(sys.argv[2]), [{'job': sys.argv[3], 'i': i}], ('job', 'i'))")
+    bench = str(Path(__file__).resolve().parents[1] / 'bench')
+    procs = [subprocess.Popen([sys.executable, '-c', code, bench, str(out), str(j)]) for j in range(6)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    entries = json.loads(out.read_text())['entries']
+    assert sorted((e['job'], e['i']) for e in entries) == [(str(j), i) for j in range(6) for i in range(25)]
