@@ -103,8 +103,9 @@ def run_metadata(device: torch.device) -> dict:
 
 @contextmanager
 def locked(path: Path):
-    """Hold an exclusive lock on `path` (its `.lock` sibling) while results are read and written back: jobs run in
-    parallel (`bench/sweep.py`) add to the same file."""
+    """Hold an exclusive lock on `path` (its `.lock` sibling) while it is read and written back: jobs run in
+    parallel (`bench/sweep.py`) share results files, the CUB subset and HSM's source steps. Not re-entrant: a
+    process that takes it again for the same path waits for itself."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix('.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -127,5 +128,13 @@ def merge_results(path: Path, entries: List[dict], key_fields: Sequence[str]) ->
         key = lambda e: tuple(json.dumps(e.get(k), sort_keys=True) for k in key_fields)  # noqa: E731
         new_keys = {key(e) for e in entries}
         merged = [e for e in old if key(e) not in new_keys] + list(entries)
-        path.write_text(json.dumps({'entries': merged}, indent=2) + '\n')
+        write_atomic(path, json.dumps({'entries': merged}, indent=2) + '\n')
     return merged
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary sibling and rename it over `path`: a reader, or a job killed mid-write, never
+    leaves or sees a half-written results file."""
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)

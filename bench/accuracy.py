@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (METHODS, REPO, RESULTS_DIR, merge_results, registered_variants, run_metadata,  # noqa: E402
+from _common import (METHODS, REPO, RESULTS_DIR, locked, merge_results, registered_variants, run_metadata,  # noqa: E402
                      split_variant)
 
 import timm  # noqa: E402
@@ -88,14 +88,15 @@ def prepare_cub_subset(tar_path: Path, num_classes: int, workdir: Path, first: i
         if len(classes) < first + num_classes:
             raise SystemExit(f'{tar_path} has {len(classes)} classes, fewer than {first} + {num_classes}.')
         keep = set(classes[first:first + num_classes])
-        if not marker.exists():
-            for member, p in zip(members, parts):
-                if len(p) > base + 2 and p[base] in ('train', 'test') and p[base + 1] in keep:
-                    target = root.joinpath(*p[base:])
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as src:
-                        target.write_bytes(src.read())
-            marker.touch()
+        with locked(marker):  # parallel jobs (bench/sweep.py): one extracts, the others wait for it
+            if not marker.exists():
+                for member, p in zip(members, parts):
+                    if len(p) > base + 2 and p[base] in ('train', 'test') and p[base + 1] in keep:
+                        target = root.joinpath(*p[base:])
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        with tar.extractfile(member) as src:
+                            target.write_bytes(src.read())
+                marker.touch()
     return root, classes[first:first + num_classes]
 
 

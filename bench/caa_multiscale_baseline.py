@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS_DIR, run_metadata  # noqa: E402
 from probes import load_test_set, probe_ensemble  # noqa: E402
-from transfer import PROTOCOL, SOURCE_WEIGHTS, TRANSFER_DEFAULTS, add_run, recipe_id  # noqa: E402
+from transfer import PROTOCOL, SOURCE_WEIGHTS, TRANSFER_DEFAULTS, add_run, recipe_id, training_device  # noqa: E402
 
 import timm  # noqa: E402
 import torch  # noqa: E402
@@ -145,6 +145,7 @@ def main(argv=None):
     p.add_argument('--dataset', default=None, help="the target image folder (default: the CAA run's)")
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--max-steps', type=int, default=None, help='a smoke run')
+    p.add_argument('--cpu', action='store_true', help='train on the CPU even where an accelerator is present')
     p.add_argument('--views', choices=['caa', 'centre'], default='caa',
                    help="caa: the CAA run's zoomed views; centre: fixed central crops of their mean size (attention off)")
     p.add_argument('--results-dir', default=str(RESULTS_DIR), help='adds a reference row to accuracy_transfer.json')
@@ -162,7 +163,7 @@ def main(argv=None):
         p.error(f"--caa-run {args.caa_run} is a {caa_cfg['model']} run; the views come from a CAA run.")
     dataset = args.dataset or caa_cfg['dataset']
     scales = teacher_model(args.caa_run).num_scales
-    recipe = dict(TRANSFER_DEFAULTS)
+    recipe = dict(TRANSFER_DEFAULTS, device=training_device(args.cpu))
     root = (Path(args.workdir) / 'caa_multiscale_baseline' / f'seed{args.seed}' /
             (Path(args.caa_run).name + ('_centre' if args.views == 'centre' else '')))
     init, runs, per_scale = str(SOURCE_WEIGHTS), [], []
@@ -177,8 +178,8 @@ def main(argv=None):
                                                    'box_fraction': boxes[k]['box_fraction'] if boxes else None},
             dataset=dataset, output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'],
             crop_pct=PROTOCOL['crop_pct'], seed=args.seed, eval_every=recipe['epochs'], keep_checkpoints=1,
-            max_steps=args.max_steps, output_dir=str(out), overwrite=True,
-            **recipe)
+            max_steps=args.max_steps, output_dir=str(out), overwrite=True, cpu=args.cpu,
+            **{k: v for k, v in recipe.items() if k != 'device'})
         result = train(cfg)
         top1 = result.get('final', {}).get('eval_top1')
         per_scale.append(top1)
@@ -210,7 +211,8 @@ def reference_run(caa_run: str, seed: int, recipe: dict, max_steps, ensemble: di
         'top1': ensemble['ensemble'], 'top5': None,
         'per_head_top1': {f'scale_{k}': v for k, v in enumerate(ensemble['each'])},
         'eval_samples': ensemble['images'], 'wall_seconds': wall, 'threads': torch.get_num_threads(),
-        'caa_top1': caa.get('final', {}).get('eval_top1'), **run_metadata(torch.device('cpu'))}
+        'caa_top1': caa.get('final', {}).get('eval_top1'),
+        **run_metadata(torch.device(recipe.get('device', 'cpu')))}
 
 if __name__ == '__main__':
     main()

@@ -6,12 +6,14 @@ it): on an H100, 7-8 of them side by side finished a 12-epoch baseline in ~45 s 
 to the results file at once, under its lock, so a sweep adds up as its jobs end and a stopped sweep keeps what
 finished.
 
-    python bench/sweep.py jobs.txt --slots 8 --common '--suites transfer --threads 2 --workers 2'
+    python bench/sweep.py jobs.txt --slots 8 --common '--suites transfer --threads 2 --workers 2 --workdir W'
 
-`jobs.txt`: one job a line, the arguments that follow `--common` (blank lines and `#` comments are skipped), e.g.
-`--methods caa --skip-baseline --seeds 0 --epochs 36`. Each job writes its output to `<logs>/jobNN.log`. Past
-`--deadline` seconds no job starts and the running ones are stopped; the jobs that did not finish, or failed, are
-listed and the exit status is 1.
+`jobs.txt`: one job a line, the arguments that follow `--common` (blank lines and lines starting with `#` are
+skipped), e.g. `--methods caa --skip-baseline --seeds 0 --epochs 36`. Give the jobs one `--workdir` in `--common`:
+they then share the extracted CUB subset and HSM's source steps (each made once, under a lock, while the others
+wait) and `--resume` finds their runs. Each job writes its output to `<logs>/jobNN.log` (a new sweep overwrites
+them). Past `--deadline` seconds no job starts and the running ones are stopped (SIGTERM, then SIGKILL after 10 s);
+the jobs that did not finish, or failed, are listed and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ BENCH = Path(__file__).resolve().parent
 
 
 def read_jobs(path: Path) -> List[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith('#')]
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith('#')]
 
 
 def run_sweep(jobs: List[str], slots: int, common: str = '', deadline: float = float('inf'),
@@ -50,8 +53,12 @@ def run_sweep(jobs: List[str], slots: int, common: str = '', deadline: float = f
                 continue
             status = 'ok'
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                proc.terminate()  # SIGTERM first: a job between two writes ends cleanly
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 status = 'killed at the deadline'
             elif proc.returncode:
                 status = f'exit status {proc.returncode} (log {logs / f"job{index:02d}.log"})'

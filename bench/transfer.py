@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import torch
 import yaml
 
-from _common import METHODS, REPO, locked, run_metadata, split_variant
+from _common import METHODS, REPO, locked, run_metadata, split_variant, write_atomic
 from timm_fgvc.benchmarks import transfer_summary
 
 SOURCE_WEIGHTS = REPO.parent / 'shared' / 'data' / 'resnet18_cub150.safetensors'
@@ -35,6 +35,16 @@ TRANSFER_DEFAULTS = dict(optimizer='sgd', lr=0.04, backbone_lr=0.02, epochs=12, 
                          scheduler='cosine', warmup_epochs=1., mixed_precision='bf16', label_smoothing=0.)
 RECIPE_FIELDS = ('optimizer', 'lr', 'backbone_lr', 'epochs', 'batch_size', 'weight_decay', 'scheduler',
                  'warmup_epochs', 'mixed_precision', 'label_smoothing')
+
+
+def training_device(cpu: bool) -> str:
+    """The device type the engine trains on (Accelerate's choice: CUDA, XPU or MPS where present), 'cpu' with
+    --cpu: it goes into the recipe id, so runs on different devices are never pooled."""
+    if cpu:
+        return 'cpu'
+    xpu, mps = getattr(torch, 'xpu', None), getattr(torch.backends, 'mps', None)
+    return ('cuda' if torch.cuda.is_available() else 'xpu' if xpu and xpu.is_available()
+            else 'mps' if mps and mps.is_available() else 'cpu')
 
 
 def recipe_id(recipe: dict) -> str:
@@ -119,7 +129,7 @@ def add_run(path: Path, run: dict) -> None:
         data = {'suite': 'transfer', 'protocol': {**PROTOCOL, 'source': 'resnet18_cub150.safetensors'},
                 'recipe': recipe_id(TRANSFER_DEFAULTS),
                 'notes': data.get('notes', {}), 'runs': runs}
-        path.write_text(json.dumps(data, indent=2) + '\n')
+        write_atomic(path, json.dumps(data, indent=2) + '\n')
 
 
 def method_config(name: str, recipe: dict, model_args: dict) -> dict:
@@ -205,6 +215,13 @@ def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recip
     key = source_step_key(name, step_args, recipe, lr, seed, args.source_step_epochs, weights, args.max_steps)
     step_root = Path(args.workdir) / 'transfer' / 'source_steps' / key
     record = step_root / 'step.json'
+    with locked(record):  # parallel jobs of one seed: the first trains the step, the others wait and reuse it
+        return _source_step(args, train, TrainConfig, name, step_args, recipe, lr, seed, weights, key, step_root)
+
+
+def _source_step(args, train, TrainConfig, name: str, step_args: dict, recipe: dict, lr: float, seed: int,
+                 weights: Path, key: str, step_root: Path) -> dict:
+    record = step_root / 'step.json'
     if record.exists():
         step = json.loads(record.read_text())
         if Path(step['weights']).exists():
@@ -233,7 +250,7 @@ def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recip
             'lr': lr, 'wall_seconds': time.time() - start, 'source_top1_600': final.get('eval_top1'),
             'saliency': saliency_activity(out_root / 'source_step', dataset),
             'weights': str(out_root / 'source_step' / 'model.safetensors'), 'key': key}
-    record.write_text(json.dumps(step, indent=2) + '\n')
+    write_atomic(record, json.dumps(step, indent=2) + '\n')
     return step
 
 
@@ -253,7 +270,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     """Train each model of `args` (baseline unless --skip-baseline, then the method variants) for each seed."""
     import timm
     recipe = {k: getattr(args, k) for k in RECIPE_FIELDS + ('max_steps', 'shots')}
-    recipe['device'] = 'cuda' if torch.cuda.is_available() and not args.cpu else 'cpu'
+    recipe['device'] = training_device(args.cpu)
     rid = recipe_id(recipe)
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
@@ -306,6 +323,9 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
             start = time.time()
             results = train(cfg)
             wall = time.time() - start
+            if torch.device(results['device']).type != recipe['device']:  # never credit a run to the wrong device
+                raise RuntimeError(f"{run_dir} trained on {results['device']}, but its recipe says "
+                                   f"{recipe['device']!r}: run with --cpu, or on one device type.")
             final = results.get('final', {})
             probe = timm.create_model(name, num_classes=PROTOCOL['classes'], **results['model_args'])
             label = name if not args.label or name == PROTOCOL['baseline'] else f'{name} ({args.label})'
@@ -328,7 +348,9 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
             add_run(out, run)
             print(f"{label}: top-1 {run['top1']:.2f}% (heads {json.dumps(run['per_head_top1'])}), compute "
                   f"x{run['compute_ratio']:.2f}, {wall:.0f} s -> {out}", flush=True)
-    table = transfer_summary(json.loads(out.read_text()))
+    with locked(out):
+        data = json.loads(out.read_text())
+    table = transfer_summary(data)
     print(f"\ntransfer, recipe {table['recipe']}: baseline mean {table['baseline_mean']}")
     for row in table['rows'].values():
         print(f"| {row['label']} | seeds {row['seeds']} | {row['mean']:.2f} | gain "

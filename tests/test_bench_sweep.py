@@ -59,11 +59,18 @@ def test_a_jobs_file_without_jobs_is_refused_before_anything_runs(tmp_path, caps
 def test_parallel_jobs_writing_one_results_file_lose_no_entry(tmp_path):
     """What `bench/sweep.py` relies on: `merge_results` (the synthetic / cub suites; the transfer suite's `add_run`
     takes the same lock) read-modify-writes under a lock, so runs that finish at the same moment all land."""
-    out = tmp_path / 'accuracy_x.json'
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from _common import merge_results\n"
+    out, go = tmp_path / 'accuracy_x.json', tmp_path / 'go'
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
+            "from _common import merge_results\n"
+            "Path(sys.argv[4] + '.ready' + sys.argv[3]).touch()\n"
+            "while not Path(sys.argv[4]).exists(): time.sleep(0.01)\n"  # all start merging at once
             "for i in range(25): merge_results(Path(sys.argv[2]), [{'job': sys.argv[3], 'i': i}], ('job', 'i'))")
     bench = str(Path(__file__).resolve().parents[1] / 'bench')
-    procs = [subprocess.Popen([sys.executable, '-c', code, bench, str(out), str(j)]) for j in range(6)]
+    procs = [subprocess.Popen([sys.executable, '-c', code, bench, str(out), str(j), str(go)]) for j in range(6)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob('go.ready*'))) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
     assert all(p.wait(timeout=120) == 0 for p in procs)
     entries = json.loads(out.read_text())['entries']
     assert sorted((e['job'], e['i']) for e in entries) == [(str(j), i) for j in range(6) for i in range(25)]

@@ -163,8 +163,20 @@ def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epoch
     assert 'equal epochs, 36 for both, GPU runs: 61.00 (+3.50 vs the baseline trained as long, passes on 2 seeds' \
         in line
     assert '12 for both' not in line  # +1: below, not named
-    other = table.split('Other recipes')[1].split('Equal epochs')[0]  # the table's recipes are not listed again
-    assert '`sgd e36 b32 bf16`' in other and 'cuda' not in other
+    other = table.split('Other recipes')[1].split('Equal epochs')[0]  # runs of the schedule table not listed again
+    assert '`sgd e36 b32 bf16`' in other and 'caa 3x 70.00 (s0)' in other  # ... the rest of their recipe is
+    assert 'caa_resnet18' not in other and 'resnet18 55.00' not in other
+    # a dead saliency map is not credited at any length, in the table and in the README
+    dead = [dict(_run('hsm_resnet18', 0, 59.0, recipe=gpu(e), saliency=0.0), lr=0.02) for e in (12, 36)]
+    data['runs'] = runs + dead
+    assert '| +1.5: 12 epochs not credited (saliency map dead' in transfer_table(data, Commands())
+    hsm = next(l for l in summary_table([], data).splitlines() if l.startswith('| HSM'))
+    assert 'equal epochs' not in hsm
+    # the protocol's own recipe in a family: its cell is the main table's, not named again in the README
+    data['recipe'] = gpu(12)
+    data['runs'] = runs + [dict(_run('caa_resnet18', s, 60.0, recipe=gpu(12)), lr=0.02) for s in (1, 2)]
+    line = next(l for l in summary_table([], data).splitlines() if l.startswith('| CAA'))
+    assert '59.00 (+3.00; gate +3: passes; 3 seeds)' in line and '12 for both' not in line and '36 for both' in line
     # a family whose methods ran at one length only has no table
     assert schedule_summaries({'runs': [r for r in runs if r['recipe_id'] != gpu(36) or r['role'] == 'baseline']}) \
         == []
@@ -178,3 +190,24 @@ def test_a_run_on_an_accelerator_is_its_own_recipe():
     cpu = recipe_id({**TRANSFER_DEFAULTS, 'device': 'cpu'})
     assert cpu == recipe_id(TRANSFER_DEFAULTS) == 'sgd lr0.04/bb0.02 wd0.0001 cosine w1 e12 b32 bf16'
     assert recipe_id({**TRANSFER_DEFAULTS, 'device': 'cuda'}) == cpu + ' cuda'
+
+
+def test_a_run_is_never_credited_to_a_device_it_did_not_train_on(tmp_path):
+    """The recipe says where the run trained (`training_device`); if the engine trained elsewhere, the benchmark
+    stops before the run is written, instead of filing it under the wrong recipe."""
+    import argparse
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+    from transfer import RECIPE_FIELDS, TRANSFER_DEFAULTS, run_transfer, training_device
+    from timm_fgvc.engine.config import TrainConfig
+    assert training_device(cpu=True) == 'cpu'
+    args = argparse.Namespace(**{k: TRANSFER_DEFAULTS[k] for k in RECIPE_FIELDS}, max_steps=None, shots=None,
+                              cpu=True, results_dir=str(tmp_path), pretrained_path=str(tmp_path / 'w.safetensors'),
+                              skip_baseline=False, transfer_models=[], stage_epochs=None, model_args={}, lr_ratio=None,
+                              no_source_step=False, source_step_lr=None, label=None, seeds=[0],
+                              workdir=str(tmp_path), workers=0, resume=False, note=None)
+    elsewhere = lambda cfg: {'device': 'cuda:0', 'final': {'eval_top1': 50.0}, 'model_args': {}}  # noqa: E731
+    with pytest.raises(RuntimeError, match="trained on cuda:0, but its recipe says 'cpu'"):
+        run_transfer(args, elsewhere, TrainConfig, str(tmp_path))
+    assert not (tmp_path / 'accuracy_transfer.json').exists()

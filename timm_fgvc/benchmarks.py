@@ -472,8 +472,9 @@ def _schedule_family(run: dict) -> Optional[Tuple[str, int]]:
 
 def schedule_summaries(data: dict) -> List[Dict[str, Any]]:
     """Equal epochs at several schedule lengths: runs of one recipe that differ only in epochs (`--epochs`), each
-    model against the baseline trained the same epochs. One summary per such recipe family in which a method was
-    measured at two or more lengths: per row label and epochs, mean top-1, std, seeds and gain."""
+    model against the baseline trained the same epochs. One summary per such recipe family in which a method has a
+    gain (a baseline of the same epochs) at two or more lengths: per row label and epochs, mean top-1, std, seeds,
+    gain and HSM's live saliency cells per run; `runs`: the runs the summary shows."""
     families: Dict[str, Dict[Tuple[str, int], List[dict]]] = {}
     for r in data.get('runs', []):
         if (key := _schedule_family(r)) is not None:
@@ -489,11 +490,13 @@ def schedule_summaries(data: dict) -> List[Dict[str, Any]]:
         for label, row in rows.items():
             for e in epochs:
                 if (label, e) in cells:
-                    row['per_epochs'][e] = seed_stats(cells[(label, e)], cells.get((base, e), [])
-                                                      if base and row['role'] != 'baseline' else [])
+                    runs = cells[(label, e)]
+                    row['per_epochs'][e] = dict(
+                        seed_stats(runs, cells.get((base, e), []) if base and row['role'] != 'baseline' else []),
+                        saliency=[r['saliency']['active_cells'] for r in runs if r.get('saliency')] or None)
         if any(sum(c['gain'] is not None for c in row['per_epochs'].values()) >= 2 for row in rows.values()):
             summaries.append({'recipe': family, 'epochs': epochs, 'rows': rows,
-                              'recipe_ids': sorted({r['recipe_id'] for runs in cells.values() for r in runs})})
+                              'runs': [r for runs in cells.values() for r in runs]})
     return summaries
 
 
@@ -506,14 +509,13 @@ def schedule_table(data: dict, commands: 'Commands') -> str:
         for row in sorted(sch['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label'])):
             cells = [seed_cell(row['per_epochs'].get(e), row['role'] == 'baseline') for e in sch['epochs']]
             gate = TRANSFER_GATES.get(row['model'].split('_')[0])
+            judged = {e: c for e, c in row['per_epochs'].items() if c['gain'] is not None}
             if row['role'] == 'baseline':
                 verdict = 'yardstick'
-            elif gate is None:
+            elif gate is None or not judged:
                 verdict = '–'
             else:
-                verdict = f'+{gate:g}: ' + '; '.join(
-                    f"{e} epochs {gate_verdict({'gain': c['gain'], 'seeds': c['seeds']}, gate)}"
-                    for e, c in row['per_epochs'].items() if c['gain'] is not None)
+                verdict = f'+{gate:g}: ' + '; '.join(f'{e} epochs {gate_verdict(c, gate)}' for e, c in judged.items())
             lines.append(f"| {row['label']} | " + ' | '.join(cells) + f" | {verdict} | "
                          f"{commands.ref(row['command'], data['_file'])} |")
         text += (f"\nEqual epochs at several schedule lengths, recipe `{sch['recipe']}` (`--epochs`; a staged method "
@@ -586,14 +588,14 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             "'reference, no gate' are controls: plain models that tell what a method's extra compute or views would "
             "give without the method.\n\n")
     text += '\n'.join(lines) + '\n'
-    in_schedules = {rid for sch in schedule_summaries(data) for rid in sch['recipe_ids']}
-    others = [rid for rid in s['other_recipes'] if rid not in in_schedules]
-    if others:
+    tabled = {id(r) for sch in schedule_summaries(data) for r in sch['runs']}  # shown in a schedule table
+    others = {rid: [r for r in data['runs'] if r['recipe_id'] == rid and id(r) not in tabled]
+              for rid in s['other_recipes']}
+    if any(others.values()):
         text += ('\nOther recipes (the baseline sweep, and runs under an earlier recipe):\n\n'
                  '| Recipe | Runs (top-1, seed) |\n|---|---|\n' + '\n'.join(
-                     f"| `{rid}` | " + ', '.join(f"{r['label']} {r['top1']:.2f} (s{r['seed']})"
-                                               for r in data['runs'] if r['recipe_id'] == rid) + ' |'
-                     for rid in others) + '\n')
+                     f"| `{rid}` | " + ', '.join(f"{r['label']} {r['top1']:.2f} (s{r['seed']})" for r in runs) + ' |'
+                     for rid, runs in others.items() if runs) + '\n')
     text += schedule_table(data, commands)
     text += few_shot_table(data, commands)
     notes = data.get('notes') or {}
@@ -688,7 +690,8 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
         for sch in schedules:  # the paper's own model past its gate at equal epochs on a longer schedule
             plain = sch['rows'].get(f'{method}_resnet18', {}).get('per_epochs', {})
             for epochs, cell in plain.items():
-                verdict = gate_verdict(cell, gate) if cell['gain'] is not None else ''
+                protocol = sch['recipe'].replace(' e* ', f' e{epochs} ') == summary['recipe']  # the main cell's
+                verdict = gate_verdict(cell, gate) if cell['gain'] is not None and not protocol else ''
                 if verdict.startswith('pass'):
                     where = ', GPU runs' if sch['recipe'].endswith(' cuda') else ''
                     acc += (f"; equal epochs, {epochs} for both{where}: "
