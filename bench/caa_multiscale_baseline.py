@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS_DIR, run_metadata  # noqa: E402
 from probes import load_test_set, probe_ensemble  # noqa: E402
-from transfer import PROTOCOL, SOURCE_WEIGHTS, TRANSFER_DEFAULTS, add_run, recipe_id, training_device  # noqa: E402
+from transfer import PROTOCOL, SOURCE_WEIGHTS, TRANSFER_DEFAULTS, add_run, recipe_id  # noqa: E402
 
 import timm  # noqa: E402
 import torch  # noqa: E402
@@ -152,7 +152,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from timm_fgvc.engine.config import TrainConfig
-    from timm_fgvc.engine.trainer import train
+    from timm_fgvc.engine.trainer import accelerator_type, train
 
     missing = [f for f in ('results.json', 'model.safetensors') if not (Path(args.caa_run) / f).exists()]
     if missing:
@@ -163,7 +163,7 @@ def main(argv=None):
         p.error(f"--caa-run {args.caa_run} is a {caa_cfg['model']} run; the views come from a CAA run.")
     dataset = args.dataset or caa_cfg['dataset']
     scales = teacher_model(args.caa_run).num_scales
-    recipe = dict(TRANSFER_DEFAULTS, device=training_device(args.cpu))
+    recipe = dict(TRANSFER_DEFAULTS, device=accelerator_type(args.cpu))
     root = (Path(args.workdir) / 'caa_multiscale_baseline' / f'seed{args.seed}' /
             (Path(args.caa_run).name + ('_centre' if args.views == 'centre' else '')))
     init, runs, per_scale = str(SOURCE_WEIGHTS), [], []

@@ -26,6 +26,7 @@ import yaml
 
 from _common import METHODS, REPO, locked, run_metadata, split_variant, write_atomic
 from timm_fgvc.benchmarks import transfer_summary
+from timm_fgvc.engine.trainer import accelerator_type
 
 SOURCE_WEIGHTS = REPO.parent / 'shared' / 'data' / 'resnet18_cub150.safetensors'
 PROTOCOL = dict(classes=50, img_size=128, output_stride=16, crop_pct=0.875, baseline='resnet18')
@@ -35,16 +36,6 @@ TRANSFER_DEFAULTS = dict(optimizer='sgd', lr=0.04, backbone_lr=0.02, epochs=12, 
                          scheduler='cosine', warmup_epochs=1., mixed_precision='bf16', label_smoothing=0.)
 RECIPE_FIELDS = ('optimizer', 'lr', 'backbone_lr', 'epochs', 'batch_size', 'weight_decay', 'scheduler',
                  'warmup_epochs', 'mixed_precision', 'label_smoothing')
-
-
-def training_device(cpu: bool) -> str:
-    """The device type the engine trains on (Accelerate's choice: CUDA, XPU or MPS where present), 'cpu' with
-    --cpu: it goes into the recipe id, so runs on different devices are never pooled."""
-    if cpu:
-        return 'cpu'
-    xpu, mps = getattr(torch, 'xpu', None), getattr(torch.backends, 'mps', None)
-    return ('cuda' if torch.cuda.is_available() else 'xpu' if xpu and xpu.is_available()
-            else 'mps' if mps and mps.is_available() else 'cpu')
 
 
 def recipe_id(recipe: dict) -> str:
@@ -270,7 +261,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     """Train each model of `args` (baseline unless --skip-baseline, then the method variants) for each seed."""
     import timm
     recipe = {k: getattr(args, k) for k in RECIPE_FIELDS + ('max_steps', 'shots')}
-    recipe['device'] = training_device(args.cpu)
+    recipe['device'] = accelerator_type(args.cpu)  # in the recipe id: devices are never pooled
     rid = recipe_id(recipe)
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)

@@ -193,15 +193,16 @@ def test_a_run_on_an_accelerator_is_its_own_recipe():
 
 
 def test_a_run_is_never_credited_to_a_device_it_did_not_train_on(tmp_path):
-    """The recipe says where the run trained (`training_device`); if the engine trained elsewhere, the benchmark
+    """The recipe says where the run trained (`accelerator_type`); if the engine trained elsewhere, the benchmark
     stops before the run is written, instead of filing it under the wrong recipe."""
     import argparse
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
-    from transfer import RECIPE_FIELDS, TRANSFER_DEFAULTS, run_transfer, training_device
+    from transfer import RECIPE_FIELDS, TRANSFER_DEFAULTS, run_transfer
+    from timm_fgvc.engine.trainer import accelerator_type
     from timm_fgvc.engine.config import TrainConfig
-    assert training_device(cpu=True) == 'cpu'
+    assert accelerator_type(cpu=True) == 'cpu'
     args = argparse.Namespace(**{k: TRANSFER_DEFAULTS[k] for k in RECIPE_FIELDS}, max_steps=None, shots=None,
                               cpu=True, results_dir=str(tmp_path), pretrained_path=str(tmp_path / 'w.safetensors'),
                               skip_baseline=False, transfer_models=[], stage_epochs=None, model_args={}, lr_ratio=None,

@@ -372,35 +372,32 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
     base_top1 = [r['top1'] for r in base['runs']] if base else []
     base_mean = statistics.fmean(base_top1) if base_top1 else None
     for row in rows.values():
-        top1 = [r['top1'] for r in row['runs']]
         walls = [r['wall_seconds'] for r in row['runs'] if not r.get('resumed')]  # a resumed run's is only its end
         heads: Dict[str, List[float]] = {}
         for r in row['runs']:
             for k, v in r['per_head_top1'].items():
                 heads.setdefault(k, []).append(v)
         row.update(
-            seeds=sorted(r['seed'] for r in row['runs']), mean=statistics.fmean(top1),
-            std=statistics.stdev(top1) if len(top1) > 1 else None,
-            gain=None if base_mean is None or row['role'] == 'baseline' else statistics.fmean(top1) - base_mean,
+            **seed_stats(row['runs'], base['runs'] if base and row['role'] != 'baseline' else []),
             heads={k: statistics.fmean(v) for k, v in heads.items()},
             compute=row['runs'][-1].get('compute_ratio'),
             wall=statistics.fmean(walls) if walls else None, command=row['runs'][-1]['command'],
             lr=row['runs'][-1].get('lr'), stage_epochs=row['runs'][-1].get('stage_epochs'),
             epochs_ratio=row['runs'][-1].get('epochs_ratio', 1.0),
-            model_args=row['runs'][-1].get('model_args') or {}, date=max(r.get('date', '') for r in row['runs']),
-            saliency=[r['saliency']['active_cells'] for r in row['runs'] if r.get('saliency')] or None)
+            model_args=row['runs'][-1].get('model_args') or {}, date=max(r.get('date', '') for r in row['runs']))
     others = sorted({r['recipe_id'] for r in runs if not _few_shot_base(r)} - {recipe})
     return {'recipe': recipe, 'baseline_mean': base_mean, 'rows': rows, 'other_recipes': others}
 
 
 def seed_stats(runs: List[dict], baseline_runs: List[dict]) -> Dict[str, Any]:
-    """Top-1 over the seeds of `runs`: mean, std (None for one seed), seeds, and the gain over the mean of
-    `baseline_runs` (None without them)."""
+    """Top-1 over the seeds of `runs`: mean, std (None for one seed), seeds, the gain over the mean of
+    `baseline_runs` (None without them), and HSM's live saliency cells per run (None for other methods)."""
     top1 = [r['top1'] for r in runs]
     base = [r['top1'] for r in baseline_runs]
     return {'mean': statistics.fmean(top1), 'std': statistics.stdev(top1) if len(top1) > 1 else None,
             'seeds': sorted(r['seed'] for r in runs),
-            'gain': statistics.fmean(top1) - statistics.fmean(base) if base else None}
+            'gain': statistics.fmean(top1) - statistics.fmean(base) if base else None,
+            'saliency': [r['saliency']['active_cells'] for r in runs if r.get('saliency')] or None}
 
 
 def seed_cell(stats: Optional[Dict[str, Any]], baseline: bool = False, spread: bool = True) -> str:
@@ -449,10 +446,9 @@ def _few_shot_summary(data: dict, recipe: str, few: List[Tuple[dict, int]]) -> D
             if not runs:
                 continue
             base = cells.get((base_label, k), []) if base_label and row['role'] != 'baseline' else []
-            row['per_k'][k] = dict(seed_stats(runs, base),
-                                   saliency=[r['saliency']['active_cells'] for r in runs if r.get('saliency')])
+            row['per_k'][k] = seed_stats(runs, base)
         gains = [c['gain'] for c in row['per_k'].values() if c['gain'] is not None]
-        live = [a for c in row['per_k'].values() for a in c['saliency']]
+        live = [a for c in row['per_k'].values() for a in c['saliency'] or ()]
         own = [r for r, _ in few if r['label'] == row['label']]
         row.update(gain=statistics.fmean(gains) if gains else None, saliency=live or None,
                    model_args=own[-1].get('model_args') or {}, seeds=sorted({r['seed'] for r in own}),
@@ -490,20 +486,18 @@ def schedule_summaries(data: dict) -> List[Dict[str, Any]]:
         for label, row in rows.items():
             for e in epochs:
                 if (label, e) in cells:
-                    runs = cells[(label, e)]
-                    row['per_epochs'][e] = dict(
-                        seed_stats(runs, cells.get((base, e), []) if base and row['role'] != 'baseline' else []),
-                        saliency=[r['saliency']['active_cells'] for r in runs if r.get('saliency')] or None)
+                    row['per_epochs'][e] = seed_stats(cells[(label, e)], cells.get((base, e), [])
+                                                      if base and row['role'] != 'baseline' else [])
         if any(sum(c['gain'] is not None for c in row['per_epochs'].values()) >= 2 for row in rows.values()):
             summaries.append({'recipe': family, 'epochs': epochs, 'rows': rows,
                               'runs': [r for runs in cells.values() for r in runs]})
     return summaries
 
 
-def schedule_table(data: dict, commands: 'Commands') -> str:
-    """The tables of `schedule_summaries`: a cell per model and epochs, the gate judged at each length."""
+def schedule_table(data: dict, commands: 'Commands', schedules: List[Dict[str, Any]]) -> str:
+    """The tables of `schedule_summaries(data)`: a cell per model and epochs, the gate judged at each length."""
     text = ''
-    for sch in schedule_summaries(data):
+    for sch in schedules:
         lines = ['| Model | ' + ' | '.join(f"{e} epochs" for e in sch['epochs']) + ' | Gate | Cmd |',
                  '|---' * (len(sch['epochs']) + 3) + '|']
         for row in sorted(sch['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label'])):
@@ -588,7 +582,8 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             "'reference, no gate' are controls: plain models that tell what a method's extra compute or views would "
             "give without the method.\n\n")
     text += '\n'.join(lines) + '\n'
-    tabled = {id(r) for sch in schedule_summaries(data) for r in sch['runs']}  # shown in a schedule table
+    schedules = schedule_summaries(data)
+    tabled = {id(r) for sch in schedules for r in sch['runs']}  # shown in a schedule table
     others = {rid: [r for r in data['runs'] if r['recipe_id'] == rid and id(r) not in tabled]
               for rid in s['other_recipes']}
     if any(others.values()):
@@ -596,7 +591,7 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
                  '| Recipe | Runs (top-1, seed) |\n|---|---|\n' + '\n'.join(
                      f"| `{rid}` | " + ', '.join(f"{r['label']} {r['top1']:.2f} (s{r['seed']})" for r in runs) + ' |'
                      for rid, runs in others.items() if runs) + '\n')
-    text += schedule_table(data, commands)
+    text += schedule_table(data, commands, schedules)
     text += few_shot_table(data, commands)
     notes = data.get('notes') or {}
     if notes:

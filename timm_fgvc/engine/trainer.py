@@ -337,11 +337,19 @@ def format_record(record: dict, total_epochs: Optional[int] = None) -> str:
     return ' | '.join(parts)
 
 
+def accelerator_type(cpu: bool = False) -> str:
+    """The device type a run trains on, as Accelerate picks it: 'cuda' (also ROCm), 'xpu' or 'mps' where present,
+    else (or with `cpu`, `TrainConfig.cpu`) 'cpu'."""
+    if cpu:
+        return 'cpu'
+    xpu, mps = getattr(torch, 'xpu', None), getattr(torch.backends, 'mps', None)
+    return ('cuda' if torch.cuda.is_available() else 'xpu' if xpu and xpu.is_available()
+            else 'mps' if mps and mps.is_available() else 'cpu')
+
+
 def _has_accelerator() -> bool:
     """A device on which Accelerate runs fp16 autocast (CUDA/ROCm, XPU, MPS...)."""
-    xpu = getattr(torch, 'xpu', None)
-    mps = getattr(torch.backends, 'mps', None)
-    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or bool(mps and mps.is_available())
+    return accelerator_type() != 'cpu'
 
 
 def train(cfg: TrainConfig) -> dict:
