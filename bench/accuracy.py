@@ -63,7 +63,7 @@ from timm_fgvc.data.synthetic import render_sample  # noqa: E402
 from timm_fgvc.engine.config import TrainConfig  # noqa: E402
 from timm_fgvc.engine.trainer import build_transforms, train  # noqa: E402
 from timm_fgvc.layers import predicted_class_map, propose_square_regions  # noqa: E402
-from transfer import TRANSFER_DEFAULTS  # noqa: E402
+from transfer import SOURCE_STEP_EPOCHS, TRANSFER_DEFAULTS  # noqa: E402
 
 DEFAULT_CUB_TAR = REPO.parent / 'shared' / 'data' / 'cub200_s160.tar'
 
@@ -505,8 +505,9 @@ def parse_args(argv=None):
     p.add_argument('--no-source-step', action='store_true',
                    help="transfer: HSM's step 1 on the target data instead of on the source classes (the paper's "
                         'ImageNet step; an ablation, needs --label)')
-    p.add_argument('--source-step-epochs', type=float, default=3.,
-                   help="transfer: epochs of HSM's step 1 on the source classes (CUB 51-200)")
+    p.add_argument('--source-step-epochs', type=float, default=SOURCE_STEP_EPOCHS,
+                   help="transfer: epochs of HSM's step 1 on the source classes (CUB 51-200; another length than "
+                        'the default is an ablation, needs --label)')
     p.add_argument('--source-step-lr', type=float, default=None,
                    help="transfer: lr of HSM's step 1 on the source classes (default: the new-layer lr; an ablation, "
                         'needs --label)')

@@ -34,6 +34,7 @@ PROTOCOL = dict(classes=50, img_size=128, output_stride=16, crop_pct=0.875, base
 # CPU with AMX (resnet18 step at 128 px, batch 32, one thread: 1.37 s fp32 -> 0.47 s)
 TRANSFER_DEFAULTS = dict(optimizer='sgd', lr=0.04, backbone_lr=0.02, epochs=12, batch_size=32, weight_decay=1e-4,
                          scheduler='cosine', warmup_epochs=1., mixed_precision='bf16', label_smoothing=0.)
+SOURCE_STEP_EPOCHS = 3.  # HSM's step 1 on the source classes (a 4,500-image stand-in for the paper's ImageNet step)
 RECIPE_FIELDS = ('optimizer', 'lr', 'backbone_lr', 'epochs', 'batch_size', 'weight_decay', 'scheduler',
                  'warmup_epochs', 'mixed_precision', 'label_smoothing')
 
@@ -270,11 +271,12 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     if stage_override and any(split_variant(n)[0] in SOURCE_STEP_METHODS for n in names):
         raise SystemExit("--stage-epochs: HSM's stages are its source step (--source-step-epochs) and the target "
                          'run (--epochs); set those instead.')
+    other_step = (any(split_variant(n)[0] in SOURCE_STEP_METHODS for n in names)
+                  and args.source_step_epochs != SOURCE_STEP_EPOCHS)  # a step 1 of another length is its own row
     if (args.model_args or args.lr_ratio is not None or args.no_source_step or args.source_step_lr is not None
-            or stage_override) and not args.label:
-        raise SystemExit('--model-args / --lr-ratio / --stage-epochs / --no-source-step / --source-step-lr make an '
-                         'ablation row: name '
-                         'it with --label '
+            or stage_override or other_step) and not args.label:
+        raise SystemExit('--model-args / --lr-ratio / --stage-epochs / --no-source-step / --source-step-lr / '
+                         '--source-step-epochs make an ablation row: name it with --label '
                          "(the plain row is the paper recipe: its hub config's model arguments and new-layer / "
                          'backbone lr ratio).')
     for seed in args.seeds:

@@ -206,9 +206,32 @@ def test_a_run_is_never_credited_to_a_device_it_did_not_train_on(tmp_path):
     args = argparse.Namespace(**{k: TRANSFER_DEFAULTS[k] for k in RECIPE_FIELDS}, max_steps=None, shots=None,
                               cpu=True, results_dir=str(tmp_path), pretrained_path=str(tmp_path / 'w.safetensors'),
                               skip_baseline=False, transfer_models=[], stage_epochs=None, model_args={}, lr_ratio=None,
-                              no_source_step=False, source_step_lr=None, label=None, seeds=[0],
-                              workdir=str(tmp_path), workers=0, resume=False, note=None)
+                              no_source_step=False, source_step_lr=None, source_step_epochs=3., label=None,
+                              seeds=[0], workdir=str(tmp_path), workers=0, resume=False, note=None)
     elsewhere = lambda cfg: {'device': 'cuda:0', 'final': {'eval_top1': 50.0}, 'model_args': {}}  # noqa: E731
     with pytest.raises(RuntimeError, match="trained on cuda:0, but its recipe says 'cpu'"):
         run_transfer(args, elsewhere, TrainConfig, str(tmp_path))
+    assert not (tmp_path / 'accuracy_transfer.json').exists()
+
+
+def test_a_step_1_of_another_length_is_its_own_row(tmp_path):
+    """HSM's step 1 on the source classes is part of its recipe: a run with another `--source-step-epochs` must be
+    named (`--label`), or it would be pooled into the plain HSM row."""
+    import argparse
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+    from transfer import RECIPE_FIELDS, SOURCE_STEP_EPOCHS, TRANSFER_DEFAULTS, run_transfer
+    from timm_fgvc.engine.config import TrainConfig
+
+    def run(models, epochs, label=None):
+        args = argparse.Namespace(**{k: TRANSFER_DEFAULTS[k] for k in RECIPE_FIELDS}, max_steps=None, shots=None,
+                                  cpu=True, results_dir=str(tmp_path), pretrained_path=str(tmp_path / 'w'),
+                                  skip_baseline=True, transfer_models=models, stage_epochs=None, model_args={},
+                                  lr_ratio=None, no_source_step=False, source_step_lr=None, source_step_epochs=epochs,
+                                  label=label, seeds=[0], workdir=str(tmp_path), workers=0, resume=False, note=None)
+        return run_transfer(args, lambda cfg: {}, TrainConfig, str(tmp_path))
+
+    with pytest.raises(SystemExit, match='--source-step-epochs make an ablation row'):
+        run(['hsm_resnet18'], 4 * SOURCE_STEP_EPOCHS)
     assert not (tmp_path / 'accuracy_transfer.json').exists()

@@ -298,7 +298,8 @@ All three scripts run from the repository root on CPU or GPU and need nothing fr
   (`--optimizer --lr --backbone-lr --epochs --label-smoothing --mixed-precision`); a method gets the same recipe
   with its paper's new-layer / backbone lr ratio and stage proportions (from its paper hub config). HSM's step 1
   runs on the source classes (51-200) with the source model and its classifier frozen, as the paper's runs on
-  ImageNet (`--source-step-epochs`, default 3; `--no-source-step --label ...`: on the target). `--methods` (none:
+  ImageNet (`--source-step-epochs`, default 3, another length with `--label`; `--no-source-step --label ...`: on
+  the target). `--methods` (none:
   the baseline alone), `--seeds 0 1 2`,
   `--skip-baseline` (methods only: gains against the stored baseline runs of the same recipe), `--model-args
   '{...}' --label NAME` (an ablation row), `--stage-epochs E E E --label NAME` (each stage's epochs instead of
