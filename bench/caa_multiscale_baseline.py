@@ -147,7 +147,8 @@ def main(argv=None):
     p.add_argument('--max-steps', type=int, default=None, help='a smoke run')
     p.add_argument('--cpu', action='store_true', help='train on the CPU even where an accelerator is present')
     p.add_argument('--views', choices=['caa', 'centre'], default='caa',
-                   help="caa: the CAA run's zoomed views; centre: fixed central crops of their mean size (attention off)")
+                   help="caa: the CAA run's zoomed views; centre: fixed central crops of their mean size "
+                        '(attention off)')
     p.add_argument('--results-dir', default=str(RESULTS_DIR), help='adds a reference row to accuracy_transfer.json')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

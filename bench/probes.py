@@ -88,8 +88,8 @@ def probe_caa(model, images, labels):
     the mask: the object heads pool the whole map and every scale sees the whole image)."""
     import timm_fgvc.models.caa as caa
     otsu = caa.otsu_mask
-    for name, mask_fn in [('trained (Otsu masks)', otsu),
-                          ('attention off (mask = every cell)', lambda a, bins=256: torch.ones_like(a, dtype=torch.bool))]:
+    every_cell = lambda a, bins=256: torch.ones_like(a, dtype=torch.bool)  # noqa: E731
+    for name, mask_fn in [('trained (Otsu masks)', otsu), ('attention off (mask = every cell)', every_cell)]:
         caa.otsu_mask = mask_fn
         outs = batched(lambda x: model.forward_train(x).logits, images)
         caa.otsu_mask = otsu
@@ -115,7 +115,8 @@ def probe_caa_where(model, images):
         result[f'scale {k}'] = {
             'attention centre / ring': [round(attention[:, centre].mean().item(), 4),
                                         round(attention[:, ring].mean().item(), 4)],
-            'mask share centre / ring': [round(mask[:, centre].mean().item(), 3), round(mask[:, ring].mean().item(), 3)],
+            'mask share centre / ring': [round(mask[:, centre].mean().item(), 3),
+                                         round(mask[:, ring].mean().item(), 3)],
             'peak in centre': round(centre.flatten()[peak].float().mean().item(), 3),
             'chance': round(centre.float().mean().item(), 3), 'images': len(attention)}
     print(json.dumps(result), flush=True)

@@ -164,7 +164,8 @@ def test_the_benchmark_runner_resumes_a_killed_run_from_its_last_complete_checkp
     with pytest.warns(RuntimeWarning, match='step_00000003'):
         results = train(tiny_config(run, max_steps=3, checkpoint_every=1, keep_checkpoints=5, **fields))
     assert results['resumed_from'].endswith('step_00000002')
-    resumed, uninterrupted = load_file(str(run / 'model.safetensors')), load_file(str(tiny_run[0] / 'model.safetensors'))
+    resumed = load_file(str(run / 'model.safetensors'))
+    uninterrupted = load_file(str(tiny_run[0] / 'model.safetensors'))
     assert resumed.keys() == uninterrupted.keys()
     for name, value in uninterrupted.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -21,7 +21,8 @@ def source(tmp_path_factory):
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if tensor.is_floating_point():
-                tensor.copy_(torch.randn_like(tensor).abs() + 0.5 if 'running_var' in name else torch.randn_like(tensor))
+                noise = torch.randn_like(tensor)
+                tensor.copy_(noise.abs() + 0.5 if 'running_var' in name else noise)
     path = tmp_path_factory.mktemp('weights') / 'test_resnet_source.safetensors'
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path, {k: v.clone() for k, v in model.state_dict().items()}

@@ -241,9 +241,9 @@ def accuracy_tables(entries: List[dict], commands: Commands, paper: Dict[str, Di
     text += ('\nHit rate: share of attention peaks (S3N), region centres (LFD, SSANet) or attention-map maxima (CAA '
              'per scale, HSM saliency; "–" when every map is flat) inside the ground-truth part boxes (or object '
              'box), per image, averaged over the test images (S3N Table 1); chance = a point at a random cell of the '
-             'backbone\'s feature grid; the baseline\'s point is the argmax of its top-1 class activation map. The paper\'s '
-             'hit rate uses CUB\'s object boxes and ImageNet-pretrained ResNet-50 at 448 px: compare it with the '
-             'object column only loosely. Paper numbers:\n' + '\n'.join(sources) +
+             'backbone\'s feature grid; the baseline\'s point is the argmax of its top-1 class activation map. '
+             'The paper\'s hit rate uses CUB\'s object boxes and ImageNet-pretrained ResNet-50 at 448 px: compare it '
+             'with the object column only loosely. Paper numbers:\n' + '\n'.join(sources) +
              '\n- Paper top-1: `hub_configs/*.yaml` (`paper.top1`).\n')
     return text
 

@@ -46,7 +46,8 @@ def _load(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-fgvc', description='timm-fgvc tools: predict, eval, explain, export, push, cards, record.')
+    parser = argparse.ArgumentParser(
+        prog='timm-fgvc', description='timm-fgvc tools: predict, eval, explain, export, push, cards, record.')
     sub = parser.add_subparsers(dest='action', required=True, metavar='{predict,eval,explain,export,push,cards,record}')
 
     p = sub.add_parser('export', help='write a Hub-ready folder (config.json, model.safetensors, README.md) '
@@ -173,7 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.panel_size < 256:
                 raise ValueError(f'--panel-size {args.panel_size}: panels are at least 256 px, to stay readable.')
             loaded = _load(args)
-            print(f'Wrote {explain_files(loaded, args.image, args.out, img_size=args.img_size, panel_size=args.panel_size)}')
+            written = explain_files(loaded, args.image, args.out, img_size=args.img_size, panel_size=args.panel_size)
+            print(f'Wrote {written}')
     except (FileNotFoundError, ValueError) as e:
         print(f'timm-fgvc {args.action}: error: {e}', file=sys.stderr)
         return 2

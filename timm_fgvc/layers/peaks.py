@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['Peaks', 'local_maxima', 'one_per_plateau', 'find_peaks', 'peaks_to_image_coords', 'peaks_to_normalized_coords']
+__all__ = ['Peaks', 'local_maxima', 'one_per_plateau', 'find_peaks', 'peaks_to_image_coords',
+           'peaks_to_normalized_coords']
 
 
 class Peaks(NamedTuple):

@@ -505,8 +505,8 @@ class FGVCModel(nn.Module):
     def no_weight_decay(self) -> set:
         """timm's convention: parameter names the optimizer must not decay (with each backbone's own, e.g. a ViT's
         position embedding and class token)."""
-        names = {n for n, _ in self.named_parameters()
-                 if any(n.startswith(p) and r.get('weight_decay', None) == 0 for p, r in self.param_group_rules.items())}
+        no_decay = [p for p, r in self.param_group_rules.items() if r.get('weight_decay', None) == 0]
+        names = {n for n, _ in self.named_parameters() if any(n.startswith(p) for p in no_decay)}
         for prefix, backbone in self.named_backbones():
             if hasattr(backbone, 'no_weight_decay'):
                 names |= {prefix + n for n in backbone.no_weight_decay()}

@@ -54,7 +54,8 @@ from ..layers import maps_in_image
 from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
-__all__ = ['HSM', 'DeadSaliencyWarning', 'SaliencyBranch', 'SaliencyModulation', 'residual_block_paths', 'default_fusion_point']
+__all__ = ['HSM', 'DeadSaliencyWarning', 'SaliencyBranch', 'SaliencyModulation', 'residual_block_paths',
+           'default_fusion_point']
 
 
 class DeadSaliencyWarning(UserWarning):

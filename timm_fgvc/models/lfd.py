@@ -7,8 +7,8 @@ Pipeline (one batched pass, no loop over images or regions):
   image -> shared backbone -> feature maps Z -> GAP -> image-level feature F^I -> image head (Eq. 1)
   Z, image-head weights W -> max over all C class activation maps (Eq. 2) -> Gaussian smoothing -> attention M
   -> every cell of M proposes a square region centred on it (5 cells: 160 px at 448) -> rank by M, NMS (IoU
-  0.25), keep m = 6 -> crop and zoom each by 224 / 160 (one roi_align) -> shared backbone -> region features F^R_r -> shared
-  region head -> hybrid feature F = [F^I, F^R_1 .. F^R_l] (l = 4) -> hybrid head (Sec. 3.1).
+  0.25), keep m = 6 -> crop and zoom each by 224 / 160 (one roi_align) -> shared backbone -> region features F^R_r
+  -> shared region head -> hybrid feature F = [F^I, F^R_1 .. F^R_l] (l = 4) -> hybrid head (Sec. 3.1).
   Loss: softmax cross-entropy on the image head, every region and the hybrid head (Sec. 3.3). `forward` returns
   the hybrid logits (the image and region heads are used in training only).
 

@@ -1,7 +1,8 @@
 """S3N: Selective Sparse Sampling Networks.
 
 Paper: "Selective Sparse Sampling for Fine-grained Image Recognition", Y. Ding, Y. Zhou, Y. Zhu, Q. Ye,
-J. Jiao, ICCV 2019 (https://openaccess.thecvf.com/content_ICCV_2019/html/Ding_Selective_Sparse_Sampling_for_Fine-Grained_Image_Recognition_ICCV_2019_paper.html).
+J. Jiao, ICCV 2019
+(https://openaccess.thecvf.com/content_ICCV_2019/html/Ding_Selective_Sparse_Sampling_for_Fine-Grained_Image_Recognition_ICCV_2019_paper.html).
 Authors' code: https://github.com/Yao-DD/S3N
 
 Pipeline (one batched pass, no loop over images or peaks):
