@@ -34,6 +34,8 @@ PROTOCOL = dict(classes=50, img_size=128, output_stride=16, crop_pct=0.875, base
 # CPU with AMX (resnet18 step at 128 px, batch 32, one thread: 1.37 s fp32 -> 0.47 s)
 TRANSFER_DEFAULTS = dict(optimizer='sgd', lr=0.04, backbone_lr=0.02, epochs=12, batch_size=32, weight_decay=1e-4,
                          scheduler='cosine', warmup_epochs=1., mixed_precision='bf16', label_smoothing=0.)
+# the fixture's published checksum (../shared/data/resnet18_cub150.safetensors.sha256): each run records its source's
+SOURCE_SHA256 = '4a6506a12fdcd76f3e7466f0f3d9ee04328ef9159f6349098d29a606eb6c7cea'
 SOURCE_STEP_EPOCHS = 3.  # HSM's step 1 on the source classes (a 4,500-image stand-in for the paper's ImageNet step)
 RECIPE_FIELDS = ('optimizer', 'lr', 'backbone_lr', 'epochs', 'batch_size', 'weight_decay', 'scheduler',
                  'warmup_epochs', 'mixed_precision', 'label_smoothing')
@@ -184,6 +186,16 @@ def source_step_stages(args, recipe: dict) -> List[float]:
     return [args.source_step_epochs, recipe['epochs']]
 
 
+def source_weights(path: Path) -> dict:
+    """What a run started from: the file's name and SHA-256, and whether it is the protocol's fixture."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return {'file': path.name, 'sha256': digest.hexdigest(), 'fixture': digest.hexdigest() == SOURCE_SHA256}
+
+
 def source_step_key(name: str, step_args: dict, recipe: dict, lr: float, seed: int, epochs: float, weights: Path,
                     max_steps: Optional[int]) -> str:
     """What defines a step-1 run: it does not depend on the target (nor on --shots), so every target run with the
@@ -279,6 +291,13 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                          '--source-step-epochs make an ablation row: name it with --label '
                          "(the plain row is the paper recipe: its hub config's model arguments and new-layer / "
                          'backbone lr ratio).')
+    if not weights.is_file():
+        raise SystemExit(f'--pretrained-path: {weights} is not a file. The protocol starts from '
+                         f'{SOURCE_WEIGHTS.name} (../shared/data, see its README); pass its path.')
+    source = source_weights(weights)
+    if not source['fixture']:
+        print(f"warning: {weights} is not the protocol's {SOURCE_WEIGHTS.name} (SHA-256 {source['sha256'][:12]}, "
+              f'expected {SOURCE_SHA256[:12]}); each run records it in source_weights', flush=True)
     for seed in args.seeds:
         for name in names:
             paper_args = {} if name == PROTOCOL['baseline'] else method_config(name, recipe, {})['paper']['model_args']
@@ -334,7 +353,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 'compute_ratio': epochs_ratio * backbone_passes(probe, PROTOCOL['img_size'],
                                                                  extra['stage_epochs'] or None),
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,
-                'source_step': source_step, 'resumed': results.get('resumed_from'),
+                'source_weights': source, 'source_step': source_step, 'resumed': results.get('resumed_from'),
                 'saliency': saliency_activity(Path(cfg.output_dir), dataset) if name.startswith('hsm') else None,
                 **run_metadata(torch.device(recipe['device'])),
             }

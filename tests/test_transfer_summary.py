@@ -208,6 +208,7 @@ def test_a_run_is_never_credited_to_a_device_it_did_not_train_on(tmp_path):
                               skip_baseline=False, transfer_models=[], stage_epochs=None, model_args={}, lr_ratio=None,
                               no_source_step=False, source_step_lr=None, source_step_epochs=3., label=None,
                               seeds=[0], workdir=str(tmp_path), workers=0, resume=False, note=None)
+    (tmp_path / 'w.safetensors').write_bytes(b'not the fixture')
     elsewhere = lambda cfg: {'device': 'cuda:0', 'final': {'eval_top1': 50.0}, 'model_args': {}}  # noqa: E731
     with pytest.raises(RuntimeError, match="trained on cuda:0, but its recipe says 'cpu'"):
         run_transfer(args, elsewhere, TrainConfig, str(tmp_path))
@@ -216,7 +217,8 @@ def test_a_run_is_never_credited_to_a_device_it_did_not_train_on(tmp_path):
 
 def test_a_step_1_of_another_length_is_its_own_row(tmp_path):
     """HSM's step 1 on the source classes is part of its recipe: a run with another `--source-step-epochs` must be
-    named (`--label`), or it would be pooled into the plain HSM row."""
+    named (`--label`), or it would be pooled into the plain HSM row; missing source weights stop the run before any
+    work."""
     import argparse
     import sys
     from pathlib import Path
@@ -234,4 +236,6 @@ def test_a_step_1_of_another_length_is_its_own_row(tmp_path):
 
     with pytest.raises(SystemExit, match='--source-step-epochs make an ablation row'):
         run(['hsm_resnet18'], 4 * SOURCE_STEP_EPOCHS)
+    with pytest.raises(SystemExit, match='is not a file'):  # named, the run then needs its source weights
+        run(['hsm_resnet18'], 4 * SOURCE_STEP_EPOCHS, label='a longer step 1')
     assert not (tmp_path / 'accuracy_transfer.json').exists()
