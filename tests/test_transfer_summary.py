@@ -34,6 +34,26 @@ def test_gains_are_against_the_baseline_mean_of_the_protocol_recipe_and_dead_sal
     assert gate_verdict(rows['resnet18'], None) == '–'
 
 
+def test_the_gain_paired_by_seed_takes_each_seed_against_its_own_baseline():
+    """Seed noise shared by a model and its baseline cancels in the per-seed difference: a model that is 1 pt above
+    its baseline at every seed has a paired gain of +1 with no spread, whatever the seeds' own spread; a seed the
+    baseline lacks is left out of the pairing (not out of the mean gain)."""
+    base = [_run('resnet18', s, t, role='baseline') for s, t in enumerate([54.0, 57.0, 55.0])]
+    model = [_run('s3n_resnet18', s, t + 1.0) for s, t in enumerate([54.0, 57.0, 55.0])]
+    model.append(_run('s3n_resnet18', 7, 50.0))  # no baseline of seed 7
+    for run in base + model:
+        run.update(lr=0.02, compute_ratio=1.0)
+    data = {'recipe': 'sgd e12', 'runs': base + model, 'protocol': {'img_size': 128, 'output_stride': 16,
+                                                                    'source': 'w'}, '_file': 'f'}
+    row = transfer_summary(data)['rows']['s3n_resnet18']
+    assert row['paired']['gain'] == pytest.approx(1.0) and row['paired']['se'] == pytest.approx(0.0, abs=1e-9)
+    assert row['paired']['n'] == 3 and row['gain'] == pytest.approx((55 + 58 + 56 + 50) / 4 - (54 + 57 + 55) / 3)
+    assert 'paired by seed: +1.00 ± 0.00 SE, 3 seeds' in transfer_table(data, Commands())
+    model[1]['top1'] = 59.0  # seed 1 now +2: differences 1, 2, 1
+    row = transfer_summary(data)['rows']['s3n_resnet18']
+    assert row['paired']['gain'] == pytest.approx(4 / 3) and row['paired']['se'] == pytest.approx(0.3333, abs=1e-3)
+
+
 def test_the_readme_headline_of_a_method_with_only_variants_is_the_nearest_to_the_registered_model():
     runs = [_run('resnet18', 0, 55.0, role='baseline'),
             _run('ssanet_resnet18', 0, 25.0, label='ssanet_resnet18 (old selection)', date='2026-01-01',
