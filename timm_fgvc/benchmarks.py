@@ -423,13 +423,19 @@ def paired_text(stats: Dict[str, Any]) -> str:
     return f" (paired by seed: {signed(paired['gain'])} ± {paired['se']:.2f} SE, {paired['n']} seeds)"
 
 
-def seed_cell(stats: Optional[Dict[str, Any]], baseline: bool = False, spread: bool = True) -> str:
+def seed_cell(stats: Optional[Dict[str, Any]], baseline: bool = False, spread: bool = True,
+              paired: bool = False) -> str:
     """A table cell of `seed_stats`: 'mean ± std (gain, seeds)' ('–' for a gain without a baseline to take it
-    against), a baseline's without the gain; '–' when not measured."""
+    against; with `paired`, 'gain, paired SE x' where two or more seeds pair), a baseline's without the gain; '–'
+    when not measured."""
     if stats is None:
         return '–'
     text = f"{stats['mean']:.2f}" + (f" ± {stats['std']:.2f}" if spread and stats['std'] is not None else '')
-    return text + (f" ({len(stats['seeds'])})" if baseline else f" ({signed(stats['gain'])}, {len(stats['seeds'])})")
+    if baseline:
+        return text + f" ({len(stats['seeds'])})"
+    pair = stats.get('paired') if paired else None
+    se = f", paired SE {pair['se']:.2f}" if pair and pair['se'] is not None else ''
+    return text + f" ({signed(stats['gain'])}{se}, {len(stats['seeds'])})"
 
 
 def _few_shot_base(run: dict) -> Optional[Tuple[str, int]]:
@@ -524,7 +530,7 @@ def schedule_table(data: dict, commands: 'Commands', schedules: List[Dict[str, A
         lines = ['| Model | ' + ' | '.join(f"{e} epochs" for e in sch['epochs']) + ' | Gate | Cmd |',
                  '|---' * (len(sch['epochs']) + 3) + '|']
         for row in sorted(sch['rows'].values(), key=lambda r: (r['role'] != 'baseline', r['label'])):
-            cells = [seed_cell(row['per_epochs'].get(e), row['role'] == 'baseline') for e in sch['epochs']]
+            cells = [seed_cell(row['per_epochs'].get(e), row['role'] == 'baseline', paired=True) for e in sch['epochs']]
             gate = TRANSFER_GATES.get(row['model'].split('_')[0])
             judged = {e: c for e, c in row['per_epochs'].items() if c['gain'] is not None}
             if row['role'] == 'baseline':
@@ -537,7 +543,8 @@ def schedule_table(data: dict, commands: 'Commands', schedules: List[Dict[str, A
                          f"{commands.ref(row['command'], data['_file'])} |")
         text += (f"\nEqual epochs at several schedule lengths, recipe `{sch['recipe']}` (`--epochs`; a staged method "
                  "splits each length in its paper's proportions): every model against the baseline trained the same "
-                 "epochs. Cells: top-1 ± std (gain vs that baseline's mean, seeds).\n\n" + '\n'.join(lines) + '\n')
+                 "epochs. Cells: top-1 ± std (gain vs that baseline's mean, the standard error of the gain paired by "
+                 "seed, seeds).\n\n" + '\n'.join(lines) + '\n')
     return text
 
 
