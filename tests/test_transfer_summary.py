@@ -177,8 +177,8 @@ def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epoch
     assert caa[12]['gain'] == pytest.approx(1.0) and caa[36]['gain'] == pytest.approx(3.5)
     assert caa[36]['seeds'] == [0, 1] and sch['rows']['resnet18']['per_epochs'][36]['gain'] is None
     table = transfer_table(data, Commands())
-    assert '| caa_resnet18 | 57.00 (+1.00, 1) | 61.00 ± 1.41 (+3.50, paired SE 0.50, 2) | +3: 12 epochs below; 36 epochs passes on ' \
-           '2 seeds (3 needed within 1 pt of the gate) |' in table
+    assert ('| caa_resnet18 | 57.00 (+1.00, 1) | 61.00 ± 1.41 (+3.50, paired SE 0.50, 2) | +3: 12 epochs below; '
+            '36 epochs passes on 2 seeds (3 needed within 1 pt of the gate) |') in table
     line = next(l for l in summary_table([], data).splitlines() if l.startswith('| CAA'))
     assert 'equal epochs, 36 for both, GPU runs: 61.00 (+3.50 vs the baseline trained as long, passes on 2 seeds' \
         in line
