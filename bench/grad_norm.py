@@ -59,16 +59,16 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    train_images = ImageFolder(str(Path(args.dataset) / 'train'))
+    order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))  # the same batches for all
     first = None
     for name in args.models:
         torch.manual_seed(0)
         cfg = TrainConfig(model=name, dataset=args.dataset, pretrained_path=args.pretrained_path,
                           output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'],
                           crop_pct=PROTOCOL['crop_pct'])
-        train_images = ImageFolder(str(Path(args.dataset) / 'train'))
         model = build_model(cfg, len(train_images.classes)).train()
-        train_images.transform = build_transforms(model, cfg)[0]
-        order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))
+        train_images.transform = build_transforms(model, cfg)[0]  # the model's own normalisation
         norms = []
         for b in range(args.batches):
             torch.manual_seed(b)  # the same augmentation draws for every model

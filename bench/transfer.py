@@ -280,11 +280,11 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
     names = ([] if args.skip_baseline else [PROTOCOL['baseline']]) + list(args.transfer_models)
     stage_override = args.stage_epochs
-    if stage_override and any(split_variant(n)[0] in SOURCE_STEP_METHODS for n in names):
+    has_source_step = any(split_variant(n)[0] in SOURCE_STEP_METHODS for n in names)
+    if stage_override and has_source_step:
         raise SystemExit("--stage-epochs: HSM's stages are its source step (--source-step-epochs) and the target "
                          'run (--epochs); set those instead.')
-    other_step = (any(split_variant(n)[0] in SOURCE_STEP_METHODS for n in names)
-                  and args.source_step_epochs != SOURCE_STEP_EPOCHS)  # a step 1 of another length is its own row
+    other_step = has_source_step and args.source_step_epochs != SOURCE_STEP_EPOCHS  # a step 1 of another length
     if (args.model_args or args.lr_ratio is not None or args.no_source_step or args.source_step_lr is not None
             or stage_override or other_step) and not args.label:
         raise SystemExit('--model-args / --lr-ratio / --stage-epochs / --no-source-step / --source-step-lr / '
