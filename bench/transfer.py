@@ -199,12 +199,12 @@ def source_weights(path: Path) -> dict:
 def source_step_key(name: str, step_args: dict, recipe: dict, lr: float, seed: int, epochs: float, weights: Path,
                     max_steps: Optional[int]) -> str:
     """What defines a step-1 run: it does not depend on the target (nor on --shots), so every target run with the
-    same key starts from the same step-1 weights."""
+    same key starts from the same step-1 weights. The source weights enter by content (SHA-256), not by path or
+    date: a file replaced in place gets a new step, a copy elsewhere reuses it."""
     import hashlib
-    stat = weights.stat()
     key = {'model': name, 'model_args': step_args, 'lr': lr, 'seed': seed, 'epochs': epochs, 'max_steps': max_steps,
            'recipe': {k: v for k, v in recipe.items() if k not in ('shots', 'max_steps')},
-           'weights': [str(weights.resolve()), stat.st_size, stat.st_mtime_ns]}
+           'weights_sha256': source_weights(weights)['sha256']}
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -259,3 +259,27 @@ def test_a_step_1_of_another_length_is_its_own_row(tmp_path):
     with pytest.raises(SystemExit, match='is not a file'):  # named, the run then needs its source weights
         run(['hsm_resnet18'], 4 * SOURCE_STEP_EPOCHS, label='a longer step 1')
     assert not (tmp_path / 'accuracy_transfer.json').exists()
+
+
+def test_a_step_1_is_reused_for_the_same_source_weights_and_never_for_other_ones(tmp_path):
+    """HSM's step 1 is cached by what defines it; the source weights count by content: a copy of the file elsewhere
+    (another path and date) reuses the step, a file changed in place (same path and size) does not."""
+    import os
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+    from transfer import source_step_key
+
+    def key(weights):
+        return source_step_key('hsm_resnet18', {}, {'epochs': 12}, 0.02, 0, 3., weights, None)
+
+    first, copy = tmp_path / 'a.safetensors', tmp_path / 'elsewhere' / 'b.safetensors'
+    first.write_bytes(b'weights one')
+    copy.parent.mkdir()
+    copy.write_bytes(b'weights one')
+    os.utime(copy, ns=(10 ** 9, 10 ** 9))
+    assert key(first) == key(copy)
+    stat = first.stat()
+    first.write_bytes(b'weights two')  # same size, same path and date
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert key(first) != key(copy)
