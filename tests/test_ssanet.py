@@ -172,6 +172,14 @@ def test_parts_are_ranked_non_overlapping_and_batching_is_exact():
     assert torch.allclose(model(x), singles, atol=1e-4) and torch.allclose(model(x), model(x), atol=1e-6)
     out = model.forward_train(x)
     assert torch.allclose(out.logits['final'], out.logits['dsm'] + out.logits['op'])  # parts only: DSM + OP
+    # inference crops the K parts, not the P classified proposals, and predicts as the training path does
+    assert torch.allclose(model(x), out.logits['final'], atol=1e-4)
+    batches = []
+    hook = model.backbone.conv1.register_forward_hook(lambda module, args, output: batches.append(len(args[0])))
+    model(x), model.forward_train(x)
+    hook.remove()
+    candidates = model.num_parts * (model.num_scales - 1)  # the middle candidate is the part's own crop
+    assert batches == [3, 3 * (model.num_parts + candidates), 3, 3 * (model.num_proposals + candidates)]
 
 
 def test_three_stages_train_dsm_then_op_then_the_part_network():

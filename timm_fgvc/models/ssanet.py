@@ -6,13 +6,13 @@ Paper: "Spatial-Scale Aligned Network for Fine-Grained Recognition", L. Gao, H. 
 Pipeline (one batched pass, no loop over images or parts):
   image -> backbone -> navigator (NTS-Net style, on the detached feature map) scores anchors of several sizes and
   aspect ratios per cell -> NMS per anchor level -> top P = 6 proposals (2 per level) ranked by score, each cropped,
-  zoomed to half the input side, through the backbone and classified by the part head -> the top K = 4 are the
-  parts, part j = rank j (Sec. 3.1) -> part features f_ij -> Morphological Alignment Constraint across the batch
-  (MAC, Eq. 1-2) -> Discriminative Scale Mining: S = 5 scale candidates per part (expanded about the far vertex,
-  shrunk about the near one), each cropped separately, its h x w feature map flattened (Fig. 3), circulant scale
-  alignment, max over cyclic shifts (Eq. 6-7) -> Oriented Pooling of each part's feature map: 3 x 3 overlapping
-  sub-patches, row / column max, four orientations, max over orientations (Eq. 9-13). Final logits = DSM + OP
-  (parts only, no global feature).
+  zoomed to half the input side, through the backbone and classified by the part head (in training; inference
+  crops only the parts) -> the top K = 4 are the parts, part j = rank j (Sec. 3.1) -> part features f_ij ->
+  Morphological Alignment Constraint across the batch (MAC, Eq. 1-2) -> Discriminative Scale Mining: S = 5 scale
+  candidates per part (expanded about the far vertex, shrunk about the near one), each cropped separately, its
+  h x w feature map flattened (Fig. 3), circulant scale alignment, max over cyclic shifts (Eq. 6-7) -> Oriented
+  Pooling of each part's feature map: 3 x 3 overlapping sub-patches, row / column max, four orientations, max over
+  orientations (Eq. 9-13). Final logits = DSM + OP (parts only, no global feature).
 Training has three stages (Sec. 3.4): (1) backbone, navigator, part head and DSM; (2) the OP head alone;
 (3) the part network (backbone, navigator, part head) with DSM and OP fixed.
 
@@ -329,24 +329,25 @@ class SSANet(FGVCModel):
                     proposal_mask=mask.gather(1, rank), proposal_scores=level_scores.gather(1, rank))
 
     def _zoomed_feature_maps(self, x: torch.Tensor, proposals: torch.Tensor, candidates: torch.Tensor):
-        """One backbone pass over the zoomed proposals and, for 'crops', the scale candidates that are not their
-        part (the middle candidate is the part itself): `(crops [B, P, C, z, z], maps [B, P, D, h, w],
-        candidate maps [B, K, S, D, h, w] or None)`."""
+        """One backbone pass over the zoomed proposals `[B, P, 4]` (P: all the classified proposals in training,
+        the K parts otherwise) and, for 'crops', the scale candidates that are not their part (the middle candidate
+        is the part itself): `(crops [B, P, C, z, z], maps [B, P, D, h, w], candidate maps [B, K, S, D, h, w] or
+        None)`."""
         batch, parts, scales = candidates.shape[:3]
         middle = scales // 2
-        boxes = proposals
+        boxes, used = proposals, proposals.shape[1]
         if self.candidate_features == 'crops':
             others = torch.cat([candidates[:, :, :middle], candidates[:, :, middle + 1:]], 2)  # [B, K, S - 1, 4]
             boxes = torch.cat([proposals, others.flatten(1, 2)], 1)
         crops = crop_regions(x, boxes, self.part_size(min(x.shape[-2:])))  # [B, N, C, z, z]
         maps = self.backbone.forward_features(crops.flatten(0, 1))
         maps = maps.view(batch, -1, *maps.shape[1:])
-        proposal_maps = maps[:, :self.num_proposals]
+        proposal_maps = maps[:, :used]
         if self.candidate_features != 'crops':
             return crops, proposal_maps, None
-        others = maps[:, self.num_proposals:].unflatten(1, (parts, scales - 1))
+        others = maps[:, used:].unflatten(1, (parts, scales - 1))
         candidate_maps = torch.cat([others[:, :, :middle], proposal_maps[:, :parts, None], others[:, :, middle:]], 2)
-        return crops[:, :self.num_proposals], proposal_maps, candidate_maps
+        return crops[:, :used], proposal_maps, candidate_maps
 
     def _candidate_features(self, x: torch.Tensor, feature_map: torch.Tensor, candidates: torch.Tensor,
                             candidate_maps: Optional[torch.Tensor]) -> torch.Tensor:
@@ -367,7 +368,9 @@ class SSANet(FGVCModel):
         cells = F.adaptive_avg_pool2d(cells, pool)
         return cells.reshape(batch, parts, scales, -1)
 
-    def _forward_parts(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _forward_parts(self, x: torch.Tensor, classify_proposals: bool = False) -> Dict[str, torch.Tensor]:
+        """The parts and their features. `classify_proposals`: crop all P proposals for the part head and the
+        ranking loss (training); otherwise only the K parts, all the prediction reads (P - K fewer crops)."""
         check_images(x, self.in_chans, self.min_input_size)
         batch, image_size = x.shape[0], x.shape[-2:]
         feature_map = self.backbone.forward_features(x)
@@ -375,7 +378,9 @@ class SSANet(FGVCModel):
         boxes = out['proposal_boxes'][:, :self.num_parts]  # part j = rank j
         centre = ((boxes[..., :2] + boxes[..., 2:]) / 2).mean(1)  # the centre of the selected parts
         candidates = scale_candidates(boxes, centre, self.num_scales, self.scale_factor, image_size)
-        zoomed, proposal_maps, candidate_maps = self._zoomed_feature_maps(x, out['proposal_boxes'], candidates)
+        used = self.num_proposals if classify_proposals else self.num_parts
+        zoomed, proposal_maps, candidate_maps = self._zoomed_feature_maps(x, out['proposal_boxes'][:, :used],
+                                                                          candidates)
         proposal_features = proposal_maps.mean((-2, -1))  # [B, P, D]
         candidate_features = self._candidate_features(x, feature_map, candidates, candidate_maps)
         part_maps = proposal_maps[:, :self.num_parts].flatten(0, 1)
@@ -411,7 +416,7 @@ class SSANet(FGVCModel):
         """Logits `dsm`, `op`, `final` = DSM + OP `[B, C]` and `part` `[B, P, C]` (one per classified proposal, with
         `extras['part_mask']` `[B, P]`); extras `part_boxes` `[B, K, 4]` (the parts), `proposal_boxes` and
         `proposal_scores` (the P ranked proposals, the first K are the parts), `part_features` `[B, K, D]`."""
-        out = self._forward_parts(x)
+        out = self._forward_parts(x, classify_proposals=True)
         logits = {
             'dsm': self.heads['dsm'](out['candidate_features']),  # Eq. 7
             'op': self._op_logits(out['oriented']),  # Eq. 13
