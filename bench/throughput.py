@@ -72,42 +72,44 @@ class Pass:
     module: str = 'backbone'  # 'backbone' or 'saliency_branch' (HSM's AlexNet conv1-4 branch)
 
 
-def _s3n_bound(model: nn.Module, size: int) -> List[Pass]:
+def _s3n_bound(model: nn.Module, size: int, training: bool) -> List[Pass]:
     # O on the input, then D and C on the two resampled images of the input's size, batched as the model does.
     # beta1/beta2 learn through the resampled images (grid_sample -> grid -> sampling maps -> Eq. 5), so in
     # training the 2B pass must also back-propagate into its input.
     return [Pass(1, size), Pass(2, size, input_grad=True)]
 
 
-def _lfd_bound(model: nn.Module, size: int) -> List[Pass]:
+def _lfd_bound(model: nn.Module, size: int, training: bool) -> List[Pass]:
     # the image at full size, then m = 6 regions cropped (roi_align, no grad into the image) and zoomed to 224
     # at the paper's 448 (half the input side in general)
     return [Pass(1, size), Pass(model.num_regions, model.zoom_size(size))]
 
 
-def _caa_bound(model: nn.Module, size: int) -> List[Pass]:
+def _caa_bound(model: nn.Module, size: int, training: bool) -> List[Pass]:
     # one pass per scale at the input size (each scale zooms its crop back to the input size); training counts
     # every scale with backward (joint fine-tuning; a staged run back-propagates through fewer)
     scales = int(getattr(model, 'num_scales', 3))
     return [Pass(scales, size)]
 
 
-def _hsm_bound(model: nn.Module, size: int) -> List[Pass]:
+def _hsm_bound(model: nn.Module, size: int, training: bool) -> List[Pass]:
     # one backbone pass plus the saliency branch (AlexNet conv1-4 shapes, Sec. 3): both are plain CNN passes the
     # method cannot avoid; the modulation itself (l * (s + 1)) is the method's overhead
     return [Pass(1, size), Pass(1, size, module='saliency_branch')]
 
 
-def _ssanet_bound(model: nn.Module, size: int) -> List[Pass]:
-    # the image (navigator + anchors on its map), then the NTS proposals (6; the top K = 4 are the parts) cropped
-    # and zoomed to half the input side; the paper's separate scale candidates ('crops') add K * (S - 1) crops
-    # (the middle candidate is the part's own crop), roi_align on a shared map adds nothing
+def _ssanet_bound(model: nn.Module, size: int, training: bool) -> List[Pass]:
+    # the image (navigator + anchors on its map), then the parts cropped and zoomed to half the input side: in
+    # training all the NTS proposals the part head classifies (6; the top K = 4 are the parts), in inference the K
+    # parts; the paper's separate scale candidates ('crops') add K * (S - 1) crops (the middle candidate is the
+    # part's own crop), roi_align on a shared map adds nothing. All the crops are one pass, as the model batches
+    # them: on one CPU thread a batch's size alone moves its time (resnet50, 40 crops at 224 px: 6.7 s in one
+    # batch, 4.7 s in batches of 8), so a bound batched otherwise would time the batching, not the method.
     parts = int(getattr(model, 'num_parts', 4))
-    proposals = int(getattr(model, 'num_proposals', parts))
-    passes = [Pass(1, size), Pass(proposals, size // 2)]
+    crops = int(getattr(model, 'num_proposals', parts)) if training else parts
     if getattr(model, 'candidate_features', 'roi_align') == 'crops':
-        passes.append(Pass(parts * (int(getattr(model, 'num_scales', 5)) - 1), size // 2))
-    return passes
+        crops += parts * (int(getattr(model, 'num_scales', 5)) - 1)
+    return [Pass(1, size), Pass(crops, size // 2)]
 
 
 BOUNDS: Dict[str, tuple] = {
@@ -116,8 +118,9 @@ BOUNDS: Dict[str, tuple] = {
     'lfd': (_lfd_bound, '1 pass at the input size + m = 6 region passes at half the input size (224 at 448)'),
     'caa': (_caa_bound, '1 pass per scale (3) at the input size'),
     'hsm': (_hsm_bound, '1 backbone pass + the AlexNet conv1-4 saliency branch, both at the input size'),
-    'ssanet': (_ssanet_bound, '1 pass at the input size + 6 proposal passes at half the input size, + K * (S - 1) '
-                              '= 16 candidate passes at half size with separate candidate crops (the paper\'s)'),
+    'ssanet': (_ssanet_bound, '1 pass at the input size + one pass at half the input size over the K = 4 parts (in '
+                              'training the 6 proposals the part head classifies) and, with separate candidate crops '
+                              '(the paper\'s), K * (S - 1) = 16 scale candidates'),
 }
 
 
@@ -162,9 +165,9 @@ class BackboneBound(nn.Module):
                 total = total + F.cross_entropy(logits.float(), target.repeat(p.batch_factor))
         return total if target is not None else logits
 
-    def describe(self) -> str:
+    def describe(self, passes: Optional[List[Pass]] = None) -> str:
         return ' + '.join(f"{p.batch_factor}B x {p.size}px{' (input grad)' if p.input_grad else ''}"
-                          f"{' [' + p.module + ']' if p.module != 'backbone' else ''}" for p in self.passes)
+                          f"{' [' + p.module + ']' if p.module != 'backbone' else ''}" for p in passes or self.passes)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -383,8 +386,8 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
     batch = args.batch_size
     torch.manual_seed(args.seed)
     model = timm.create_model(name, num_classes=args.num_classes).to(device)
-    passes = bound_fn(model, size)
-    bound = BackboneBound(model.backbone_name, passes, args.num_classes,
+    passes = {phase: bound_fn(model, size, phase == 'training') for phase in ('inference', 'training')}
+    bound = BackboneBound(model.backbone_name, passes['inference'], args.num_classes,
                           backbone_args=getattr(model, 'backbone_args', None)).to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -397,11 +400,14 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
         'compile': args.compile, 'num_classes': args.num_classes, 'warmup': args.warmup, 'iters': args.iters,
         'flush_denormal': bool(args.flush_denormal and device.type == 'cpu'), 'threads': torch.get_num_threads(),
         'params_m': sum(p.numel() for p in model.parameters()) / 1e6,
-        'bound': {'definition': bound_text, 'passes': bound.describe()},
+        'bound': {'definition': bound_text, 'passes': bound.describe(passes['training']),
+                  **({'inference_passes': bound.describe()} if passes['inference'] != passes['training'] else {})},
         'paper_variant': model.backbone_name == METHODS[method][1] and size == METHODS[method][2],
     }
     print(f'\n== {name} @ {size}px, batch {batch}, amp {args.amp}, channels_last {args.channels_last}, '
-          f'compile {args.compile}; bound: {bound.describe()}', flush=True)
+          f"compile {args.compile}; bound: {entry['bound']['passes']}"
+          f"{'; inference ' + entry['bound']['inference_passes'] if 'inference_passes' in entry['bound'] else ''}",
+          flush=True)
 
     # --- compile / export checks (eval forward) ---
     infer_model, bound_features = model, None
@@ -438,6 +444,7 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
     # --- training ---
     model.train()
     bound.train()
+    bound.passes = passes['training']
     bound_inputs = bound.make_inputs(batch, device, x.dtype, args.channels_last, training=True)
     method_opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     bound_opt = torch.optim.SGD(bound.parameters(), lr=1e-4, momentum=0.9)

@@ -172,8 +172,8 @@ def throughput_table(entries: List[dict], commands: Commands) -> str:
             f"{overhead(tr, tr['target'])} | {mem} | {export_cell} | {compile_cell} | {_day(e)} | "
             f"{commands.ref(e['command'], e['_file'])} |")
     bounds = {}
-    for e in entries:
-        bounds.setdefault(e['method_name'], e['bound']['definition'])
+    for e in sorted(entries, key=lambda e: e.get('date') or ''):  # the newest entry's definition of each bound
+        bounds[e['method_name']] = e['bound']['definition']
     notes = '\n'.join(f'- {m}: {d}.' for m, d in sorted(bounds.items()))
     devices = sorted({e['device'] for e in entries})
     return '\n'.join(rows) + (
