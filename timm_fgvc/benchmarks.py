@@ -182,8 +182,13 @@ def throughput_table(entries: List[dict], commands: Commands) -> str:
         'SGD step. Peak memory: `torch.cuda.max_memory_allocated` on CUDA; on CPU approximate (live tensor bytes, '
         'weights and optimizer state included). ' +
         ('CPU rows come from a small machine shared with other jobs: the ratios hold (method and bound ran '
-         'interleaved), absolute images/s vary several-fold with the load. ' if any(e['device_type'] == 'cpu'
-                                                                                     for e in entries) else '') +
+         'interleaved), absolute images/s vary several-fold with the load. On that machine fresh memory is dear: '
+         "glibc maps every tensor over 32 MB anew, and a step that allocates gigabytes pays the page faults "
+         '(`ssanet_resnet50` at 448 px, batch 2, one thread: training steps of 41-46 s; with '
+         '`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`, which keep freed memory in the heap, 45, 32 '
+         'and 22 s as the heap grows to its peak; a resnet18 '
+         'step at 128 px, batch 32, is unchanged), so a method that needs more memory than its bound pays more '
+         'than its extra arithmetic. ' if any(e['device_type'] == 'cpu' for e in entries) else '') +
         'Backbone bound per method:\n' + notes +
         '\n\nDevices: ' + '; '.join(devices) + '.\n')
 
