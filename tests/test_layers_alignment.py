@@ -30,21 +30,20 @@ def test_the_filter_bank_gradient_comes_out_in_the_parameter_layout():
     """With the paper's 7 x 7 candidate maps the DSM filter bank is 1.6 GB (ResNet-50); a gradient in another
     layout makes autograd copy it to the parameter's every step (5-8 s of a 10 s backward on one CPU thread)."""
     weight = torch.randn(2, 3, 5, 8, requires_grad=True)
-    candidates = torch.randn(4, 2, 5, 8, requires_grad=True)
-    grad_weight, grad_candidates = torch.autograd.grad(circulant_alignment(candidates, weight).sum(),
-                                                       (weight, candidates))
+    candidates = torch.randn(4, 2, 5, 8)
+    responses = circulant_alignment(candidates, weight)  # [B, K, C]
+    grad_weight, = torch.autograd.grad(responses.sum(), weight)
     assert grad_weight.is_contiguous() and grad_weight.stride() == weight.stride()
     # the gradient itself: d/dw of the chosen shift's sum is the candidate aligned to each slot
-    shift = circulant_alignment(candidates, weight)  # recompute to find the best shift per (b, k, c)
     expected = torch.zeros_like(weight)
     for b in range(4):
         for k in range(2):
             for c in range(3):
                 scores = [sum(weight[k, c, n] @ candidates[b, k, (n + r) % 5] for n in range(5)) for r in range(5)]
                 best = int(torch.stack(scores).argmax())
-                assert torch.isclose(shift[b, k, c], scores[best], atol=1e-4)
+                assert torch.isclose(responses[b, k, c], scores[best], atol=1e-4)
                 for n in range(5):
-                    expected[k, c, n] += candidates[b, k, (n + best) % 5].detach()
+                    expected[k, c, n] += candidates[b, k, (n + best) % 5]
     assert torch.allclose(grad_weight, expected, atol=1e-5)
 
 

@@ -189,7 +189,8 @@ def throughput_table(entries: List[dict], commands: Commands) -> str:
          'and 22 s as the heap grows to its peak; a resnet18 '
          'step at 128 px, batch 32, is unchanged), so a method that needs more memory than its bound pays more '
          'than its extra arithmetic: with those settings `ssanet_resnet50` measures 1.07 / 1.02 (inference / '
-         'training) against the 1.04 / 1.39 of its row, at 0.32 / 0.11 img/s instead of 0.23 / 0.04. ' if any(e['device_type'] == 'cpu' for e in entries) else '') +
+         'training) against the 1.04 / 1.39 of its row, at 0.32 / 0.11 img/s instead of 0.23 / 0.04. '
+         if any(e['device_type'] == 'cpu' for e in entries) else '') +
         'Backbone bound per method:\n' + notes +
         '\n\nDevices: ' + '; '.join(devices) + '.\n')
 
