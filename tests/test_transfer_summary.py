@@ -157,6 +157,34 @@ def test_a_reference_row_is_measured_against_the_baseline_but_neither_gated_nor_
     assert 'reference' not in summary_table([], data) and '59.00 (+3.00' in summary_table([], data)
 
 
+def test_a_row_off_the_protocol_takes_its_gain_against_the_control_it_names_and_is_never_gated():
+    """A method run at another input size (a probe of the protocol's resolution) is compared with the plain model at
+    that size, named in its runs' 'yardstick', not with the protocol's baseline; it gets no gate, and a large gain
+    over the protocol's baseline never lists it in the README as a method past its gate."""
+    size_ref = 'resnet18 at 192 px, the same field of view'
+    probe = 's3n_resnet18 at 192 px'
+    runs = [dict(r, lr=0.04) for r in (
+        _run('resnet18', 0, 55.0, role='baseline'), _run('resnet18', 1, 57.0, role='baseline'),
+        _run('resnet18', 0, 58.0, role='reference', label=size_ref),
+        _run('resnet18', 1, 60.0, role='reference', label=size_ref),
+        dict(_run('s3n_resnet18', 0, 61.0, label=probe), yardstick=size_ref),
+        dict(_run('s3n_resnet18', 1, 61.0, label=probe), yardstick=size_ref), _run('s3n_resnet18', 0, 56.0))]
+    data = {'recipe': 'sgd e12', 'runs': runs, 'protocol': {'img_size': 128, 'output_stride': 16, 'source': 'src'},
+            '_file': 'f.json'}
+    rows = transfer_summary(data)['rows']
+    assert rows[probe]['gain'] == pytest.approx(2.0)  # 61 against 59, not against the protocol's 56
+    assert rows[probe]['paired']['gain'] == pytest.approx(2.0) and rows[probe]['paired']['se'] == pytest.approx(1.0)
+    assert rows[size_ref]['gain'] == pytest.approx(3.0)  # the control itself: against the protocol's baseline
+    line = next(l for l in transfer_table(data, Commands()).splitlines() if l.startswith(f'| {probe} |'))
+    assert '| +2.00 vs resnet18 at 192 px (paired by seed: +2.00 ± 1.00 SE, 2 seeds) | off the protocol, no gate |' \
+        in line
+    readme = next(l for l in summary_table([], data).splitlines() if l.startswith('| S3N'))
+    assert '56.00 (+0.00; gate +3: below; 1 seed)' in readme and '192' not in readme  # +5 over 56, not a pass
+    runs[4]['yardstick'] = runs[5]['yardstick'] = 'resnet18 at 192 px, never run'
+    with pytest.raises(ValueError, match='never run'):
+        transfer_summary(data)
+
+
 def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epochs_and_never_pool_devices():
     """Runs that differ from a recipe only in epochs form one table, each cell against the baseline trained as long;
     a --stage-epochs ablation (not at equal epochs), a few-shot run and another device's runs stay out of it."""

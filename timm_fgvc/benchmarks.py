@@ -380,13 +380,20 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
     base_top1 = [r['top1'] for r in base['runs']] if base else []
     base_mean = statistics.fmean(base_top1) if base_top1 else None
     for row in rows.values():
+        # a row measured off the protocol (e.g. at another input size) names the row it is compared with
+        yardstick = row['runs'][-1].get('yardstick')
+        if yardstick is not None and yardstick not in rows:
+            raise ValueError(f"{row['label']!r} is compared with {yardstick!r}, which has no runs of the recipe "
+                             f"{recipe!r}: record that row's runs, or drop 'yardstick' from this row's runs.")
+        against = rows[yardstick] if yardstick is not None else base
         walls = [r['wall_seconds'] for r in row['runs'] if not r.get('resumed')]  # a resumed run's is only its end
         heads: Dict[str, List[float]] = {}
         for r in row['runs']:
             for k, v in r['per_head_top1'].items():
                 heads.setdefault(k, []).append(v)
         row.update(
-            **seed_stats(row['runs'], base['runs'] if base and row['role'] != 'baseline' else []),
+            **seed_stats(row['runs'], against['runs'] if against and row['role'] != 'baseline' else []),
+            yardstick=yardstick,
             heads={k: statistics.fmean(v) for k, v in heads.items()},
             compute=row['runs'][-1].get('compute_ratio'),
             wall=statistics.fmean(walls) if walls else None, command=row['runs'][-1]['command'],
@@ -420,6 +427,12 @@ def paired_gain(runs: List[dict], baseline_runs: List[dict]) -> Optional[Dict[st
         return None
     return {'gain': statistics.fmean(diffs), 'n': len(diffs),
             'se': statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None}
+
+
+def yardstick_text(row: Dict[str, Any]) -> str:
+    """' vs resnet18 at 192 px' for a row compared with another row than the baseline (its label up to the first
+    comma), else ''."""
+    return f" vs {row['yardstick'].split(',')[0]}" if row.get('yardstick') else ''
 
 
 def paired_text(stats: Dict[str, Any]) -> str:
@@ -598,6 +611,8 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             verdict = 'yardstick'
         elif row['role'] == 'reference':  # a control for the methods (e.g. CAA's paper's multi-scale baseline)
             verdict = 'reference, no gate'
+        elif row['yardstick'] is not None:  # measured off the protocol: the gate is the protocol's
+            verdict = 'off the protocol, no gate'
         elif gate is None or row['gain'] is None:
             verdict = '–'
         else:
@@ -609,7 +624,7 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
         stages = '/'.join(f'{e:.1f}' for e in row['stage_epochs']) if row['stage_epochs'] else 'one stage'
         wall = f"{row['wall'] / 60:.0f} min" if row['wall'] is not None else '– (resumed runs only)'
         lines.append(
-            f"| {row['label']} | {top1} | {signed(row['gain'])}{paired_text(row)} | {verdict} | "
+            f"| {row['label']} | {top1} | {signed(row['gain'])}{yardstick_text(row)}{paired_text(row)} | {verdict} | "
             f"{fmt(row['compute'])} | {heads} | {row['lr']:g}, {stages} | {wall} | "
             f"{commands.ref(row['command'], data['_file'])} |")
     text = (f"Recipe for every row: `{s['recipe']}`; target CUB classes 1-50 (1,500 train / 1,389 test), "
@@ -617,7 +632,8 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             f"all backbones from `{data['protocol']['source']}` (trained on CUB classes 51-200). A method gets "
             "its paper's new-layer / backbone lr ratio and stage proportions of the same epochs. Rows with the gate "
             "'reference, no gate' are controls: plain models that tell what a method's extra compute or views would "
-            "give without the method.\n\n")
+            "give without the method. Rows 'off the protocol' change a protocol setting (e.g. the input size) and "
+            "take their gain against the control named in their gain cell.\n\n")
     text += '\n'.join(lines) + '\n'
     schedules = schedule_summaries(data)
     tabled = {id(r) for sch in schedules for r in sch['runs']}  # shown in a schedule table
@@ -708,7 +724,8 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
                    f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}{variant})")
             compute = fmt(row['compute'])
             for other in rows_of.values():  # a labelled variant past the gate is named with its condition
-                passes = other['model'] == row['model'] and other is not row and gate_verdict(other, gate)
+                passes = (other['model'] == row['model'] and other is not row and other['role'] == 'method'
+                          and other['yardstick'] is None and gate_verdict(other, gate))
                 if passes and passes.startswith('pass'):
                     acc += (f"; {variant_name(other)}: {other['mean']:.2f} ({signed(other['gain'])}, {passes}, "
                             f"compute {fmt(other['compute'])})")
