@@ -577,7 +577,10 @@ GATE_MARGIN_SEEDS = (1.0, 3)  # within 1 pt of its gate a method needs 3 seeds (
 def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
     """'passes' / 'below' the gate; a gain of a method whose own part is dead (HSM's saliency map zero in at least
     99% of its cells in every run: the model is its backbone with another head schedule) is not credited to it.
-    A gain within 1 pt of the gate on fewer than 3 seeds says that more seeds are needed."""
+    A gain within 1 pt of the gate on fewer than 3 seeds says that more seeds are needed. A row measured off the
+    protocol (one with a 'yardstick', e.g. another input size) is never gated: the gate is the protocol's."""
+    if row.get('yardstick') is not None:
+        return 'off the protocol, no gate'
     if row['gain'] is None or gate is None:
         return '–'
     if row.get('saliency') is not None and max(row['saliency']) < DEAD_SALIENCY_SHARE:
@@ -611,8 +614,8 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             verdict = 'yardstick'
         elif row['role'] == 'reference':  # a control for the methods (e.g. CAA's paper's multi-scale baseline)
             verdict = 'reference, no gate'
-        elif row['yardstick'] is not None:  # measured off the protocol: the gate is the protocol's
-            verdict = 'off the protocol, no gate'
+        elif row['yardstick'] is not None:
+            verdict = gate_verdict(row, gate)
         elif gate is None or row['gain'] is None:
             verdict = '–'
         else:
@@ -724,8 +727,7 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
                    f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}{variant})")
             compute = fmt(row['compute'])
             for other in rows_of.values():  # a labelled variant past the gate is named with its condition
-                passes = (other['model'] == row['model'] and other is not row and other['role'] == 'method'
-                          and other['yardstick'] is None and gate_verdict(other, gate))
+                passes = other['model'] == row['model'] and other is not row and gate_verdict(other, gate)
                 if passes and passes.startswith('pass'):
                     acc += (f"; {variant_name(other)}: {other['mean']:.2f} ({signed(other['gain'])}, {passes}, "
                             f"compute {fmt(other['compute'])})")
