@@ -26,6 +26,7 @@ method's gain over the baseline (per seed, then the mean), on
     python bench/accuracy.py --suites cub --cub-classes 50 --cub-img-size 128 --epochs 10
     for k in 1 2 3 5 10 15 20 25 30; do python bench/accuracy.py --methods hsm --shots $k --seeds 0 1 2; done
     for k in 1 3 5 10; do python bench/accuracy.py --suites transfer --methods hsm --shots $k --seeds 0 1 2; done
+    python bench/accuracy.py --suites transfer --methods s3n --seeds 1 --img-size 192 --threads 2  # off the protocol
 
 Budget flags left unset take the engine's `TrainConfig` defaults (the same for both models); the backbone's
 learning rate equals `--lr` (nothing is pretrained here). The baseline gets the method's data config
@@ -479,7 +480,10 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=None,
                    help='torch.set_num_threads; 1 is far steadier than 2 on a CPU shared with other jobs')
     # synthetic suite
-    p.add_argument('--img-size', type=int, default=None, help='synthetic input size (default: the rendered size)')
+    p.add_argument('--img-size', type=int, default=None,
+                   help="synthetic: the input size (default: the rendered size); transfer: a probe off the "
+                        "protocol's 128 px, the same field of view magnified (its gain is taken against the plain "
+                        'model at that size, trained too unless --skip-baseline; no gate)')
     p.add_argument('--synthetic-classes', type=int, default=None, help=engine('synthetic_classes'))
     p.add_argument('--synthetic-train-per-class', type=int, default=None, help=engine('synthetic_train_per_class'))
     p.add_argument('--synthetic-test-per-class', type=int, default=None, help=engine('synthetic_test_per_class'))

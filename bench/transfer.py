@@ -9,6 +9,10 @@ A method gets the baseline's recipe (optimizer, backbone lr, schedule, epochs) w
 its paper's stage proportions (of the same total epochs) and its paper's new-layer / backbone lr ratio, both read
 from its paper-backbone hub config (`hub_configs/<method>_<paper backbone>.cub200.yaml`).
 
+`--img-size N` (N other than 128) runs a probe off the protocol: the same 128 px crop's field of view, magnified to
+N px (the stored images are 160 px, so no detail is added). The plain model at N px becomes a reference row, and
+each method's row names it as its `yardstick`: the gain is taken against it, and the row has no gate.
+
 Every finished run is written at once to `bench/results/accuracy_transfer.json` (a list of runs, one per model,
 seed, recipe and model args; a later run with the same key replaces the earlier), so runs started in parallel
 processes and runs still to come add up; the summary (baseline mean +- std, each method's gain) is computed
@@ -181,6 +185,32 @@ def saliency_activity(run_dir: Path, dataset: str, images: int = 64) -> Optional
             'images': len(files)}
 
 
+def input_size(args) -> int:
+    """The run's input size: the protocol's 128 px unless `--img-size` names another (a probe off the protocol)."""
+    size = getattr(args, 'img_size', None) or PROTOCOL['img_size']
+    if size % 32:  # a resnet's stride: the 128 px crop's field of view needs a whole feature grid
+        raise SystemExit(f'--img-size {size}: pick a multiple of 32 (the backbone\'s stride), e.g. 160, 192 or 256.')
+    return size
+
+
+def size_reference_label(size: int) -> str:
+    """The label of the plain model at another input size: the yardstick of the methods run at that size."""
+    zoom = size / PROTOCOL['img_size']
+    how = f'magnified {zoom:g}x, no detail added' if zoom > 1 else f'shrunk to {zoom:g}x'
+    return (f"{PROTOCOL['baseline']} at {size} px, the {PROTOCOL['img_size']} px crop's field of view "
+            f'(the input {how})')
+
+
+def run_label(name: str, label: Optional[str], size: int) -> str:
+    """A row's label: the model's name, an ablation's `--label`, and the input size when it is off the protocol."""
+    if size == PROTOCOL['img_size']:
+        return name if not label or name == PROTOCOL['baseline'] else f'{name} ({label})'
+    if name == PROTOCOL['baseline']:
+        return size_reference_label(size)
+    return (f"{name} at {size} px, the {PROTOCOL['img_size']} px crop's field of view "
+            f"({label or 'a probe of the protocol' + chr(39) + 's input size'})")
+
+
 def source_step_stages(args, recipe: dict) -> List[float]:
     """HSM's stage epochs: step 1 on the source classes, then step 2 on the target for the recipe's epochs."""
     return [args.source_step_epochs, recipe['epochs']]
@@ -197,7 +227,7 @@ def source_weights(path: Path) -> dict:
 
 
 def source_step_key(name: str, step_args: dict, recipe: dict, lr: float, seed: int, epochs: float, weights: Path,
-                    max_steps: Optional[int]) -> str:
+                    max_steps: Optional[int], img_size: int = PROTOCOL['img_size']) -> str:
     """What defines a step-1 run: it does not depend on the target (nor on --shots), so every target run with the
     same key starts from the same step-1 weights. The source weights enter by content (SHA-256), not by path or
     date: a file replaced in place gets a new step, a copy elsewhere reuses it."""
@@ -205,6 +235,8 @@ def source_step_key(name: str, step_args: dict, recipe: dict, lr: float, seed: i
     key = {'model': name, 'model_args': step_args, 'lr': lr, 'seed': seed, 'epochs': epochs, 'max_steps': max_steps,
            'recipe': {k: v for k, v in recipe.items() if k not in ('shots', 'max_steps')},
            'weights_sha256': source_weights(weights)['sha256']}
+    if img_size != PROTOCOL['img_size']:  # off the protocol (the protocol's keys stay as they were)
+        key['img_size'] = img_size
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -216,7 +248,8 @@ def run_source_step(args, train, TrainConfig, name: str, model_args: dict, recip
     last, so a killed step is never reused) and reused by every later target run with the same key (the few-shot
     runs of one seed share it)."""
     step_args = {**model_args, 'saliency_step_trains_head': False}  # the paper: the pretrained head stays frozen
-    key = source_step_key(name, step_args, recipe, lr, seed, args.source_step_epochs, weights, args.max_steps)
+    key = source_step_key(name, step_args, recipe, lr, seed, args.source_step_epochs, weights, args.max_steps,
+                          input_size(args))
     step_root = Path(args.workdir) / 'transfer' / 'source_steps' / key
     record = step_root / 'step.json'
     with locked(record):  # parallel jobs of one seed: the first trains the step, the others wait and reuse it
@@ -239,7 +272,7 @@ def _source_step(args, train, TrainConfig, name: str, step_args: dict, recipe: d
     steps = min(steps, args.max_steps) if args.max_steps else steps  # a smoke run
     cfg = TrainConfig(
         model=name, model_args=step_args, dataset=dataset, pretrained_path=str(init),
-        output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'], crop_pct=PROTOCOL['crop_pct'],
+        output_stride=PROTOCOL['output_stride'], img_size=input_size(args), crop_pct=PROTOCOL['crop_pct'],
         optimizer=recipe['optimizer'], lr=lr, backbone_lr=recipe['backbone_lr'], batch_size=recipe['batch_size'],
         weight_decay=recipe['weight_decay'], scheduler=recipe['scheduler'], warmup_epochs=recipe['warmup_epochs'],
         mixed_precision=recipe['mixed_precision'], stage_epochs=source_step_stages(args, recipe),
@@ -278,6 +311,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     rid = recipe_id(recipe)
     out = Path(args.results_dir) / 'accuracy_transfer.json'
     weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
+    size = input_size(args)
+    reference = None if size == PROTOCOL['img_size'] else size_reference_label(size)  # a probe's yardstick
     names = ([] if args.skip_baseline else [PROTOCOL['baseline']]) + list(args.transfer_models)
     stage_override = args.stage_epochs
     has_source_step = any(split_variant(n)[0] in SOURCE_STEP_METHODS for n in names)
@@ -310,7 +345,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 extra['stage_epochs'] = [float(e) for e in stage_override]
                 epochs_ratio = sum(extra['stage_epochs']) / recipe['epochs']
             out_dir = (Path(args.workdir) / 'transfer' / rid.replace(' ', '_').replace('/', '-') / f'seed{seed}'
-                       / (name + (('_' + args.label) if args.label else '')))
+                       / (name + (('_' + args.label) if args.label else '') + (f'_{size}px' if reference else '')))
             source_step, start_stage, init = None, 0, weights
             if split_variant(name)[0] in SOURCE_STEP_METHODS and not args.no_source_step:
                 step_lr = extra['lr'] if args.source_step_lr is None else args.source_step_lr
@@ -321,7 +356,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
             run_dir = out_dir / 'target' if source_step else out_dir
             cfg = TrainConfig(
                 model=name, model_args=model_args, dataset=dataset, pretrained_path=str(init), start_stage=start_stage,
-                output_stride=PROTOCOL['output_stride'], img_size=PROTOCOL['img_size'], crop_pct=PROTOCOL['crop_pct'],
+                output_stride=PROTOCOL['output_stride'], img_size=size, crop_pct=PROTOCOL['crop_pct'],
                 optimizer=recipe['optimizer'], lr=extra['lr'], backbone_lr=recipe['backbone_lr'],
                 epochs=recipe['epochs'], batch_size=recipe['batch_size'], weight_decay=recipe['weight_decay'],
                 scheduler=recipe['scheduler'], warmup_epochs=recipe['warmup_epochs'],
@@ -340,9 +375,11 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                                    f"{recipe['device']!r}: run with --cpu, or on one device type.")
             final = results.get('final', {})
             probe = timm.create_model(name, num_classes=PROTOCOL['classes'], **results['model_args'])
-            label = name if not args.label or name == PROTOCOL['baseline'] else f'{name} ({args.label})'
+            label = run_label(name, args.label, size)
+            role = 'method' if name != PROTOCOL['baseline'] else 'reference' if reference else 'baseline'
             run = {
-                'model': name, 'label': label, 'role': 'baseline' if name == PROTOCOL['baseline'] else 'method',
+                'model': name, 'label': label, 'role': role, 'img_size': size,
+                **({'yardstick': reference} if reference and role == 'method' else {}),
                 'seed': seed, 'recipe_id': rid, 'recipe': recipe, 'model_args': model_args,
                 'lr': extra['lr'], 'stage_epochs': extra['stage_epochs'],
                 'paper_recipe': extra.get('paper'), 'top1': final.get('eval_top1'), 'top5': final.get('eval_top5'),
@@ -350,8 +387,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 'eval_samples': final.get('eval_samples'), 'steps': final.get('step'),
                 'final_train_loss': final.get('train_loss'), 'history': results.get('history'),
                 'epochs_ratio': epochs_ratio,
-                'compute_ratio': epochs_ratio * backbone_passes(probe, PROTOCOL['img_size'],
-                                                                 extra['stage_epochs'] or None),
+                'compute_ratio': epochs_ratio * (size / PROTOCOL['img_size']) ** 2  # against the baseline at 128
+                                 * backbone_passes(probe, size, extra['stage_epochs'] or None),
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,
                 'source_weights': source, 'source_step': source_step, 'resumed': results.get('resumed_from'),
                 'saliency': saliency_activity(Path(cfg.output_dir), dataset) if name.startswith('hsm') else None,

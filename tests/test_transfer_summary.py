@@ -185,6 +185,64 @@ def test_a_row_off_the_protocol_takes_its_gain_against_the_control_it_names_and_
         transfer_summary(data)
 
 
+def test_the_runner_trains_a_probe_off_the_protocol_at_its_size_and_files_it_against_the_plain_model_there(
+        tmp_path):
+    """`bench/accuracy.py --suites transfer --img-size 192`: the plain model and the method train at 192 px with the
+    protocol's field of view, in folders of their own; the plain model is filed as the reference at that size, the
+    method names it as its yardstick (its gain is paired against it, not against the 128 px baseline), the compute
+    counts the larger input, and a size off the backbone's stride stops before any training."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+    from transfer import RECIPE_FIELDS, TRANSFER_DEFAULTS, run_transfer
+    from timm_fgvc.engine.config import TrainConfig
+    (tmp_path / 'w.safetensors').write_bytes(b'not the fixture')
+    configs = []
+    top1 = {(128, 'resnet18'): 55.0, (192, 'resnet18'): 58.0, (192, 's3n_resnet18'): 59.0}
+
+    def train(cfg):
+        configs.append(cfg)
+        return {'device': 'cpu', 'model_args': cfg.model_args,
+                'final': {'eval_top1': top1[cfg.img_size, cfg.model] + cfg.seed, 'step': 1}}
+
+    def run(models, img_size):
+        args = argparse.Namespace(**{k: TRANSFER_DEFAULTS[k] for k in RECIPE_FIELDS}, max_steps=None, shots=None,
+                                  cpu=True, results_dir=str(tmp_path), pretrained_path=str(tmp_path / 'w.safetensors'),
+                                  skip_baseline=False, transfer_models=models, stage_epochs=None, model_args={},
+                                  lr_ratio=None, no_source_step=False, source_step_lr=None, source_step_epochs=3.,
+                                  label=None, seeds=[0, 1], workdir=str(tmp_path), workers=0, resume=False, note=None,
+                                  img_size=img_size)
+        run_transfer(args, train, TrainConfig, str(tmp_path))
+
+    with pytest.raises(SystemExit, match='multiple of 32'):
+        run(['s3n_resnet18'], 200)
+    assert configs == []
+    run([], None)
+    run(['s3n_resnet18'], 192)
+    assert [(c.model, c.img_size, c.crop_pct) for c in configs[2:]] == [('resnet18', 192, 0.875),
+                                                                        ('s3n_resnet18', 192, 0.875)] * 2
+    assert len({c.output_dir for c in configs}) == 6 and all(c.output_dir.endswith('_192px') for c in configs[2:])
+    data = json.loads((tmp_path / 'accuracy_transfer.json').read_text())
+    by_label = {}
+    for r in data['runs']:
+        by_label.setdefault(r['label'], []).append(r)
+    reference = "resnet18 at 192 px, the 128 px crop's field of view (the input magnified 1.5x, no detail added)"
+    probe = "s3n_resnet18 at 192 px, the 128 px crop's field of view (a probe of the protocol's input size)"
+    assert set(by_label) == {'resnet18', reference, probe}
+    assert {r['role'] for r in by_label[reference]} == {'reference'} and all(r['img_size'] == 192
+                                                                           for r in by_label[probe])
+    assert {r['yardstick'] for r in by_label[probe]} == {reference}
+    assert by_label[reference][0]['compute_ratio'] == pytest.approx(2.25)
+    assert by_label[probe][0]['compute_ratio'] == pytest.approx(2.25 * 3)  # S3N: 3 passes of the 192 px input
+    data['_file'] = 'f.json'
+    rows = transfer_summary(data)['rows']
+    assert transfer_summary(data)['baseline_mean'] == pytest.approx(55.5)
+    assert rows[probe]['gain'] == pytest.approx(1.0) and rows[probe]['paired']['gain'] == pytest.approx(1.0)
+    assert gate_verdict(rows[probe], 3.0) == 'off the protocol, no gate'
+
+
 def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epochs_and_never_pool_devices():
     """Runs that differ from a recipe only in epochs form one table, each cell against the baseline trained as long;
     a --stage-epochs ablation (not at equal epochs), a few-shot run and another device's runs stay out of it."""
