@@ -188,17 +188,21 @@ def saliency_activity(run_dir: Path, dataset: str, images: int = 64) -> Optional
 def input_size(args) -> int:
     """The run's input size: the protocol's 128 px unless `--img-size` names another (a probe off the protocol)."""
     size = getattr(args, 'img_size', None) or PROTOCOL['img_size']
-    if size % 32:  # a resnet's stride: the 128 px crop's field of view needs a whole feature grid
-        raise SystemExit(f'--img-size {size}: pick a multiple of 32 (the backbone\'s stride), e.g. 160, 192 or 256.')
+    if size % 32:  # resnet18's stride without dilation: a whole feature grid at output stride 16 or 32
+        raise SystemExit(f'--img-size {size}: pick a multiple of 32 (resnet18\'s undilated stride), '
+                         'e.g. 160, 192 or 256.')
     return size
+
+
+def _at_size(name: str, size: int, what: str) -> str:
+    return f"{name} at {size} px, the {PROTOCOL['img_size']} px crop's field of view ({what})"
 
 
 def size_reference_label(size: int) -> str:
     """The label of the plain model at another input size: the yardstick of the methods run at that size."""
     zoom = size / PROTOCOL['img_size']
     how = f'magnified {zoom:g}x, no detail added' if zoom > 1 else f'shrunk to {zoom:g}x'
-    return (f"{PROTOCOL['baseline']} at {size} px, the {PROTOCOL['img_size']} px crop's field of view "
-            f'(the input {how})')
+    return _at_size(PROTOCOL['baseline'], size, f'the input {how}')
 
 
 def run_label(name: str, label: Optional[str], size: int) -> str:
@@ -207,8 +211,7 @@ def run_label(name: str, label: Optional[str], size: int) -> str:
         return name if not label or name == PROTOCOL['baseline'] else f'{name} ({label})'
     if name == PROTOCOL['baseline']:
         return size_reference_label(size)
-    return (f"{name} at {size} px, the {PROTOCOL['img_size']} px crop's field of view "
-            f"({label or 'a probe of the protocol' + chr(39) + 's input size'})")
+    return _at_size(name, size, label or "a probe of the protocol's input size")
 
 
 def source_step_stages(args, recipe: dict) -> List[float]:

@@ -1,4 +1,7 @@
 """The transfer protocol's summary (SPEC §8): gains against the baseline's mean, and gates a dead part cannot pass."""
+import sys
+from pathlib import Path
+
 import pytest
 
 from timm_fgvc.benchmarks import (Commands, few_shot_summaries, few_shot_table, gate_verdict, headline_row,
@@ -12,6 +15,24 @@ def _run(model, seed, top1, role='method', label=None, recipe='sgd e12', salienc
     if saliency is not None:
         run['saliency'] = {'active_cells': saliency}
     return run
+
+
+BENCH = Path(__file__).resolve().parents[1] / 'bench'  # bench/transfer.py, imported by the runner's tests
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+
+def _runner_args(tmp_path, **overrides):
+    """`bench/accuracy.py --suites transfer`'s arguments as `run_transfer` reads them: the protocol's recipe on the
+    CPU, results and runs under tmp_path, one seed, no ablation."""
+    import argparse
+    from transfer import RECIPE_FIELDS, TRANSFER_DEFAULTS
+    args = dict({k: TRANSFER_DEFAULTS[k] for k in RECIPE_FIELDS}, max_steps=None, shots=None, cpu=True,
+                results_dir=str(tmp_path), pretrained_path=str(tmp_path / 'w.safetensors'), skip_baseline=False,
+                transfer_models=[], stage_epochs=None, model_args={}, lr_ratio=None, no_source_step=False,
+                source_step_lr=None, source_step_epochs=3., label=None, seeds=[0], workdir=str(tmp_path), workers=0,
+                resume=False, note=None)
+    return argparse.Namespace(**{**args, **overrides})
 
 
 def test_gains_are_against_the_baseline_mean_of_the_protocol_recipe_and_dead_saliency_is_not_credited():
@@ -191,12 +212,8 @@ def test_the_runner_trains_a_probe_off_the_protocol_at_its_size_and_files_it_aga
     protocol's field of view, in folders of their own; the plain model is filed as the reference at that size, the
     method names it as its yardstick (its gain is paired against it, not against the 128 px baseline), the compute
     counts the larger input, and a size off the backbone's stride stops before any training."""
-    import argparse
     import json
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
-    from transfer import RECIPE_FIELDS, TRANSFER_DEFAULTS, run_transfer
+    from transfer import run_transfer
     from timm_fgvc.engine.config import TrainConfig
     (tmp_path / 'w.safetensors').write_bytes(b'not the fixture')
     configs = []
@@ -208,12 +225,7 @@ def test_the_runner_trains_a_probe_off_the_protocol_at_its_size_and_files_it_aga
                 'final': {'eval_top1': top1[cfg.img_size, cfg.model] + cfg.seed, 'step': 1}}
 
     def run(models, img_size):
-        args = argparse.Namespace(**{k: TRANSFER_DEFAULTS[k] for k in RECIPE_FIELDS}, max_steps=None, shots=None,
-                                  cpu=True, results_dir=str(tmp_path), pretrained_path=str(tmp_path / 'w.safetensors'),
-                                  skip_baseline=False, transfer_models=models, stage_epochs=None, model_args={},
-                                  lr_ratio=None, no_source_step=False, source_step_lr=None, source_step_epochs=3.,
-                                  label=None, seeds=[0, 1], workdir=str(tmp_path), workers=0, resume=False, note=None,
-                                  img_size=img_size)
+        args = _runner_args(tmp_path, transfer_models=models, seeds=[0, 1], img_size=img_size)
         run_transfer(args, train, TrainConfig, str(tmp_path))
 
     with pytest.raises(SystemExit, match='multiple of 32'):
@@ -301,19 +313,11 @@ def test_a_run_on_an_accelerator_is_its_own_recipe():
 def test_a_run_is_never_credited_to_a_device_it_did_not_train_on(tmp_path):
     """The recipe says where the run trained (`accelerator_type`); if the engine trained elsewhere, the benchmark
     stops before the run is written, instead of filing it under the wrong recipe."""
-    import argparse
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
-    from transfer import RECIPE_FIELDS, TRANSFER_DEFAULTS, run_transfer
+    from transfer import run_transfer
     from timm_fgvc.engine.trainer import accelerator_type
     from timm_fgvc.engine.config import TrainConfig
     assert accelerator_type(cpu=True) == 'cpu'
-    args = argparse.Namespace(**{k: TRANSFER_DEFAULTS[k] for k in RECIPE_FIELDS}, max_steps=None, shots=None,
-                              cpu=True, results_dir=str(tmp_path), pretrained_path=str(tmp_path / 'w.safetensors'),
-                              skip_baseline=False, transfer_models=[], stage_epochs=None, model_args={}, lr_ratio=None,
-                              no_source_step=False, source_step_lr=None, source_step_epochs=3., label=None,
-                              seeds=[0], workdir=str(tmp_path), workers=0, resume=False, note=None)
+    args = _runner_args(tmp_path)
     (tmp_path / 'w.safetensors').write_bytes(b'not the fixture')
     elsewhere = lambda cfg: {'device': 'cuda:0', 'final': {'eval_top1': 50.0}, 'model_args': {}}  # noqa: E731
     with pytest.raises(RuntimeError, match="trained on cuda:0, but its recipe says 'cpu'"):
@@ -325,19 +329,12 @@ def test_a_step_1_of_another_length_is_its_own_row(tmp_path):
     """HSM's step 1 on the source classes is part of its recipe: a run with another `--source-step-epochs` must be
     named (`--label`), or it would be pooled into the plain HSM row; missing source weights stop the run before any
     work."""
-    import argparse
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
-    from transfer import RECIPE_FIELDS, SOURCE_STEP_EPOCHS, TRANSFER_DEFAULTS, run_transfer
+    from transfer import SOURCE_STEP_EPOCHS, run_transfer
     from timm_fgvc.engine.config import TrainConfig
 
     def run(models, epochs, label=None):
-        args = argparse.Namespace(**{k: TRANSFER_DEFAULTS[k] for k in RECIPE_FIELDS}, max_steps=None, shots=None,
-                                  cpu=True, results_dir=str(tmp_path), pretrained_path=str(tmp_path / 'w'),
-                                  skip_baseline=True, transfer_models=models, stage_epochs=None, model_args={},
-                                  lr_ratio=None, no_source_step=False, source_step_lr=None, source_step_epochs=epochs,
-                                  label=label, seeds=[0], workdir=str(tmp_path), workers=0, resume=False, note=None)
+        args = _runner_args(tmp_path, pretrained_path=str(tmp_path / 'w'), skip_baseline=True,
+                            transfer_models=models, source_step_epochs=epochs, label=label)
         return run_transfer(args, lambda cfg: {}, TrainConfig, str(tmp_path))
 
     with pytest.raises(SystemExit, match='--source-step-epochs make an ablation row'):
