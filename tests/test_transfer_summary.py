@@ -301,9 +301,6 @@ def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epoch
 
 
 def test_a_run_on_an_accelerator_is_its_own_recipe():
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
     from transfer import TRANSFER_DEFAULTS, recipe_id
     cpu = recipe_id({**TRANSFER_DEFAULTS, 'device': 'cpu'})
     assert cpu == recipe_id(TRANSFER_DEFAULTS) == 'sgd lr0.04/bb0.02 wd0.0001 cosine w1 e12 b32 bf16'
@@ -348,9 +345,6 @@ def test_a_step_1_is_reused_for_the_same_source_weights_and_never_for_other_ones
     """HSM's step 1 is cached by what defines it; the source weights count by content: a copy of the file elsewhere
     (another path and date) reuses the step, a file changed in place (same path and size) does not."""
     import os
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
     from transfer import source_step_key
 
     def key(weights):
