@@ -1,4 +1,6 @@
 """LFD: max-pooled CAM attention (Eq. 2), region proposals and zoom, hybrid head, losses and learning."""
+import warnings
+
 import pytest
 import timm
 import torch
@@ -92,9 +94,9 @@ def test_region_size_follows_the_feature_stride_and_small_inputs_warn():
     """160 px at 448 is 5 cells of stride 32; at stride 16 the same 5 cells are 80 px, so NMS at 0.25 keeps
     regions >= 3 cells apart at any input size. The input-relative reading is kept as `region_scale`."""
     r50 = timm.create_model('lfd_resnet50', num_classes=3)
-    assert (r50.region_size(448), r50.zoom_size(448), r50.min_meaningful_input) == (160, 224, 224)
+    assert (r50.region_size(448), r50.zoom_size(448), r50.min_meaningful_input) == (160, 224, 352)
     r18_os16 = timm.create_model('lfd_resnet18', num_classes=3, backbone_args=dict(output_stride=16))
-    assert (r18_os16.region_size(448), r18_os16.zoom_size(448), r18_os16.min_meaningful_input) == (80, 112, 112)
+    assert (r18_os16.region_size(448), r18_os16.zoom_size(448), r18_os16.min_meaningful_input) == (80, 112, 176)
     relative = timm.create_model('lfd_resnet18', num_classes=3, region_scale=160 / 448)
     assert (relative.region_size(448), relative.zoom_size(448), relative.region_size(96)) == (160, 224, 34)
     with pytest.raises(ValueError, match='not both'):
@@ -165,8 +167,70 @@ def test_invalid_region_counts_fail_clearly():
 
 def test_short_training_lowers_all_three_losses(short_training):
     # lr 0.02: at 0.05 the moving attention re-selects regions and the losses spike on this tiny problem
-    # 64 px: 8 x 8 cells of 8 px (>= the 7 LFD needs), 40 px regions zoomed to 56 px
-    losses = short_training(tiny_lfd(num_classes=4), num_classes=4, image_size=64, lr=0.02)
+    # 64 px: 8 x 8 cells of 8 px; 3-cell (24 px) regions, so that m = 6 fit apart (`regions_apart`), zoomed to 34 px
+    losses = short_training(tiny_lfd(num_classes=4, region_cells=3), num_classes=4, image_size=64, lr=0.02)
     for term in ('loss_image', 'loss_region', 'loss_hybrid'):
         first, last = losses[term]
         assert last < 0.7 * first, (term, first, last)
+
+
+def _centred_attention(batch, grid, seed=0):
+    """Bird-like maps: a bump at the centre of the grid plus noise (CUB's birds are mostly centred)."""
+    torch.manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(grid * 1.), torch.arange(grid * 1.), indexing='ij')
+    centre = (grid - 1) / 2
+    return torch.exp(-((xx - centre) ** 2 + (yy - centre) ** 2) / grid) + 0.1 * torch.rand(batch, grid, grid)
+
+
+@pytest.mark.parametrize('grid, region_cells, fits', [(8, 5, False), (8, 3, True), (14, 5, True)])
+def test_the_model_warns_where_nms_cannot_keep_m_regions_apart(grid, region_cells, fits):
+    """The paper's 5-cell regions on its 14 x 14 map (448 px at stride 32) leave NMS room for m = 6; on the 8 x 8
+    map of 128 px at stride 16, moved inside the image, they fit 2 x 2 apart, so NMS leaves slots empty (masked
+    copies of region 1) and the model says so; 3-cell regions (the paper's share of image and map) fill all six."""
+    from timm_fgvc.layers import propose_square_regions
+    model = tiny_lfd(region_cells=region_cells, backbone_args=dict(output_stride=16))
+    side = grid * model.feature_reduction
+    regions = propose_square_regions(_centred_attention(64, grid), side, model.region_size(side),
+                                     model.num_regions, model.nms_threshold, border=model.border)
+    filled = regions.mask.float().sum(1)
+    assert (model.regions_apart(grid, region_cells) >= model.num_regions) == fits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model._check_grid(grid, side)
+    assert bool(caught) != fits
+    if fits:
+        assert filled.min() == model.num_regions
+    else:
+        assert 'fit only about 4' in str(caught[0].message)
+        assert filled.mean() < 4  # a centre pick leaves room for fewer than the 2 x 2 corners
+        assert torch.equal(regions.boxes[~regions.mask], regions.boxes[:, :1].expand_as(regions.boxes)[~regions.mask])
+
+
+def test_the_region_head_is_scored_over_the_regions_nms_kept():
+    """At evaluation the region head's top-1 is the share of each image's real regions that are right: the slots
+    NMS could not fill repeat region 1 and would count it again."""
+    from accelerate import Accelerator
+    from timm_fgvc.engine.config import TrainConfig
+    from timm_fgvc.engine.trainer import TrainStep, evaluate
+    model = tiny_lfd(num_classes=4, backbone_args=dict(output_stride=16)).eval()  # 5-cell regions, 8 x 8 map
+    torch.manual_seed(3)
+    x = torch.randn(16, 3, 128, 128)
+    with torch.no_grad(), pytest.warns(UserWarning, match='fit only about'):
+        features = model._focus(x)['region_features'].flatten(0, 1)
+        shared = features.mean(0) / features.mean(0).norm()
+        weight = torch.randn_like(model.heads['region'].weight)
+        # a region head blind to what all regions share, so that regions of one image disagree
+        model.heads['region'].weight.copy_(100 * (weight - (weight @ shared)[:, None] * shared))
+        model.heads['region'].bias.zero_()
+    with torch.no_grad(), pytest.warns(UserWarning, match='fit only about'):
+        out = model.forward_train(x)
+    region_logits, mask = out.logits['region'], out.extras['region_mask']
+    assert not mask.all()
+    target = region_logits[:, 0].argmax(-1)  # region 1 right: its copies would inflate the score
+    hits = (region_logits.argmax(-1) == target[:, None]).float()
+    expected = 100 * ((hits * mask).sum(1) / mask.sum(1)).mean().item()
+    assert expected < 100 * hits.mean().item() - 1  # the unmasked mean would differ
+    with pytest.warns(UserWarning, match='fit only about'):
+        metrics = evaluate(Accelerator(cpu=True), TrainStep(model), [{'pixel_values': x, 'labels': target}],
+                           TrainConfig())
+    assert metrics['eval_top1_region'] == pytest.approx(expected, abs=1e-4)

@@ -67,9 +67,12 @@ class TrainStep(nn.Module):
         if hasattr(self.model, 'forward_train'):
             output = self.model.forward_train(x, target)
             logits, main = output.logits, output.main
+            # per-region / per-part logits count only the slots the method filled (e.g. regions NMS kept)
+            masks = {k: output.extras[f'{k}_mask'] for k, v in logits.items()
+                     if v.ndim == 3 and f'{k}_mask' in output.extras}
         else:  # a plain timm model: the baseline
-            logits, main = {'main': self.model(x)}, 'main'
-        result = {'logits': dict(logits), 'main': main}
+            logits, main, masks = {'main': self.model(x)}, 'main', {}
+        result = {'logits': dict(logits), 'main': main, 'masks': masks}
         if target is not None:
             if hasattr(self.model, 'loss'):
                 losses = self.model.loss(output, target)
@@ -280,12 +283,16 @@ def apply_stage(model: nn.Module, stage: TrainingStage) -> List[nn.Module]:
             and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
 
 
-def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int,
+                     mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per sample: 1 if the target is in the top k; for `[B, K, C]` logits (per region/part), the share of the
-    K predictions that have it."""
+    K predictions that have it, over the slots of `mask` `[B, K]` where given (an unfilled slot repeats another
+    one and would weigh it twice)."""
     k = min(k, logits.shape[-1])
     if logits.ndim == 3:
-        return (logits.topk(k, -1).indices == target[:, None, None]).any(-1).float().mean(-1)
+        hits = (logits.topk(k, -1).indices == target[:, None, None]).any(-1).float()
+        mask = torch.ones_like(hits) if mask is None else mask.to(hits.dtype)
+        return (hits * mask).sum(-1) / mask.sum(-1).clamp_min(1)
     return (logits.topk(k, -1).indices == target[:, None]).any(-1)
 
 
@@ -310,7 +317,7 @@ def _evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: Tra
         hits = {'top1': _accuracy_counts(out['logits'][out['main']], target, 1),
                 'top5': _accuracy_counts(out['logits'][out['main']], target, 5)}
         for name, logits in out['logits'].items():
-            hits[f'top1_{name}'] = _accuracy_counts(logits, target, 1)
+            hits[f'top1_{name}'] = _accuracy_counts(logits, target, 1, out['masks'].get(name))
         for name, value in accelerator.gather_for_metrics(hits).items():
             correct.setdefault(name, []).append(value.float())
         losses.append(accelerator.gather_for_metrics(out['losses']['loss'].detach().float().reshape(1)))

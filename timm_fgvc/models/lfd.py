@@ -21,9 +21,11 @@ Choices where the paper is open (SPEC §6):
   (IoU 0.25) or 2 apart diagonally (0.22) can.
   The alternative, sizes relative to the input (`region_scale=160 / 448`), breaks this at other sizes: at 96 px
   with stride 32 the regions were 34 px on a 3 x 3 grid of 32 px cells and NMS never suppressed anything.
-  Minimum input: the feature map needs >= region_cells + 2 = 7 cells per side (224 px at stride 32, 112 px with
-  `output_stride=16`), so that a 5-cell region is smaller than the image and m = 6 regions >= 3 cells apart fit
-  (a 7 x 7 grid holds 3 x 3 of them). Smaller inputs run (the region is capped at the image side) with a warning.
+  Minimum input: the feature map must hold m = 6 regions apart (`regions_apart`: 5-cell squares 3 cells apart).
+  Moved inside the image (the default, below) they need 11 cells per side (352 px at stride 32, 176 px with
+  `output_stride=16`); the paper's 448 px gives 14. On the 8 x 8 map of 128 px at stride 16 only 2 x 2 fit, and
+  NMS leaves slots empty (masked copies of region 1); `region_cells=3` (48 px: the paper's share of the image,
+  160 / 448, and of the map, 5 / 14) holds 3 x 3. Smaller inputs run with a warning that says so.
 - A region that would cross the image border is moved inside it (`border='shift'`, default: the paper crops the
   regions "from the input image"); `border='pad'` keeps it centred on its cell and zero-pads outside the image
   (NTS-Net, whose m and l LFD follows, pads before cropping). Measured (transfer protocol, resnet18 at 128 px,
@@ -124,13 +126,26 @@ class LFD(FGVCModel):
         self.num_features = self.head_hidden_size = (1 + num_hybrid_regions) * self.backbone_features
         self.label_smoothing.update(label_smoothing or {})
 
+    def regions_apart(self, grid: int, region_cells: float) -> int:
+        """How many regions of `region_cells` fit on a `grid`-cell map with no two above the NMS IoU: a square
+        lattice whose step is the smallest offset that brings two regions to the threshold (0.6 of a side at IoU
+        0.25). Regions centred on their cells ('pad') may be centred on any cell; regions moved inside the image
+        ('shift') only as far as the image holds them. The paper's 5-cell regions fit 4 x 4 on its 14 x 14 map;
+        on an 8 x 8 map they fit 3 x 3 with 'pad' but 2 x 2 with 'shift', fewer than m = 6."""
+        step = region_cells * (1 - self.nms_threshold) / (1 + self.nms_threshold)
+        span = grid - 1 if self.border == 'pad' else max(0., grid - region_cells)
+        return (math.floor(span / step + 1e-6) + 1) ** 2
+
     @property
     def min_meaningful_input(self) -> Optional[int]:
-        """Smallest input side (px) giving the region_cells + 2 feature cells the method needs (module docstring);
-        None with `region_scale`."""
+        """Smallest input side (px) whose feature map holds the m regions apart (`regions_apart`); None with
+        `region_scale`."""
         if self.region_cells is None:
             return None
-        return math.ceil(self.region_cells + 2) * self.feature_reduction
+        grid = 1
+        while self.regions_apart(grid, min(grid, self.region_cells)) < self.num_regions:
+            grid += 1
+        return grid * self.feature_reduction
 
     def region_size(self, input_size: int) -> int:
         """Side of a proposed region in input pixels: region_cells x the feature stride (160 at stride 32), at most
@@ -144,13 +159,17 @@ class LFD(FGVCModel):
         return max(self.min_input_size, round(self.region_size(input_size) * self.zoom_factor))
 
     def _check_grid(self, grid: int, input_size: int) -> None:
-        if self.region_cells is not None and grid < self.region_cells + 2:
+        cells = self.region_size(input_size) / self.feature_reduction
+        fit = self.regions_apart(grid, cells)
+        if fit < self.num_regions:
             warnings.warn(
-                f'LFD: a {input_size} px input gives a {grid}-cell feature map, below the '
-                f'{math.ceil(self.region_cells + 2)} cells (>= {self.min_meaningful_input} px at stride '
-                f'{self.feature_reduction}) for {self.region_cells:g}-cell regions to be smaller than the image and '
-                f'{self.num_regions} of them to survive NMS apart. Use a larger input, a smaller backbone stride '
-                "(backbone_args={'output_stride': 16}) or region_scale.", stacklevel=3)
+                f'LFD: on the {grid} x {grid} feature map of a {input_size} px input, regions of {cells:g} cells '
+                f'({self.region_size(input_size)} px, border={self.border!r}) fit only about {fit} apart at NMS IoU '
+                f'{self.nms_threshold:g}, fewer than m = {self.num_regions}: the slots NMS cannot fill repeat '
+                f'region 1 (masked in the region loss, as they are in the hybrid feature). Use a larger input '
+                f'(>= {self.min_meaningful_input or "?"} px), a smaller backbone stride '
+                "(backbone_args={'output_stride': 16}), smaller regions (region_cells) or fewer (num_regions).",
+                stacklevel=3)
 
     def attention(self, feature_map: torch.Tensor) -> torch.Tensor:
         """M: max over all class activation maps of the image head (Eq. 2), Gaussian smoothed; `[B, h, w]`, in
