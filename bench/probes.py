@@ -49,9 +49,9 @@ def centre_and_ring(h: int, w: int):
 
 
 def probe_lfd(model, images, labels):
-    """Image head, region head (best-ranked region; mean of the m regions' probabilities), hybrid head and the
-    hybrid head's image and region halves, with the trained attention M, a random M (random regions) and a fixed
-    centre-peaked M."""
+    """Image head, region head (best-ranked region; mean of the m regions' probabilities, of all m slots and of the
+    slots NMS filled), hybrid head and the hybrid head's image and region halves, and how many regions NMS kept,
+    with the trained attention M, a random M (random regions) and a fixed centre-peaked M."""
     trained = model.attention
 
     def random_attention(feature_map):
@@ -68,8 +68,11 @@ def probe_lfd(model, images, labels):
         d = o['image_feature'].shape[1]
         zeros_regions = torch.zeros_like(o['hybrid_feature'][:, d:])
         region = model.heads['region'](o['region_features']).float()
+        kept = o['region_mask'][..., None].float()  # slots NMS filled; the others repeat region 1
         return {'image': model.heads['image'](o['image_feature']).float(),
                 'region (top-ranked)': region[:, 0], 'region (mean of m)': region.softmax(-1).mean(1),
+                'region (mean of the kept)': (region.softmax(-1) * kept).sum(1) / kept.sum(1),
+                'kept': o['region_mask'],
                 'hybrid': model.pooled_head(o['hybrid_feature']).float(),
                 'hybrid, image half only': model.pooled_head(torch.cat([o['image_feature'], zeros_regions], 1)).float(),
                 'hybrid, region half only': model.pooled_head(
@@ -80,7 +83,10 @@ def probe_lfd(model, images, labels):
         model.attention = attention
         outs = batched(heads, images)
         model.attention = trained
+        kept = torch.cat([o.pop('kept') for o in outs]).float()
         print(name, json.dumps({k: top1(torch.cat([o[k] for o in outs]), labels) for k in outs[0]}), flush=True)
+        print(f'  regions NMS kept per image: mean {kept.sum(1).mean():.2f} of {kept.shape[1]}; share of images '
+              f'with slot 1..{kept.shape[1]} filled: {[round(v, 2) for v in kept.mean(0).tolist()]}', flush=True)
 
 
 def probe_caa(model, images, labels):
