@@ -167,7 +167,7 @@ class LFD(FGVCModel):
                 f'LFD: on the {grid} x {grid} feature map of a {input_size} px input, regions of {cells:g} cells '
                 f'({self.region_size(input_size)} px, border={self.border!r}) fit only about {fit} apart at NMS IoU '
                 f'{self.nms_threshold:g}, fewer than m = {self.num_regions}: the slots NMS cannot fill repeat '
-                f'region 1 (masked in the region loss, as they are in the hybrid feature). Use a larger input '
+                f'region 1 (masked in the region loss; the hybrid feature takes them as they are). Use a larger input '
                 f'(>= {self.min_meaningful_input or "?"} px), a smaller backbone stride '
                 "(backbone_args={'output_stride': 16}), smaller regions (region_cells) or fewer (num_regions).",
                 stacklevel=3)
