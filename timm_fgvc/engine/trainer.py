@@ -32,7 +32,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc_dataset
-from ..models._base import TrainingStage
+from ..models._base import TrainingStage, slot_mean
 from ..models._weights import (is_method_state, load_backbone_weights, load_fine_tune_weights,
                                state_dict_keys)
 from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_outputs, find_checkpoint,
@@ -286,13 +286,10 @@ def apply_stage(model: nn.Module, stage: TrainingStage) -> List[nn.Module]:
 def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int,
                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per sample: 1 if the target is in the top k; for `[B, K, C]` logits (per region/part), the share of the
-    K predictions that have it, over the slots of `mask` `[B, K]` where given (an unfilled slot repeats another
-    one and would weigh it twice)."""
+    K predictions that have it, over the slots of `mask` `[B, K]` where given (`slot_mean`)."""
     k = min(k, logits.shape[-1])
     if logits.ndim == 3:
-        hits = (logits.topk(k, -1).indices == target[:, None, None]).any(-1).float()
-        mask = torch.ones_like(hits) if mask is None else mask.to(hits.dtype)
-        return (hits * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+        return slot_mean((logits.topk(k, -1).indices == target[:, None, None]).any(-1).float(), mask, dim=-1)
     return (logits.topk(k, -1).indices == target[:, None]).any(-1)
 
 

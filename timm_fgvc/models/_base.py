@@ -90,8 +90,14 @@ def slot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: Optiona
     slots of `mask` `[B, K]` (all slots without one)."""
     per_slot = F.cross_entropy(logits.float().flatten(0, 1), target.repeat_interleave(logits.shape[1]),
                                label_smoothing=label_smoothing, reduction='none').view(logits.shape[:2])
-    mask = torch.ones_like(per_slot) if mask is None else mask.to(per_slot.dtype)
-    return (per_slot * mask).sum() / mask.sum().clamp_min(1)
+    return slot_mean(per_slot, mask)
+
+
+def slot_mean(values: torch.Tensor, mask: Optional[torch.Tensor] = None, dim: Optional[int] = None) -> torch.Tensor:
+    """Mean of per-slot `values` `[B, K]` over the slots of `mask` `[B, K]` (all slots without one): of every slot,
+    or along `dim` (-1: per sample). A slot the method could not fill repeats another and would count it twice."""
+    mask = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    return (values * mask).sum(dim=dim) / mask.sum(dim=dim).clamp_min(1)
 
 
 # arguments only some timm families take: transformers an input size and dynamic sizing, CNNs an output stride.
