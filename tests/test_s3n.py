@@ -254,3 +254,23 @@ def test_eval_forward_exports_with_torch_export_and_matches_eager():
     x = torch.randn(2, 3, 96, 96)
     exported = torch.export.export(model, (x,))
     assert torch.allclose(exported.module()(x), model(x), atol=1e-5)
+
+
+def test_separate_resampled_passes_give_each_branch_its_own_batchnorm_statistics():
+    """The authors' code runs D and C through the backbone in two calls: in training each resampled batch is then
+    normalised by its own BatchNorm statistics (stacked, by statistics of both); in evaluation the two agree."""
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 64, 64)
+    stacked = tiny_s3n()
+    separate = tiny_s3n(separate_resampled_passes=True)
+    separate.load_state_dict(stacked.state_dict())
+    for model, own_statistics in ((separate, True), (stacked, False)):
+        model.train()
+        out = model._forward_branches(x)
+        with torch.no_grad():
+            alone = model.backbone.forward_features(out['image_discriminative'])
+        close = torch.allclose(out['feat_discriminative'], alone, atol=1e-4)
+        assert close == own_statistics, model.separate_resampled_passes
+    stacked.eval(), separate.eval()
+    stacked.load_state_dict(separate.state_dict())  # the same running statistics after the training passes
+    assert torch.allclose(stacked(x), separate(x), atol=1e-4)

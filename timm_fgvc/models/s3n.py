@@ -33,7 +33,10 @@ Choices where the paper is open (SPEC §6):
   min peak -> C", a conv3x3 (stride 2) + BN + ReLU buffer before the D and C heads (trained at the backbone's
   lr, as their `finetune` groups do), and initial widths r = 0.09 / 0.3. Each piece is also its own argument.
 - Options from the authors' code: `partition='all'` (all peaks feed both maps throughout: Table 4's "All"),
-  per-head label smoothing via `label_smoothing`.
+  per-head label smoothing via `label_smoothing`, and `separate_resampled_passes` (D and C through the backbone
+  in two calls, as the authors' forward makes them, so that in training BatchNorm normalises each resampled
+  batch by its own statistics; the default stacks them in one call, the same in evaluation). It is not part of
+  `recipe='authors'`, whose rows in bench/ were measured with the stacked call.
 """
 import math
 from typing import Dict, List, Optional, Tuple, Union
@@ -191,6 +194,8 @@ class S3N(FGVCModel):
         share_backbone: the paper's one backbone for every input (Sec. 3.4); False gives the two resampled
             images a backbone of their own (`resampled_backbone`, a copy of the first at the start): an
             ablation outside the paper.
+        separate_resampled_passes: D and C through the backbone in two calls (the authors' code) instead of one
+            stacked call; differs only in training, where BatchNorm's batch statistics are then per branch.
     """
     main_head = 'joint'
     needs_classifier = True
@@ -224,6 +229,7 @@ class S3N(FGVCModel):
             smooth_ratio: Optional[float] = None,
             label_smoothing: Optional[Dict[str, float]] = None,
             share_backbone: bool = True,
+            separate_resampled_passes: bool = False,
     ):
         if recipe not in RECIPES:
             raise ValueError(f'Unknown S3N recipe {recipe!r}; use one of {sorted(RECIPES)}.')
@@ -253,6 +259,7 @@ class S3N(FGVCModel):
         self.param_group_rules = {'beta': {'lr_scale': beta_lr_scale, 'weight_decay': 0.}}
         self.share_backbone = share_backbone
         self.resampled_backbone = None if share_backbone else self.add_backbone('resampled_backbone')
+        self.separate_resampled_passes = separate_resampled_passes
         self.sampler = SaliencySampler(grid_size=grid_size, padding=sampler_padding, fwhm=sampler_fwhm)
         for name in self.branches:
             self.add_head(name, self.backbone_features)
@@ -350,9 +357,13 @@ class S3N(FGVCModel):
     def _forward_branches(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         out, resampled = self._attend_and_resample(x, (self.grid_size, self.grid_size))
         backbone = self.backbone if self.resampled_backbone is None else self.resampled_backbone
-        feat_resampled = backbone.forward_features(resampled)
         batch = x.shape[0]
-        features = dict(discriminative=feat_resampled[:batch], complementary=feat_resampled[batch:])
+        if self.separate_resampled_passes:  # the authors' two calls: BatchNorm's batch statistics per branch
+            features = dict(discriminative=backbone.forward_features(resampled[:batch]),
+                            complementary=backbone.forward_features(resampled[batch:]))
+        else:
+            feat_resampled = backbone.forward_features(resampled)
+            features = dict(discriminative=feat_resampled[:batch], complementary=feat_resampled[batch:])
         if self.branch_buffers is not None:
             features = {name: self.branch_buffers[name](f) for name, f in features.items()}
         return dict(out, **{f'feat_{name}': f for name, f in features.items()})
