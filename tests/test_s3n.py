@@ -274,3 +274,30 @@ def test_separate_resampled_passes_give_each_branch_its_own_batchnorm_statistics
     stacked.eval(), separate.eval()
     stacked.load_state_dict(separate.state_dict())  # the same running statistics after the training passes
     assert torch.allclose(stacked(x), separate(x), atol=1e-4)
+
+
+def test_peaks_on_maps_resized_to_the_sampling_grid_sit_where_the_authors_code_puts_them():
+    """`peak_map_size=31`: the class response maps are resized (aligned corners) before the peak search. An interior
+    peak stays within one 31-grid cell of its feature-map cell; a peak on the border cell moves to the edge."""
+    model = tiny_s3n(num_classes=3).eval()
+    channels = model.backbone_features
+    with torch.no_grad():
+        model.heads['original'].weight.zero_()
+        model.heads['original'].weight[0, 0] = 1.
+    feature_map = torch.zeros(1, channels, 8, 8)
+    feature_map[0, 0, 0, 0] = 1.  # border cell (row 0, column 0)
+    feature_map[0, 0, 5, 2] = 0.9  # interior cell (row 5, column 2)
+    logits = torch.tensor([[10., 0., 0.]])  # confident: the gate takes the top-1 map
+    native = model.select_peaks(feature_map, logits)
+    model.peak_map_size = 31
+    resized = model.select_peaks(feature_map, logits)
+    assert resized['response'].shape[-2:] == (31, 31)
+
+    def centres(peaks):
+        return sorted(map(tuple, peaks['peak_centers'][0][peaks['peak_mask'][0]].tolist()))
+
+    (nx0, ny0), (nx1, ny1) = centres(native)
+    (rx0, ry0), (rx1, ry1) = centres(resized)
+    assert abs(nx0 - 1 / 16) < 1e-6 and abs(ny0 - 1 / 16) < 1e-6  # the corner cell's centre
+    assert rx0 < 1 / 31 and ry0 < 1 / 31  # the edge of the image
+    assert abs(rx1 - nx1) < 1 / 31 and abs(ry1 - ny1) < 1 / 31 and abs(nx1 - 2.5 / 8) < 1e-6

@@ -33,7 +33,9 @@ Choices where the paper is open (SPEC §6):
   min peak -> C", a conv3x3 (stride 2) + BN + ReLU buffer before the D and C heads (trained at the backbone's
   lr, as their `finetune` groups do), and initial widths r = 0.09 / 0.3. Each piece is also its own argument.
 - Options from the authors' code: `partition='all'` (all peaks feed both maps throughout: Table 4's "All"),
-  per-head label smoothing via `label_smoothing`, and `separate_resampled_passes` (D and C through the backbone
+  per-head label smoothing via `label_smoothing`, `peak_map_size=31` (the class response maps resized to the
+  sampling grid, bilinear with aligned corners, before the gate and the peak search; a peak then sits at its
+  cell of that grid, so a peak on the map's border cell moves to the image's edge), and `separate_resampled_passes` (D and C through the backbone
   in two calls, as the authors' forward makes them, so that in training BatchNorm normalises each resampled
   batch by its own statistics; the default stacks them in one call, the same in evaluation). It is not part of
   `recipe='authors'`, whose rows in bench/ were measured with the stacked call.
@@ -43,6 +45,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import (SaliencySampler, class_response_maps, entropy_gated_response, find_peaks,
@@ -194,6 +197,8 @@ class S3N(FGVCModel):
         share_backbone: the paper's one backbone for every input (Sec. 3.4); False gives the two resampled
             images a backbone of their own (`resampled_backbone`, a copy of the first at the start): an
             ablation outside the paper.
+        peak_map_size: find peaks on the class response maps resized to this size (the authors' 31); None: on the
+            feature map's own grid (Eq. 1-3).
         separate_resampled_passes: D and C through the backbone in two calls (the authors' code) instead of one
             stacked call; differs only in training, where BatchNorm's batch statistics are then per branch.
     """
@@ -229,6 +234,7 @@ class S3N(FGVCModel):
             smooth_ratio: Optional[float] = None,
             label_smoothing: Optional[Dict[str, float]] = None,
             share_backbone: bool = True,
+            peak_map_size: Optional[int] = None,
             separate_resampled_passes: bool = False,
     ):
         if recipe not in RECIPES:
@@ -260,6 +266,7 @@ class S3N(FGVCModel):
         self.share_backbone = share_backbone
         self.resampled_backbone = None if share_backbone else self.add_backbone('resampled_backbone')
         self.separate_resampled_passes = separate_resampled_passes
+        self.peak_map_size = peak_map_size
         self.sampler = SaliencySampler(grid_size=grid_size, padding=sampler_padding, fwhm=sampler_fwhm)
         for name in self.branches:
             self.add_head(name, self.backbone_features)
@@ -306,6 +313,8 @@ class S3N(FGVCModel):
         (autocast off: a bf16 map ties neighbouring cells)."""
         with torch.no_grad(), torch.autocast(feature_map.device.type, enabled=False):
             maps = class_response_maps(feature_map.float(), self.heads['original'].weight.float())  # Eq. 1
+            if self.peak_map_size is not None:  # the authors' code resizes the maps to the sampling grid
+                maps = F.interpolate(maps, size=self.peak_map_size, mode='bilinear', align_corners=True)
             response, use_top1, entropy = entropy_gated_response(
                 maps, logits.float(), top_k=self.top_k, delta=self.entropy_threshold)  # Eq. 2-3, min-max normalised
             peaks = find_peaks(response, window=self.peak_window, max_peaks=self.max_peaks)
