@@ -43,6 +43,20 @@ def test_local_loss_matches_eq2_to_4_by_hand():
     assert torch.allclose(local_loss(activations, mask, target), torch.stack(expected).mean(), atol=1e-6)
 
 
+def test_local_loss_smooths_each_location_as_cross_entropy_does():
+    torch.manual_seed(0)
+    activations = torch.randn(2, 4, 3, 3)  # L = 3 classes + background
+    mask = torch.rand(2, 3, 3) > 0.5
+    target = torch.tensor([2, 0])
+    labels = torch.where(mask, target.view(2, 1, 1), torch.tensor(3))  # the background class outside M_b
+    per_cell = F.cross_entropy(activations, labels, label_smoothing=0.2, reduction='none')  # [B, h, w]
+    w = mask.float().mean((1, 2))
+    l1, l0 = (per_cell * mask).sum((1, 2)), (per_cell * ~mask).sum((1, 2))
+    expected = (((1 - w) * l1 + w * l0) / 9).mean()  # Eq. 2 on smoothed cells
+    assert torch.allclose(local_loss(activations, mask, target, label_smoothing=0.2), expected, atol=1e-6)
+    assert not torch.allclose(local_loss(activations, mask, target), expected, atol=1e-3)
+
+
 def planted_activations(model, regions):
     """Scale 0's local activations: class 0 is hot on the given cells (row0, row1, col0, col1) of each image."""
     original = model.attend

@@ -212,6 +212,45 @@ def test_stage_epochs_override_the_papers_stage_lengths():
     assert parse_args(['--stage-epochs', '1', '0.5', '2']).stage_epochs == [1.0, 0.5, 2.0]
 
 
+@pytest.mark.parametrize('name', ['s3n_tiny', 'lfd_tiny', 'caa_tiny', 'hsm_tiny', 'ssanet_tiny'])
+def test_every_method_loss_takes_its_heads_label_smoothing_and_loss_weights(name):
+    """A method with its own `loss` (CAA, SSANet) smooths and weights its terms as the base loss does."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=4).train()
+    x, y = torch.randn(2, 3, 96, 96), torch.tensor([0, 3])
+    out = model.forward_train(x, y)
+    plain = model.loss(out, y)
+    assert all(f'loss_{head}' in plain for head in model.heads)  # every head is trained
+    model.label_smoothing.update({head: 0.3 for head in model.heads})
+    smoothed = model.loss(out, y)
+    for head in model.heads:
+        assert abs(smoothed[f'loss_{head}'].item() - plain[f'loss_{head}'].item()) > 1e-4, head
+        logits = out.logits.get(head)
+        is_cross_entropy = logits is not None and logits.ndim == 2 and torch.allclose(
+            plain[f'loss_{head}'], F.cross_entropy(logits.float(), y), rtol=1e-5)  # not CAA's local loss (Eq. 2)
+        if is_cross_entropy:
+            expected = F.cross_entropy(logits.float(), y, label_smoothing=0.3)
+            assert smoothed[f'loss_{head}'].item() == pytest.approx(expected.item(), rel=1e-5), head
+    dropped = next(iter(model.heads))
+    model.loss_weights[dropped] = 0.
+    weighted = model.loss(out, y)['loss']
+    assert weighted.item() == pytest.approx((smoothed['loss'] - smoothed[f'loss_{dropped}']).item(), rel=1e-5)
+
+
+def test_a_stage_sums_its_loss_terms_with_the_model_loss_weights():
+    from timm_fgvc.engine.trainer import TrainStep
+    torch.manual_seed(0)
+    model = timm.create_model('caa_tiny', num_classes=4)
+    step = TrainStep(model).train()
+    step.loss_terms = model.training_stages()[0].loss_terms  # scale 0: local_0 and object_0
+    model.loss_weights['local_0'] = 0.
+    x, y = torch.randn(2, 3, 96, 96), torch.tensor([0, 3])
+    losses = step(x, y)['losses']
+    assert losses['loss_local_0'].item() > 0.1
+    assert losses['loss'].item() == pytest.approx(losses['loss_object_0'].item(), rel=1e-5)
+
+
 def test_label_smoothing_reaches_a_plain_model_and_the_method_heads_without_their_own():
     """`--label-smoothing`: a plain model's cross-entropy, and every method head its recipe leaves unsmoothed."""
     import torch.nn.functional as F

@@ -80,8 +80,8 @@ class TrainStep(nn.Module):
                 losses = {'loss_main': F.cross_entropy(logits['main'].float(), target,
                                                        label_smoothing=self.label_smoothing)}
                 losses['loss'] = losses['loss_main']
-            if self.loss_terms is not None:
-                losses['loss'] = sum(losses[k] for k in self.loss_terms)
+            if self.loss_terms is not None:  # the stage's terms, each times the model's loss_weights
+                losses['loss'] = self.model.weighted_sum({k: losses[k] for k in self.loss_terms})
             result['losses'] = losses
         return result
 

@@ -367,7 +367,7 @@ class FGVCModel(nn.Module):
         self.feature_reduction = info.reduction  # its stride (with output_stride dilation; a ViT's patch size)
         self.heads = nn.ModuleDict()
         self._head_features: Dict[str, int] = {}
-        self.loss_weights: Dict[str, float] = {}  # per head name, default 1
+        self.loss_weights: Dict[str, float] = {}  # per loss term ('loss_<name>' -> name), default 1
         self.label_smoothing: Dict[str, float] = {}  # per head name, default 0
         self.grad_checkpointing = False
 
@@ -472,16 +472,22 @@ class FGVCModel(nn.Module):
         counting only the slots of `output.extras['<name>_mask']` (`[B, K]` bool) when the method gives one.
         """
         self.check_logits(output)
-        terms = {}
-        for name, logits in output.logits.items():
-            smoothing = self.label_smoothing.get(name, 0.)
-            if logits.ndim == 3:
-                terms[f'loss_{name}'] = slot_cross_entropy(logits, target, output.extras.get(f'{name}_mask'),
-                                                           smoothing)
-            else:
-                terms[f'loss_{name}'] = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
-        total = sum(self.loss_weights.get(k[len('loss_'):], 1.) * v for k, v in terms.items())
-        return {'loss': total, **terms}
+        terms = {f'loss_{name}': self.head_loss(name, logits, target, output.extras.get(f'{name}_mask'))
+                 for name, logits in output.logits.items()}
+        return {'loss': self.weighted_sum(terms), **terms}
+
+    def head_loss(self, name: str, logits: torch.Tensor, target: torch.Tensor,
+                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Cross-entropy of head `name` with its `label_smoothing`; `[B, K, C]` logits: the mean over the slots of
+        `mask`. A method with its own `loss` scores its classification heads with this."""
+        smoothing = self.label_smoothing.get(name, 0.)
+        if logits.ndim == 3:
+            return slot_cross_entropy(logits, target, mask, smoothing)
+        return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+
+    def weighted_sum(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sum of the `loss_<name>` terms, each times `loss_weights[<name>]` (default 1)."""
+        return sum(self.loss_weights.get(k[len('loss_'):], 1.) * v for k, v in terms.items())
 
     def check_logits(self, output: FGVCOutput) -> None:
         """The evaluated logits must have the model's number of classes (a clear error before any loss)."""

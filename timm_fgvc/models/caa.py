@@ -75,18 +75,23 @@ class LocalClassifiers(nn.Module):
         return activations.view(batch, self.num_classifiers, self.out_features + 1, height, width).amax(1)  # Eq. 1
 
 
-def local_loss(activations: torch.Tensor, object_mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def local_loss(activations: torch.Tensor, object_mask: torch.Tensor, target: torch.Tensor,
+               label_smoothing: float = 0.) -> torch.Tensor:
     """Eq. 2-4: per location, cross-entropy to the image's class inside M_b and to background outside, weighted by
     the attended fraction w: `1 / (WH) ((1 - w) l1 + w l0)`, averaged over the batch.
 
-    activations: A `[B, L + 1, h, w]` (background last); object_mask: M_b `[B, h, w]` bool; target `[B]`.
+    activations: A `[B, L + 1, h, w]` (background last); object_mask: M_b `[B, h, w]` bool; target `[B]`;
+    label_smoothing: as `F.cross_entropy`'s, per location over the L + 1 classes (0 in the paper).
     """
     log_p = F.log_softmax(activations.float(), dim=1)
     mask = object_mask.to(log_p.dtype)
     attended = mask.mean((1, 2))  # w
     target_log_p = log_p.gather(1, target.view(-1, 1, 1, 1).expand(-1, 1, *log_p.shape[-2:])).squeeze(1)
-    loss_object = -(target_log_p * mask).sum((1, 2))  # l1 (Eq. 4)
-    loss_background = -(log_p[:, -1] * (1 - mask)).sum((1, 2))  # l0 (Eq. 3)
+    uniform = -log_p.mean(1)  # each location's smoothing term
+    object_ce = (1 - label_smoothing) * -target_log_p + label_smoothing * uniform
+    background_ce = (1 - label_smoothing) * -log_p[:, -1] + label_smoothing * uniform
+    loss_object = (object_ce * mask).sum((1, 2))  # l1 (Eq. 4)
+    loss_background = (background_ce * (1 - mask)).sum((1, 2))  # l0 (Eq. 3)
     cells = mask.shape[-1] * mask.shape[-2]
     return (((1 - attended) * loss_object + attended * loss_background) / cells).mean()  # Eq. 2
 
@@ -232,16 +237,16 @@ class CAA(FGVCModel):
 
     def loss(self, output: FGVCOutput, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Per scale k: `loss_local_k` (Eq. 2-4) and `loss_object_k` (Eq. 5); `loss` is their sum (Eq. 6 per
-        scale; the stages pick one scale's terms)."""
+        scale; the stages pick one scale's terms), weighted by `loss_weights`; each head takes its `label_smoothing`."""
         self.check_logits(output)
         terms = {}
         for k in range(self.num_scales):
             if f'object_{k}' not in output.logits:
                 continue
-            terms[f'loss_local_{k}'] = local_loss(output.extras[f'activations_{k}'],
-                                                  output.extras[f'object_mask_{k}'], target)
-            terms[f'loss_object_{k}'] = F.cross_entropy(output.logits[f'object_{k}'].float(), target)  # Eq. 5
-        return {'loss': sum(terms.values()), **terms}
+            terms[f'loss_local_{k}'] = local_loss(output.extras[f'activations_{k}'], output.extras[f'object_mask_{k}'],
+                                                  target, self.label_smoothing.get(f'local_{k}', 0.))
+            terms[f'loss_object_{k}'] = self.head_loss(f'object_{k}', output.logits[f'object_{k}'], target)  # Eq. 5
+        return {'loss': self.weighted_sum(terms), **terms}
 
     def training_stages(self) -> List[TrainingStage]:
         """One stage per scale, in order (Sec. 4.4.2): its backbone and heads, its two loss terms, 40 epochs."""

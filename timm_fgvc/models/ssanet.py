@@ -82,7 +82,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import (anchor_boxes, circulant_alignment, crop_regions, nms_top_k, oriented_pooling,
                       scale_candidates)
-from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images, slot_cross_entropy
+from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['SSANet', 'Navigator', 'CirculantScaleHead', 'mac_loss', 'ranking_loss']
@@ -432,19 +432,20 @@ class SSANet(FGVCModel):
     def loss(self, output: FGVCOutput, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """`loss_part` (Eq. 1's CE, mean over the classified proposals), `loss_mac` (lambda * Eq. 2, normalised by
         `mac_reduction`), `loss_rank` (navigator, NTS-Net), `loss_dsm` and `loss_op` (CE on each module's logits);
-        `loss` is their sum, and each stage picks its terms."""
+        `loss` is their sum (times `loss_weights`), and each stage picks its terms; the CE heads take their
+        `label_smoothing` (the ranking loss reads the part head's unsmoothed log-probabilities, as NTS-Net's)."""
         self.check_logits(output)
         part_logits = output.logits['part'].float()
         mask = output.extras['part_mask']
         confidence = part_logits.log_softmax(-1).gather(-1, target[:, None, None].expand(*part_logits.shape[:2], 1))
         terms = {
-            'loss_part': slot_cross_entropy(part_logits, target, mask),
+            'loss_part': self.head_loss('part', part_logits, target, mask),
             'loss_mac': self.mac_weight * mac_loss(output.extras['part_features'], self.mac_reduction),
             'loss_rank': ranking_loss(output.extras['proposal_scores'].float(), confidence[..., 0].detach(), mask),
-            'loss_dsm': F.cross_entropy(output.logits['dsm'].float(), target),
-            'loss_op': F.cross_entropy(output.logits['op'].float(), target),
+            'loss_dsm': self.head_loss('dsm', output.logits['dsm'], target),
+            'loss_op': self.head_loss('op', output.logits['op'], target),
         }
-        return {'loss': sum(terms.values()), **terms}
+        return {'loss': self.weighted_sum(terms), **terms}
 
     def training_stages(self) -> List[TrainingStage]:
         """Sec. 3.4: (1) DSM with the backbone, navigator and part head; (2) OP alone; (3) the part network with
