@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import timm_fgvc  # noqa: F401
 from timm_fgvc.engine.trainer import apply_stage
+from timm_fgvc.layers import crop_regions
 from timm_fgvc.models.caa import LocalClassifiers, local_loss
 
 
@@ -57,13 +58,13 @@ def test_local_loss_smooths_each_location_as_cross_entropy_does():
     assert not torch.allclose(local_loss(activations, mask, target), expected, atol=1e-3)
 
 
-def planted_activations(model, regions):
-    """Scale 0's local activations: class 0 is hot on the given cells (row0, row1, col0, col1) of each image."""
+def planted_activations(model, regions, scale=0):
+    """A scale's local activations: class 0 is hot on the given cells (row0, row1, col0, col1) of each image."""
     original = model.attend
 
-    def attend(scale, x):
-        out = original(scale, x)
-        if scale == 0:
+    def attend(k, x):
+        out = original(k, x)
+        if k == scale:
             activations = torch.zeros_like(out['activations'])
             for b, (r0, r1, c0, c1) in enumerate(regions):
                 activations[b, 0, r0:r1, c0:c1] = 5.0
@@ -110,6 +111,29 @@ def test_zoomed_views_are_the_scales_images_without_the_last_scales_pass():
     assert calls == [0] and views.shape[1] == 2 and not views.requires_grad
     expected = F.interpolate(x[:1, :, 0:64, 32:96], size=(96, 96), mode='bilinear', align_corners=False)
     assert torch.allclose(views[0, 1, :, 4:-4, 4:-4], expected[0, :, 4:-4, 4:-4], atol=1e-5)  # 1.5x zoom
+
+
+def test_a_nested_scale_is_cut_from_the_input_once():
+    """Scale 2's view is its box in the original image, interpolated once, not a zoom of scale 1's zoomed view."""
+    model = tiny_caa(num_scales=3).eval()
+    planted_activations(model, [(0, 2, 1, 3)], scale=0)  # 32 px cells at 96 px: box [32, 0, 96, 64]
+    planted_activations(model, [(1, 3, 0, 2)], scale=1)  # in scale 1's view: [0, 32, 64, 96]
+    side = 96
+    pixels = torch.arange(side).float()
+
+    def pattern(u, v):  # a smooth image, known between pixel centres
+        return torch.sin(2 * math.pi * u / 9) * torch.cos(2 * math.pi * v / 7)
+
+    x = pattern(pixels[None, :], pixels[:, None]).expand(1, 3, side, side).contiguous()
+    views, boxes = model.zoomed_views(x)
+    assert torch.allclose(boxes[0, 2], torch.tensor([32, 64 / 3, 32 + 128 / 3, 64]), atol=1e-4)
+    x1, y1, x2, y2 = boxes[0, 2].tolist()
+    u = x1 + (pixels + 0.5) * (x2 - x1) / side - 0.5
+    v = y1 + (pixels + 0.5) * (y2 - y1) / side - 0.5
+    ideal = pattern(u[None, :], v[:, None])[4:-4, 4:-4]
+    direct = (views[0, 2, 0, 4:-4, 4:-4] - ideal).abs().mean()
+    zoom_of_zoom = crop_regions(views[:, 1], torch.tensor([[[0., 32., 64., 96.]]]), (side, side))[0, 0, 0]
+    assert direct < 0.75 * (zoom_of_zoom[4:-4, 4:-4] - ideal).abs().mean()
 
 
 def test_prediction_is_the_mean_over_scales_of_object_and_local_softmax():
