@@ -78,6 +78,11 @@ def git_revision() -> Optional[str]:
         return None
 
 
+# A run executes the code its process imported, so it is credited to the revision at start: a long run that ends
+# after a later commit (or with uncommitted edits made meanwhile) would otherwise name code it never ran.
+REVISION_AT_START = git_revision()
+
+
 def command_line() -> str:
     """The command as typed, relative to the repo root, for the README's 'command' column."""
     script = Path(sys.argv[0]).resolve()
@@ -96,7 +101,7 @@ def run_metadata(device: torch.device) -> dict:
         'torch': torch.__version__,
         'timm': timm.__version__,
         'timm_fgvc': getattr(timm_fgvc, '__version__', None),
-        'git': git_revision(),
+        'git': REVISION_AT_START,
         'command': command_line(),
     }
 

@@ -1,0 +1,41 @@
+"""bench/_common.py run metadata: a run is credited to the code it ran."""
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / 'bench'
+
+
+def git(repo, *args):
+    return subprocess.run(['git', '-C', str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_run_is_credited_to_the_revision_it_started_at_not_the_one_it_ends_at(tmp_path):
+    """A long benchmark run that ends after a later commit still names the commit whose code it imported."""
+    repo = tmp_path / 'repo'
+    (repo / 'bench').mkdir(parents=True)
+    shutil.copy(BENCH / '_common.py', repo / 'bench' / '_common.py')
+    git(repo, 'init', '-q')
+    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'add', '.')
+    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'start')
+    started = git(repo, 'rev-parse', '--short', 'HEAD')
+    ready, go = tmp_path / 'ready', tmp_path / 'go'
+    code = ("import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import torch\n"
+            "import _common\n"
+            "Path(sys.argv[2]).touch()\n"
+            "while not Path(sys.argv[3]).exists(): time.sleep(0.02)\n"  # the run trains while HEAD moves on
+            "print(_common.run_metadata(torch.device('cpu'))['git'])")
+    proc = subprocess.Popen([sys.executable, '-c', code, str(repo / 'bench'), str(ready), str(go)],
+                            stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    (repo / 'bench' / 'later.txt').write_text('a later commit\n')
+    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'add', '.')
+    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'later')
+    assert git(repo, 'rev-parse', '--short', 'HEAD') != started
+    go.touch()
+    out, _ = proc.communicate(timeout=120)
+    assert out.strip() == started
