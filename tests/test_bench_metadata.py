@@ -39,3 +39,25 @@ def test_a_run_is_credited_to_the_revision_it_started_at_not_the_one_it_ends_at(
     go.touch()
     out, _ = proc.communicate(timeout=120)
     assert out.strip() == started
+
+
+def test_a_revision_is_dirty_for_edited_code_not_for_results_files_written_by_running_jobs(tmp_path):
+    repo = tmp_path / 'repo'
+    (repo / 'bench' / 'results').mkdir(parents=True)
+    shutil.copy(BENCH / '_common.py', repo / 'bench' / '_common.py')
+    (repo / 'bench' / 'results' / 'accuracy_x.json').write_text('{}\n')
+    git(repo, 'init', '-q')
+    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'add', '.')
+    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'start')
+    head = git(repo, 'rev-parse', '--short', 'HEAD')
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import _common; print(_common.git_revision())"
+
+    def revision():
+        return subprocess.run([sys.executable, '-c', code, str(repo / 'bench')], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    (repo / 'bench' / 'results' / 'accuracy_x.json').write_text('{"runs": []}\n')  # a job recorded a run
+    assert revision() == head
+    with open(repo / 'bench' / '_common.py', 'a') as f:
+        f.write('# an edit\n')
+    assert revision() == head + '-dirty'
