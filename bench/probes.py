@@ -7,6 +7,7 @@
     python bench/probes.py ensemble RUN_DIR RUN_DIR ... --dataset ...         # averaged probabilities of runs
     python bench/probes.py where RUN_DIR --dataset ...                        # where any model's attention falls
     python bench/probes.py s3n-zoom RUN_DIR --dataset ...                     # how much S3N's images magnify
+    python bench/probes.py hsm RUN_DIR --dataset ...                          # HSM: learned / no / uniform map
     python bench/probes.py bn-split RUN_DIR --dataset ...                     # LFD / S3N: BN statistics split
 
 RUN_DIR is a run folder of `bench/accuracy.py --suites transfer` (its model.safetensors and results.json); the
@@ -106,6 +107,37 @@ def probe_caa(model, images, labels):
         result['object heads, mean over scales'] = top1(sum(probs[f'object_{k}'] for k in range(scales)), labels)
         result['local heads, mean over scales'] = top1(sum(probs[f'local_{k}'] for k in range(scales)), labels)
         print(name, json.dumps(result), flush=True)
+
+
+def probe_hsm(model, images, labels):
+    """Does HSM use its hallucinated saliency, and as what: top-1 with the learned map, with s = 0 (Eq. 2 without
+    modulation), with each image's map replaced by its own mean (a uniform gain: the level kept, the spatial
+    pattern gone), and with each map's pattern kept at the test set's mean level (the per-image level gone); and the
+    learned map's mean over the central half and the border ring of its grid, and its per-image spread (std / mean).
+    """
+    learned = model.saliency_map
+    maps = torch.cat(batched(learned, images))[:, 0].float()  # [N, h, w]
+    level = maps.mean()
+    settings = {
+        'learned map': lambda s: s,
+        's = 0 (no modulation)': torch.zeros_like,
+        "uniform map at each image's mean": lambda s: s.mean((2, 3), keepdim=True).expand_as(s),
+        "learned pattern at the test set's mean level": lambda s: s * (level / s.mean((2, 3), keepdim=True)
+                                                                       .clamp_min(1e-12)),
+    }
+    result = {}
+    for name, transform in settings.items():
+        model.saliency_map = lambda x, t=transform: t(learned(x))
+        try:
+            result[name] = top1(torch.cat(batched(model, images)).float(), labels)
+        finally:
+            del model.saliency_map  # back to the class's method
+    centre, ring = centre_and_ring(*maps.shape[-2:])
+    result['map centre / ring'] = [round(maps[:, centre].mean().item(), 3), round(maps[:, ring].mean().item(), 3)]
+    result['map mean, per-image std / mean'] = [
+        round(level.item(), 3), round((maps.flatten(1).std(1) / maps.flatten(1).mean(1).clamp_min(1e-12)).mean()
+                                      .item(), 3)]
+    print(json.dumps(result), flush=True)
 
 
 def probe_caa_where(model, images):
@@ -240,7 +272,7 @@ def probe_ensemble(models, images, labels):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'where', 's3n-zoom', 'bn-split', 'ensemble'])
+    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'where', 's3n-zoom', 'bn-split', 'ensemble', 'hsm'])
     p.add_argument('runs', nargs='+', help='a transfer run folder (model.safetensors, results.json); ensemble: '
                                            'several')
     p.add_argument('--dataset', required=True, help='the target image folder (<dataset>/test/<class>/*.jpg)')
@@ -285,6 +317,8 @@ def main(argv=None):
         probe_where(model, images)
     elif args.probe == 's3n-zoom':
         probe_s3n_zoom(model, images)
+    elif args.probe == 'hsm':
+        probe_hsm(model, images, labels)
     elif args.probe == 'bn-split':
         train_images, _ = load_test_set(loaded, args.dataset, args.every, split='train')
         print(json.dumps(probe_bn_split(model, images, labels, train_images)), flush=True)
