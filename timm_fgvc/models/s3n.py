@@ -35,10 +35,10 @@ Choices where the paper is open (SPEC §6):
 - Options from the authors' code: `partition='all'` (all peaks feed both maps throughout: Table 4's "All"),
   per-head label smoothing via `label_smoothing`, `peak_map_size=31` (the class response maps resized to the
   sampling grid, bilinear with aligned corners, before the gate and the peak search; a peak then sits at its
-  cell of that grid, so a peak on the map's border cell moves to the image's edge), and `separate_resampled_passes` (D and C through the backbone
-  in two calls, as the authors' forward makes them, so that in training BatchNorm normalises each resampled
-  batch by its own statistics; the default stacks them in one call, the same in evaluation). It is not part of
-  `recipe='authors'`, whose rows in bench/ were measured with the stacked call.
+  cell of that grid, so a peak on the map's border cell moves to the image's edge), and
+  `separate_resampled_passes` (D and C through the backbone in two calls, as the authors' forward makes them, so
+  that in training BatchNorm normalises each resampled batch by its own statistics; the default stacks them in
+  one call, the same in evaluation). Neither is part of `recipe='authors'`, whose rows in bench/ predate them.
 """
 import math
 from typing import Dict, List, Optional, Tuple, Union
