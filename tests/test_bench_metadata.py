@@ -9,18 +9,27 @@ BENCH = Path(__file__).resolve().parents[1] / 'bench'
 
 
 def git(repo, *args):
-    return subprocess.run(['git', '-C', str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(['git', '-C', str(repo), '-c', 'user.email=t@t', '-c', 'user.name=t', *args], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def repo_with_common(tmp_path, files=()):
+    """A git repo holding a copy of bench/_common.py (and `files`, path -> text), all committed; its HEAD."""
+    repo = tmp_path / 'repo'
+    (repo / 'bench').mkdir(parents=True)
+    shutil.copy(BENCH / '_common.py', repo / 'bench' / '_common.py')
+    for path, text in dict(files).items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    git(repo, 'init', '-q')
+    git(repo, 'add', '.')
+    git(repo, 'commit', '-qm', 'start')
+    return repo, git(repo, 'rev-parse', '--short', 'HEAD')
 
 
 def test_a_run_is_credited_to_the_revision_it_started_at_not_the_one_it_ends_at(tmp_path):
     """A long benchmark run that ends after a later commit still names the commit whose code it imported."""
-    repo = tmp_path / 'repo'
-    (repo / 'bench').mkdir(parents=True)
-    shutil.copy(BENCH / '_common.py', repo / 'bench' / '_common.py')
-    git(repo, 'init', '-q')
-    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'add', '.')
-    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'start')
-    started = git(repo, 'rev-parse', '--short', 'HEAD')
+    repo, started = repo_with_common(tmp_path)
     ready, go = tmp_path / 'ready', tmp_path / 'go'
     code = ("import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import torch\n"
             "import _common\n"
@@ -33,8 +42,8 @@ def test_a_run_is_credited_to_the_revision_it_started_at_not_the_one_it_ends_at(
     while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     (repo / 'bench' / 'later.txt').write_text('a later commit\n')
-    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'add', '.')
-    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'later')
+    git(repo, 'add', '.')
+    git(repo, 'commit', '-qm', 'later')
     assert git(repo, 'rev-parse', '--short', 'HEAD') != started
     go.touch()
     out, _ = proc.communicate(timeout=120)
@@ -42,14 +51,7 @@ def test_a_run_is_credited_to_the_revision_it_started_at_not_the_one_it_ends_at(
 
 
 def test_a_revision_is_dirty_for_edited_code_not_for_results_files_written_by_running_jobs(tmp_path):
-    repo = tmp_path / 'repo'
-    (repo / 'bench' / 'results').mkdir(parents=True)
-    shutil.copy(BENCH / '_common.py', repo / 'bench' / '_common.py')
-    (repo / 'bench' / 'results' / 'accuracy_x.json').write_text('{}\n')
-    git(repo, 'init', '-q')
-    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'add', '.')
-    git(repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'start')
-    head = git(repo, 'rev-parse', '--short', 'HEAD')
+    repo, head = repo_with_common(tmp_path, {'bench/results/accuracy_x.json': '{}\n'})
     code = "import sys; sys.path.insert(0, sys.argv[1]); import _common; print(_common.git_revision())"
 
     def revision():
