@@ -241,6 +241,31 @@ def test_next_scale_backbone_starts_from_the_trained_previous_scale():
         tiny_caa(zoom_init='copy')
 
 
+def test_previous_model_starts_the_next_scale_as_the_trained_previous_scale():
+    """zoom_init='previous_model': scale 1 starts as scale 0's trained model, heads included, so on the same view
+    it predicts what scale 0 does; 'previous' copies the backbone only."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    for zoom_init in ('previous_model', 'previous'):
+        model = tiny_caa(num_classes=4, num_scales=2, zoom_init=zoom_init).eval()
+        stages = model.training_stages()
+        with torch.no_grad():  # scale 0 "trained" in its stage
+            for p in list(model.backbone.parameters()) + list(model.heads.parameters()):
+                p.add_(0.1 * torch.randn_like(p))
+        fresh = model.start_training_stage(stages[1], stages[0])
+        head_params = {id(p) for h in ('local_1', 'object_1') for p in model.heads[h].parameters()}
+        with torch.no_grad():
+            scale_0, scale_1 = model.attend(0, x), model.attend(1, x)
+        same = torch.allclose(scale_1['object_logits'], scale_0['object_logits'], atol=1e-5)
+        same_local = torch.allclose(scale_1['activations'], scale_0['activations'], atol=1e-5)
+        if zoom_init == 'previous_model':
+            assert same and same_local
+            assert head_params <= {id(p) for p in fresh}  # the engine drops their optimiser state too
+        else:
+            assert not same and not same_local
+            assert not head_params & {id(p) for p in fresh}
+
+
 def test_test_time_resizes_the_short_side_without_cutting_it():
     """The paper tests on the whole image resized to a short side of 448 (Sec. 4.1), fully convolutionally."""
     from PIL import Image

@@ -18,6 +18,8 @@ Choices where the paper is open (SPEC §6):
   does not say how scale k + 1's backbone starts: by default (`zoom_init='previous'`) it starts from scale k's
   trained backbone when stage k + 1 follows stage k in the same run (`start_training_stage`; a run that starts or
   resumes at a later stage keeps the weights it loaded, `init_scale_from_previous(k)` copies by hand);
+  `zoom_init='previous_model'` also starts its local classifiers and object head from scale k's (Sec. 4.4: "our
+  models are trained sequentially"; the heads have the same shapes at every scale);
   `zoom_init='independent'` keeps its own initialisation (the pretrained weights, or random).
 - Attention M = max over the non-background channels of the aggregated activations A themselves
   (`attention_from='logits'`, Sec. 4.3 and Fig. 2: "max-pooling A along the channel dimension excluding the last
@@ -108,7 +110,7 @@ class CAA(FGVCModel):
         num_classifiers: n local classifiers per scale (16).
         share_backbone: one backbone for every scale instead of one per scale.
         zoom_init: 'previous' starts scale k + 1's backbone from scale k's trained one (default; the paper is
-            silent), 'independent' from its own initialisation.
+            silent), 'previous_model' its backbone and heads, 'independent' from its own initialisation.
         attention_from: 'logits' (M from A, Sec. 4.3 / Fig. 2) or 'probabilities' (from softmax(A) over L + 1).
         otsu_bins: histogram bins of Otsu's threshold (256).
     """
@@ -136,9 +138,9 @@ class CAA(FGVCModel):
             raise ValueError(f'num_scales must be >= 1, got {num_scales}.')
         self.num_scales = num_scales
         self.share_backbone = share_backbone
-        if zoom_init not in ('previous', 'independent'):
-            raise ValueError(f"zoom_init must be 'previous' (scale k + 1 starts from scale k's trained backbone) or "
-                             f"'independent', got {zoom_init!r}.")
+        if zoom_init not in ('previous', 'previous_model', 'independent'):
+            raise ValueError(f"zoom_init must be 'previous' (scale k + 1 starts from scale k's trained backbone), "
+                             f"'previous_model' (its backbone and heads) or 'independent', got {zoom_init!r}.")
         if attention_from not in ('probabilities', 'logits'):
             raise ValueError(f"attention_from must be 'probabilities' or 'logits', got {attention_from!r}.")
         self.zoom_init = zoom_init
@@ -267,24 +269,29 @@ class CAA(FGVCModel):
         self._train_scales = scale + 1 if scale is not None else None
 
     def start_training_stage(self, stage: TrainingStage, previous: Optional[TrainingStage]) -> List[nn.Parameter]:
-        """With `zoom_init='previous'`, scale k + 1's backbone starts from scale k's trained one when stage k + 1
-        follows stage k in this run (the engine calls this at the stage's first step, a resume there included); a
-        run that starts at stage k + 1 keeps what it loaded."""
+        """With `zoom_init='previous'` ('previous_model'), scale k + 1's backbone (and heads) start from scale k's
+        trained ones when stage k + 1 follows stage k in this run (the engine calls this at the stage's first step, a
+        resume there included); a run that starts at stage k + 1 keeps what it loaded. Returns the copied
+        parameters, whose optimiser state the engine drops."""
         scale = int(stage.name.rsplit('_', 1)[1]) if stage.name.startswith('scale_') else None
-        if scale and previous is not None and previous.name == f'scale_{scale - 1}' and self.zoom_init == 'previous':
-            self.init_scale_from_previous(scale)
-            return list(self.scale_backbone(scale).parameters())
+        if scale and previous is not None and previous.name == f'scale_{scale - 1}' and self.zoom_init != 'independent':
+            return self.init_scale_from_previous(scale, heads=self.zoom_init == 'previous_model')
         return []
 
-    def init_scale_from_previous(self, scale: int) -> None:
-        """Copy scale `scale - 1`'s backbone weights into scale `scale`'s, in place (the optimiser keeps its
-        parameters); nothing to do with a shared backbone."""
-        if self.share_backbone or not 1 <= scale < self.num_scales:
-            return
-        source, target = self.scale_backbone(scale - 1), self.scale_backbone(scale)
+    def init_scale_from_previous(self, scale: int, heads: bool = False) -> List[nn.Parameter]:
+        """Copy scale `scale - 1`'s backbone weights (with `heads`, also its local classifiers and object head)
+        into scale `scale`'s, in place (the optimiser keeps its parameters); returns the parameters written. A shared
+        backbone is not copied."""
+        if not 1 <= scale < self.num_scales:
+            return []
+        pairs = [] if self.share_backbone else [(self.scale_backbone(scale - 1), self.scale_backbone(scale))]
+        if heads:
+            pairs += [(self.heads[f'{h}_{scale - 1}'], self.heads[f'{h}_{scale}']) for h in ('local', 'object')]
         with torch.no_grad():
-            for name, value in source.state_dict().items():
-                target.state_dict()[name].copy_(value)
+            for source, target in pairs:
+                for name, value in source.state_dict().items():
+                    target.state_dict()[name].copy_(value)
+        return [p for _, target in pairs for p in target.parameters()]
 
     # --- attention ---------------------------------------------------------------------------------------------
     @torch.no_grad()  # a view carries no gradient: its crop is made from the detached M_b
