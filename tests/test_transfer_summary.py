@@ -48,7 +48,11 @@ def test_gains_are_against_the_baseline_mean_of_the_protocol_recipe_and_dead_sal
     assert gate_verdict(rows['hsm_resnet18'], 1.5).startswith('not credited')  # 0.03% live cells: dead
     assert gate_verdict(rows['hsm live'], 1.5) == 'passes on 1 seed (3 needed within 1 pt of the gate)'
     assert gate_verdict(rows['hsm live'], 2.9) == 'below on 1 seed (3 needed within 1 pt of the gate)'
-    assert gate_verdict(rows['hsm live'], 0.9) == 'passes' and gate_verdict(rows['hsm live'], 3.1) == 'below'
+    assert gate_verdict(rows['hsm live'], 0.9) == 'passes' and gate_verdict(rows['hsm live'], 4.1) == 'below'
+    # +2.0 over the baseline mean is 1.1 from a gate of 3.1, but +3.0 over its own seed's baseline is within 1 pt
+    assert rows['hsm live']['paired']['gain'] == pytest.approx(3.0)
+    assert gate_verdict(rows['hsm live'], 3.1) == 'below on 1 seed (3 needed within 1 pt of the gate)'
+    assert gate_verdict(dict(rows['hsm live'], paired=None), 3.1) == 'below'
     assert gate_verdict(dict(rows['hsm live'], seeds=[0, 1, 2]), 1.5) == 'passes'  # 3 seeds settle it
     assert rows['s3n_resnet18']['std'] == pytest.approx(2.1213, abs=1e-3)
     assert gate_verdict(rows['s3n_resnet18'], 3.0) == 'below on 2 seeds (3 needed within 1 pt of the gate)'
