@@ -124,9 +124,9 @@ def add_run(path: Path, run: dict) -> None:
     with locked(path):
         data = json.loads(path.read_text()) if path.exists() else {}
         runs = [r for r in data.get('runs', []) if run_key(r) != run_key(run)] + [run]
+        kept = {k: v for k, v in data.items() if k not in ('suite', 'protocol', 'recipe', 'runs')}  # summary, notes
         data = {'suite': 'transfer', 'protocol': {**PROTOCOL, 'source': 'resnet18_cub150.safetensors'},
-                'recipe': recipe_id(TRANSFER_DEFAULTS),
-                'notes': data.get('notes', {}), 'runs': runs}
+                'recipe': recipe_id(TRANSFER_DEFAULTS), **kept, 'runs': runs}
         write_atomic(path, json.dumps(data, indent=2) + '\n')
 
 

@@ -1,4 +1,5 @@
 """The transfer protocol's summary (SPEC §8): gains against the baseline's mean, and gates a dead part cannot pass."""
+import json
 import sys
 from pathlib import Path
 
@@ -74,6 +75,10 @@ def test_the_gain_paired_by_seed_takes_each_seed_against_its_own_baseline():
     assert row['paired']['gain'] == pytest.approx(1.0) and row['paired']['se'] == pytest.approx(0.0, abs=1e-9)
     assert row['paired']['n'] == 3 and row['gain'] == pytest.approx((55 + 58 + 56 + 50) / 4 - (54 + 57 + 55) / 3)
     assert 'paired by seed: +1.00 ± 0.00 SE, 3 seeds' in transfer_table(data, Commands())
+    data['summary'] = '**Where each method stands.** S3N is 1 pt above its baseline.'
+    table = transfer_table(data, Commands())
+    assert table.startswith(data['summary'] + '\n\n') and table.index('S3N is 1 pt') < table.index('| s3n_resnet18 |')
+    del data['summary']
     model[1]['top1'] = 59.0  # seed 1 now +2: differences 1, 2, 1
     row = transfer_summary(data)['rows']['s3n_resnet18']
     assert row['paired']['gain'] == pytest.approx(4 / 3) and row['paired']['se'] == pytest.approx(0.3333, abs=1e-3)
@@ -364,3 +369,19 @@ def test_a_step_1_is_reused_for_the_same_source_weights_and_never_for_other_ones
     first.write_bytes(b'weights two')  # same size, same path and date
     os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert key(first) != key(copy)
+
+
+def test_adding_a_run_keeps_the_results_files_summary_and_notes(tmp_path):
+    """`add_run` rewrites the whole results file: the hand-written summary and notes must survive it, and a run of
+    the same key replaces the old one."""
+    from transfer import add_run
+    path = tmp_path / 'accuracy_transfer.json'
+    old = _run('s3n_resnet18', 0, 55.0)
+    path.write_text(json.dumps({'suite': 'transfer', 'summary': '**Where each method stands.** ± noted',
+                                'notes': {'S3N': 'below'}, 'runs': [old, _run('resnet18', 0, 56.0, role='baseline')]}))
+    add_run(path, dict(old, top1=57.0))
+    add_run(path, _run('s3n_resnet18', 1, 54.0))
+    data = json.loads(path.read_text(encoding='utf-8'))
+    assert data['summary'] == '**Where each method stands.** ± noted' and data['notes'] == {'S3N': 'below'}
+    assert sorted((r['model'], r['seed'], r['top1']) for r in data['runs']) == [
+        ('resnet18', 0, 56.0), ('s3n_resnet18', 0, 57.0), ('s3n_resnet18', 1, 54.0)]

@@ -641,6 +641,8 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             "'reference, no gate' are controls: plain models that tell what a method's extra compute or views would "
             "give without the method. Rows 'off the protocol' change a protocol setting (e.g. the input size) and "
             "take their gain against the control named in their gain cell.\n\n")
+    if data.get('summary'):  # the verdict in a paragraph, read before the tables and the notes that back it
+        text = f"{data['summary']}\n\n" + text
     text += '\n'.join(lines) + '\n'
     schedules = schedule_summaries(data)
     tabled = {id(r) for sch in schedules for r in sch['runs']}  # shown in a schedule table
