@@ -21,6 +21,7 @@ from that list when it is printed or rendered (`timm_fgvc.benchmarks.transfer_su
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -120,13 +121,19 @@ def run_key(run: dict) -> tuple:
 
 
 def add_run(path: Path, run: dict) -> None:
-    """Add one finished run to the results file (under a lock: parallel processes write the same file)."""
+    """Add one finished run to the results file (under a lock: parallel processes write the same file). The file's
+    protocol recipe and hand-written keys (summary, notes) stay as they are."""
     with locked(path):
         data = json.loads(path.read_text()) if path.exists() else {}
         runs = [r for r in data.get('runs', []) if run_key(r) != run_key(run)] + [run]
         kept = {k: v for k, v in data.items() if k not in ('suite', 'protocol', 'recipe', 'runs')}  # summary, notes
+        recipe = data.get('recipe') or recipe_id(TRANSFER_DEFAULTS)
+        if recipe != recipe_id(TRANSFER_DEFAULTS):  # e.g. a job started before the defaults changed: never switch back
+            print(f"note: {path} keeps its protocol recipe {recipe!r}; this process's defaults are "
+                  f"{recipe_id(TRANSFER_DEFAULTS)!r} (edit 'recipe' in the file to change the protocol's)",
+                  file=sys.stderr)
         data = {'suite': 'transfer', 'protocol': {**PROTOCOL, 'source': 'resnet18_cub150.safetensors'},
-                'recipe': recipe_id(TRANSFER_DEFAULTS), **kept, 'runs': runs}
+                'recipe': recipe, **kept, 'runs': runs}
         write_atomic(path, json.dumps(data, indent=2) + '\n')
 
 

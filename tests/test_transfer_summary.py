@@ -301,7 +301,7 @@ def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epoch
     assert 'equal epochs' not in hsm
     # the protocol's own recipe in a family: its cell is the main table's, not named again in the README
     data['recipe'] = gpu(12)
-    data['runs'] = runs + [dict(_run('caa_resnet18', s, 60.0, recipe=gpu(12)), lr=0.02) for s in (1, 2)]
+    data['runs'] = runs + [dict(_run('caa_resnet18', s, 60.0, recipe=gpu(12)), lr=0.04) for s in (1, 2)]
     line = next(l for l in summary_table([], data).splitlines() if l.startswith('| CAA'))
     assert '59.00 (+3.00; gate +3: passes; 3 seeds)' in line and '12 for both' not in line and '36 for both' in line
     # a family whose methods ran at one length only has no table
@@ -372,9 +372,9 @@ def test_a_step_1_is_reused_for_the_same_source_weights_and_never_for_other_ones
 
 
 def test_adding_a_run_keeps_the_results_files_summary_and_notes(tmp_path):
-    """`add_run` rewrites the whole results file: the hand-written summary and notes must survive it, and a run of
-    the same key replaces the old one."""
-    from transfer import add_run
+    """`add_run` rewrites the whole results file: the hand-written summary and notes and the protocol's recipe must
+    survive it, and a run of the same key replaces the old one."""
+    from transfer import TRANSFER_DEFAULTS, add_run, recipe_id
     path = tmp_path / 'accuracy_transfer.json'
     old = _run('s3n_resnet18', 0, 55.0)
     path.write_text(json.dumps({'suite': 'transfer', 'summary': '**Where each method stands.** ± noted',
@@ -385,3 +385,50 @@ def test_adding_a_run_keeps_the_results_files_summary_and_notes(tmp_path):
     assert data['summary'] == '**Where each method stands.** ± noted' and data['notes'] == {'S3N': 'below'}
     assert sorted((r['model'], r['seed'], r['top1']) for r in data['runs']) == [
         ('resnet18', 0, 56.0), ('s3n_resnet18', 0, 57.0), ('s3n_resnet18', 1, 54.0)]
+    assert data['recipe'] == recipe_id(TRANSFER_DEFAULTS)  # a file without one takes the defaults'
+    path.write_text(json.dumps(dict(data, recipe='sgd lr0.1 e99')))  # a job of older defaults never switches it back
+    add_run(path, _run('s3n_resnet18', 2, 53.0))
+    data = json.loads(path.read_text(encoding='utf-8'))
+    assert data['recipe'] == 'sgd lr0.1 e99' and len(data['runs']) == 4
+
+
+def test_a_row_holds_one_setting_at_distinct_seeds():
+    """Runs are pooled by label: a seed run twice (a rerun after a config change, a reused --label) would count
+    twice in the mean, the pairing and the 3-seed rule, and runs of another setting would pass for this one."""
+    base = [_run('resnet18', s, 55.0, role='baseline') for s in (0, 1)]
+    rerun = [_run('s3n_resnet18', 0, 58.6), _run('s3n_resnet18', 0, 58.4, model_args={'k': 2}),
+             _run('s3n_resnet18', 1, 58.5)]
+    with pytest.raises(ValueError, match=r"'s3n_resnet18' holds more than one run of seed\(s\) \[0\]"):
+        transfer_summary({'recipe': 'sgd e12', 'runs': base + rerun})
+    with pytest.raises(ValueError, match='different model_args'):
+        transfer_summary({'recipe': 'sgd e12', 'runs': base + rerun[1:]})
+    with pytest.raises(ValueError, match='different lr'):
+        transfer_summary({'recipe': 'sgd e12', 'runs': base + [dict(rerun[0], lr=0.2), dict(rerun[2], lr=0.02)]})
+    crops = [_run('resnet18', s, 57.0, role='reference', label='central crops', model_args={'box': 0.6 + s / 100})
+             for s in (0, 1)]  # a reference row may measure its crop per seed
+    assert transfer_summary({'recipe': 'sgd e12', 'runs': base + crops})['rows']['central crops']['gain'] == \
+        pytest.approx(2.0)
+
+
+def test_a_gain_paired_well_below_the_gate_keeps_a_pass_unsettled():
+    row = {'gain': 4.2, 'seeds': [0, 1], 'paired': {'gain': 1.8}}
+    assert gate_verdict(row, 3.0) == 'passes on 2 seeds (3 needed within 1 pt of the gate)'
+    assert gate_verdict(dict(row, paired={'gain': 4.1}), 3.0) == 'passes'
+    assert gate_verdict(dict(row, gain=1.5, paired={'gain': 1.8}), 3.0) == 'below'
+
+
+def test_few_shot_runs_on_an_accelerator_and_probes_off_the_protocol_stay_out_of_the_schedule_tables():
+    gpu = lambda e, k='': f'sgd e{e} b32 bf16{k} cuda'  # noqa: E731
+    runs = []
+    for e in (12, 36):
+        runs += [_run('resnet18', 0, 55.0, role='baseline', recipe=gpu(e)),
+                 _run('caa_resnet18', 0, 60.0, recipe=gpu(e)),
+                 dict(_run('resnet18', 0, 20.0, role='baseline', recipe=gpu(e, ' k5')), recipe={'shots': 5}),
+                 dict(_run('hsm_resnet18', 0, 30.0, recipe=gpu(e, ' k5')), recipe={'shots': 5}),
+                 dict(_run('s3n_resnet18', 0, 70.0, label='s3n at 192 px', recipe=gpu(e)), yardstick='r192'),
+                 _run('resnet18', 0, 69.0, role='reference', label='r192', recipe=gpu(e))]
+    data = {'recipe': gpu(12), 'runs': runs}
+    (sch,) = schedule_summaries(data)
+    assert set(sch['rows']) == {'resnet18', 'caa_resnet18', 'r192'}  # not the few-shot runs, not the 192 px probe
+    (few,) = few_shot_summaries({'recipe': gpu(12), 'runs': [r for r in runs if ' e36 ' not in r['recipe_id']]})
+    assert few['recipe'] == gpu(12) and few['rows']['hsm_resnet18']['per_k'][5]['gain'] == pytest.approx(10.0)

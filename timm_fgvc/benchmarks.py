@@ -376,6 +376,8 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
         if r['recipe_id'] == recipe:
             rows.setdefault(r['label'], {'label': r['label'], 'model': r['model'], 'role': r['role'],
                                          'runs': []})['runs'].append(r)
+    for row in rows.values():
+        _check_row_runs(row)
     base = next((row for row in rows.values() if row['role'] == 'baseline'), None)
     base_top1 = [r['top1'] for r in base['runs']] if base else []
     base_mean = statistics.fmean(base_top1) if base_top1 else None
@@ -402,6 +404,28 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
             model_args=row['runs'][-1].get('model_args') or {}, date=max(r.get('date', '') for r in row['runs']))
     others = sorted({r['recipe_id'] for r in runs if not _few_shot_base(r)} - {recipe})
     return {'recipe': recipe, 'baseline_mean': base_mean, 'rows': rows, 'other_recipes': others}
+
+
+ROW_SETTINGS = {'model_args': {}, 'lr': None, 'stage_epochs': None, 'epochs_ratio': 1.0}  # one value per row
+
+
+def _check_row_runs(row: dict) -> None:
+    """A row pools its runs by label: they must be one setting at distinct seeds. Two runs of one seed would count
+    that seed twice (in the mean, the pairing and the 3-seed rule); runs that differ in a setting would be reported
+    as one. A reference row may vary its model arguments by seed (e.g. a crop measured per seed)."""
+    seeds = [r['seed'] for r in row['runs']]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"Row {row['label']!r} holds more than one run of seed(s) {repeated} under recipe "
+                         f"{row['runs'][0]['recipe_id']!r}: give the runs of another setting their own --label, or "
+                         'remove the stale run from the results file.')
+    for field, default in ROW_SETTINGS.items():
+        if field == 'model_args' and row['role'] == 'reference':
+            continue
+        values = {json.dumps(r.get(field, default), sort_keys=True) for r in row['runs']}
+        if len(values) > 1:
+            raise ValueError(f"Row {row['label']!r} pools runs with different {field} ({', '.join(sorted(values))}): "
+                             'give each setting its own --label.')
 
 
 def seed_stats(runs: List[dict], baseline_runs: List[dict]) -> Dict[str, Any]:
@@ -459,10 +483,16 @@ def seed_cell(stats: Optional[Dict[str, Any]], baseline: bool = False, spread: b
 
 
 def _few_shot_base(run: dict) -> Optional[Tuple[str, int]]:
-    """(base recipe id, k) of a few-shot run (`--shots k`: its recipe id is the base's + ' k<k>'), else None."""
+    """(base recipe id, k) of a few-shot run (`--shots k`: its recipe id is the base's with ' k<k>', before the
+    device of an accelerator run, e.g. '... bf16 k5 cuda' -> '... bf16 cuda'), else None."""
     k = (run.get('recipe') or {}).get('shots')
-    suffix = f' k{k}'
-    return (run['recipe_id'][:-len(suffix)], k) if k and run['recipe_id'].endswith(suffix) else None
+    if not k:
+        return None
+    words = run['recipe_id'].split(' ')
+    if f'k{k}' not in words:
+        return None
+    words.remove(f'k{k}')
+    return ' '.join(words), k
 
 
 def few_shot_summaries(data: dict) -> List[Dict[str, Any]]:
@@ -507,10 +537,11 @@ def _few_shot_summary(data: dict, recipe: str, few: List[Tuple[dict, int]]) -> D
 
 
 def _schedule_family(run: dict) -> Optional[Tuple[str, int]]:
-    """(recipe id with its epochs as `e*`, epochs) of a run at the recipe's own epochs, else None (a few-shot run, or
-    a --stage-epochs ablation, which is not at equal epochs)."""
+    """(recipe id with its epochs as `e*`, epochs) of a run at the recipe's own epochs, else None (a few-shot run, a
+    --stage-epochs ablation, which is not at equal epochs, or a run off the protocol, e.g. at another input size, whose
+    gain is taken against its own control, not the baseline)."""
     match = re.search(r' e(\d+) ', run['recipe_id'])
-    if not match or _few_shot_base(run) or run.get('epochs_ratio', 1.0) != 1.0:
+    if not match or _few_shot_base(run) or run.get('epochs_ratio', 1.0) != 1.0 or run.get('yardstick') is not None:
         return None
     return run['recipe_id'][:match.start()] + ' e* ' + run['recipe_id'][match.end():], int(match.group(1))
 
@@ -578,9 +609,9 @@ def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
     """'passes' / 'below' the gate; a gain of a method whose own part is dead (HSM's saliency map zero in at least
     99% of its cells in every run: the model is its backbone with another head schedule) is not credited to it.
     A gain within 1 pt of the gate on fewer than 3 seeds says that more seeds are needed; so does a gain paired by
-    seed within 1 pt of it (a lucky seed lifts the model and its baseline alike: the gain over the baseline mean can
-    sit far from the gate while the paired one does not). A row measured off the protocol (one with a 'yardstick',
-    e.g. another input size) is never gated: the gate is the protocol's."""
+    seed that is not at least 1 pt on the same side of the gate (a lucky seed lifts the model and its baseline alike:
+    the gain over the baseline mean can sit far from the gate while the paired one does not). A row measured off the
+    protocol (one with a 'yardstick', e.g. another input size) is never gated: the gate is the protocol's."""
     if row.get('yardstick') is not None:
         return 'off the protocol, no gate'
     if row['gain'] is None or gate is None:
@@ -591,8 +622,9 @@ def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
     seeds = len(row.get('seeds') or ())
     paired = row.get('paired')
     gains = [row['gain']] + ([paired['gain']] if isinstance(paired, dict) and paired.get('gain') is not None else [])
+    clear = all(g >= gate + margin for g in gains) or all(g <= gate - margin for g in gains)  # 1 pt on one side
     unsettled = f" on {seeds} seed{'s' if seeds > 1 else ''} ({needed} needed within {margin:g} pt of the gate)" \
-        if seeds and seeds < needed and any(abs(g - gate) < margin for g in gains) else ''
+        if seeds and seeds < needed and not clear else ''
     if row['gain'] < gate:
         return 'below' + unsettled
     longer = row.get('epochs_ratio', 1.0) > 1  # a --stage-epochs ablation: not at equal epochs
