@@ -71,8 +71,8 @@ def git_revision() -> Optional[str]:
     try:
         rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(  # edited code; results files change under running jobs and are not code
-            ['git', 'status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)bench/results'], cwd=REPO,
+        dirty = subprocess.run(  # edited or new code; results files change under running jobs and are not code
+            ['git', 'status', '--porcelain', '--untracked-files=all', '--', '.', ':(exclude)bench/results'], cwd=REPO,
             capture_output=True, text=True, timeout=10).stdout.strip()
         return (rev + ('-dirty' if dirty else '')) or None
     except (OSError, subprocess.SubprocessError):

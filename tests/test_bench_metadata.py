@@ -50,8 +50,8 @@ def test_a_run_is_credited_to_the_revision_it_started_at_not_the_one_it_ends_at(
     assert out.strip() == started
 
 
-def test_a_revision_is_dirty_for_edited_code_not_for_results_files_written_by_running_jobs(tmp_path):
-    repo, head = repo_with_common(tmp_path, {'bench/results/accuracy_x.json': '{}\n'})
+def test_a_revision_is_dirty_for_edited_or_new_code_not_for_results_files_written_by_running_jobs(tmp_path):
+    repo, head = repo_with_common(tmp_path, {'bench/results/accuracy_x.json': '{}\n', '.gitignore': '__pycache__/\n'})
     code = "import sys; sys.path.insert(0, sys.argv[1]); import _common; print(_common.git_revision())"
 
     def revision():
@@ -59,6 +59,11 @@ def test_a_revision_is_dirty_for_edited_code_not_for_results_files_written_by_ru
                               text=True).stdout.strip()
 
     (repo / 'bench' / 'results' / 'accuracy_x.json').write_text('{"runs": []}\n')  # a job recorded a run
+    (repo / 'bench' / 'results' / 'accuracy_y.json').write_text('{"runs": []}\n')  # a new results file
+    assert revision() == head
+    (repo / 'bench' / 'new_probe.py').write_text('# a module a run may import, not committed yet\n')
+    assert revision() == head + '-dirty'
+    (repo / 'bench' / 'new_probe.py').unlink()
     assert revision() == head
     with open(repo / 'bench' / '_common.py', 'a') as f:
         f.write('# an edit\n')
