@@ -408,6 +408,9 @@ def test_a_row_holds_one_setting_at_distinct_seeds():
              for s in (0, 1)]  # a reference row may measure its crop per seed
     assert transfer_summary({'recipe': 'sgd e12', 'runs': base + crops})['rows']['central crops']['gain'] == \
         pytest.approx(2.0)
+    shots = [dict(_run('hsm_resnet18', 0, t, recipe='sgd e12 k5'), recipe={'shots': 5}) for t in (30.0, 31.0)]
+    with pytest.raises(ValueError, match='more than one run of seed'):  # a few-shot cell is checked as well
+        few_shot_summaries({'recipe': 'sgd e12', 'runs': base + shots})
 
 
 def test_a_gain_paired_well_below_the_gate_keeps_a_pass_unsettled():

@@ -376,8 +376,6 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
         if r['recipe_id'] == recipe:
             rows.setdefault(r['label'], {'label': r['label'], 'model': r['model'], 'role': r['role'],
                                          'runs': []})['runs'].append(r)
-    for row in rows.values():
-        _check_row_runs(row)
     base = next((row for row in rows.values() if row['role'] == 'baseline'), None)
     base_top1 = [r['top1'] for r in base['runs']] if base else []
     base_mean = statistics.fmean(base_top1) if base_top1 else None
@@ -409,29 +407,32 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
 ROW_SETTINGS = {'model_args': {}, 'lr': None, 'stage_epochs': None, 'epochs_ratio': 1.0}  # one value per row
 
 
-def _check_row_runs(row: dict) -> None:
-    """A row pools its runs by label: they must be one setting at distinct seeds. Two runs of one seed would count
-    that seed twice (in the mean, the pairing and the 3-seed rule); runs that differ in a setting would be reported
-    as one. A reference row may vary its model arguments by seed (e.g. a crop measured per seed)."""
-    seeds = [r['seed'] for r in row['runs']]
+def _check_pooled_runs(runs: List[dict]) -> None:
+    """Every table cell pools runs by label (and recipe, k or epochs): they must be one setting at distinct seeds.
+    Two runs of one seed would count that seed twice (in the mean, the pairing and the 3-seed rule); runs that
+    differ in a setting would be reported as one. A reference row may vary its model arguments by seed (e.g. a crop
+    measured per seed)."""
+    label, role = runs[0]['label'], runs[0]['role']
+    seeds = [r['seed'] for r in runs]
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
-        raise ValueError(f"Row {row['label']!r} holds more than one run of seed(s) {repeated} under recipe "
-                         f"{row['runs'][0]['recipe_id']!r}: give the runs of another setting their own --label, or "
+        raise ValueError(f"Row {label!r} holds more than one run of seed(s) {repeated} under recipe "
+                         f"{runs[0]['recipe_id']!r}: give the runs of another setting their own --label, or "
                          'remove the stale run from the results file.')
     for field, default in ROW_SETTINGS.items():
-        if field == 'model_args' and row['role'] == 'reference':
+        if field == 'model_args' and role == 'reference':
             continue
-        values = {json.dumps(r.get(field, default), sort_keys=True) for r in row['runs']}
+        values = {json.dumps(r.get(field, default), sort_keys=True) for r in runs}
         if len(values) > 1:
-            raise ValueError(f"Row {row['label']!r} pools runs with different {field} ({', '.join(sorted(values))}): "
+            raise ValueError(f"Row {label!r} pools runs with different {field} ({', '.join(sorted(values))}): "
                              'give each setting its own --label.')
 
 
 def seed_stats(runs: List[dict], baseline_runs: List[dict]) -> Dict[str, Any]:
     """Top-1 over the seeds of `runs`: mean, std (None for one seed), seeds, the gain over the mean of
     `baseline_runs` (None without them), the gain paired by seed (`paired_gain`), and HSM's live saliency cells
-    per run (None for other methods)."""
+    per run (None for other methods). Refuses runs that are not one setting at distinct seeds (`_check_pooled_runs`)."""
+    _check_pooled_runs(runs)
     top1 = [r['top1'] for r in runs]
     base = [r['top1'] for r in baseline_runs]
     return {'mean': statistics.fmean(top1), 'std': statistics.stdev(top1) if len(top1) > 1 else None,
@@ -621,7 +622,7 @@ def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
     margin, needed = GATE_MARGIN_SEEDS
     seeds = len(row.get('seeds') or ())
     paired = row.get('paired')
-    gains = [row['gain']] + ([paired['gain']] if isinstance(paired, dict) and paired.get('gain') is not None else [])
+    gains = [row['gain']] + ([paired['gain']] if paired else [])  # few-shot means over k have no pairing
     clear = all(g >= gate + margin for g in gains) or all(g <= gate - margin for g in gains)  # 1 pt on one side
     unsettled = f" on {seeds} seed{'s' if seeds > 1 else ''} ({needed} needed within {margin:g} pt of the gate)" \
         if seeds and seeds < needed and not clear else ''
