@@ -168,6 +168,36 @@ def test_stages_train_one_scale_after_another():
     assert all('backbone.' in s.trainable for s in shared.training_stages())
 
 
+def test_joint_schedule_trains_every_scale_in_one_stage_each_on_its_own_loss():
+    model = tiny_caa(scale_schedule='joint')
+    (stage,) = model.training_stages()
+    assert stage.epochs == 40
+    apply_stage(model, stage)
+    model.set_training_stage(stage)
+    model.train()
+    images, target = torch.randn(2, 3, 96, 96), torch.tensor([0, 1])
+    losses = model.loss(model.forward_train(images, target), target)
+    assert {f'loss_{t}_{k}' for t in ('local', 'object') for k in range(3)} <= set(losses)
+    # scale 1's loss reaches scale 1's backbone only: its crop, made from scale 0's detached mask, carries no gradient
+    model.zero_grad()
+    losses['loss_object_1'].backward()
+    grads = {name.split('.')[0] + ('.' + name.split('.')[1] if name.startswith('zoom') else ''): p.grad
+             for name, p in model.named_parameters() if 'backbone' in name}
+    assert grads['backbone'] is None and grads['zoom_backbones.1'] is None
+    assert grads['zoom_backbones.0'] is not None and grads['zoom_backbones.0'].abs().sum() > 0
+    with pytest.raises(ValueError, match="'sequential'.*'joint'"):
+        tiny_caa(scale_schedule='together')
+
+
+def test_joint_schedule_lowers_every_scales_losses(short_training):
+    losses = short_training(tiny_caa(num_classes=4, num_scales=2, scale_schedule='joint'), num_classes=4,
+                            image_size=96, lr=0.02)
+    for term, factor in (('loss_local_0', 0.8), ('loss_object_0', 0.5), ('loss_local_1', 0.8),
+                         ('loss_object_1', 0.5)):
+        first, last = losses[term]
+        assert last < factor * first, (term, first, last)
+
+
 def test_short_training_lowers_the_local_and_object_losses(short_training):
     losses = short_training(tiny_caa(num_classes=4, num_scales=2), num_classes=4, image_size=96, lr=0.02)
     # the local terms chase a moving target (M_b comes from their own activations), so they fall more slowly

@@ -11,7 +11,8 @@ Pipeline at each scale (one batched pass; the scales follow each other because e
   M_b f(X) (Eq. 5); loss = local + object (Eq. 6). The bounding box of M_b is cropped and zoomed to the input
   size: the next scale's image (Sec. 4.4).
   Prediction per scale = mean of softmax(object logits) and softmax(spatial mean of A without background); the
-  final prediction is the mean over scales (Sec. 4.4.3). Scales train one after another (`training_stages`).
+  final prediction is the mean over scales (Sec. 4.4.3). Scales train one after another (`training_stages`);
+  `scale_schedule='joint'` (outside the paper) trains them together.
 
 Choices where the paper is open (SPEC §6):
 - One backbone per scale (the paper trains a model per scale); `share_backbone=True` uses one for all. The paper
@@ -21,6 +22,13 @@ Choices where the paper is open (SPEC §6):
   `zoom_init='previous_model'` also starts its local classifiers and object head from scale k's (Sec. 4.4: "our
   models are trained sequentially"; the heads have the same shapes at every scale);
   `zoom_init='independent'` keeps its own initialisation (the pretrained weights, or random).
+- Schedule: the paper trains the scales sequentially (Sec. 4.4.2, one stage per scale, the default
+  `scale_schedule='sequential'`), so at a fixed number of epochs each scale gets a share of them, or the run takes
+  one schedule per scale. `scale_schedule='joint'` (outside the paper) trains every scale in one stage for the whole
+  schedule: each step runs scale 0, crops from its current mask, runs scale 1, and so on, and sums every scale's
+  loss (Eq. 6 per scale). With a backbone per scale no backbone gets another scale's gradient (the crops carry
+  none), so each scale's model trains as it would alone, on its predecessor's current attention instead of its
+  converged one; every scale starts from its own initialisation (`zoom_init` has nothing to copy).
 - Attention M = max over the non-background channels of the aggregated activations A themselves
   (`attention_from='logits'`, Sec. 4.3 and Fig. 2: "max-pooling A along the channel dimension excluding the last
   background category"). `attention_from='probabilities'` takes the max of softmax(A) over the L + 1 classes
@@ -113,6 +121,8 @@ class CAA(FGVCModel):
             silent), 'previous_model' its backbone and heads, 'independent' from its own initialisation.
         attention_from: 'logits' (M from A, Sec. 4.3 / Fig. 2) or 'probabilities' (from softmax(A) over L + 1).
         otsu_bins: histogram bins of Otsu's threshold (256).
+        scale_schedule: 'sequential' (one stage per scale, Sec. 4.4.2) or 'joint' (every scale in one stage;
+            outside the paper).
     """
     main_head = 'object_0'
     needs_classifier = True
@@ -131,6 +141,7 @@ class CAA(FGVCModel):
             zoom_init: str = 'previous',
             attention_from: str = 'logits',
             otsu_bins: int = 256,
+            scale_schedule: str = 'sequential',
     ):
         super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
         self.num_classifiers = num_classifiers
@@ -143,7 +154,11 @@ class CAA(FGVCModel):
                              f"'previous_model' (its backbone and heads) or 'independent', got {zoom_init!r}.")
         if attention_from not in ('probabilities', 'logits'):
             raise ValueError(f"attention_from must be 'probabilities' or 'logits', got {attention_from!r}.")
+        if scale_schedule not in ('sequential', 'joint'):
+            raise ValueError(f"scale_schedule must be 'sequential' (one stage per scale, the paper's) or 'joint' "
+                             f"(every scale in one stage), got {scale_schedule!r}.")
         self.zoom_init = zoom_init
+        self.scale_schedule = scale_schedule
         self.attention_from = attention_from
         self.otsu_bins = otsu_bins
         self.zoom_backbones = nn.ModuleList()
@@ -254,7 +269,10 @@ class CAA(FGVCModel):
         return {'loss': self.weighted_sum(terms), **terms}
 
     def training_stages(self) -> List[TrainingStage]:
-        """One stage per scale, in order (Sec. 4.4.2): its backbone and heads, its two loss terms, 40 epochs."""
+        """One stage per scale, in order (Sec. 4.4.2): its backbone and heads, its two loss terms, 40 epochs; with
+        `scale_schedule='joint'` one stage that trains every scale on the sum of their terms for those 40 epochs."""
+        if self.scale_schedule == 'joint':
+            return [TrainingStage(name='joint_scales', epochs=40)]
         stages = []
         for k in range(self.num_scales):
             backbone = 'backbone.' if k == 0 or self.share_backbone else f'zoom_backbones.{k - 1}.'
