@@ -82,9 +82,11 @@ def stage_split(model, paper: dict, epochs: float) -> Optional[List[float]]:
 
 
 @torch.no_grad()
-def backbone_passes(model, size: int, stage_epochs: Optional[List[float]] = None, batch: int = 2) -> float:
+def backbone_passes(model, size: int, stage_epochs: Optional[List[float]] = None, batch: int = 2,
+                    per_stage: bool = False):
     """Backbone pixels processed per input pixel in one training step (the baseline: 1.0), averaged over the
-    method's stages by their epochs: the compute ratio of a method against its baseline."""
+    method's stages by their epochs: the compute ratio of a method against its baseline. `per_stage`: the list,
+    one value per stage, not averaged."""
     backbones = [b for _, b in model.named_backbones()] if hasattr(model, 'forward_train') else [model]
     stems = [b.get_submodule(b.pretrained_cfg['first_conv']) for b in backbones]  # methods call forward_features
     pixels = []
@@ -96,7 +98,7 @@ def backbone_passes(model, size: int, stage_epochs: Optional[List[float]] = None
     model.train()
     stages = model.training_stages() if hasattr(model, 'training_stages') else [None]
     weights = stage_epochs or [1.0] * len(stages)
-    per_stage = []
+    passes = []
     try:
         for stage in stages:
             pixels.clear()
@@ -105,12 +107,25 @@ def backbone_passes(model, size: int, stage_epochs: Optional[List[float]] = None
                 model.forward_train(x, target)
             else:
                 model(x)
-            per_stage.append(sum(pixels) / (batch * size * size))
+            passes.append(sum(pixels) / (batch * size * size))
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return sum(p * w for p, w in zip(per_stage, weights)) / sum(weights)
+    if per_stage:
+        return passes
+    return sum(p * w for p, w in zip(passes, weights)) / sum(weights)
+
+
+def compute_ratio(model, size: int, stage_epochs: Optional[List[float]], epochs_ratio: float,
+                  source_step: Optional[dict] = None, target_steps: Optional[int] = None) -> float:
+    """Backbone pixels a run processes in training against its baseline's at 128 px (the same steps on the target).
+    A step 1 on the source classes (HSM) adds its own steps: its passes x its steps / the target's steps."""
+    scale = epochs_ratio * (size / PROTOCOL['img_size']) ** 2
+    if not source_step:
+        return scale * backbone_passes(model, size, stage_epochs or None)
+    on_source, on_target = backbone_passes(model, size, per_stage=True)
+    return scale * (on_target + on_source * source_step['steps'] / target_steps)
 
 
 def run_key(run: dict) -> tuple:
@@ -397,8 +412,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 'eval_samples': final.get('eval_samples'), 'steps': final.get('step'),
                 'final_train_loss': final.get('train_loss'), 'history': results.get('history'),
                 'epochs_ratio': epochs_ratio,
-                'compute_ratio': epochs_ratio * (size / PROTOCOL['img_size']) ** 2  # against the baseline at 128
-                                 * backbone_passes(probe, size, extra['stage_epochs'] or None),
+                'compute_ratio': compute_ratio(probe, size, extra['stage_epochs'], epochs_ratio, source_step,
+                                               final.get('step')),
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,
                 'source_weights': source, 'source_step': source_step, 'resumed': results.get('resumed_from'),
                 'saliency': saliency_activity(Path(cfg.output_dir), dataset) if name.startswith('hsm') else None,

@@ -673,7 +673,8 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             "its paper's new-layer / backbone lr ratio and stage proportions of the same epochs. Rows with the gate "
             "'reference, no gate' are controls: plain models that tell what a method's extra compute or views would "
             "give without the method. Rows 'off the protocol' change a protocol setting (e.g. the input size) and "
-            "take their gain against the control named in their gain cell.\n\n")
+            "take their gain against the control named in their gain cell. Compute: backbone pixels through "
+            "training against the baseline's (HSM's counts its step 1 on the source classes).\n\n")
     if data.get('summary'):  # the verdict in a paragraph, read before the tables and the notes that back it
         text = f"{data['summary']}\n\n" + text
     text += '\n'.join(lines) + '\n'
