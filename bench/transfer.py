@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 import torch
 import yaml
 
-from _common import METHODS, REPO, locked, run_metadata, split_variant, write_atomic
+from _common import METHODS, REPO, REVISION_AT_START, command_line, locked, run_metadata, split_variant, write_atomic
 from timm_fgvc.benchmarks import transfer_summary
 from timm_fgvc.engine.trainer import accelerator_type
 
@@ -328,6 +328,28 @@ def resume_fields(output_dir: Path, resume: bool) -> dict:
     return {'resume': None, 'overwrite': True}
 
 
+PARTS_FILE = 'bench_parts.json'  # in a run's folder: the processes that trained it
+
+
+def record_part(run_dir: Path, resuming: bool) -> List[dict]:
+    """The processes that trained a run, oldest first, each with its code revision, start date and command: a fresh
+    start begins the list, a resume adds to it (a part from before these records is listed with revision None)."""
+    import datetime
+    path = run_dir / PARTS_FILE
+    parts = []
+    if resuming:
+        parts = (json.loads(path.read_text()) if path.exists()
+                 else [{'git': None, 'note': 'trained before the bench recorded its parts'}])
+    parts.append({'git': REVISION_AT_START, 'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+                  'command': command_line()})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(parts, indent=1) + '\n')
+    if len({p['git'] for p in parts}) > 1:
+        print(f'warning: {run_dir} was trained in parts by different code revisions '
+              f"({', '.join(str(p['git']) for p in parts)}); the run records each part", flush=True)
+    return parts
+
+
 def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     """Train each model of `args` (baseline unless --skip-baseline, then the method variants) for each seed."""
     import timm
@@ -379,6 +401,8 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 init, start_stage = Path(source_step['weights']), 1  # step 2 on the target, all the epochs
                 extra['stage_epochs'] = source_step_stages(args, recipe)
             run_dir = out_dir / 'target' if source_step else out_dir
+            resume = resume_fields(run_dir, args.resume)
+            parts = record_part(run_dir, bool(resume['resume']))
             cfg = TrainConfig(
                 model=name, model_args=model_args, dataset=dataset, pretrained_path=str(init), start_stage=start_stage,
                 output_stride=PROTOCOL['output_stride'], img_size=size, crop_pct=PROTOCOL['crop_pct'],
@@ -389,7 +413,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 stage_epochs=extra['stage_epochs'], shots=recipe['shots'], seed=seed,
                 eval_every=max(recipe['epochs'], 1),
                 keep_checkpoints=1, max_steps=args.max_steps, num_workers=args.workers, output_dir=str(run_dir),
-                **resume_fields(run_dir, args.resume))
+                **resume)
             print(f'\n=== transfer seed {seed}: {name} {model_args or ""} lr {extra["lr"]:g} / backbone '
                   f'{recipe["backbone_lr"]:g}, stage epochs {extra["stage_epochs"] or recipe["epochs"]}', flush=True)
             start = time.time()
@@ -416,6 +440,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                                                final.get('step')),
                 'wall_seconds': wall, 'threads': torch.get_num_threads(), 'note': args.note,
                 'source_weights': source, 'source_step': source_step, 'resumed': results.get('resumed_from'),
+                'resume_warnings': results.get('resume_warnings') or [], 'parts': parts,
                 'saliency': saliency_activity(Path(cfg.output_dir), dataset) if name.startswith('hsm') else None,
                 **run_metadata(torch.device(recipe['device'])),
             }

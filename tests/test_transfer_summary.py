@@ -435,3 +435,26 @@ def test_few_shot_runs_on_an_accelerator_and_probes_off_the_protocol_stay_out_of
     assert set(sch['rows']) == {'resnet18', 'caa_resnet18', 'r192'}  # not the few-shot runs, not the 192 px probe
     (few,) = few_shot_summaries({'recipe': gpu(12), 'runs': [r for r in runs if ' e36 ' not in r['recipe_id']]})
     assert few['recipe'] == gpu(12) and few['rows']['hsm_resnet18']['per_k'][5]['gain'] == pytest.approx(10.0)
+
+
+def test_a_run_trained_in_parts_records_each_parts_revision_and_the_trainers_resume_warnings(tmp_path, monkeypatch):
+    """A killed run resumed later may have run other code in its first part: the run names every part's revision
+    (a fresh start begins the list again), warns when they differ, and keeps the engine's resume warnings."""
+    import json
+    import transfer
+    from timm_fgvc.engine.config import TrainConfig
+    run_dir = tmp_path / 'run'
+    monkeypatch.setattr(transfer, 'REVISION_AT_START', 'aaa1111')
+    assert [p['git'] for p in transfer.record_part(run_dir, resuming=False)] == ['aaa1111']
+    monkeypatch.setattr(transfer, 'REVISION_AT_START', 'bbb2222')
+    assert [p['git'] for p in transfer.record_part(run_dir, resuming=True)] == ['aaa1111', 'bbb2222']
+    assert [p['git'] for p in transfer.record_part(run_dir, resuming=False)] == ['bbb2222']  # started again
+    assert [p['git'] for p in transfer.record_part(tmp_path / 'older', resuming=True)] == [None, 'bbb2222']
+
+    (tmp_path / 'w.safetensors').write_bytes(b'not the fixture')
+    warning = 'The random state of process 0 was not restored'
+    train = lambda cfg: {'device': 'cpu', 'model_args': cfg.model_args, 'resume_warnings': [warning],  # noqa: E731
+                         'final': {'eval_top1': 50.0, 'step': 1}}
+    transfer.run_transfer(_runner_args(tmp_path), train, TrainConfig, str(tmp_path))
+    (run,) = json.loads((tmp_path / 'accuracy_transfer.json').read_text())['runs']
+    assert run['resume_warnings'] == [warning] and [p['git'] for p in run['parts']] == ['bbb2222']
