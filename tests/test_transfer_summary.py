@@ -164,7 +164,7 @@ def test_a_variant_past_the_gate_is_named_in_the_readme_with_the_epochs_it_took(
         "passes with 3x the baseline's epochs"
     line = next(l for l in summary_table([], {'recipe': 'sgd e12', 'runs': runs}).splitlines() if l.startswith('| CAA'))
     assert "54.00 (-1.00; gate +3: below; 1 seed); each scale 12 epochs (3x): 62.00 (+7.00, passes with 3x the " \
-           "baseline's epochs" in line
+           "baseline's epochs, 1 seed, compute" in line
     assert 'small change' not in line  # +1: below the gate, not listed
 
 

@@ -769,8 +769,9 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
             for other in rows_of.values():  # a labelled variant past the gate is named with its condition
                 passes = other['model'] == row['model'] and other is not row and gate_verdict(other, gate)
                 if passes and passes.startswith('pass'):
+                    seeds = len(other['seeds'])
                     acc += (f"; {variant_name(other)}: {other['mean']:.2f} ({signed(other['gain'])}, {passes}, "
-                            f"compute {fmt(other['compute'])})")
+                            f"{seeds} seed{'s' if seeds > 1 else ''}, compute {fmt(other['compute'])})")
         for fs in few_shot:
             few = headline_row(fs['rows'].values(), f'{method}_resnet18')
             if few is not None and few['gain'] is not None:
