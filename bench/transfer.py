@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 import torch
 import yaml
 
-from _common import METHODS, REPO, REVISION_AT_START, command_line, locked, run_metadata, split_variant, write_atomic
+from _common import METHODS, REPO, locked, run_metadata, split_variant, write_atomic
 from timm_fgvc.benchmarks import transfer_summary
 from timm_fgvc.engine.trainer import accelerator_type
 
@@ -331,17 +331,16 @@ def resume_fields(output_dir: Path, resume: bool) -> dict:
 PARTS_FILE = 'bench_parts.json'  # in a run's folder: the processes that trained it
 
 
-def record_part(run_dir: Path, resuming: bool) -> List[dict]:
-    """The processes that trained a run, oldest first, each with its code revision, start date and command: a fresh
-    start begins the list, a resume adds to it (a part from before these records is listed with revision None)."""
-    import datetime
+def record_part(run_dir: Path, resuming: bool, device: torch.device) -> List[dict]:
+    """The processes that trained a run, oldest first, each with its `run_metadata` (code revision, start date,
+    command, device, versions): a fresh start begins the list, a resume adds to it (a part from before these records
+    is listed with revision None)."""
     path = run_dir / PARTS_FILE
     parts = []
     if resuming:
         parts = (json.loads(path.read_text()) if path.exists()
                  else [{'git': None, 'note': 'trained before the bench recorded its parts'}])
-    parts.append({'git': REVISION_AT_START, 'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-                  'command': command_line()})
+    parts.append(run_metadata(device))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(parts, indent=1) + '\n')
     if len({p['git'] for p in parts}) > 1:
@@ -402,7 +401,7 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                 extra['stage_epochs'] = source_step_stages(args, recipe)
             run_dir = out_dir / 'target' if source_step else out_dir
             resume = resume_fields(run_dir, args.resume)
-            parts = record_part(run_dir, bool(resume['resume']))
+            parts = record_part(run_dir, bool(resume['resume']), torch.device(recipe['device']))
             cfg = TrainConfig(
                 model=name, model_args=model_args, dataset=dataset, pretrained_path=str(init), start_stage=start_stage,
                 output_stride=PROTOCOL['output_stride'], img_size=size, crop_pct=PROTOCOL['crop_pct'],

@@ -440,16 +440,17 @@ def test_few_shot_runs_on_an_accelerator_and_probes_off_the_protocol_stay_out_of
 def test_a_run_trained_in_parts_records_each_parts_revision_and_the_trainers_resume_warnings(tmp_path, monkeypatch):
     """A killed run resumed later may have run other code in its first part: the run names every part's revision
     (a fresh start begins the list again), warns when they differ, and keeps the engine's resume warnings."""
-    import json
+    import _common
+    import torch
     import transfer
     from timm_fgvc.engine.config import TrainConfig
-    run_dir = tmp_path / 'run'
-    monkeypatch.setattr(transfer, 'REVISION_AT_START', 'aaa1111')
-    assert [p['git'] for p in transfer.record_part(run_dir, resuming=False)] == ['aaa1111']
-    monkeypatch.setattr(transfer, 'REVISION_AT_START', 'bbb2222')
-    assert [p['git'] for p in transfer.record_part(run_dir, resuming=True)] == ['aaa1111', 'bbb2222']
-    assert [p['git'] for p in transfer.record_part(run_dir, resuming=False)] == ['bbb2222']  # started again
-    assert [p['git'] for p in transfer.record_part(tmp_path / 'older', resuming=True)] == [None, 'bbb2222']
+    run_dir, cpu = tmp_path / 'run', torch.device('cpu')
+    monkeypatch.setattr(_common, 'REVISION_AT_START', 'aaa1111')
+    assert [p['git'] for p in transfer.record_part(run_dir, False, cpu)] == ['aaa1111']
+    monkeypatch.setattr(_common, 'REVISION_AT_START', 'bbb2222')
+    assert [p['git'] for p in transfer.record_part(run_dir, True, cpu)] == ['aaa1111', 'bbb2222']
+    assert [p['git'] for p in transfer.record_part(run_dir, False, cpu)] == ['bbb2222']  # started again
+    assert [p['git'] for p in transfer.record_part(tmp_path / 'older', True, cpu)] == [None, 'bbb2222']
 
     (tmp_path / 'w.safetensors').write_bytes(b'not the fixture')
     warning = 'The random state of process 0 was not restored'

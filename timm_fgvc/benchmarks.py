@@ -606,6 +606,10 @@ DEAD_SALIENCY_SHARE = 0.01  # live saliency cells below which HSM's branch count
 GATE_MARGIN_SEEDS = (1.0, 3)  # within 1 pt of its gate a method needs 3 seeds (the transfer issue's rule)
 
 
+def seed_count(n: int) -> str:
+    return f"{n} seed{'s' if n > 1 else ''}"
+
+
 def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
     """'passes' / 'below' the gate; a gain of a method whose own part is dead (HSM's saliency map zero in at least
     99% of its cells in every run: the model is its backbone with another head schedule) is not credited to it.
@@ -624,7 +628,7 @@ def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
     paired = row.get('paired')
     gains = [row['gain']] + ([paired['gain']] if paired else [])  # few-shot means over k have no pairing
     clear = all(g >= gate + margin for g in gains) or all(g <= gate - margin for g in gains)  # 1 pt on one side
-    unsettled = f" on {seeds} seed{'s' if seeds > 1 else ''} ({needed} needed within {margin:g} pt of the gate)" \
+    unsettled = f" on {seed_count(seeds)} ({needed} needed within {margin:g} pt of the gate)" \
         if seeds and seeds < needed and not clear else ''
     if row['gain'] < gate:
         return 'below' + unsettled
@@ -764,14 +768,13 @@ def summary_table(throughput: List[dict], transfer: Optional[dict]) -> str:
         else:
             verdict = gate_verdict(row, gate)
             acc = (f"{row['mean']:.2f} ({signed(row['gain'])}; gate +{gate:g}: {verdict}; "
-                   f"{len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''}{variant})")
+                   f"{seed_count(len(row['seeds']))}{variant})")
             compute = fmt(row['compute'])
             for other in rows_of.values():  # a labelled variant past the gate is named with its condition
                 passes = other['model'] == row['model'] and other is not row and gate_verdict(other, gate)
                 if passes and passes.startswith('pass'):
-                    seeds = len(other['seeds'])
                     acc += (f"; {variant_name(other)}: {other['mean']:.2f} ({signed(other['gain'])}, {passes}, "
-                            f"{seeds} seed{'s' if seeds > 1 else ''}, compute {fmt(other['compute'])})")
+                            f"{seed_count(len(other['seeds']))}, compute {fmt(other['compute'])})")
         for fs in few_shot:
             few = headline_row(fs['rows'].values(), f'{method}_resnet18')
             if few is not None and few['gain'] is not None:
