@@ -214,6 +214,27 @@ def test_stage_three_keeps_dsm_and_op_losses_through_their_frozen_heads():
     assert sum(p.grad.abs().sum() for p in model.backbone.parameters() if p.grad is not None) > 0
 
 
+def test_heads_on_a_frozen_backbone_train_dsm_and_op_but_leave_the_backbone_to_the_part_losses():
+    """Sec. 4.1's reading: the backbone is frozen while DSM and OP train, so their losses reach their heads only;
+    the part CE still trains the backbone. By default the DSM loss trains the backbone too."""
+    torch.manual_seed(3)
+    x, target = torch.randn(4, 3, 96, 96), torch.tensor([0, 1, 2, 3])
+
+    def grad_norms(model, term):
+        model.zero_grad()
+        model.loss(model.forward_train(x), target)[term].backward()
+        return {name: sum(p.grad.abs().sum() for p in module.parameters() if p.grad is not None)
+                for name, module in (('backbone', model.backbone), ('dsm', model.heads['dsm']),
+                                     ('op', model.heads['op']))}
+
+    frozen, default = tiny_ssanet(heads_on_frozen_backbone=True).train(), tiny_ssanet().train()
+    for term, head in (('loss_dsm', 'dsm'), ('loss_op', 'op')):
+        frozen_grads, default_grads = grad_norms(frozen, term), grad_norms(default, term)
+        assert frozen_grads[head] > 0 and frozen_grads['backbone'] == 0
+        assert default_grads['backbone'] > 0
+    assert grad_norms(frozen, 'loss_part')['backbone'] > 0
+
+
 def test_paper_variants_take_candidate_features_from_separate_crops_with_their_maps():
     model = timm.create_model('ssanet_resnet50', num_classes=3, backbone='test_resnet').eval()
     assert model.candidate_features == 'crops' and model.dsm_pool_size == 7  # Sec. 4.1, Fig. 3: 7 x 7 maps

@@ -215,6 +215,13 @@ class SSANet(FGVCModel):
             protocol, resnet18 at 128 px, 4 x 4 maps, lr 0.02, 'same'): DSM cross-entropy 7.15 after epoch 1 (chance
             3.91), part CE at chance for 2 epochs (the DSM gradient into the backbone is 7x the part CE's); with
             'fan_in' the DSM CE falls from the first epoch (3.68 -> 2.65 in stage 1).
+        heads_on_frozen_backbone: the DSM and OP heads read the backbone's features detached, so their losses train
+            the heads alone and the backbone learns from the part CE and MAC (False: the DSM and OP losses also
+            train the backbone). The paper reads both ways: Sec. 3.4 trains "the DSM module initialized with
+            ILSVRC2012 pre-trained model" in stage 1, Sec. 4.1 says "the network weights of the backbone are frozen
+            when we train the DSM module and OP module". The DSM loss sums 20 separately cropped candidates (K x S),
+            so at the transfer protocol's initialisation it pulls the backbone with 5x the plain backbone's CE
+            gradient (6.5x the part CE's).
     """
     main_head = 'dsm'
     needs_classifier = True
@@ -240,6 +247,7 @@ class SSANet(FGVCModel):
             part_scale: float = 0.5,
             dsm_method: str = 'direct',
             flat_head_lr: str = 'fan_in',
+            heads_on_frozen_backbone: bool = False,
     ):
         if flat_head_lr not in ('fan_in', 'same'):
             raise ValueError(f"flat_head_lr must be 'fan_in' or 'same', got {flat_head_lr!r}.")
@@ -278,6 +286,7 @@ class SSANet(FGVCModel):
         # the DSM and OP heads read flattened maps (S x p^2 and 3 x 3^2 cells of D channels), so one SGD step moves
         # their logits ~cells times as far as a pooled head's: at the new-layer lr they diverge (class-docstring)
         self.flat_head_lr = flat_head_lr
+        self.heads_on_frozen_backbone = heads_on_frozen_backbone
         self.param_group_rules = {} if flat_head_lr == 'same' else {
             'heads.dsm.': {'lr_scale': 1. / (num_scales * dsm_pool_size ** 2)},
             'heads.op.': {'lr_scale': 1. / (_OP_GRID * _OP_PATCH ** 2)}}
@@ -417,9 +426,12 @@ class SSANet(FGVCModel):
         `extras['part_mask']` `[B, P]`); extras `part_boxes` `[B, K, 4]` (the parts), `proposal_boxes` and
         `proposal_scores` (the P ranked proposals, the first K are the parts), `part_features` `[B, K, D]`."""
         out = self._forward_parts(x, classify_proposals=True)
+        candidate_features, oriented = out['candidate_features'], out['oriented']
+        if self.heads_on_frozen_backbone:  # Sec. 4.1: the backbone is frozen while DSM and OP train
+            candidate_features, oriented = candidate_features.detach(), oriented.detach()
         logits = {
-            'dsm': self.heads['dsm'](out['candidate_features']),  # Eq. 7
-            'op': self._op_logits(out['oriented']),  # Eq. 13
+            'dsm': self.heads['dsm'](candidate_features),  # Eq. 7
+            'op': self._op_logits(oriented),  # Eq. 13
             'part': self.heads['part'](out['proposal_features']),  # [B, P, C], Eq. 1's FC(f_ij)
         }
         logits['final'] = logits['dsm'] + logits['op']
