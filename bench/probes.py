@@ -9,6 +9,7 @@
     python bench/probes.py s3n-zoom RUN_DIR --dataset ...                     # how much S3N's images magnify
     python bench/probes.py hsm RUN_DIR --dataset ...                          # HSM: learned / no / uniform map
     python bench/probes.py bn-split RUN_DIR --dataset ...                     # LFD / S3N: BN statistics split
+    python bench/probes.py ssanet-parts RUN_DIR --dataset ...                 # SSANet: part size and accuracy by rank
 
 RUN_DIR is a run folder of `bench/accuracy.py --suites transfer` (its model.safetensors and results.json); the
 test images are the run's eval transform of `<dataset>/test`. Results are printed as JSON, one line per setting.
@@ -270,9 +271,30 @@ def probe_ensemble(models, images, labels):
     return {'each': [top1(p, labels) for p in probs], 'ensemble': top1(sum(probs), labels), 'images': len(labels)}
 
 
+def probe_ssanet_parts(model, images, labels):
+    """SSANet's ranked proposals (the first K are the parts): per rank, the mean side (square root of the box
+    area, input px), the share from each anchor level, and the part head's top-1 on that proposal; and the heads'
+    top-1 from the same pass."""
+    side = images.shape[-1]
+    level_edges = (34.6 * side / 128, 54.9 * side / 128)  # the middle and coarsest levels' smallest anchors
+    outputs = batched(lambda x: model.forward_train(x), images)
+    boxes = torch.cat([o.extras['proposal_boxes'] for o in outputs]).float()
+    sides = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).clamp(min=0).sqrt()  # [N, P]
+    level = (sides >= level_edges[0] - 0.5).long() + (sides >= level_edges[1] - 0.5).long()  # 0 finest .. 2
+    part = torch.cat([o.logits['part'] for o in outputs]).float()  # [N, P, C]
+    ranks = [{'rank': j, 'side_px': round(sides[:, j].mean().item(), 1),
+              'levels': [round((level[:, j] == v).float().mean().item(), 2) for v in range(3)],
+              'part_top1': top1(part[:, j], labels)} for j in range(sides.shape[1])]
+    heads = {k: top1(torch.cat([o.logits[k] for o in outputs]).float(), labels) for k in ('dsm', 'op', 'final')}
+    print(json.dumps({'parts': model.num_parts, 'heads': heads}), flush=True)
+    for r in ranks:
+        print(json.dumps(r), flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'where', 's3n-zoom', 'bn-split', 'ensemble', 'hsm'])
+    p.add_argument('probe', choices=['lfd', 'caa', 'caa-where', 'where', 's3n-zoom', 'bn-split', 'ensemble', 'hsm',
+                                      'ssanet-parts'])
     p.add_argument('runs', nargs='+', help='a transfer run folder (model.safetensors, results.json); ensemble: '
                                            'several')
     p.add_argument('--dataset', required=True, help='the target image folder (<dataset>/test/<class>/*.jpg)')
@@ -319,6 +341,8 @@ def main(argv=None):
         probe_s3n_zoom(model, images)
     elif args.probe == 'hsm':
         probe_hsm(model, images, labels)
+    elif args.probe == 'ssanet-parts':
+        probe_ssanet_parts(model, images, labels)
     elif args.probe == 'bn-split':
         train_images, _ = load_test_set(loaded, args.dataset, args.every, split='train')
         print(json.dumps(probe_bn_split(model, images, labels, train_images)), flush=True)
