@@ -275,8 +275,10 @@ def probe_ssanet_parts(model, images, labels):
     """SSANet's ranked proposals (the first K are the parts): per rank, the mean side (square root of the box
     area, input px), the share from each anchor level, and the part head's top-1 on that proposal; and the heads'
     top-1 from the same pass."""
-    side = images.shape[-1]
-    level_edges = (34.6 * side / 128, 54.9 * side / 128)  # the middle and coarsest levels' smallest anchors
+    from timm_fgvc.models.ssanet import _ANCHORS_448
+    side = min(images.shape[-2:])
+    # the middle and coarsest levels' smallest anchors, as `SSANet.propose` scales them
+    level_edges = [size * min(scales) * side / 448 for size, scales, _ in _ANCHORS_448[1:]]
     outputs = batched(lambda x: model.forward_train(x), images)
     boxes = torch.cat([o.extras['proposal_boxes'] for o in outputs]).float()
     sides = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).clamp(min=0).sqrt()  # [N, P]
