@@ -37,7 +37,7 @@ Choices where the paper is open (SPEC §6):
   scores 41.8 / 43.0% (seeds 0 / 1). The same trap holds within a level: the anchors of one cell overlap with an
   IoU of 0.4 or more, so the NMS keeps one per cell and the ranking loss never compares a cell's sizes. With 12
   proposals (4 per level; the parts the top 4) every part is the coarsest level's smallest anchor (55 px, never
-  its 69 or 87 px ones) and the model scores 44.6% (seed 0; `bench/probes.py ssanet-parts`).
+  its 69 or 87 px ones, at either seed) and the model scores 44.6 / 41.7% (seeds 0 / 1; `bench/probes.py ssanet-parts`).
 - Anchors as NTS-Net's at 448 px (sizes 48, 96, 192 on maps of stride 32, 64, 128; scales 2^(1/3), 2^(2/3) and
   also 1 on the coarsest; ratios 0.667, 1, 1.5), scaled with the input size; NMS at IoU 0.25 as NTS-Net.
 - MAC (Eq. 2, whose indices are garbled in the paper) as the SPEC reads it: for a pair of samples (xi, tau),
