@@ -279,7 +279,7 @@ def probe_ssanet_parts(model, images, labels):
     side = min(images.shape[-2:])
     # the middle and coarsest levels' smallest anchors, as `SSANet.propose` scales them
     level_edges = [size * min(scales) * side / 448 for size, scales, _ in _ANCHORS_448[1:]]
-    outputs = batched(lambda x: model.forward_train(x), images)
+    outputs = batched(model.forward_train, images)
     boxes = torch.cat([o.extras['proposal_boxes'] for o in outputs]).float()
     sides = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).clamp(min=0).sqrt()  # [N, P]
     level = (sides >= level_edges[0] - 0.5).long() + (sides >= level_edges[1] - 0.5).long()  # 0 finest .. 2
