@@ -112,12 +112,17 @@ def test_nts_proposals_are_classified_and_the_top_k_are_the_parts():
         tiny_ssanet(num_proposals=3)
 
 
-def _train_navigator_to_prefer_large_boxes(selection, steps=30):
-    """Plant NTS-Net's init bias (the finest anchor level scores highest), then train the navigator alone with the
-    ranking loss against a confidence that grows with box area: the side of the top part before and after."""
-    model = tiny_ssanet(proposal_selection=selection).eval()
+def _train_navigator_to_prefer_large_boxes(selection, steps=30, planted='finest level', **kwargs):
+    """Plant an init bias (NTS-Net's: the finest anchor level scores highest; or each level's smallest anchor
+    size), then train the navigator alone with the ranking loss against a confidence that grows with box area:
+    the side of the top part before and after."""
+    model = tiny_ssanet(proposal_selection=selection, **kwargs).eval()
     with torch.no_grad():
-        model.navigator.score[0].bias.add_(2.)  # the finest level wins every top-P slot at the start
+        if planted == 'finest level':
+            model.navigator.score[0].bias.add_(2.)  # the finest level wins every top-P slot at the start
+        else:  # every level's smallest size (its first 3 score channels, one per ratio) wins its cells
+            for score in model.navigator.score:
+                score.bias[:3].add_(2.)
     torch.manual_seed(3)
     features = model.backbone.forward_features(torch.randn(4, 3, 96, 96)).detach()
     optimizer = torch.optim.SGD(model.navigator.parameters(), lr=0.05)
@@ -148,6 +153,27 @@ def test_per_level_proposals_let_the_ranking_loss_find_the_informative_anchor_si
     assert_ranked(out.extras['proposal_scores'], out.extras['part_mask'])  # the parts are the best K proposals
     with pytest.raises(ValueError, match='proposal_selection'):
         tiny_ssanet(proposal_selection='level')
+
+
+def test_per_size_proposals_let_the_ranking_loss_compare_the_sizes_of_one_cell():
+    # sides at 96 px: the coarsest level's anchors are 41, 52 and 65 px, centred on the same cells
+    smallest, largest = (192 * s * 96 / 448 for s in (1, 2 ** (2 / 3)))
+    # one NMS per level: a cell's anchors overlap (IoU >= 0.4 > 0.25), so NMS shows the ranking loss one size per
+    # cell, the one the navigator already prefers, and the planted smallest size stays on top
+    start, end = _train_navigator_to_prefer_large_boxes('per_level', planted='smallest size')
+    assert abs(start - smallest) < 1e-3 and abs(end - smallest) < 1e-3
+    # one NMS per size: every size of a cell is shown, ranked, and the largest climbs to the top
+    start, end = _train_navigator_to_prefer_large_boxes('per_size', planted='smallest size', num_proposals=7)
+    assert abs(start - smallest) < 1e-3 and abs(end - largest) < 1e-3
+    model = tiny_ssanet(proposal_selection='per_size', num_proposals=7).eval()
+    torch.manual_seed(1)
+    out = model.forward_train(torch.randn(2, 3, 96, 96))
+    boxes = out.extras['proposal_boxes']
+    sides = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).sqrt()
+    assert len(torch.unique(sides.round())) == 7  # one proposal of each of the 7 anchor sizes, ranked together
+    assert_ranked(out.extras['proposal_scores'], out.extras['part_mask'])
+    with pytest.raises(ValueError, match='num_proposals must be at least 7'):
+        tiny_ssanet(proposal_selection='per_size')  # 6 proposals cannot show 7 sizes
 
 
 def test_parts_are_ranked_non_overlapping_and_batching_is_exact():

@@ -200,7 +200,9 @@ class SSANet(FGVCModel):
             scores decide the part size for good: the finest level has 6x the anchors and 2x the score spread at
             init, its top scores win, and the ranking loss only orders the proposals it is shown, so it never finds
             that a larger anchor is more informative (module docstring: 24.8% vs 42.4% top-1 in the transfer
-            protocol).
+            protocol). 'per_size': one NMS per anchor size (7; `num_proposals` at least 7), so the ranking loss
+            also compares the sizes of one cell, which 'per_level' hides (a cell's anchors overlap above the NMS
+            threshold, so one NMS per level keeps only the size the navigator already prefers).
         mac_weight: lambda of Eq. 1 (0.5).
         mac_reduction: 'paper' (Eq. 1's sum over all sample pairs, over its B * K part CE terms) or 'mean' (mean
             over pairs of distinct samples, B / K times weaker); see `mac_loss`.
@@ -259,11 +261,14 @@ class SSANet(FGVCModel):
             raise ValueError(f"candidate_features must be 'roi_align' or 'crops', got {candidate_features!r}.")
         if mac_reduction not in ('paper', 'mean'):
             raise ValueError(f"mac_reduction must be 'paper' or 'mean', got {mac_reduction!r}.")
-        if proposal_selection not in ('global', 'per_level'):
-            raise ValueError(f"proposal_selection must be 'global' or 'per_level', got {proposal_selection!r}.")
-        if proposal_selection == 'per_level' and num_proposals < len(_ANCHORS_448):
-            raise ValueError(f"proposal_selection='per_level' keeps at least one proposal per anchor level: "
-                             f"num_proposals must be at least {len(_ANCHORS_448)}, got {num_proposals}.")
+        if proposal_selection not in ('global', 'per_level', 'per_size'):
+            raise ValueError(f"proposal_selection must be 'global', 'per_level' or 'per_size', "
+                             f"got {proposal_selection!r}.")
+        groups = {'global': 1, 'per_level': len(_ANCHORS_448),
+                  'per_size': sum(len(scales) for _, scales, _ in _ANCHORS_448)}[proposal_selection]
+        if num_proposals < groups:
+            raise ValueError(f"proposal_selection={proposal_selection!r} keeps at least one proposal per group "
+                             f"({groups} groups): num_proposals must be at least {groups}, got {num_proposals}.")
         if num_scales % 2 != 1:
             raise ValueError(f'num_scales must be odd, got {num_scales}.')
         if num_proposals < num_parts:
@@ -330,16 +335,18 @@ class SSANet(FGVCModel):
             proposals = nms_top_k(boxes, scores.detach(), self.num_proposals, self.nms_threshold)
             return dict(proposal_boxes=proposals.boxes, proposal_mask=proposals.mask,
                         proposal_scores=scores.gather(1, proposals.indices))
-        # 'per_level': every anchor size always proposed, so the ranking loss can compare sizes (one NMS per level)
-        levels = len(boxes)
-        counts = [self.num_proposals // levels + (i < self.num_proposals % levels) for i in range(levels)]
+        if self.proposal_selection == 'per_size':  # split each level by anchor size (index: size-major, ratio-minor)
+            boxes, scores = _split_by_size(boxes, scores)
+        # one NMS per group (anchor level or size), so the ranking loss always sees every group and can compare them
+        groups = len(boxes)
+        counts = [self.num_proposals // groups + (i < self.num_proposals % groups) for i in range(groups)]
         picked = [nms_top_k(b, s.detach(), n, self.nms_threshold) for b, s, n in zip(boxes, scores, counts)]
-        level_boxes = torch.cat([p.boxes for p in picked], 1)
-        level_scores = torch.cat([s.gather(1, p.indices) for s, p in zip(scores, picked)], 1)
+        group_boxes = torch.cat([p.boxes for p in picked], 1)
+        group_scores = torch.cat([s.gather(1, p.indices) for s, p in zip(scores, picked)], 1)
         mask = torch.cat([p.mask for p in picked], 1)
-        rank = level_scores.detach().float().masked_fill(~mask, float('-inf')).argsort(1, descending=True)
-        return dict(proposal_boxes=level_boxes.gather(1, rank[..., None].expand(-1, -1, 4)),
-                    proposal_mask=mask.gather(1, rank), proposal_scores=level_scores.gather(1, rank))
+        rank = group_scores.detach().float().masked_fill(~mask, float('-inf')).argsort(1, descending=True)
+        return dict(proposal_boxes=group_boxes.gather(1, rank[..., None].expand(-1, -1, 4)),
+                    proposal_mask=mask.gather(1, rank), proposal_scores=group_scores.gather(1, rank))
 
     def _zoomed_feature_maps(self, x: torch.Tensor, proposals: torch.Tensor, candidates: torch.Tensor):
         """One backbone pass over the zoomed proposals `[B, P, 4]` (P: all the classified proposals in training,
@@ -492,6 +499,19 @@ class SSANet(FGVCModel):
         return maps, dict(region_boxes=out['part_boxes'], region_scores=out['proposal_scores'][:, :parts].detach(),
                           region_mask=out['proposal_mask'][:, :parts], scale_candidates=out['candidates'],
                           zoomed_regions=out['zoomed_parts'][:, :parts], proposal_boxes=out['proposal_boxes'])
+
+
+def _split_by_size(boxes: List[torch.Tensor], scores: List[torch.Tensor]):
+    """Per-level anchors `[N, 4]` and scores `[B, N]` (cell-major, then size, then ratio, as `anchor_boxes`) into
+    one group per anchor size, ratios and cells kept together."""
+    size_boxes, size_scores = [], []
+    for level_boxes, level_scores, (_, scales, ratios) in zip(boxes, scores, _ANCHORS_448):
+        grid = (-1, len(scales), len(ratios))
+        level_boxes, level_scores = level_boxes.unflatten(0, grid), level_scores.unflatten(1, grid)
+        for i in range(len(scales)):
+            size_boxes.append(level_boxes[:, i].flatten(0, 1))
+            size_scores.append(level_scores[:, :, i].flatten(1))
+    return size_boxes, size_scores
 
 
 def _box_maps(boxes: torch.Tensor, size) -> torch.Tensor:
