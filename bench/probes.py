@@ -273,19 +273,20 @@ def probe_ensemble(models, images, labels):
 
 def probe_ssanet_parts(model, images, labels):
     """SSANet's ranked proposals (the first K are the parts): per rank, the mean side (square root of the box
-    area, input px), the share from each anchor level, and the part head's top-1 on that proposal; and the heads'
-    top-1 from the same pass."""
+    area, input px), the share of each anchor size (its side in input px; the levels' sizes in order, finest
+    first), and the part head's top-1 on that proposal; and the heads' top-1 from the same pass."""
     from timm_fgvc.models.ssanet import _ANCHORS_448
     side = min(images.shape[-2:])
-    # the middle and coarsest levels' smallest anchors, as `SSANet.propose` scales them
-    level_edges = [size * min(scales) * side / 448 for size, scales, _ in _ANCHORS_448[1:]]
+    # every anchor's side, as `SSANet.propose` scales them (a box keeps its size when shifted inside the image)
+    anchor_sides = torch.tensor([size * s * side / 448 for size, scales, _ in _ANCHORS_448 for s in scales])
     outputs = batched(model.forward_train, images)
     boxes = torch.cat([o.extras['proposal_boxes'] for o in outputs]).float()
     sides = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).clamp(min=0).sqrt()  # [N, P]
-    level = (sides >= level_edges[0] - 0.5).long() + (sides >= level_edges[1] - 0.5).long()  # 0 finest .. 2
+    nearest = (sides[..., None] - anchor_sides).abs().argmin(-1)  # [N, P]
     part = torch.cat([o.logits['part'] for o in outputs]).float()  # [N, P, C]
     ranks = [{'rank': j, 'side_px': round(sides[:, j].mean().item(), 1),
-              'levels': [round((level[:, j] == v).float().mean().item(), 2) for v in range(3)],
+              'sizes': {f'{s:.0f}': round((nearest[:, j] == i).float().mean().item(), 2)
+                        for i, s in enumerate(anchor_sides.tolist())},
               'part_top1': top1(part[:, j], labels)} for j in range(sides.shape[1])]
     heads = {k: top1(torch.cat([o.logits[k] for o in outputs]).float(), labels) for k in ('dsm', 'op', 'final')}
     print(json.dumps({'parts': model.num_parts, 'heads': heads}), flush=True)

@@ -38,6 +38,8 @@ Choices where the paper is open (SPEC §6):
   IoU of 0.4 or more, so the NMS keeps one per cell and the ranking loss never compares a cell's sizes. With 12
   proposals (4 per level; the parts the top 4) every part is the coarsest level's smallest anchor (55 px, never
   its 69 or 87 px ones, at either seed) and the model scores 44.6 / 41.7% (seeds 0 / 1; `bench/probes.py ssanet-parts`).
+  `proposal_selection='per_size'` runs one NMS per anchor size (7 groups; `num_proposals` at least 7), so the
+  ranking loss is shown, and compares, every size of a cell.
 - Anchors as NTS-Net's at 448 px (sizes 48, 96, 192 on maps of stride 32, 64, 128; scales 2^(1/3), 2^(2/3) and
   also 1 on the coarsest; ratios 0.667, 1, 1.5), scaled with the input size; NMS at IoU 0.25 as NTS-Net.
 - MAC (Eq. 2, whose indices are garbled in the paper) as the SPEC reads it: for a pair of samples (xi, tau),
