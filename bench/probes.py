@@ -275,10 +275,9 @@ def probe_ssanet_parts(model, images, labels):
     """SSANet's ranked proposals (the first K are the parts): per rank, the mean side (square root of the box
     area, input px), the share of each anchor size (its side in input px; the levels' sizes in order, finest
     first), and the part head's top-1 on that proposal; and the heads' top-1 from the same pass."""
-    from timm_fgvc.models.ssanet import _ANCHORS_448
-    side = min(images.shape[-2:])
+    from timm_fgvc.models.ssanet import anchor_sizes
     # every anchor's side, as `SSANet.propose` scales them (a box keeps its size when shifted inside the image)
-    anchor_sides = torch.tensor([size * s * side / 448 for size, scales, _ in _ANCHORS_448 for s in scales])
+    anchor_sides = torch.tensor([s for level in anchor_sizes(min(images.shape[-2:])) for s in level])
     outputs = batched(model.forward_train, images)
     boxes = torch.cat([o.extras['proposal_boxes'] for o in outputs]).float()
     sides = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).clamp(min=0).sqrt()  # [N, P]

@@ -93,7 +93,7 @@ from ..layers import (anchor_boxes, circulant_alignment, crop_regions, nms_top_k
 from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
-__all__ = ['SSANet', 'Navigator', 'CirculantScaleHead', 'mac_loss', 'ranking_loss']
+__all__ = ['SSANet', 'Navigator', 'CirculantScaleHead', 'anchor_sizes', 'mac_loss', 'ranking_loss']
 
 # NTS-Net's anchors at 448 px: (base size, scales, aspect ratios) per navigator level
 _ANCHORS_448 = (
@@ -101,6 +101,13 @@ _ANCHORS_448 = (
     (96, (2 ** (1 / 3), 2 ** (2 / 3)), (0.667, 1, 1.5)),
     (192, (1, 2 ** (1 / 3), 2 ** (2 / 3)), (0.667, 1, 1.5)),
 )
+
+
+def anchor_sizes(image_side: float) -> List[List[float]]:
+    """Per navigator level, the anchors' sides in input px: NTS-Net's 448 px sizes scaled to `image_side`."""
+    return [[size * s * image_side / 448 for s in scales] for size, scales, _ in _ANCHORS_448]
+
+
 _OP_PATCH, _OP_GRID = 3, 3
 _OP_MAP = (_OP_GRID - 1) * 2 + _OP_PATCH  # 7: the part map OP expects
 
@@ -329,11 +336,9 @@ class SSANet(FGVCModel):
         The navigator sees the feature map detached, as NTS-Net's `proposal_net(rpn_feature.detach())`: its
         ranking loss trains the navigator alone and never pulls the backbone. Scores keep their gradient.
         """
-        height, width = image_size
-        side = min(height, width)
         boxes, scores = [], []
-        for (size, scales, ratios), level in zip(_ANCHORS_448, self.navigator(feature_map.detach())):
-            sizes = [size * s * side / 448 for s in scales]
+        levels = zip(anchor_sizes(min(image_size)), _ANCHORS_448, self.navigator(feature_map.detach()))
+        for sizes, (_, _, ratios), level in levels:
             boxes.append(anchor_boxes(level.shape[-2:], image_size, sizes, ratios, device=feature_map.device))
             scores.append(level.permute(0, 2, 3, 1).flatten(1))  # cell-major, anchor-minor
         if self.proposal_selection == 'global':
