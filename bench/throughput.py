@@ -100,7 +100,7 @@ def _hsm_bound(model: nn.Module, size: int, training: bool) -> List[Pass]:
 
 def _ssanet_bound(model: nn.Module, size: int, training: bool) -> List[Pass]:
     # the image (navigator + anchors on its map), then the parts cropped and zoomed to half the input side: in
-    # training all the NTS proposals the part head classifies (6; the top K = 4 are the parts), in inference the K
+    # training all the proposals the part head classifies (P = 14; the top K = 4 are the parts), in inference the K
     # parts; the paper's separate scale candidates ('crops') add K * (S - 1) crops (the middle candidate is the
     # part's own crop), roi_align on a shared map adds nothing. All the crops are one pass, as the model batches
     # them: on one CPU thread a batch's size alone moves its time (resnet50, 40 crops at 224 px: 6.7 s in one
@@ -119,7 +119,7 @@ BOUNDS: Dict[str, tuple] = {
     'caa': (_caa_bound, '1 pass per scale (3) at the input size'),
     'hsm': (_hsm_bound, '1 backbone pass + the AlexNet conv1-4 saliency branch, both at the input size'),
     'ssanet': (_ssanet_bound, '1 pass at the input size + one pass at half the input size over the K = 4 parts (in '
-                              'training the 6 proposals the part head classifies) and, with separate candidate crops '
+                              'training the P = 14 proposals the part head classifies) and, with separate candidate crops '
                               '(the paper\'s), K * (S - 1) = 16 scale candidates'),
 }
 

@@ -94,22 +94,24 @@ def test_navigator_sees_a_detached_map_so_its_ranking_loss_never_moves_the_backb
     assert all(p.grad is None or not p.grad.any() for p in model.backbone.parameters())
 
 
-def test_nts_proposals_are_classified_and_the_top_k_are_the_parts():
+def test_proposals_are_classified_and_the_top_k_are_the_parts():
     model = tiny_ssanet().eval()
-    assert (model.num_proposals, model.num_parts) == (6, 4)  # NTS-Net's PROPOSAL_NUM and CAT_NUM
+    assert (model.num_proposals, model.num_parts) == (14, 4)  # 2 per anchor size; NTS-Net's CAT_NUM
     torch.manual_seed(2)
     x = torch.randn(2, 3, 96, 96)
     out = model.forward_train(x)
-    assert out.logits['part'].shape == (2, 6, 5) and out.extras['part_mask'].shape == (2, 6)
+    assert out.logits['part'].shape == (2, 14, 5) and out.extras['part_mask'].shape == (2, 14)
     assert out.extras['part_features'].shape == (2, 4, model.backbone_features)
     assert_ranked(out.extras['proposal_scores'], out.extras['part_mask'])  # the parts are the best K proposals
     assert torch.equal(out.extras['part_boxes'], out.extras['proposal_boxes'][:, :4])
     # the part head classifies every proposal: its first K rows are the parts' own features
     assert torch.allclose(out.logits['part'][:, :4], model.heads['part'](out.extras['part_features']), atol=1e-5)
-    literal = tiny_ssanet(num_proposals=4).eval()  # Eq. 1 as written: the CE over the K parts only
+    nts = tiny_ssanet(proposal_selection='per_level', num_proposals=6).eval()  # NTS-Net's PROPOSAL_NUM
+    assert nts.forward_train(x).logits['part'].shape == (2, 6, 5)
+    literal = tiny_ssanet(proposal_selection='global', num_proposals=4).eval()  # Eq. 1: the CE over the K parts
     assert literal.forward_train(x).logits['part'].shape == (2, 4, 5)
     with pytest.raises(ValueError, match='num_proposals'):
-        tiny_ssanet(num_proposals=3)
+        tiny_ssanet(proposal_selection='global', num_proposals=3)
 
 
 def _train_navigator_to_prefer_large_boxes(selection, steps=30, planted='finest level', **kwargs):
@@ -142,12 +144,12 @@ def _train_navigator_to_prefer_large_boxes(selection, steps=30, planted='finest 
 def test_per_level_proposals_let_the_ranking_loss_find_the_informative_anchor_size():
     # NTS-Net's global NMS: the ranking loss only orders the proposals it is shown, all from the finest level
     finest, middle = (size * 2 ** (2 / 3) * 96 / 448 for size in (48, 96))  # each level's largest anchor at 96 px
-    start, end = _train_navigator_to_prefer_large_boxes('global')
+    start, end = _train_navigator_to_prefer_large_boxes('global', num_proposals=6)
     assert start <= finest + 1e-3 and end <= finest + 1e-3
     # one NMS per level: every size is shown, and the coarsest level's anchors climb to the top
-    start, end = _train_navigator_to_prefer_large_boxes('per_level')
+    start, end = _train_navigator_to_prefer_large_boxes('per_level', num_proposals=6)
     assert start <= finest + 1e-3 and end > middle + 1e-3
-    model = tiny_ssanet(proposal_selection='per_level').eval()
+    model = tiny_ssanet(proposal_selection='per_level', num_proposals=6).eval()
     torch.manual_seed(1)
     out = model.forward_train(torch.randn(2, 3, 96, 96))
     assert_ranked(out.extras['proposal_scores'], out.extras['part_mask'])  # the parts are the best K proposals
@@ -160,7 +162,7 @@ def test_per_size_proposals_let_the_ranking_loss_compare_the_sizes_of_one_cell()
     smallest, largest = (192 * s * 96 / 448 for s in (1, 2 ** (2 / 3)))
     # one NMS per level: a cell's anchors overlap (IoU >= 0.4 > 0.25), so NMS shows the ranking loss one size per
     # cell, the one the navigator already prefers, and the planted smallest size stays on top
-    start, end = _train_navigator_to_prefer_large_boxes('per_level', planted='smallest size')
+    start, end = _train_navigator_to_prefer_large_boxes('per_level', planted='smallest size', num_proposals=6)
     assert abs(start - smallest) < 1e-3 and abs(end - smallest) < 1e-3
     # one NMS per size: every size of a cell is shown, ranked, and the largest climbs to the top
     start, end = _train_navigator_to_prefer_large_boxes('per_size', planted='smallest size', num_proposals=7)
@@ -173,7 +175,7 @@ def test_per_size_proposals_let_the_ranking_loss_compare_the_sizes_of_one_cell()
     assert len(torch.unique(sides.round())) == 7  # one proposal of each of the 7 anchor sizes, ranked together
     assert_ranked(out.extras['proposal_scores'], out.extras['part_mask'])
     with pytest.raises(ValueError, match='num_proposals must be at least 7'):
-        tiny_ssanet(proposal_selection='per_size')  # 6 proposals cannot show 7 sizes
+        tiny_ssanet(num_proposals=6)  # 6 proposals cannot show 7 sizes
 
 
 def test_parts_are_ranked_non_overlapping_and_batching_is_exact():
@@ -183,12 +185,15 @@ def test_parts_are_ranked_non_overlapping_and_batching_is_exact():
     _, details = model.attention_maps(x, return_details=True)
     scores, boxes = details['region_scores'], details['region_boxes']
     assert_ranked(scores, details['region_mask'])  # part j = rank j
-    # one NMS per anchor level: parts of one level never overlap (sides at 128 px: 17-22, 35-44, 55-87 px)
-    level = torch.bucketize(((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).sqrt(),
-                            torch.tensor([28., 49.]))
-    same_level = (level[..., :, None] == level[..., None, :]).triu(1)
-    assert torch.all(box_iou(boxes, boxes)[same_level] <= model.nms_threshold + 1e-6)
-    nts = tiny_ssanet(proposal_selection='global').eval()  # NTS-Net's one NMS: no two proposals overlap
+    # one NMS per anchor size: proposals of one size never overlap (sides at 128 px: 17, 22, 35, 44, 55, 69, 87 px;
+    # a size with too few anchors left after NMS pads its slots, masked)
+    extras = model.forward_train(x).extras
+    proposals, real = extras['proposal_boxes'], extras['part_mask']
+    side = ((proposals[..., 2] - proposals[..., 0]) * (proposals[..., 3] - proposals[..., 1])).sqrt().round()
+    same_size = (side[..., :, None] == side[..., None, :]).triu(1) & real[..., :, None] & real[..., None, :]
+    assert same_size.any() and torch.all(box_iou(proposals, proposals)[same_size] <= model.nms_threshold + 1e-6)
+    assert torch.equal(boxes, proposals[:, :model.num_parts])
+    nts = tiny_ssanet(proposal_selection='global', num_proposals=6).eval()  # NTS-Net's one NMS: no two proposals overlap
     proposals = nts.attention_maps(x, return_details=True)[1]['proposal_boxes']
     assert torch.all(box_iou(proposals, proposals).triu(1) <= nts.nms_threshold + 1e-6)
     assert details['scale_candidates'].shape == (3, model.num_parts, model.num_scales, 4)

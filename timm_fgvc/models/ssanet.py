@@ -5,7 +5,7 @@ Paper: "Spatial-Scale Aligned Network for Fine-Grained Recognition", L. Gao, H. 
 
 Pipeline (one batched pass, no loop over images or parts):
   image -> backbone -> navigator (NTS-Net style, on the detached feature map) scores anchors of several sizes and
-  aspect ratios per cell -> NMS per anchor level -> top P = 6 proposals (2 per level) ranked by score, each cropped,
+  aspect ratios per cell -> one NMS per anchor size -> P = 14 proposals (2 per size) ranked by score, each cropped,
   zoomed to half the input side, through the backbone and classified by the part head (in training; inference
   crops only the parts) -> the top K = 4 are the parts, part j = rank j (Sec. 3.1) -> part features f_ij ->
   Morphological Alignment Constraint across the batch (MAC, Eq. 1-2) -> Discriminative Scale Mining: S = 5 scale
@@ -24,22 +24,23 @@ Choices where the paper is open (SPEC §6):
   summed over the ordered pairs and averaged over the images (NTS's `ranking_loss`).
 - Proposals: NTS-Net classifies (part CE and ranking loss) its top PROPOSAL_NUM = 6 proposals and uses the top
   CAT_NUM = 4 downstream; SSANet names only K = 4 parts ("marginal improvements when the part number is larger
-  than 4") and its Eq. 1 sums the part CE over those K. `num_proposals=6` (NTS's) is the default;
+  than 4") and its Eq. 1 sums the part CE over those K. The default `num_proposals=14` is 2 per anchor size for
+  the per-size NMS below (NTS's 6 is `proposal_selection='per_level', num_proposals=6`);
   `num_proposals=num_parts` is Eq. 1 read literally. MAC, DSM and OP always use the top `num_parts`.
-- Proposal selection (the paper says "NMS ... top-K"): one NMS per anchor level, P / 3 proposals from each, all P
-  ranked by the navigator's score, the parts are the top K (`proposal_selection='per_level'`, default; a part
-  may overlap a part of another level, as a scale candidate overlaps its part). NTS-Net's NMS over every anchor
+- Proposal selection (the paper says "NMS ... top-K"): one NMS per anchor size, P / 7 proposals from each, all P
+  ranked by the navigator's score, the parts are the top K (`proposal_selection='per_size'`, default; a part
+  may overlap a part of another size, as a scale candidate overlaps its part). NTS-Net's NMS over every anchor
   at once (`'global'`) lets the navigator's initial scores fix the part size: the finest level has 6x the anchors
   and 2x the score spread at init, so all P proposals come from it, and the ranking loss, which only orders the
   proposals it is shown, never finds a better size. Measured (transfer protocol, resnet18 at 128 px, 4 x 4 DSM
   maps): with 'global' every proposal stays a 17-22 px anchor through training, the part head scores 14% and the
-  model 24.8% (seed 0); with 'per_level' the parts grow to 45-53 px (the 20 px anchors rank last) and the model
-  scores 41.8 / 43.0% (seeds 0 / 1). The same trap holds within a level: the anchors of one cell overlap with an
-  IoU of 0.4 or more, so the NMS keeps one per cell and the ranking loss never compares a cell's sizes. With 12
-  proposals (4 per level; the parts the top 4) every part is the coarsest level's smallest anchor (55 px, never
-  its 69 or 87 px ones, at either seed) and the model scores 44.6 / 41.7% (seeds 0 / 1; `bench/probes.py ssanet-parts`).
-  `proposal_selection='per_size'` runs one NMS per anchor size (7 groups; `num_proposals` at least 7), so the
-  ranking loss is shown, and compares, every size of a cell: with 14 proposals (2 per size) the parts grow to the
+  model 24.8% (seed 0); with one NMS per anchor level ('per_level') the parts grow to 45-53 px (the 20 px anchors
+  rank last) and the model scores 41.8 / 43.0% (seeds 0 / 1). The same trap holds within a level: the anchors of
+  one cell overlap with an IoU of 0.4 or more, so the NMS keeps one per cell and the ranking loss never compares a
+  cell's sizes. With 12 proposals (4 per level; the parts the top 4) every part is the coarsest level's smallest
+  anchor (55 px, never its 69 or 87 px ones, at either seed) and the model scores 44.6 / 41.7% (seeds 0 / 1;
+  `bench/probes.py ssanet-parts`). One NMS per anchor size (7 groups; `num_proposals` at least 7) shows the
+  ranking loss every size of a cell, which it then compares: with 14 proposals (2 per size) the parts grow to the
   87 and 69 px anchors (seed 0 ranks the proposals by size, 87, 87, 69, 69, 55, ...) and the model scores
   47.2 / 44.1% (seeds 0 / 1; 45.6 against 43.2 with 12 proposals per level). With 7 (one per size) the 4 parts
   are 4 different sizes, two of them 44-55 px, and the model scores 40.8% (seed 0; 42.4% with 112 px parts).
@@ -202,20 +203,21 @@ class SSANet(FGVCModel):
         num_classes: classes of every head.
         num_parts: K parts (the top K proposals) for MAC, DSM and OP (4, the paper's and NTS-Net's CAT_NUM).
         num_proposals: proposals kept after NMS, classified by the part head and ranked by the navigator loss
-            (6, NTS-Net's PROPOSAL_NUM; the paper's Eq. 1 classifies the K parts only: `num_proposals=num_parts`).
+            (14: 2 per anchor size; NTS-Net's PROPOSAL_NUM is 6; the paper's Eq. 1 classifies the K parts only:
+            `num_proposals=num_parts`).
         num_scales: S scale candidates per part (5, odd).
         scale_factor: alpha between neighbouring candidates (1.2).
         nms_threshold: IoU of the part NMS (0.25).
-        proposal_selection: 'per_level' (default: NMS within each anchor level, P / 3 proposals from each, all P
-            ranked by score, so the parts are the top K of them; proposals of different levels may overlap) or
-            'global' (NTS-Net's: NMS over every anchor, the top P scores). With 'global' the navigator's initial
-            scores decide the part size for good: the finest level has 6x the anchors and 2x the score spread at
-            init, its top scores win, and the ranking loss only orders the proposals it is shown, so it never finds
-            that a larger anchor is more informative (module docstring: 24.8% vs 42.4% top-1 in the transfer
-            protocol). 'per_size': one NMS per anchor size (7; `num_proposals` at least 7), so the ranking loss
-            also compares the sizes of one cell, which 'per_level' hides (a cell's anchors overlap above the NMS
-            threshold, so one NMS per level keeps only the size the navigator already prefers; module docstring:
-            45.6% vs 43.2% top-1 at 14 vs 12 proposals).
+        proposal_selection: 'per_size' (default: NMS within each of the 7 anchor sizes, P / 7 proposals from
+            each, all P ranked by score, so the parts are the top K of them; proposals of different sizes may
+            overlap), 'per_level' (NMS within each of the 3 anchor levels) or 'global' (NTS-Net's: NMS over every
+            anchor, the top P scores). With 'global' the navigator's initial scores decide the part size for good:
+            the finest level has 6x the anchors and 2x the score spread at init, its top scores win, and the ranking
+            loss only orders the proposals it is shown, so it never finds that a larger anchor is more informative
+            (module docstring: 24.8% vs 42.4% top-1 in the transfer protocol). 'per_level' hides the sizes of one
+            cell in turn (a cell's anchors overlap above the NMS threshold, so one NMS per level keeps only the size
+            the navigator already prefers); 'per_size' (`num_proposals` at least 7) shows them all (module
+            docstring: 45.6% vs 43.2% top-1 at 14 vs 12 proposals).
         mac_weight: lambda of Eq. 1 (0.5).
         mac_reduction: 'paper' (Eq. 1's sum over all sample pairs, over its B * K part CE terms) or 'mean' (mean
             over pairs of distinct samples, B / K times weaker); see `mac_loss`.
@@ -254,11 +256,11 @@ class SSANet(FGVCModel):
             drop_rate: float = 0.,
             backbone_args: Optional[dict] = None,
             num_parts: int = 4,
-            num_proposals: int = 6,
+            num_proposals: int = 14,
             num_scales: int = 5,
             scale_factor: float = 1.2,
             nms_threshold: float = 0.25,
-            proposal_selection: str = 'per_level',
+            proposal_selection: str = 'per_size',
             mac_weight: float = 0.5,
             mac_reduction: str = 'paper',
             candidate_features: str = 'crops',
