@@ -119,8 +119,8 @@ BOUNDS: Dict[str, tuple] = {
     'caa': (_caa_bound, '1 pass per scale (3) at the input size'),
     'hsm': (_hsm_bound, '1 backbone pass + the AlexNet conv1-4 saliency branch, both at the input size'),
     'ssanet': (_ssanet_bound, '1 pass at the input size + one pass at half the input size over the K = 4 parts (in '
-                              'training the P = 14 proposals the part head classifies) and, with separate candidate crops '
-                              '(the paper\'s), K * (S - 1) = 16 scale candidates'),
+                              'training the P = 14 proposals the part head classifies) and, with separate candidate '
+                              'crops (the paper\'s), K * (S - 1) = 16 scale candidates'),
 }
 
 

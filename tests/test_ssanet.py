@@ -193,7 +193,7 @@ def test_parts_are_ranked_non_overlapping_and_batching_is_exact():
     same_size = (side[..., :, None] == side[..., None, :]).triu(1) & real[..., :, None] & real[..., None, :]
     assert same_size.any() and torch.all(box_iou(proposals, proposals)[same_size] <= model.nms_threshold + 1e-6)
     assert torch.equal(boxes, proposals[:, :model.num_parts])
-    nts = tiny_ssanet(proposal_selection='global', num_proposals=6).eval()  # NTS-Net's one NMS: no two proposals overlap
+    nts = tiny_ssanet(proposal_selection='global', num_proposals=6).eval()  # NTS-Net's one NMS: none overlap
     proposals = nts.attention_maps(x, return_details=True)[1]['proposal_boxes']
     assert torch.all(box_iou(proposals, proposals).triu(1) <= nts.nms_threshold + 1e-6)
     assert details['scale_candidates'].shape == (3, model.num_parts, model.num_scales, 4)
