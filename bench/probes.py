@@ -274,7 +274,8 @@ def probe_ensemble(models, images, labels):
 def probe_ssanet_parts(model, images, labels):
     """SSANet's ranked proposals (the first K are the parts): per rank, the mean side (square root of the box
     area, input px), the share of each anchor size (its side in input px; the levels' sizes in order, finest
-    first), and the part head's top-1 on that proposal; and the heads' top-1 from the same pass."""
+    first), and the part head's top-1 on that proposal; the heads' top-1 from the same pass, and with each image
+    read through the next image's proposals (attention off)."""
     from timm_fgvc.models.ssanet import anchor_sizes
     # every anchor's side, as `SSANet.propose` scales them (a box keeps its size when shifted inside the image)
     anchor_sides = torch.tensor([s for level in anchor_sizes(min(images.shape[-2:])) for s in level])
@@ -288,7 +289,17 @@ def probe_ssanet_parts(model, images, labels):
                         for i, s in enumerate(anchor_sides.tolist())},
               'part_top1': top1(part[:, j], labels)} for j in range(sides.shape[1])]
     heads = {k: top1(torch.cat([o.logits[k] for o in outputs]).float(), labels) for k in ('dsm', 'op', 'final')}
-    print(json.dumps({'parts': model.num_parts, 'heads': heads}), flush=True)
+    # attention off: each image is read through the next image's ranked proposals (same sizes, another bird's
+    # places), so the heads' drop is what the navigator's placement is worth
+    propose = model.propose
+    model.propose = lambda *args: {k: v.roll(1, 0) for k, v in propose(*args).items()}
+    try:
+        moved = batched(model.forward_train, images)
+    finally:
+        del model.propose
+    heads_moved = {k: top1(torch.cat([o.logits[k] for o in moved]).float(), labels) for k in ('dsm', 'op', 'final')}
+    print(json.dumps({'parts': model.num_parts, 'heads': heads, 'heads_with_another_images_parts': heads_moved}),
+          flush=True)
     for r in ranks:
         print(json.dumps(r), flush=True)
 

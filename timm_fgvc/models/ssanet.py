@@ -334,8 +334,8 @@ class SSANet(FGVCModel):
 
     # --- parts ------------------------------------------------------------------------------------------------
     def propose(self, feature_map: torch.Tensor, image_size: Tuple[int, int]) -> Dict[str, torch.Tensor]:
-        """Navigator scores of every anchor, NMS (per level by default), the top P proposals (Sec. 3.1), ranked by
-        score: the first K are the parts.
+        """Navigator scores of every anchor, NMS (per anchor size by default), the top P proposals (Sec. 3.1), ranked
+        by score: the first K are the parts.
 
         The navigator sees the feature map detached, as NTS-Net's `proposal_net(rpn_feature.detach())`: its
         ranking loss trains the navigator alone and never pulls the backbone. Scores keep their gradient.
