@@ -42,7 +42,7 @@ Choices where the paper is open (SPEC §6):
   `bench/probes.py ssanet-parts`). One NMS per anchor size (7 groups; `num_proposals` at least 7) shows the
   ranking loss every size of a cell, which it then compares: with 14 proposals (2 per size) the parts grow to the
   87 and 69 px anchors (seed 0 ranks the proposals by size, 87, 87, 69, 69, 55, ...) and the model scores
-  47.2 / 44.1 / 46.1% (seeds 0-2; 45.8 against 43.2 with 12 proposals per level over seeds 0-1; 47.7% at seed 0
+  47.2 / 44.1 / 46.1 / 44.3% (seeds 0-3; 45.4 against 43.2 with 12 proposals per level over seeds 0-1; 47.7% at seed 0
   with 112 px parts and roi_align candidates). With 7 (one per size) the 4 parts are 4 different sizes, two of
   them 44-55 px, and the model scores 40.8% (seed 0; 42.4% with 112 px parts).
 - Anchors as NTS-Net's at 448 px (sizes 48, 96, 192 on maps of stride 32, 64, 128; scales 2^(1/3), 2^(2/3) and
@@ -218,7 +218,7 @@ class SSANet(FGVCModel):
             (module docstring: 24.8% vs 42.4% top-1 in the transfer protocol). 'per_level' hides the sizes of one
             cell in turn (a cell's anchors overlap above the NMS threshold, so one NMS per level keeps only the size
             the navigator already prefers); 'per_size' (`num_proposals` at least 7) shows them all (module
-            docstring: 45.8% vs 43.2% top-1 at 14 vs 12 proposals).
+            docstring: 45.4% vs 43.2% top-1 at 14 vs 12 proposals).
         mac_weight: lambda of Eq. 1 (0.5).
         mac_reduction: 'paper' (Eq. 1's sum over all sample pairs, over its B * K part CE terms) or 'mean' (mean
             over pairs of distinct samples, B / K times weaker); see `mac_loss`.
