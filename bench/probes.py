@@ -288,7 +288,10 @@ def probe_ssanet_parts(model, images, labels):
               'sizes': {f'{s:.0f}': round((nearest[:, j] == i).float().mean().item(), 2)
                         for i, s in enumerate(anchor_sides.tolist())},
               'part_top1': top1(part[:, j], labels)} for j in range(sides.shape[1])]
-    heads = {k: top1(torch.cat([o.logits[k] for o in outputs]).float(), labels) for k in ('dsm', 'op', 'final')}
+
+    def heads_top1(outs):
+        return {k: top1(torch.cat([o.logits[k] for o in outs]).float(), labels) for k in ('dsm', 'op', 'final')}
+
     # attention off: each image is read through the next image's ranked proposals (same sizes, another bird's
     # places), so the heads' drop is what the navigator's placement is worth
     propose = model.propose
@@ -297,9 +300,8 @@ def probe_ssanet_parts(model, images, labels):
         moved = batched(model.forward_train, images)
     finally:
         del model.propose
-    heads_moved = {k: top1(torch.cat([o.logits[k] for o in moved]).float(), labels) for k in ('dsm', 'op', 'final')}
-    print(json.dumps({'parts': model.num_parts, 'heads': heads, 'heads_with_another_images_parts': heads_moved}),
-          flush=True)
+    print(json.dumps({'parts': model.num_parts, 'heads': heads_top1(outputs),
+                      'heads_with_another_images_parts': heads_top1(moved)}), flush=True)
     for r in ranks:
         print(json.dumps(r), flush=True)
 
