@@ -245,6 +245,32 @@ def test_stage_three_keeps_dsm_and_op_losses_through_their_frozen_heads():
     assert sum(p.grad.abs().sum() for p in model.backbone.parameters() if p.grad is not None) > 0
 
 
+def test_fixed_parts_replace_the_navigator_with_the_same_boxes_for_every_image():
+    """The attention-off ablation: every image's parts are the given boxes (fractions of the input), the navigator
+    neither changes the prediction nor trains, and the other losses still reach the backbone."""
+    layout = [[0, 0, 0.5, 0.75], [0.5, 0, 1, 0.75], [0, 0.25, 0.5, 1], [0.5, 0.25, 1, 1]]
+    model = tiny_ssanet(fixed_parts=layout).train()
+    torch.manual_seed(4)
+    x, target = torch.randn(3, 3, 96, 96), torch.tensor([0, 1, 2])
+    out = model.forward_train(x)
+    expected = torch.tensor(layout) * torch.tensor([96., 96, 96, 96])
+    assert torch.allclose(out.extras['part_boxes'], expected.expand(3, 4, 4))
+    assert out.logits['part'].shape[1] == 4  # the part head classifies the K fixed parts only
+    losses = model.loss(out, target)
+    losses['loss'].backward()
+    assert losses['loss_rank'] == 0 and all(p.grad is None for p in model.navigator.parameters())
+    assert sum(p.grad.abs().sum() for p in model.backbone.parameters() if p.grad is not None) > 0
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        for p in model.navigator.parameters():
+            p.add_(torch.randn_like(p))
+        assert torch.allclose(model(x), before, atol=1e-5)
+    for bad in (layout[:3], [[0.5, 0, 0.4, 1]] * 4, [[0, 0, 1.5, 1]] * 4):
+        with pytest.raises(ValueError, match='fixed_parts'):
+            tiny_ssanet(fixed_parts=bad)
+
+
 def test_heads_on_a_frozen_backbone_train_dsm_and_op_but_leave_the_backbone_to_the_part_losses():
     """Sec. 4.1's reading: the backbone is frozen while DSM and OP train, so their losses reach their heads only;
     the part CE still trains the backbone. By default the DSM loss trains the backbone too."""

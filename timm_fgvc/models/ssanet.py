@@ -245,6 +245,9 @@ class SSANet(FGVCModel):
             gradient (6.5x the part CE's); measured, the pull does not hurt (transfer protocol, seed 0: 42.98%
             with the heads on the frozen backbone, 41.83% without, at 6 proposals per level; 45.14% vs 47.16% at the
             default 14 per size), so the default keeps Sec. 3.4's stage 1.
+        fixed_parts: an ablation, attention off: K boxes `(x1, y1, x2, y2)` as fractions of the input's width and
+            height, the parts of every image in place of the navigator's (which then goes unused; the part head
+            classifies these K). None (default): the navigator's parts.
     """
     main_head = 'dsm'
     needs_classifier = True
@@ -271,6 +274,7 @@ class SSANet(FGVCModel):
             dsm_method: str = 'direct',
             flat_head_lr: str = 'fan_in',
             heads_on_frozen_backbone: bool = False,
+            fixed_parts: Optional[Sequence[Sequence[float]]] = None,
     ):
         if flat_head_lr not in ('fan_in', 'same'):
             raise ValueError(f"flat_head_lr must be 'fan_in' or 'same', got {flat_head_lr!r}.")
@@ -291,8 +295,15 @@ class SSANet(FGVCModel):
         if num_proposals < num_parts:
             raise ValueError(f'num_proposals ({num_proposals}) must be at least num_parts ({num_parts}): the parts '
                              'are the top num_parts of the proposals.')
+        if fixed_parts is not None:
+            fixed_parts = [[float(v) for v in box] for box in fixed_parts]
+            if len(fixed_parts) != num_parts or any(
+                    len(b) != 4 or not 0 <= b[0] < b[2] <= 1 or not 0 <= b[1] < b[3] <= 1 for b in fixed_parts):
+                raise ValueError(f'fixed_parts must be num_parts ({num_parts}) boxes (x1, y1, x2, y2) as fractions '
+                                 f'of the input, 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1; got {fixed_parts}.')
         super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
         self.num_parts = num_parts
+        self.fixed_parts = fixed_parts
         self.num_proposals = num_proposals
         self.num_scales = num_scales
         self.scale_factor = scale_factor
@@ -338,8 +349,16 @@ class SSANet(FGVCModel):
         by score: the first K are the parts.
 
         The navigator sees the feature map detached, as NTS-Net's `proposal_net(rpn_feature.detach())`: its
-        ranking loss trains the navigator alone and never pulls the backbone. Scores keep their gradient.
+        ranking loss trains the navigator alone and never pulls the backbone. Scores keep their gradient. With
+        `fixed_parts`: the K given boxes for every image, no navigator (zero scores).
         """
+        if self.fixed_parts is not None:
+            batch, (height, width) = feature_map.shape[0], image_size
+            scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+            boxes = (torch.tensor(self.fixed_parts) * scale).to(feature_map.device)
+            return dict(proposal_boxes=boxes.expand(batch, self.num_parts, 4),
+                        proposal_mask=torch.ones(batch, self.num_parts, dtype=torch.bool, device=feature_map.device),
+                        proposal_scores=torch.zeros(batch, self.num_parts, device=feature_map.device))
         boxes, scores = [], []
         levels = zip(anchor_sizes(min(image_size)), _ANCHORS_448, self.navigator(feature_map.detach()))
         for sizes, (_, _, ratios), level in levels:
@@ -479,7 +498,8 @@ class SSANet(FGVCModel):
         terms = {
             'loss_part': self.head_loss('part', part_logits, target, mask),
             'loss_mac': self.mac_weight * mac_loss(output.extras['part_features'], self.mac_reduction),
-            'loss_rank': ranking_loss(output.extras['proposal_scores'].float(), confidence[..., 0].detach(), mask),
+            'loss_rank': (part_logits.new_zeros(()) if self.fixed_parts is not None else  # no navigator to rank
+                          ranking_loss(output.extras['proposal_scores'].float(), confidence[..., 0].detach(), mask)),
             'loss_dsm': self.head_loss('dsm', output.logits['dsm'], target),
             'loss_op': self.head_loss('op', output.logits['op'], target),
         }
