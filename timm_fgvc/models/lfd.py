@@ -163,14 +163,15 @@ class LFD(FGVCModel):
         cells = self.region_size(input_size) / self.feature_reduction
         fit = self.regions_apart(grid, cells)
         if fit < self.num_regions:
+            stride = self.feature_reduction  # a halved stride is only worth suggesting where timm's dilation allows it
+            finer = f"a smaller backbone stride (backbone_args={{'output_stride': {stride // 2}}}), " if stride > 8 else ''
             warnings.warn(
                 f'LFD: on the {grid} x {grid} feature map of a {input_size} px input, regions of {cells:g} cells '
                 f'({self.region_size(input_size)} px, border={self.border!r}) fit only about {fit} apart at NMS IoU '
                 f'{self.nms_threshold:g}, fewer than m = {self.num_regions}: the slots NMS cannot fill repeat '
                 f'region 1 (masked in the region loss; the hybrid feature takes them as they are). Use a larger input '
-                f'(>= {self.min_meaningful_input or "?"} px), a smaller backbone stride '
-                "(backbone_args={'output_stride': 16}), smaller regions (region_cells) or fewer (num_regions).",
-                stacklevel=3)
+                f'(>= {self.min_meaningful_input or "?"} px), {finer}smaller regions (region_cells) or fewer '
+                '(num_regions).', stacklevel=3)
 
     def attention(self, feature_map: torch.Tensor) -> torch.Tensor:
         """M: max over all class activation maps of the image head (Eq. 2), Gaussian smoothed; `[B, h, w]`, in
