@@ -119,3 +119,20 @@ def test_a_single_class_folder_says_two_classes_are_needed(tmp_path):
     make_image_folder(tmp_path / 'one', splits=('',), classes=('only',), per_class=3)
     with pytest.raises(ValueError, match='at least 2 classes'):
         load_fgvc_dataset(str(tmp_path / 'one'))
+
+
+def test_a_photo_with_an_exif_orientation_is_read_upright_as_datasets_reads_it(tmp_path):
+    """A phone photo stores its pixels sideways with an EXIF orientation; training and predict read it upright,
+    as `datasets` decodes its Image feature, not on its side."""
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high as stored
+    pixels[:, :10] = 255  # the stored left edge is white
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / 'phone.jpg'
+    stored.save(path, exif=exif, quality=95)
+    upright = np.asarray(open_image(str(path))).astype(float)
+    assert upright.shape == (40, 20, 3)  # turned: 20 wide, 40 high
+    assert upright[:10].mean() > 200 and upright[12:].mean() < 50  # the stored left edge is now the top
+    from_datasets = datasets.Image().decode_example({'path': str(path), 'bytes': None})
+    assert np.abs(np.asarray(from_datasets.convert('RGB')).astype(float) - upright).max() < 1

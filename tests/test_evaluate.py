@@ -88,3 +88,30 @@ def test_cli_writes_report_confusion_png_and_robustness_table(trained_run, tmp_p
     assert main(['explain', '--checkpoint', str(run), '--image', 'x.png', '--panel-size', '96', '--out', 'x']) == 2
     # a dataset with other classes than the model: a clear error, exit 2
     assert main(['eval', '--checkpoint', str(run), '--dataset', str(tmp_path / 'missing'), '--out', str(out)]) == 2
+
+
+def test_evals_of_runs_with_different_mixed_precision_run_in_one_process(trained_run):
+    """Accelerate keeps one state per process: a notebook that evaluates an fp32 run, then a bf16 run, then the fp32
+    one again gets three reports, and the last equals the first (the precision went back)."""
+    run, _ = trained_run
+    loaded = load_model(checkpoint=run, device='cpu')
+    first = evaluate_model(loaded)
+    fp32_run = loaded.run
+    loaded.run = dict(fp32_run, config=dict(fp32_run['config'], mixed_precision='bf16'))
+    half = evaluate_model(loaded)
+    loaded.run = fp32_run
+    again = evaluate_model(loaded)
+    assert again['loss'] == pytest.approx(first['loss'], rel=1e-6) and again['top1'] == first['top1']
+    assert half['loss'] != first['loss'] and half['loss'] == pytest.approx(first['loss'], rel=0.05)  # bf16 ran
+
+
+def test_a_model_without_a_run_needs_the_data_named(tmp_path):
+    """A Hub / exported model, or weights without their results.json, has no run data to fall back on: eval asks
+    for --dataset instead of scoring it on synthetic images."""
+    import timm
+    from timm_fgvc.inference import LoadedModel
+    loaded = LoadedModel(model=timm.create_model('s3n_tiny', num_classes=4).eval(), name='s3n_tiny')
+    with pytest.raises(ValueError, match='--dataset'):
+        evaluate_model(loaded, device='cpu')
+    report = evaluate_model(loaded, dataset='synthetic', device='cpu', max_samples=4)  # named: it runs
+    assert report['dataset'] == 'synthetic' and report['samples'] == 4

@@ -102,3 +102,11 @@ def test_cli_writes_a_png_with_the_runs_class_names(tmp_path, make_run):
     assert Image.open(out).height >= 2 * PANEL
     assert main(['explain', '--model', 's3n_resnet18', '--image', str(tmp_path / 'missing.png'),
                  '--out', str(out), '--model-args', '{"backbone": "test_resnet"}']) == 2
+
+
+def test_explaining_a_plain_timm_model_says_it_has_no_attention(tmp_path, make_run):
+    render_sample(0, num_classes=4, image_size=64)['image'].save(tmp_path / '0.png')
+    run = make_run(timm.create_model('test_resnet', num_classes=4), config=dict(model='test_resnet'))
+    code = main(['explain', '--checkpoint', str(run), '--image', str(tmp_path / '0.png'),
+                 '--out', str(tmp_path / 'a.png')])
+    assert code == 2 and not (tmp_path / 'a.png').exists()

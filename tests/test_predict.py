@@ -84,3 +84,51 @@ def test_predict_errors_are_clear(tmp_path, run_and_photos):
     with pytest.raises(ValueError, match='.csv or .jsonl'):
         from timm_fgvc.predict import write_predictions
         write_predictions([], tmp_path / 'preds.txt')
+
+
+def test_bad_requests_fail_before_any_image_is_predicted(tmp_path, run_and_photos, capsys):
+    run, photos = run_and_photos
+    weights = str(run / 'model.safetensors')
+    # a wrong --out name is reported first, even before a missing checkpoint would be
+    assert main(['predict', '--checkpoint', str(tmp_path / 'none'), str(photos), '--out', str(tmp_path / 'p.json')]) == 2
+    assert '.csv or .jsonl' in capsys.readouterr().err
+    assert main(['predict', '--checkpoint', weights, str(photos), '--top-k', '0']) == 2
+    assert 'at least 1' in capsys.readouterr().err
+    assert main(['predict', '--checkpoint', weights, str(photos / 'sub' / 'broken.jpg')]) == 2  # nothing readable
+    assert 'no file could be read' in capsys.readouterr().err
+
+
+def test_a_checkpoint_loads_only_as_the_model_its_run_trained(tmp_path, run_and_photos, capsys):
+    run, photos = run_and_photos
+    with pytest.raises(ValueError, match='trained s3n_tiny'):
+        load_model('lfd_tiny', checkpoint=run)  # another method: its run's arguments would not even fit
+    with pytest.raises(ValueError, match='trained s3n_tiny'):
+        load_model('s3n_resnet50', checkpoint=run)  # the same method on another backbone
+    assert load_model('s3n_tiny', checkpoint=run).name == 's3n_tiny'
+    assert main(['predict', '--checkpoint', str(run), str(photos), '--model-args', '{"no_such_arg": 1}']) == 2
+    assert 'no_such_arg' in capsys.readouterr().err
+
+
+def test_a_step_checkpoint_finds_its_run_and_loose_weights_say_what_they_lack(tmp_path, run_and_photos):
+    import shutil
+    run, _ = run_and_photos
+    step = run / 'checkpoints' / 'step_00000006'
+    step.mkdir(parents=True)
+    shutil.copy(run / 'model.safetensors', step / 'model.safetensors')
+    loaded = load_model(checkpoint=step, device='cpu')
+    assert loaded.name == 's3n_tiny' and loaded.label_names == NAMES  # from the run two folders up
+    loose = tmp_path / 'loose'
+    loose.mkdir()
+    shutil.copy(run / 'model.safetensors', loose / 'model.safetensors')
+    with pytest.warns(UserWarning, match='No results.json'):
+        assert load_model('s3n_tiny', checkpoint=loose, num_classes=4).label_names is None
+
+
+def test_a_half_precision_model_predicts_as_the_fp32_one(run_and_photos):
+    run, photos = run_and_photos
+    full = predict(load_model(checkpoint=run, device='cpu'), [photos / 'a.png'], top_k=4, progress=False)[0]
+    loaded = load_model(checkpoint=run, device='cpu')
+    loaded.model.half()
+    half = predict(loaded, [photos / 'a.png'], top_k=4, progress=False)[0]
+    assert half.error is None and half.labels[0] == full.labels[0]
+    assert half.probabilities == pytest.approx(full.probabilities, abs=0.02)

@@ -143,7 +143,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'Recorded measured top-1 {measured["top1"]} in {args.hub_config}; run `timm-fgvc cards` to '
                   'update MODEL_CARDS.md.')
         elif args.action == 'predict':
-            from .predict import format_predictions, predict, write_predictions
+            from .predict import format_predictions, predict, predictions_path, write_predictions
+            if args.out:
+                predictions_path(args.out)  # a wrong file name stops here, not after every image is predicted
             predictions = predict(_load(args), args.paths, top_k=args.top_k, batch_size=args.batch_size,
                                   num_workers=args.num_workers, img_size=args.img_size)
             print(format_predictions(predictions))
@@ -153,6 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.out:
                 print(f'Wrote {write_predictions(predictions, args.out)}')
             print(f'{len(predictions) - len(skipped)} file(s) predicted, {len(skipped)} skipped.')
+            if predictions and len(skipped) == len(predictions):
+                print('timm-fgvc predict: error: no file could be read as an image.', file=sys.stderr)
+                return 2
         elif args.action == 'eval':
             from .evaluate import evaluate_model, read_reports, robustness_table, write_report
             others = read_reports(args.compare)

@@ -79,8 +79,12 @@ def _eval_config(loaded: LoadedModel, dataset: Optional[str], split: Optional[st
     """The run's config (its data, split, preprocessing, eval batch size) with the given fields replaced."""
     if loaded.run is not None:
         cfg = run_train_config(loaded.run)
+    elif dataset is None:
+        raise ValueError(f'{loaded.name} comes with no training run to take its data from (a Hub or exported model, '
+                         'or weights without their results.json): name the data to evaluate on with --dataset '
+                         "('synthetic', a Hub dataset id or an image folder).")
     else:
-        cfg = TrainConfig(model=loaded.name, dataset=dataset or 'synthetic', synthetic_classes=loaded.num_classes)
+        cfg = TrainConfig(model=loaded.name, dataset=dataset, synthetic_classes=loaded.num_classes)
     if dataset is not None and dataset != cfg.dataset:
         cfg.dataset, cfg.dataset_config, cfg.image_column, cfg.label_column = dataset, None, None, None
     for key, value in dict(eval_split=split, eval_batch_size=batch_size, max_eval_samples=max_samples,
@@ -106,9 +110,7 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     columns: predicted), samples; with `robustness`, `robustness` = {'rotation': {angle: top1}, 'scale':
     {scale: top1}, 'pad': pad}.
     """
-    from accelerate import Accelerator
-
-    from .engine.trainer import TrainStep, build_transforms, evaluate
+    from .engine.trainer import TrainStep, build_transforms, evaluate, new_accelerator
 
     if pad not in ('black', 'mean'):
         raise ValueError(f"pad must be 'black' or 'mean', got {pad!r}.")
@@ -130,10 +132,11 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
         raise ValueError(f'The model\'s class names ({loaded.label_names[:3]}...) are not those of dataset '
                          f'{cfg.dataset!r} ({data.label_names[:3]}...), in the same order.')
 
-    if device is not None and torch.device(device).type not in ('cpu', 'cuda'):
-        raise ValueError(f'--device {device}: eval runs on cpu or cuda (pick a GPU with CUDA_VISIBLE_DEVICES).')
-    accelerator = Accelerator(cpu=device is not None and torch.device(device).type == 'cpu',
-                              mixed_precision=cfg.mixed_precision)
+    if device is not None and (torch.device(device).type not in ('cpu', 'cuda') or torch.device(device).index):
+        raise ValueError(f'--device {device}: eval runs on cpu or cuda, the first visible GPU (pick another with '
+                         'CUDA_VISIBLE_DEVICES).')
+    accelerator = new_accelerator(cpu=device is not None and torch.device(device).type == 'cpu',
+                                  mixed_precision=cfg.mixed_precision)
     model = loaded.model
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -176,6 +176,9 @@ def explain_files(model, paths: Sequence[str], out: str, img_size: Optional[int]
     if not isinstance(model, LoadedModel):
         model = LoadedModel(model=model, name=type(model).__name__,
                             label_names=(getattr(model, 'pretrained_cfg', None) or {}).get('label_names'))
+    if not hasattr(model.model, 'attention_maps'):
+        raise ValueError(f'{model.name} has no attention_maps (a plain timm model, e.g. the baseline): explain '
+                         'draws where a timm-fgvc method attends; load one of its runs or models instead.')
     transform, data_cfg = eval_transform(model, img_size)
     images = []
     for path in paths:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+import warnings
+
 import timm
 import torch
 import torch.nn as nn
@@ -73,13 +75,21 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
             weights = weights / 'model.safetensors'
         if not weights.is_file():
             raise FileNotFoundError(f'No checkpoint at {checkpoint} (a model.safetensors file or a run folder).')
-        if (weights.parent / 'results.json').is_file():
-            run = read_run(weights.parent, weights=False)
+        run_dir = _run_folder(weights)
+        if run_dir is not None:
+            run = read_run(run_dir, weights=False)
     if name is None:
         if run is None:
             raise ValueError('Give --model (a registered name, hf-hub:<repo> or local-dir:<folder>), or a '
                              '--checkpoint inside a train_fgvc.py run folder (with its results.json).')
-        name = run['model'] if ':' in run['model'] else run['model'].split('.')[0]  # the tag named the dataset
+        name = _architecture(run['model'])
+    elif run is not None and _architecture(name) != _architecture(run['model']):
+        raise ValueError(f"--model {name} but the checkpoint's run trained {run['model']}: leave --model out to "
+                         'load the run as it was trained, or give the checkpoint of a run of this model.')
+    elif weights is not None and run is None and not name.startswith(_HUB_PREFIXES):
+        warnings.warn(f'No results.json beside {weights} (nor in its run folder): {name} is built with its default '
+                      'arguments and preprocessing and without class names. Give the run folder, or --model-args '
+                      'and --num-classes as the run had them.', stacklevel=2)
     kwargs = run_model_args(run or {})
     kwargs.update(model_args or {})
     if num_classes is None and run is not None:
@@ -94,6 +104,8 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
             raise ValueError(f'Unknown model {name!r}: use a registered name (`timm.list_models("s3n_*")`), '
                              'hf-hub:<repo> or local-dir:<folder>.') from e
         raise
+    except TypeError as e:  # an argument the model does not take (--model-args, or another model's run)
+        raise ValueError(f'{name} cannot be built with {sorted(kwargs)}: {e}') from e
     if weights is not None:
         load_weights(model, weights)
     label_names = (run or {}).get('label_names') or (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
@@ -102,6 +114,22 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
     model.to(resolve_device(device)).eval()
     return LoadedModel(model=model, name=name, label_names=list(label_names) if label_names else None, run=run,
                        checkpoint=str(weights) if weights else None)
+
+
+def _architecture(name: str) -> str:
+    """A registered name without its pretrained tag (the tag names the dataset); Hub and folder names whole."""
+    return name if ':' in name else name.split('.')[0]
+
+
+def _run_folder(weights: Path) -> Optional[Path]:
+    """The finished run whose `results.json` describes `weights`: beside them, or two folders up for a step
+    checkpoint (`<run>/checkpoints/step_N/model.safetensors`)."""
+    if (weights.parent / 'results.json').is_file():
+        return weights.parent
+    run_dir = weights.parent.parent.parent
+    if weights.parent.parent.name == 'checkpoints' and (run_dir / 'results.json').is_file():
+        return run_dir
+    return None
 
 
 def eval_transform(loaded: LoadedModel, img_size: Optional[int] = None) -> Tuple[Callable, Dict[str, Any]]:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .data.loading import open_image
 from .inference import LoadedModel, eval_transform
 
-__all__ = ['Prediction', 'find_files', 'predict', 'format_predictions', 'write_predictions']
+__all__ = ['Prediction', 'find_files', 'predict', 'format_predictions', 'predictions_path', 'write_predictions']
 
 
 @dataclass
@@ -78,12 +78,14 @@ def predict(loaded: LoadedModel, paths: Sequence[Union[str, Path]], top_k: int =
             num_workers: int = 0, img_size: Optional[int] = None, progress: bool = True) -> List[Prediction]:
     """Top-k predictions (`model(x).softmax(-1)`, the method's final output) for every file in `paths`, in the
     order found; unreadable files come back with `error` set."""
+    if top_k < 1:
+        raise ValueError(f'--top-k {top_k}: ask for at least 1 class.')
     files = find_files(paths)
     transform, _ = eval_transform(loaded, img_size)
     loader = torch.utils.data.DataLoader(_ImageFiles(files, transform), batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers, collate_fn=_collate)
     model = loaded.model.eval()
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype  # half weights: half inputs
     k = min(top_k, loaded.num_classes)
     results: List[Optional[Prediction]] = [None] * len(files)
     for pixels, indices, failures in tqdm(loader, desc='predict', unit='batch', disable=not progress,
@@ -92,7 +94,7 @@ def predict(loaded: LoadedModel, paths: Sequence[Union[str, Path]], top_k: int =
             results[index] = Prediction(path=str(files[index]), error=error)
         if pixels is None:
             continue
-        probs = model(pixels.to(device)).float().softmax(-1)
+        probs = model(pixels.to(device, dtype)).float().softmax(-1)
         top = probs.topk(k, -1)
         for row, index in enumerate(indices):
             classes = top.indices[row].tolist()
@@ -112,12 +114,18 @@ def format_predictions(predictions: Sequence[Prediction], top_k: Optional[int] =
     return '\n'.join(lines)
 
 
-def write_predictions(predictions: Sequence[Prediction], out: Union[str, Path]) -> Path:
-    """`.csv` (one row per file: path, error, then label/index/probability per rank) or `.jsonl` (one object
-    per file)."""
+def predictions_path(out: Union[str, Path]) -> Path:
+    """`out` as a predictions file, checked before any work: a `.csv` or `.jsonl` name."""
     out = Path(out)
     if out.suffix not in ('.csv', '.jsonl'):
         raise ValueError(f'--out {out}: use a .csv or .jsonl file name.')
+    return out
+
+
+def write_predictions(predictions: Sequence[Prediction], out: Union[str, Path]) -> Path:
+    """`.csv` (one row per file: path, error, then label/index/probability per rank) or `.jsonl` (one object
+    per file)."""
+    out = predictions_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == '.jsonl':
         with out.open('w') as f:

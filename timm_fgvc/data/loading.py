@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import datasets
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
 __all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices', 'attach_transform',
@@ -233,14 +233,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_image(value: Any) -> Image.Image:
-    """An RGB image from a datasets Image value (decoded or not), a path or bytes; an image that cannot be decoded
-    raises an error naming its file."""
+    """An RGB image from a datasets Image value (decoded or not), a path or bytes, turned upright by its EXIF
+    orientation as `datasets` decodes it (a phone photo); an image that cannot be decoded raises an error naming
+    its file."""
     if isinstance(value, Image.Image):
         return to_rgb(value)
     source, name = _image_source(value)
     try:
         with Image.open(source) as image:
             image.load()
+            if image.getexif().get(ExifTags.Base.Orientation) is not None:
+                image = ImageOps.exif_transpose(image)
             return to_rgb(image)
     except Exception as e:
         raise ValueError(f'Cannot read image {name} ({type(e).__name__}: {e}). Remove or replace it, or train with '

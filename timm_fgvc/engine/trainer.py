@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
@@ -356,6 +357,14 @@ def _has_accelerator() -> bool:
     return accelerator_type() != 'cpu'
 
 
+def new_accelerator(**kwargs) -> Accelerator:
+    """An Accelerator for one run or eval. Accelerate keeps one state per process and refuses a second
+    Accelerator with another mixed precision (a notebook that trains or evaluates a bf16 run after an fp32 one), so
+    the per-run part of that state starts afresh; the process group (`PartialState`) is kept."""
+    AcceleratorState._reset_state()
+    return Accelerator(**kwargs)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run a whole training job; returns the results that are also written to `results.json`."""
     output_dir = Path(cfg.output_dir)
@@ -364,7 +373,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.mixed_precision == 'fp16' and (cfg.cpu or not _has_accelerator()):
         raise ValueError('--mixed-precision fp16 needs a GPU (Accelerate ignores it on the CPU, so the run would be '
                          'fp32): use --mixed-precision bf16 or no on the CPU.')
-    accelerator = Accelerator(
+    accelerator = new_accelerator(
         cpu=cfg.cpu or (distributed and not torch.cuda.is_available()),  # CPU-only DDP needs gloo via cpu=True
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum_steps,
