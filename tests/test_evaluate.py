@@ -115,3 +115,22 @@ def test_a_model_without_a_run_needs_the_data_named(tmp_path):
         evaluate_model(loaded, device='cpu')
     report = evaluate_model(loaded, dataset='synthetic', device='cpu', max_samples=4)  # named: it runs
     assert report['dataset'] == 'synthetic' and report['samples'] == 4
+
+
+def test_a_run_on_a_relative_folder_evaluates_from_another_directory(tmp_path, monkeypatch):
+    from timm_fgvc.data.synthetic import render_sample
+    for split, per_class in (('train', 4), ('test', 2)):
+        for c in range(2):
+            folder = tmp_path / 'work' / 'birds' / split / f'class_{c}'
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                render_sample(c + 2 * i, num_classes=2, image_size=48)['image'].save(folder / f'{i}.png')
+    monkeypatch.chdir(tmp_path / 'work')
+    results = train(parse_args(['--dataset', 'birds', '--model', 's3n_tiny', '--img-size', '48', '--batch-size', '4',
+                                '--max-steps', '1', '--epochs', '1', '--output-dir', str(tmp_path / 'run')]))
+    monkeypatch.chdir(tmp_path)  # 'birds' is not here
+    report = evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))
+    assert report['samples'] == 4 and report['top1'] == pytest.approx(results['final']['eval_top1'], abs=1e-9)
+    (tmp_path / 'work' / 'birds').rename(tmp_path / 'work' / 'gone')
+    with pytest.raises(FileNotFoundError, match='--dataset'):
+        evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))

@@ -79,6 +79,12 @@ def _eval_config(loaded: LoadedModel, dataset: Optional[str], split: Optional[st
     """The run's config (its data, split, preprocessing, eval batch size) with the given fields replaced."""
     if loaded.run is not None:
         cfg = run_train_config(loaded.run)
+        moved = loaded.run.get('dataset_path')  # the run's local folder, absolute: relative paths move with the cwd
+        if dataset is None and moved and not Path(cfg.dataset).exists():
+            if not Path(moved).exists():
+                raise FileNotFoundError(f"The run's dataset folder {moved} is not there any more: name the data to "
+                                        'evaluate on with --dataset.')
+            cfg.dataset = moved
     elif dataset is None:
         raise ValueError(f'{loaded.name} comes with no training run to take its data from (a Hub or exported model, '
                          'or weights without their results.json): name the data to evaluate on with --dataset '

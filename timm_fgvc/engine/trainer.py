@@ -548,6 +548,8 @@ def train(cfg: TrainConfig) -> dict:
     per_process = accelerator.gather(top1).tolist()
     results = {
         'model': cfg.model, 'dataset': cfg.dataset, 'num_classes': data.num_classes,
+        # a local folder given by a relative path: where it was, so eval finds it from any working directory
+        'dataset_path': str(Path(cfg.dataset).resolve()) if Path(cfg.dataset).exists() else None,
         'label_names': data.label_names, 'data_config': {k: list(v) if isinstance(v, tuple) else v
                                                          for k, v in data_cfg.items()},
         'config': cfg.to_dict(), 'history': state.history, 'final': final,
