@@ -134,3 +134,19 @@ def test_a_run_on_a_relative_folder_evaluates_from_another_directory(tmp_path, m
     (tmp_path / 'work' / 'birds').rename(tmp_path / 'work' / 'gone')
     with pytest.raises(FileNotFoundError, match='--dataset'):
         evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))
+
+
+def test_eval_reports_and_uses_the_size_the_run_evaluated_at(tmp_path):
+    """A run trained at one size and evaluated at another (`--test-img-size`): its eval, and its exported model's
+    (which carries the size as `test_input_size`, as predict reads it), run at that size and say so."""
+    from timm_fgvc.hub import export_run
+    run = tmp_path / 'run'
+    results = train(parse_args(SMALL + ['--test-img-size', '80', '--max-steps', '1', '--output-dir', str(run)]))
+    from_run = evaluate_model(load_model(checkpoint=run, device='cpu'))
+    exported = export_run(run, tmp_path / 'export')
+    loaded = load_model(f'local-dir:{exported}', device='cpu')
+    from_export = evaluate_model(loaded, dataset='synthetic', split='test')
+    at_80 = evaluate_model(loaded, dataset='synthetic', split='test', img_size=80)
+    assert from_run['input_size'] == from_export['input_size'] == [3, 80, 80]
+    assert from_run['loss'] == pytest.approx(results['final']['eval_loss'], rel=1e-5)
+    assert from_export['loss'] == pytest.approx(at_80['loss'], rel=1e-6)  # not at the 64 px it trained at

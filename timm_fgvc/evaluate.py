@@ -91,6 +91,8 @@ def _eval_config(loaded: LoadedModel, dataset: Optional[str], split: Optional[st
                          "('synthetic', a Hub dataset id or an image folder).")
     else:
         cfg = TrainConfig(model=loaded.name, dataset=dataset, synthetic_classes=loaded.num_classes)
+        test_size = (getattr(loaded.model, 'pretrained_cfg', None) or {}).get('test_input_size')
+        cfg.test_img_size = test_size[-1] if test_size else None  # the size its run evaluated at, as predict uses
     if dataset is not None and dataset != cfg.dataset:
         cfg.dataset, cfg.dataset_config, cfg.image_column, cfg.label_column = dataset, None, None, None
     for key, value in dict(eval_split=split, eval_batch_size=batch_size, max_eval_samples=max_samples,
@@ -172,7 +174,7 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
         loss=metrics['eval_loss'],
         top1_per_head={k[len('eval_top1_'):]: v for k, v in metrics.items() if k.startswith('eval_top1_')},
         per_class=per_class, label_names=list(data.label_names), confusion_matrix=confusion.tolist(),
-        input_size=list(data_cfg['input_size']))
+        input_size=[3, cfg.test_img_size, cfg.test_img_size] if cfg.test_img_size else list(data_cfg['input_size']))
     if loaded.run is not None and cfg.dataset == loaded.run.get('dataset'):
         report['run_final_top1'] = (loaded.run.get('final') or {}).get('eval_top1')
     if robustness:
