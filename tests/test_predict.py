@@ -90,7 +90,8 @@ def test_bad_requests_fail_before_any_image_is_predicted(tmp_path, run_and_photo
     run, photos = run_and_photos
     weights = str(run / 'model.safetensors')
     # a wrong --out name is reported first, even before a missing checkpoint would be
-    assert main(['predict', '--checkpoint', str(tmp_path / 'none'), str(photos), '--out', str(tmp_path / 'p.json')]) == 2
+    bad_out = str(tmp_path / 'p.json')
+    assert main(['predict', '--checkpoint', str(tmp_path / 'none'), str(photos), '--out', bad_out]) == 2
     assert '.csv or .jsonl' in capsys.readouterr().err
     assert main(['predict', '--checkpoint', weights, str(photos), '--top-k', '0']) == 2
     assert 'at least 1' in capsys.readouterr().err

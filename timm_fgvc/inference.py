@@ -10,11 +10,10 @@ model carries the same in its `config.json` (`label_names`, `pretrained_cfg`).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
-
-import warnings
 
 import timm
 import torch

@@ -163,8 +163,9 @@ class LFD(FGVCModel):
         cells = self.region_size(input_size) / self.feature_reduction
         fit = self.regions_apart(grid, cells)
         if fit < self.num_regions:
-            stride = self.feature_reduction  # a halved stride is only worth suggesting where timm's dilation allows it
-            finer = f"a smaller backbone stride (backbone_args={{'output_stride': {stride // 2}}}), " if stride > 8 else ''
+            stride = self.feature_reduction  # suggest the next stride down, as far as timm dilates (8)
+            finer = (f"a smaller backbone stride (backbone_args={{'output_stride': {stride // 2}}}), "
+                     if stride > 8 else '')
             warnings.warn(
                 f'LFD: on the {grid} x {grid} feature map of a {input_size} px input, regions of {cells:g} cells '
                 f'({self.region_size(input_size)} px, border={self.border!r}) fit only about {fit} apart at NMS IoU '
