@@ -131,5 +131,6 @@ def test_a_half_precision_model_predicts_as_the_fp32_one(run_and_photos):
     loaded = load_model(checkpoint=run, device='cpu')
     loaded.model.half()
     half = predict(loaded, [photos / 'a.png'], top_k=4, progress=False)[0]
-    assert half.error is None and half.labels[0] == full.labels[0]
-    assert half.probabilities == pytest.approx(full.probabilities, abs=0.02)
+    assert half.error is None  # every class (top-4 of 4), compared by name: near ties may swap ranks in fp16
+    assert dict(zip(half.labels, half.probabilities)) == pytest.approx(dict(zip(full.labels, full.probabilities)),
+                                                                       abs=0.02)
