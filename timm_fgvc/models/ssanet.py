@@ -247,7 +247,9 @@ class SSANet(FGVCModel):
             default 14 per size), so the default keeps Sec. 3.4's stage 1.
         fixed_parts: an ablation, attention off: K boxes `(x1, y1, x2, y2)` as fractions of the input's width and
             height, the parts of every image in place of the navigator's (which then goes unused; the part head
-            classifies these K). None (default): the navigator's parts.
+            classifies these K). None (default): the navigator's parts. Measured (transfer protocol, seeds 0-2):
+            the seed-0 model's modal layout for every image scores 45.1% against the navigator's 45.8%, paired
+            -0.7 +- 1.4 SE: at 128 px the navigator's placement adds nothing measurable.
     """
     main_head = 'dsm'
     needs_classifier = True
