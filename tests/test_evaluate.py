@@ -131,6 +131,7 @@ def test_a_run_on_a_relative_folder_evaluates_from_another_directory(tmp_path, m
     monkeypatch.chdir(tmp_path)  # 'birds' is not here
     report = evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))
     assert report['samples'] == 4 and report['top1'] == pytest.approx(results['final']['eval_top1'], abs=1e-9)
+    assert report['run_final_top1'] == results['final']['eval_top1']  # still the run's own data
     (tmp_path / 'work' / 'birds').rename(tmp_path / 'work' / 'gone')
     with pytest.raises(FileNotFoundError, match='--dataset'):
         evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))
@@ -150,3 +151,16 @@ def test_eval_reports_and_uses_the_size_the_run_evaluated_at(tmp_path):
     assert from_run['input_size'] == from_export['input_size'] == [3, 80, 80]
     assert from_run['loss'] == pytest.approx(results['final']['eval_loss'], rel=1e-5)
     assert from_export['loss'] == pytest.approx(at_80['loss'], rel=1e-6)  # not at the 64 px it trained at
+
+
+def test_a_step_checkpoint_is_not_credited_with_the_runs_final_number(trained_run, tmp_path):
+    import shutil
+    run, results = trained_run
+    final = evaluate_model(load_model(checkpoint=run, device='cpu'))
+    assert final['run_final_top1'] == results['final']['eval_top1']
+    step = tmp_path / 'run' / 'checkpoints' / 'step_00000003'
+    step.mkdir(parents=True)
+    shutil.copy(run / 'model.safetensors', step / 'model.safetensors')
+    shutil.copy(run / 'results.json', tmp_path / 'run' / 'results.json')
+    report = evaluate_model(load_model(checkpoint=step, device='cpu'))  # its run's data, found two folders up
+    assert report['top1'] == final['top1'] and 'run_final_top1' not in report
