@@ -175,8 +175,7 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
         top1_per_head={k[len('eval_top1_'):]: v for k, v in metrics.items() if k.startswith('eval_top1_')},
         per_class=per_class, label_names=list(data.label_names), confusion_matrix=confusion.tolist(),
         input_size=[3, cfg.test_img_size, cfg.test_img_size] if cfg.test_img_size else list(data_cfg['input_size']))
-    final_weights = loaded.checkpoint is not None and (Path(loaded.checkpoint).parent / 'results.json').is_file()
-    if final_weights and cfg.dataset in (loaded.run.get('dataset'), loaded.run.get('dataset_path')):
+    if loaded.final_weights and cfg.dataset in (loaded.run.get('dataset'), loaded.run.get('dataset_path')):
         # the run's own number for these weights on this data (not for a step checkpoint's)
         report['run_final_top1'] = (loaded.run.get('final') or {}).get('eval_top1')
     if robustness:

@@ -40,6 +40,12 @@ class LoadedModel:
     checkpoint: Optional[str] = None
 
     @property
+    def final_weights(self) -> bool:
+        """The weights are their run's final ones (its results.json beside them), not a step checkpoint's."""
+        return (self.run is not None and self.checkpoint is not None
+                and _run_folder(Path(self.checkpoint)) == Path(self.checkpoint).parent)
+
+    @property
     def num_classes(self) -> int:
         return int(self.model.num_classes)
 
