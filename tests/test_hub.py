@@ -220,3 +220,32 @@ def test_push_refuses_incomplete_or_pickled_folders(make_run, tmp_path):
     (folder / 'pytorch_model.bin').write_bytes(b'pickle')
     with pytest.raises(ValueError, match='pickle'):
         push(folder, 'someone/model')
+
+
+def test_a_method_fine_tuned_from_an_export_takes_output_stride_and_reloads_without_the_export(tmp_path):
+    """`--model local-dir:<export>` (as `hf-hub:<repo>`): `--output-stride` reaches the method's backbone, and the
+    fine-tuned run reloads from its own folder once the export is gone (as a Hub model offline would be)."""
+    import shutil
+
+    from safetensors.torch import load_file as load_weights_file
+
+    from timm_fgvc.engine.config import TrainConfig
+    from timm_fgvc.engine.trainer import train
+    from timm_fgvc.inference import load_model
+    tiny = dict(synthetic_classes=3, synthetic_train_per_class=4, synthetic_test_per_class=1, synthetic_image_size=64,
+                img_size=64, batch_size=6, optimizer='sgd', lr=0.02, warmup_epochs=0, epochs=1, max_steps=2,
+                check_images=False)
+    train(TrainConfig(**tiny, model='s3n_tiny', output_dir=str(tmp_path / 'source')))
+    folder = export_run(tmp_path / 'source', tmp_path / 'export', repo_id='timm-fgvc/s3n_tiny.synthetic')
+    run = tmp_path / 'fine_tuned'
+    train(TrainConfig(**tiny, model=f'local-dir:{folder}', pretrained=True, output_stride=16, output_dir=str(run)))
+    shutil.rmtree(folder)
+
+    loaded = load_model(checkpoint=run, device='cpu')
+    expected = timm.create_model('s3n_tiny', num_classes=3, backbone_args={'output_stride': 16}).eval()
+    expected.load_state_dict(load_weights_file(str(run / 'model.safetensors')))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert loaded.model.backbone.forward_features(x).shape[-1] == 4  # stride 16; test_resnet's own is 32
+        torch.testing.assert_close(loaded.model(x), expected(x), rtol=1e-5, atol=1e-5)
+    assert loaded.label_names == json.loads((run / 'results.json').read_text())['label_names']

@@ -101,9 +101,14 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
         num_classes = int(run['num_classes'])
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    from_hub = name.startswith(_HUB_PREFIXES)
+    source = (run or {}).get('source_config') if weights is not None and name == (run or {}).get('model') else None
+    if source:  # fine-tuned from the Hub or a folder: rebuilt as recorded, so neither need be reachable
+        name_or_architecture, pretrained = source['architecture'], False
+        kwargs = {**source['model_args'], **kwargs, 'pretrained_cfg': _tuples(source['pretrained_cfg'])}
+    else:
+        name_or_architecture, pretrained = name, name.startswith(_HUB_PREFIXES) and weights is None
     try:
-        model = timm.create_model(name, pretrained=from_hub, **kwargs)
+        model = timm.create_model(name_or_architecture, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
         if 'Unknown model' in str(e):
             raise ValueError(f'Unknown model {name!r}: use a registered name (`timm.list_models("s3n_*")`), '
@@ -119,6 +124,11 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
     model.to(resolve_device(device)).eval()
     return LoadedModel(model=model, name=name, label_names=list(label_names) if label_names else None, run=run,
                        checkpoint=str(weights) if weights else None)
+
+
+def _tuples(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """A pretrained_cfg read back from JSON: its sizes, means and stds as tuples again, as timm gives them."""
+    return {k: tuple(v) if isinstance(v, list) and k != 'label_names' else v for k, v in cfg.items()}
 
 
 def _architecture(name: str) -> str:

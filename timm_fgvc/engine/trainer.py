@@ -29,6 +29,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
+from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
@@ -147,11 +148,35 @@ def default_label_smoothing(model: nn.Module, value: float) -> None:
             model.label_smoothing.setdefault(name, value)
 
 
+def model_architecture(name: str) -> str:
+    """The registered architecture `name` builds: its own without a tag, or for `hf-hub:` / `local-dir:` the one
+    in its config.json (read as `timm.create_model` reads it)."""
+    source, model_id = timm.models.parse_model_name(name)
+    if source == 'hf-hub':
+        model_id = load_model_config_from_hf(model_id)[1]
+    elif source == 'local-dir':
+        model_id = load_model_config_from_path(model_id)[1]
+    return timm.models.split_model_name_tag(model_id)[0]
+
+
 def is_fgvc_model(name: str) -> bool:
-    """True for a model registered by timm-fgvc (a method), False for timm's own models."""
-    architecture = timm.models.split_model_name_tag(timm.models.parse_model_name(name)[1])[0]
+    """True for a model registered by timm-fgvc (a method, also published on the Hub or exported to a folder),
+    False for timm's own models."""
+    architecture = model_architecture(name)
     return timm.models.is_model(architecture) and \
         timm.models.model_entrypoint(architecture).__module__.startswith('timm_fgvc.')
+
+
+def source_config(model: nn.Module, name: str) -> Optional[Dict]:
+    """What rebuilds a model fine-tuned from `hf-hub:` / `local-dir:` `name` without that source (offline, or the
+    folder moved): its architecture, pretrained_cfg and the source's constructor arguments. None for a registered
+    name, which rebuilds from itself."""
+    if timm.models.parse_model_name(name)[0] is None:
+        return None
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.pretrained_cfg.items()
+           if k not in ('label_names', 'label_descriptions')}  # the run records its own class names
+    return {'architecture': cfg['architecture'], 'pretrained_cfg': cfg,
+            'model_args': dict(getattr(model, 'pretrained_model_args', None) or {})}
 
 
 def build_transforms(model: nn.Module, cfg: TrainConfig):
@@ -558,6 +583,7 @@ def train(cfg: TrainConfig) -> dict:
         'params': sum(p.numel() for p in inner.parameters()),
         'model_args': model_kwargs(cfg),
         'init_args': getattr(inner, 'init_args', None),  # every constructor argument: reloads survive new defaults
+        'source_config': source_config(inner, cfg.model),  # a Hub / folder source: reloads need not reach it
         'config_fingerprint': cfg.fingerprint(),
         'bad_images_skipped': len(data.bad_images), 'bad_images': data.bad_images,
         'resume_warnings': resume_warnings, 'resumed_from': str(resume_path) if cfg.resume else None,
