@@ -222,7 +222,7 @@ def test_push_refuses_incomplete_or_pickled_folders(make_run, tmp_path):
         push(folder, 'someone/model')
 
 
-def test_a_method_fine_tuned_from_an_export_takes_output_stride_and_reloads_without_the_export(tmp_path):
+def test_a_method_fine_tuned_from_an_export_takes_output_stride_and_reloads_and_exports_without_the_export(tmp_path):
     """`--model local-dir:<export>` (as `hf-hub:<repo>`): `--output-stride` reaches the method's backbone, and the
     fine-tuned run reloads from its own folder once the export is gone (as a Hub model offline would be)."""
     import shutil
@@ -249,3 +249,7 @@ def test_a_method_fine_tuned_from_an_export_takes_output_stride_and_reloads_with
         assert loaded.model.backbone.forward_features(x).shape[-1] == 4  # stride 16; test_resnet's own is 32
         torch.testing.assert_close(loaded.model(x), expected(x), rtol=1e-5, atol=1e-5)
     assert loaded.label_names == json.loads((run / 'results.json').read_text())['label_names']
+    again = export_run(run, tmp_path / 'export_fine_tuned', repo_id='timm-fgvc/s3n_tiny.synthetic')
+    with torch.no_grad():
+        torch.testing.assert_close(timm.create_model(f'local-dir:{again}', pretrained=True).eval()(x), expected(x),
+                                   rtol=1e-5, atol=1e-5)

@@ -18,7 +18,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import timm
 import torch.nn as nn
@@ -55,6 +55,17 @@ def run_model_args(run: Dict[str, Any]) -> Dict[str, Any]:
     the run's `model_args`, without the arguments that only load weights."""
     args = {**(run.get('init_args') or {}), **(run.get('model_args') or {})}
     return {k: v for k, v in args.items() if k not in RUNTIME_MODEL_ARGS}
+
+
+def run_create_args(run: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """The `timm.create_model` name and kwargs (with pretrained=False) that rebuild a run's model for its weights.
+    A model fine-tuned from `hf-hub:` / `local-dir:` is rebuilt from what the run recorded of that source
+    (`source_config`), so the source need not be reachable (offline, or the folder moved)."""
+    source = run.get('source_config')
+    if not source:
+        return run['model'], run_model_args(run)
+    pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in source['pretrained_cfg'].items()}
+    return source['architecture'], {**source['model_args'], **run_model_args(run), 'pretrained_cfg': pretrained_cfg}
 
 
 def _dataset_info(name: Optional[str]) -> Optional[DatasetInfo]:
@@ -350,10 +361,10 @@ def export_run(
     """
     run_dir = Path(run_dir)
     results = read_run(run_dir)
-    name = results['model']
+    name, kwargs = run_create_args(results)
     if ':' not in name:
         name = name.split('.')[0]  # the run's tag named its dataset, not these weights
-    model = timm.create_model(name, pretrained=False, num_classes=results['num_classes'], **run_model_args(results))
+    model = timm.create_model(name, pretrained=False, **{**kwargs, 'num_classes': results['num_classes']})
     load_weights(model, run_dir / 'model.safetensors')
     model.eval()
     label_names = results.get('label_names')

@@ -22,7 +22,7 @@ from timm.data import create_transform, resolve_data_config
 
 from . import models  # noqa: F401  (registers the methods with timm)
 from .engine.checkpoint import load_weights
-from .hub import run_model_args
+from .hub import run_create_args
 from .runs import read_run, run_train_config
 
 __all__ = ['LoadedModel', 'load_model', 'eval_transform', 'resolve_device']
@@ -95,20 +95,17 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
         warnings.warn(f'No results.json beside {weights} (nor in its run folder): {name} is built with its default '
                       'arguments and preprocessing and without class names. Give the run folder, or --model-args '
                       'and --num-classes as the run had them.', stacklevel=2)
-    kwargs = run_model_args(run or {})
+    # with weights to load, nothing is downloaded; a run fine-tuned from the Hub is rebuilt without it
+    build_name, kwargs = run_create_args(run) if run is not None else (name, {})
+    if not (run or {}).get('source_config'):
+        build_name = name  # as given: a tag picks its pretrained_cfg
     kwargs.update(model_args or {})
     if num_classes is None and run is not None:
         num_classes = int(run['num_classes'])
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    source = (run or {}).get('source_config') if weights is not None and name == (run or {}).get('model') else None
-    if source:  # fine-tuned from the Hub or a folder: rebuilt as recorded, so neither need be reachable
-        name_or_architecture, pretrained = source['architecture'], False
-        kwargs = {**source['model_args'], **kwargs, 'pretrained_cfg': _tuples(source['pretrained_cfg'])}
-    else:
-        name_or_architecture, pretrained = name, name.startswith(_HUB_PREFIXES) and weights is None
     try:
-        model = timm.create_model(name_or_architecture, pretrained=pretrained, **kwargs)
+        model = timm.create_model(build_name, pretrained=weights is None and name.startswith(_HUB_PREFIXES), **kwargs)
     except RuntimeError as e:
         if 'Unknown model' in str(e):
             raise ValueError(f'Unknown model {name!r}: use a registered name (`timm.list_models("s3n_*")`), '
@@ -124,11 +121,6 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
     model.to(resolve_device(device)).eval()
     return LoadedModel(model=model, name=name, label_names=list(label_names) if label_names else None, run=run,
                        checkpoint=str(weights) if weights else None)
-
-
-def _tuples(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """A pretrained_cfg read back from JSON: its sizes, means and stds as tuples again, as timm gives them."""
-    return {k: tuple(v) if isinstance(v, list) and k != 'label_names' else v for k, v in cfg.items()}
 
 
 def _architecture(name: str) -> str:
