@@ -46,9 +46,16 @@ def test_bad_images_are_listed_at_load_time_and_can_be_skipped(tmp_path):
     # every row left decodes through the training transform
     rows = attach_transform(data.train, lambda image: np.asarray(image).shape, data.image_column, data.label_column)
     assert {rows[i]['pixel_values'] for i in range(len(rows))} == {(32, 40, 3)}
-    # without the load-time check, the file is named when it is decoded
-    with pytest.raises(ValueError, match=r'Cannot read image .*truncated\.jpg.*--skip-bad-images'):
+    # without the load-time check, the file is named when it is decoded (for predict and explain, without advice
+    # about a training flag); a dataset's rows add where --skip-bad-images helps
+    with pytest.raises(ValueError, match=r'Cannot read image .*truncated\.jpg') as info:
         open_image(str(root / 'train' / 'b' / 'truncated.jpg'))
+    assert '--skip-bad-images' not in str(info.value)
+    unchecked = load_fgvc_dataset(str(root), check_images=False)
+    rows = attach_transform(unchecked.train, lambda image: 0, unchecked.image_column, unchecked.label_column)
+    with pytest.raises(ValueError, match=r'(?s)Cannot read image .*\.jpg.*--skip-bad-images \(train_fgvc\.py, '
+                                         r'timm-fgvc eval\)'):
+        [rows[i] for i in range(len(rows))]
 
 
 def test_skipped_bad_images_are_counted_in_results(tmp_path):

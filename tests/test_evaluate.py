@@ -164,3 +164,38 @@ def test_a_step_checkpoint_is_not_credited_with_the_runs_final_number(trained_ru
     shutil.copy(run / 'results.json', tmp_path / 'run' / 'results.json')
     report = evaluate_model(load_model(checkpoint=step, device='cpu'))  # its run's data, found two folders up
     assert report['top1'] == final['top1'] and 'run_final_top1' not in report
+
+
+def test_eval_checks_only_the_images_it_evaluates_and_counts_those_it_leaves_out(tmp_path, capsys):
+    """A bad training image does not stop an eval (eval reads only its split); a bad test image stops it with
+    advice, or with --skip-bad-images is left out and counted in the report and on the console."""
+    import timm
+    from timm_fgvc.data.synthetic import render_sample
+    from timm_fgvc.inference import LoadedModel
+    root = tmp_path / 'birds'
+    for split, per_class in (('train', 2), ('test', 3)):
+        for c in range(2):
+            folder = root / split / f'class_{c}'
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                render_sample(c + 2 * i, num_classes=2, image_size=48)['image'].save(folder / f'{i}.png')
+    (root / 'train' / 'class_0' / 'broken.png').write_bytes(b'not a png')
+    loaded = LoadedModel(model=timm.create_model('s3n_tiny', num_classes=2).eval(), name='s3n_tiny')
+    assert evaluate_model(loaded, dataset=str(root), device='cpu')['samples'] == 6
+
+    (root / 'test' / 'class_1' / 'broken.png').write_bytes(b'not a png')
+    with pytest.raises(ValueError, match=r'(?s)1 image\(s\).*broken\.png.*--skip-bad-images'):
+        evaluate_model(loaded, dataset=str(root), device='cpu')
+    report = evaluate_model(loaded, dataset=str(root), device='cpu', skip_bad_images=True)
+    assert report['samples'] == 6 and report['bad_images_skipped'] == 1 and 'broken.png' in report['bad_images'][0]
+
+    # the CLI: the same, through an exported model
+    from timm_fgvc.hub import export_model
+    folder = export_model(loaded.model, tmp_path / 'export', label_names=['class_0', 'class_1'])
+    args = ['eval', '--model', f'local-dir:{folder}', '--dataset', str(root), '--device', 'cpu',
+            '--out', str(tmp_path / 'eval')]
+    assert main(args) == 2 and '--skip-bad-images' in capsys.readouterr().err
+    assert main(args + ['--skip-bad-images']) == 0
+    assert '1 image(s) that cannot be read were left out' in capsys.readouterr().out
+    saved = json.loads((tmp_path / 'eval' / 'report.json').read_text())
+    assert saved['bad_images_skipped'] == 1 and saved['samples'] == 6

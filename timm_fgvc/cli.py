@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, help='default: the run\'s eval batch size')
     p.add_argument('--max-samples', type=int, help='evaluate the first N images only')
     p.add_argument('--img-size', type=int, help='input size (default: the run\'s / the model\'s eval size)')
+    p.add_argument('--skip-bad-images', action='store_true', default=None,
+                   help="leave out (and count) images that cannot be read instead of stopping (default: the run's)")
     p.add_argument('--robustness', action='store_true',
                    help='also evaluate inputs rotated by +-15/30/45 degrees and reduced to 0.5-0.9 of the side')
     p.add_argument('--pad', choices=('black', 'mean'), default='black',
@@ -164,7 +166,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             report = evaluate_model(
                 _load(args), dataset=args.dataset, split=args.split, batch_size=args.batch_size, device=args.device,
                 robustness=args.robustness, pad=args.pad, max_samples=args.max_samples, img_size=args.img_size,
-                dataset_config=args.dataset_config, image_column=args.image_column, label_column=args.label_column)
+                dataset_config=args.dataset_config, image_column=args.image_column, label_column=args.label_column,
+                skip_bad_images=args.skip_bad_images)
+            if report['bad_images_skipped']:
+                print(f"{report['bad_images_skipped']} image(s) that cannot be read were left out "
+                      f"(--skip-bad-images): {', '.join(report['bad_images'][:5])}")
             heads = ', '.join(f'{k} {v:.2f}' for k, v in report['top1_per_head'].items())
             print(f"{report['model']} on {report['dataset']} ({report['samples']} images): top-1 "
                   f"{report['top1']:.2f}%, top-5 {report['top5']:.2f}%; top-1 per head: {heads}")

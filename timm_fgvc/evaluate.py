@@ -110,9 +110,10 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
                    rotations: Sequence[float] = ROTATIONS, scales: Sequence[float] = SCALES, pad: str = 'black',
                    max_samples: Optional[int] = None, img_size: Optional[int] = None,
                    dataset_config: Optional[str] = None, image_column: Optional[str] = None,
-                   label_column: Optional[str] = None) -> Dict[str, Any]:
+                   label_column: Optional[str] = None, skip_bad_images: Optional[bool] = None) -> Dict[str, Any]:
     """The evaluation report of `loaded` on `dataset` (default: the run's own; `'synthetic'`, a Hub id or an
-    image folder) and `split` (default: as training chose it).
+    image folder) and `split` (default: as training chose it). The images evaluated are checked first: with
+    `skip_bad_images` (default: as the run had it) those that cannot be read are left out and counted in the report.
 
     Keys: top1, top5, loss, top1_per_head, per_class (label, samples, top1), confusion_matrix (rows: true class,
     columns: predicted), samples; with `robustness`, `robustness` = {'rotation': {angle: top1}, 'scale':
@@ -130,7 +131,8 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     data = load_fgvc_dataset(cfg.dataset, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.image_column,
                              cfg.label_column, cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples,
                              cfg.max_eval_samples, synthetic_args, check_images=cfg.check_images,
-                             skip_bad_images=cfg.skip_bad_images)  # the run's own data: bad images as it saw them
+                             skip_bad_images=cfg.skip_bad_images if skip_bad_images is None else skip_bad_images,
+                             check_splits=('eval',))
     if data.eval is None or not len(data.eval):
         raise ValueError(f'Dataset {cfg.dataset!r} has no evaluation images; name a split with --split.')
     if data.num_classes != loaded.num_classes:
@@ -174,6 +176,7 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
         loss=metrics['eval_loss'],
         top1_per_head={k[len('eval_top1_'):]: v for k, v in metrics.items() if k.startswith('eval_top1_')},
         per_class=per_class, label_names=list(data.label_names), confusion_matrix=confusion.tolist(),
+        bad_images_skipped=len(data.bad_images), bad_images=data.bad_images,
         input_size=[3, cfg.test_img_size, cfg.test_img_size] if cfg.test_img_size else list(data_cfg['input_size']))
     if loaded.final_weights and cfg.dataset in (loaded.run.get('dataset'), loaded.run.get('dataset_path')):
         # the run's own number for these weights on this data (not for a step checkpoint's)

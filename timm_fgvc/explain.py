@@ -180,12 +180,7 @@ def explain_files(model, paths: Sequence[str], out: str, img_size: Optional[int]
         raise ValueError(f'{model.name} has no attention_maps (a plain timm model, e.g. the baseline): explain '
                          'draws where a timm-fgvc method attends; load one of its runs or models instead.')
     transform, data_cfg = eval_transform(model, img_size)
-    images = []
-    for path in paths:
-        try:
-            images.append(transform(open_image(path)))
-        except (OSError, ValueError) as e:
-            raise ValueError(f'Could not read image {path}: {e}') from e
+    images = [transform(open_image(path)) for path in paths]  # an unreadable file: a ValueError naming it
     device = next(model.model.parameters()).device
     batch = torch.stack(images).to(device)
     label_names = label_names or model.label_names

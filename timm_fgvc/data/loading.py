@@ -154,6 +154,10 @@ def _load_raw(source: str, config_name: Optional[str], synthetic_args: Optional[
 
 
 # --- images: checking and decoding --------------------------------------------------------------------------
+SKIP_ADVICE = ('Remove or replace unreadable files, or pass --skip-bad-images (train_fgvc.py, timm-fgvc eval) to '
+               'leave them out: every file is then checked when the dataset is loaded, and those that fail counted.')
+
+
 class BadImagesError(ValueError):
     """Images that cannot be read; `bad` lists 'file: reason'."""
 
@@ -246,8 +250,7 @@ def open_image(value: Any) -> Image.Image:
                 image = ImageOps.exif_transpose(image)
             return to_rgb(image)
     except Exception as e:
-        raise ValueError(f'Cannot read image {name} ({type(e).__name__}: {e}). Remove or replace it, or train with '
-                         '--skip-bad-images (files are checked when the dataset is loaded).') from e
+        raise ValueError(f'Cannot read image {name} ({type(e).__name__}: {e}).') from e
 
 
 def load_fgvc_dataset(
@@ -265,10 +268,11 @@ def load_fgvc_dataset(
         synthetic_args: Optional[dict] = None,
         check_images: bool = True,
         skip_bad_images: bool = False,
+        check_splits: Sequence[str] = ('train', 'eval'),
 ) -> FGVCData:
     """Train and eval splits with detected columns; an image folder without split folders is split here.
 
-    With `check_images`, every image of the selected train and eval rows is checked (the synthetic set is
+    With `check_images`, every image of the selected rows of `check_splits` is checked (the synthetic set is
     generated here and not checked): bad ones raise a `BadImagesError` listing them, or with `skip_bad_images` are
     left out and listed in `FGVCData.bad_images`.
     """
@@ -312,12 +316,12 @@ def load_fgvc_dataset(
     if check_images and source != 'synthetic':
         splits = {'train': train, 'eval': evaluation}
         bad = {name: find_bad_images(split, image_column, desc=f'checking {name} images')
-               for name, split in splits.items() if split is not None}
+               for name, split in splits.items() if split is not None and name in check_splits}
         found = [entry for entries in bad.values() for _, entry in entries]
         if found and not skip_bad_images:
             shown = '\n  '.join(found[:50]) + (f'\n  ... and {len(found) - 50} more' if len(found) > 50 else '')
-            raise BadImagesError(f'{len(found)} image(s) of {source!r} cannot be read:\n  {shown}\nRemove or '
-                                 'replace them, or pass --skip-bad-images to train without them.', found)
+            raise BadImagesError(f'{len(found)} image(s) of {source!r} cannot be read:\n  {shown}\n{SKIP_ADVICE}',
+                                 found)
         for name, entries in bad.items():
             if entries:
                 rows = {i for i, _ in entries}
@@ -362,7 +366,10 @@ def attach_transform(dataset: datasets.Dataset, transform: Callable, image_colum
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
 
     def apply(batch: Dict[str, list]) -> Dict[str, list]:
-        images = [open_image(value) for value in batch[image_column]]
+        try:
+            images = [open_image(value) for value in batch[image_column]]
+        except ValueError as e:  # only without the load-time check (check_images=False)
+            raise ValueError(f'{e} {SKIP_ADVICE}') from e
         if seeded:
             pixels = [transform(image, index) for image, index in zip(images, batch['__index__'])]
         else:
