@@ -1,5 +1,6 @@
 """`timm-fgvc explain`: attention rendered over the inputs, peaks marked where the model put them, readable sheets."""
 import numpy as np
+import pytest
 import timm
 import torch
 
@@ -104,9 +105,33 @@ def test_cli_writes_a_png_with_the_runs_class_names(tmp_path, make_run):
                  '--out', str(out), '--model-args', '{"backbone": "test_resnet"}']) == 2
 
 
-def test_explaining_a_plain_timm_model_says_it_has_no_attention(tmp_path, make_run):
+def test_a_plain_timm_cnn_shows_the_class_activation_map_of_its_top1_class(tmp_path, make_run):
+    """The baseline's sheet, to set beside a method's: with class c's weights picking one feature channel and its
+    bias making c the top-1, the map is that channel's map over the input; a model without a CAM is refused."""
+    torch.manual_seed(0)
+    model = timm.create_model('test_resnet', num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        channels = model.forward_features(x)
+        spread = channels.flatten(2).amax(-1) - channels.flatten(2).amin(-1)
+        first, second = spread.amin(0).topk(2).indices.tolist()  # channels whose maps vary in both images
+        for top1, channel in ((2, first), (1, second)):
+            model.fc.weight.zero_()
+            model.fc.weight[top1, channel] = 1.0
+            model.fc.bias.copy_(torch.eye(4)[top1] * 1e3)
+            explanation = explain_images(model, x)
+            assert explanation['logits'].argmax(-1).tolist() == [top1, top1]
+            expected = torch.nn.functional.interpolate(channels[:, channel:channel + 1], size=(64, 64), mode='bilinear',
+                                                       align_corners=False)
+            lo, hi = expected.amin((2, 3), keepdim=True), expected.amax((2, 3), keepdim=True)
+            torch.testing.assert_close(explanation['attention'], (expected - lo) / (hi - lo), atol=1e-5, rtol=1e-4)
+    assert column_titles(explanation)[1] == 'class activation map (top-1)'
+
     render_sample(0, num_classes=4, image_size=64)['image'].save(tmp_path / '0.png')
     run = make_run(timm.create_model('test_resnet', num_classes=4), config=dict(model='test_resnet'))
     code = main(['explain', '--checkpoint', str(run), '--image', str(tmp_path / '0.png'),
                  '--out', str(tmp_path / 'a.png')])
-    assert code == 2 and not (tmp_path / 'a.png').exists()
+    assert code == 0 and (tmp_path / 'a.png').stat().st_size > 1000
+    vit = timm.create_model('test_vit', num_classes=4).eval()
+    with pytest.raises(ValueError, match='class activation map'):
+        explain_images(vit, torch.randn(1, 3, *vit.pretrained_cfg['input_size'][1:]))

@@ -7,18 +7,19 @@ marked (red: discriminative set, blue: complementary) or every region boxed (top
 yellow, as LFD's Fig. 2; CAA: each scale's zoom box), the attention (the max over the K maps) as a heat overlay,
 and, for methods that resample or crop, the images the branches saw (S3N: the discriminative and complementary
 resampled images; LFD, SSANet: the top zoomed regions; CAA: each later scale's input), and last the top-5 class
-names with their probabilities.
+names with their probabilities. A plain timm CNN (the baseline) shows the class activation map of its top-1 class.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .data.loading import open_image
+from .layers.class_response import maps_in_image, predicted_class_map
 
 __all__ = ['denormalize', 'heat_overlay', 'explain_images', 'column_titles', 'prediction_lines',
            'render_explanation', 'explain_files']
@@ -47,11 +48,28 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np
 
 @torch.no_grad()
 def explain_images(model: torch.nn.Module, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Attention maps, details and predictions of `model` (in eval mode) for a batch of model inputs."""
+    """Attention maps, details and predictions of `model` (in eval mode) for a batch of model inputs; a plain
+    timm CNN (the baseline) gives the class activation map of its top-1 class, to set beside a method's."""
     model.eval()
+    if not hasattr(model, 'attention_maps'):
+        logits, cam = top1_class_activation_map(model, images)
+        return dict(attention=cam, class_activation_map=cam, logits=logits)
     maps, details = model.attention_maps(images, return_details=True)
     logits = model(images)
     return dict(attention=maps, logits=logits, **details)
+
+
+def top1_class_activation_map(model: torch.nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(logits, CAM of each image's top-1 class `[B, 1, H, W]` in [0, 1] over the input) of a plain timm CNN whose
+    head is a global pool and a linear classifier (Zhou et al., CVPR 2016; S3N Eq. 1)."""
+    features = model.forward_features(images)
+    classifier = model.get_classifier()
+    if features.ndim != 4 or not isinstance(classifier, torch.nn.Linear):
+        raise ValueError(f'{type(model).__name__} is not a CNN with a linear classifier on pooled features: its '
+                         'class activation map is not defined. explain draws timm-fgvc methods and plain timm CNNs.')
+    logits = model.forward_head(features)
+    cam = predicted_class_map(features.float(), classifier.weight.float(), logits).unsqueeze(1)
+    return logits, maps_in_image(cam, images.shape[-2:])
 
 
 def column_titles(explanation: Dict[str, torch.Tensor]) -> List[str]:
@@ -64,7 +82,8 @@ def column_titles(explanation: Dict[str, torch.Tensor]) -> List[str]:
         first = 'input + top regions (red = 1st)'
     else:
         first = 'input'
-    titles = [first, 'attention (max over maps)']
+    titles = [first, 'class activation map (top-1)' if 'class_activation_map' in explanation
+              else 'attention (max over maps)']
     titles += [f'{kind} resampled' for kind in ('discriminative', 'complementary') if f'image_{kind}' in explanation]
     if 'zoomed_regions' in explanation:
         count = min(explanation['zoomed_regions'].shape[1], _MAX_REGION_IMAGES)
@@ -176,9 +195,6 @@ def explain_files(model, paths: Sequence[str], out: str, img_size: Optional[int]
     if not isinstance(model, LoadedModel):
         model = LoadedModel(model=model, name=type(model).__name__,
                             label_names=(getattr(model, 'pretrained_cfg', None) or {}).get('label_names'))
-    if not hasattr(model.model, 'attention_maps'):
-        raise ValueError(f'{model.name} has no attention_maps (a plain timm model, e.g. the baseline): explain '
-                         'draws where a timm-fgvc method attends; load one of its runs or models instead.')
     transform, data_cfg = eval_transform(model, img_size)
     images = [transform(open_image(path)) for path in paths]  # an unreadable file: a ValueError naming it
     device = next(model.model.parameters()).device
