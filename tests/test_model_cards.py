@@ -243,3 +243,24 @@ def test_card_of_a_measured_hub_config(tmp_path, repo_root, cub_model):
     [row] = _table(card.text, '| Dataset |')
     assert row['Paper top-1 (reported)'] == 'not reported' and row['Measured top-1 (timm-fgvc)'] == '70.1'
     assert 'accelerate launch train_fgvc.py --config x.yaml' in card.text
+
+
+@pytest.mark.parametrize('with_hub_config', [True, False])
+def test_the_cards_training_command_parses_back_to_the_runs_recipe(repo_root, monkeypatch, with_hub_config):
+    """The command a card and `record` give reproduces the run: a field the run left unset (None) where the hub
+    config sets one is written `none` and must override the file, not fall back to it."""
+    import shlex
+
+    from timm_fgvc.cards import _NOT_RECIPE, train_command
+    from timm_fgvc.engine.config import TrainConfig, load_yaml_config, parse_args
+    monkeypatch.chdir(repo_root)
+    path = 'hub_configs/s3n_resnet18.cub200.yaml'
+    base = load_yaml_config(path)
+    run = TrainConfig(**dict(base, img_size=None, crop_pct=None, backbone_lr=None, lr=0.003, stage_epochs=[1.0, 2.0],
+                             model_args={'backbone': 'test_resnet'}, pretrained_backbone=False)).to_dict()
+    command = (train_command(run, base=base, base_path=path) if with_hub_config else train_command(run))
+    parts = shlex.split(command)
+    assert parts[:3] == ['accelerate', 'launch', 'train_fgvc.py'] and ('--config' in parts) == with_hub_config
+    parsed = parse_args(parts[3:]).to_dict()
+    assert {k: v for k, v in parsed.items() if k not in _NOT_RECIPE} == \
+        {k: v for k, v in run.items() if k not in _NOT_RECIPE}

@@ -340,23 +340,24 @@ def build_parser() -> argparse.ArgumentParser:
         description='Train a timm-fgvc method (or any timm model, the baseline) with Accelerate.',
         epilog='Every flag is a TrainConfig field (timm_fgvc.engine.config); a YAML file given with --config sets '
                'them too, and flags on the command line win.')
-    parser.add_argument('--config', help='YAML file with training fields (e.g. hub_configs/<model>.yaml).')
+    parser.add_argument('--config', default=None,
+                        help='YAML file with training fields (e.g. hub_configs/<model>.yaml).')
     for f in dataclasses.fields(TrainConfig):
         spec = _FIELDS[f.name]
         flag = '--' + f.name.replace('_', '-')
         base = spec.base
         help_text = _help(f)
         if base is bool:
-            parser.add_argument(flag, type=_str2bool, nargs='?', const=True, default=None, metavar='BOOL',
-                                help=help_text)
+            parser.add_argument(flag, type=_str2bool, nargs='?', const=True, default=argparse.SUPPRESS,
+                                metavar='BOOL', help=help_text)
         elif get_origin(base) in (dict, Dict):
-            parser.add_argument(flag, type=json.loads, default=None, metavar='JSON', help=help_text)
+            parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, metavar='JSON', help=help_text)
         elif get_origin(base) in (list, List):
             item = (get_args(base) or (str,))[0]
-            parser.add_argument(flag, nargs='*', type=item, default=None, metavar=_METAVARS.get(item, 'VALUE'),
-                                help=help_text)
+            parser.add_argument(flag, nargs='*', type=item, default=argparse.SUPPRESS,
+                                metavar=_METAVARS.get(item, 'VALUE'), help=help_text)
         else:
-            parser.add_argument(flag, type=_optional(base) if spec.optional else base, default=None,
+            parser.add_argument(flag, type=_optional(base) if spec.optional else base, default=argparse.SUPPRESS,
                                 metavar=_METAVARS.get(base, 'VALUE'), help=help_text)
     return parser
 
@@ -367,5 +368,5 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     config_path = args.pop('config')
     if config_path:
         values.update(load_yaml_config(config_path))
-    values.update({k: v for k, v in args.items() if v is not None})
+    values.update(args)  # only the flags given (an explicit `none` overrides the file's value)
     return TrainConfig(**values)
