@@ -216,10 +216,39 @@ def test_push_refuses_incomplete_or_pickled_folders(make_run, tmp_path):
     """Checked before any Hub call: these raise without a token or network."""
     with pytest.raises(FileNotFoundError, match='README.md'):
         push(tmp_path, 'someone/model')
-    folder = export_run(make_run(_random_model('resnet18')), tmp_path / 'export')
+    run = make_run(_random_model('resnet18'))
+    folder = export_run(run, tmp_path / 'export')
     (folder / 'pytorch_model.bin').write_bytes(b'pickle')
     with pytest.raises(ValueError, match='pickle'):
         push(folder, 'someone/model')
+    with pytest.raises(ValueError, match='run folder'):  # its checkpoints/ hold pickles (optimizer, RNG states)
+        export_run(run, run)
+
+
+def test_push_uploads_only_the_export_and_fails_in_one_line_without_a_token_or_the_hub(make_run, tmp_path):
+    """Through the CLI in a fresh process with an empty HF_HOME: no token is a clear error before any Hub call;
+    with a token but the Hub unreachable (offline), one line and exit 2, not a traceback. What is uploaded is
+    selected by huggingface_hub's own filter with push's patterns: the export's three files, nothing beside them."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from timm_fgvc.hub import EXPORT_FILES
+    folder = export_run(make_run(_random_model('resnet18')), tmp_path / 'export', repo_id='someone/model')
+    (folder / 'notes').mkdir()
+    (folder / 'notes' / 'optimizer.pkl').write_bytes(b'pickle')
+    (folder / 'results_copy.json').write_text('{"dataset_path": "/home/me"}')
+    every_file = [str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file()]
+    assert sorted(filter_repo_objects(every_file, allow_patterns=list(EXPORT_FILES))) == sorted(EXPORT_FILES)
+
+    def push_cli(**env):
+        environment = {k: v for k, v in offline_env(tmp_path / 'hf_home').items() if k != 'HF_TOKEN'}
+        return subprocess.run([sys.executable, '-m', 'timm_fgvc.cli', 'push', '--folder', str(folder), '--repo-id',
+                               'someone/model'], env=dict(environment, **env), capture_output=True, text=True,
+                              timeout=120)
+    no_token = push_cli()
+    assert no_token.returncode == 2 and 'token' in no_token.stderr and 'Traceback' not in no_token.stderr
+    offline = push_cli(HF_TOKEN='hf_not_a_real_token')
+    assert offline.returncode == 2 and 'Traceback' not in offline.stderr
+    assert 'someone/model failed' in offline.stderr and 'HF_HUB_OFFLINE' in offline.stderr
 
 
 def test_a_method_fine_tuned_from_an_export_takes_output_stride_and_reloads_and_exports_without_the_export(tmp_path):

@@ -188,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             loaded = _load(args)
             written = explain_files(loaded, args.image, args.out, img_size=args.img_size, panel_size=args.panel_size)
             print(f'Wrote {written}')
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # a missing file, bad input, the Hub unreachable: one line, exit 2
         print(f'timm-fgvc {args.action}: error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -14,6 +14,7 @@ its own column and never enters the metadata.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import warnings
@@ -22,7 +23,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import timm
 import torch.nn as nn
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.errors import HfHubHTTPError
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._hub import save_for_hf
 
@@ -33,7 +35,7 @@ from .engine.checkpoint import load_weights
 from .runs import read_run, run_data_config, run_device
 
 __all__ = ['RUNTIME_MODEL_ARGS', 'EXPORT_FILES', 'export_model', 'export_run', 'read_run', 'build_model_card',
-           'push']
+           'push', 'HubUploadError']
 
 # factory kwargs that act when the model is built, not what the weights are: never replayed by a Hub load
 # (`pretrained_backbone=True` would download the backbone's ImageNet weights under the fine-tuned ones)
@@ -292,6 +294,9 @@ def export_model(
     (default: the hub config's `hub_id`).
     """
     out_dir = Path(out_dir)
+    if _is_run_folder(out_dir):
+        raise ValueError(f'{out_dir} is a training run folder (results.json, checkpoints/): export to a new folder, '
+                         'so the run stays as it was and the export holds only what is uploaded.')
     hub_config = load_hub_config(hub_config) if hub_config is not None else None
     arch = _architecture(model)
     num_classes = model.num_classes
@@ -376,6 +381,10 @@ def export_run(
 
 
 # --- push ----------------------------------------------------------------------------------------
+class HubUploadError(OSError):
+    """`push` could not reach the Hub, or the Hub refused the upload."""
+
+
 def push(
         folder: Union[str, Path],
         repo_id: str,
@@ -391,9 +400,38 @@ def push(
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
     if pickles:
         raise ValueError(f'{folder} holds pickle weights {pickles}; only model.safetensors is uploaded. Remove them.')
+    if _is_run_folder(folder):
+        raise ValueError(f'{folder} is a training run folder (results.json, checkpoints/): export it with '
+                         '`timm-fgvc export --run RUN --out NEW_FOLDER` and push that folder.')
     if f'hf-hub:{repo_id}' not in (folder / 'README.md').read_text():
         warnings.warn(f'The model card in {folder} does not show loading from hf-hub:{repo_id}; re-export with '
                       f'--repo-id {repo_id} to fix its usage snippet.')
+    token = token or get_token()
+    if not token:
+        raise ValueError('push needs a Hugging Face token with write access: set HF_TOKEN, run `hf auth login`, '
+                         'or pass --token.')
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        # the export's three files only: nothing else in the folder (notes, a copied run) leaves the machine
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                 allow_patterns=list(EXPORT_FILES))
+    except _network_errors() as e:
+        raise HubUploadError(f'Upload of {folder} to {repo_id} failed ({type(e).__name__}: {e}). Check the network '
+                             '(HF_HUB_OFFLINE unset), that the token can write to this repo, and try again.') from e
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / 'results.json').is_file() or (folder / 'checkpoints').is_dir()
+
+
+def _network_errors() -> Tuple[type, ...]:
+    """What huggingface_hub raises when the Hub is unreachable or says no: its own HTTP errors, and those of the
+    HTTP library it is built on (httpx2, httpx or requests, by version)."""
+    errors = [HfHubHTTPError, ConnectionError, TimeoutError]
+    for module, name in (('httpx2', 'HTTPError'), ('httpx', 'HTTPError'), ('requests', 'RequestException')):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
