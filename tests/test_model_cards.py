@@ -189,6 +189,34 @@ def test_record_refuses_a_run_of_another_dataset(repo_copy, make_run):
     assert path.read_text() == before
 
 
+@pytest.mark.parametrize('case, backbone, overrides, message', [
+    ('another backbone', 'test_resnet', {}, "backbone is 'test_resnet'"),
+    ('cut short', None, dict(config={'max_steps': 2, 'max_eval_samples': 16}), 'max_steps=2, max_eval_samples=16'),
+    ('a local folder named like the Hub id', None, dict(dataset_path='/data/bentrevett/caltech-ucsd-birds-200-2011'),
+     '--same-dataset'),
+])
+def test_record_and_export_refuse_a_run_that_is_not_the_hub_model(repo_copy, make_run, cub_model, case, backbone,
+                                                                  overrides, message):
+    """A number in MODEL_CARDS.md and a card's claims belong to the hub model: its backbone, trained through."""
+    path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
+    before = path.read_text()
+    model = timm.create_model('s3n_resnet18', num_classes=200, backbone=backbone) if backbone else cub_model
+    run = make_run(model, dataset='bentrevett/caltech-ucsd-birds-200-2011', **overrides)
+    with pytest.raises(ValueError, match=message):
+        record_measurement(run, path)
+    assert path.read_text() == before
+    if case != 'a local folder named like the Hub id':  # a local copy exports; the card names the Hub dataset
+        with pytest.raises(ValueError, match=message):
+            export_run(run, repo_copy / 'export', hub_config=path)
+
+
+def test_record_takes_a_run_fine_tuned_from_the_hub_by_the_architecture_it_built(repo_copy, make_run, cub_model):
+    path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
+    run = make_run(cub_model, dataset='bentrevett/caltech-ucsd-birds-200-2011', config={'model': 'hf-hub:me/birds'},
+                   source_config={'architecture': 's3n_resnet18', 'pretrained_cfg': {}, 'model_args': {}})
+    assert record_measurement(run, path)['top1'] == 61.25
+
+
 # --- the exported model card ---------------------------------------------------------------------
 def _paper_sentinel_config(repo_root):
     """The real s3n_resnet18.cub200 hub config with a paper number (the paper has none for ResNet-18)."""

@@ -360,6 +360,29 @@ def update_measured(path: Union[str, Path], measured: Dict[str, Any]) -> None:
     path.write_text(text)
 
 
+def run_mismatch(results: Dict[str, Any], cfg: Dict[str, Any]) -> Optional[str]:
+    """Why a run's results.json is not the hub config `cfg`'s model trained on its dataset (None when it is): another
+    architecture (for a run fine-tuned from `hf-hub:` / `local-dir:`, the one it built) or backbone, another
+    number of classes, or a run cut short (max_steps, max_*_samples, shots)."""
+    arch = (results.get('source_config') or {}).get('architecture') or results['model'].split('.')[0]
+    expected = cfg['model'].split('.')[0]
+    if arch != expected:
+        return f'it trained {results["model"]!r} ({arch}), not {expected!r}'
+    backbone = {**(results.get('init_args') or {}), **(results.get('model_args') or {})}.get('backbone')
+    expected_backbone = split_model_name(expected)[1]
+    if split_model_name(expected)[0] and backbone and str(backbone).split('.')[0] != expected_backbone:
+        return f'its backbone is {backbone!r}, not {expected_backbone!r}'
+    info = DATASETS[cfg['dataset']]
+    if results['num_classes'] != info.num_classes:
+        return f'it has {results["num_classes"]} classes, {info.title} {info.num_classes}'
+    run_cfg = results.get('config') or {}
+    cut = [f'{k}={run_cfg[k]}' for k in ('max_steps', 'max_train_samples', 'max_eval_samples', 'shots')
+           if run_cfg.get(k) is not None]
+    if cut:
+        return f'it was cut short ({", ".join(cut)}); train the whole recipe'
+    return None
+
+
 def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], command: Optional[str] = None,
                        same_dataset: bool = False) -> Dict[str, Any]:
     """Write a run's measured top-1 (with date, device and command) into a hub config's `measured:` section.
@@ -375,17 +398,13 @@ def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], 
     if not _is_number(top1):
         raise ValueError(f'Run {run_dir} has no measured eval_top1 in results.json (final: '
                          f'{results.get("final")!r}); train with an eval split before recording.')
-    arch = results['model'].split(':')[-1].split('.')[0]
-    expected_arch = cfg['model'].split('.')[0]
-    if arch != expected_arch:
-        raise ValueError(f'Run {run_dir} trained {results["model"]!r}, not {expected_arch!r} ({path}).')
+    problem = run_mismatch(results, cfg)
+    if problem:
+        raise ValueError(f'Run {run_dir} is not a measurement of {cfg["model"]} ({path}): {problem}.')
     info = DATASETS[cfg['dataset']]
-    if results['num_classes'] != info.num_classes:
-        raise ValueError(f'Run {run_dir} has {results["num_classes"]} classes but {info.title} has '
-                         f'{info.num_classes}: it was not trained on {cfg["dataset"]!r}.')
     dataset = results.get('dataset')
-    known = {info.tag, info.hub_id, cfg['train'].get('dataset')} - {None}
-    if dataset not in known and not same_dataset:
+    known = {info.hub_id, cfg['train'].get('dataset')} - {None}
+    if (dataset not in known or results.get('dataset_path')) and not same_dataset:  # a folder named like the Hub id
         raise ValueError(f'Run {run_dir} was evaluated on {dataset!r}, not on {sorted(known)}. If that is a local '
                          f'copy of {info.title} with its official split, pass --same-dataset.')
     if command is None:
