@@ -267,6 +267,8 @@ def test_a_method_fine_tuned_from_an_export_takes_output_stride_and_reloads_and_
     train(TrainConfig(**tiny, model='s3n_tiny', output_dir=str(tmp_path / 'source')))
     folder = export_run(tmp_path / 'source', tmp_path / 'export', repo_id='timm-fgvc/s3n_tiny.synthetic')
     run = tmp_path / 'fine_tuned'
+    with pytest.warns(RuntimeWarning, match='without --pretrained'):  # as timm's pretrained=False: said aloud
+        train(TrainConfig(**tiny, model=f'local-dir:{folder}', output_dir=str(tmp_path / 'from_scratch')))
     train(TrainConfig(**tiny, model=f'local-dir:{folder}', pretrained=True, output_stride=16, output_dir=str(run)))
     shutil.rmtree(folder)
 

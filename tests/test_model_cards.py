@@ -292,3 +292,14 @@ def test_the_cards_training_command_parses_back_to_the_runs_recipe(repo_root, mo
     parsed = parse_args(parts[3:]).to_dict()
     assert {k: v for k, v in parsed.items() if k not in _NOT_RECIPE} == \
         {k: v for k, v in run.items() if k not in _NOT_RECIPE}
+
+
+def test_a_card_of_a_model_fine_tuned_from_the_hub_names_its_parent(tmp_path, make_run, cub_model):
+    """The Hub's lineage field (`base_model`): the Hub model a run fine-tuned, rebuilt without reaching it."""
+    source = {'architecture': 's3n_resnet18', 'pretrained_cfg': dict(cub_model.pretrained_cfg), 'model_args': {}}
+    run = make_run(cub_model, config={'model': 'hf-hub:someone/s3n_resnet18.birds@main', 'pretrained': True},
+                   source_config=source)
+    card = ModelCard.load(export_run(run, tmp_path / 'export') / 'README.md')
+    assert card.data.base_model == 'someone/s3n_resnet18.birds'
+    assert '[`someone/s3n_resnet18.birds`](https://huggingface.co/someone/s3n_resnet18.birds)' in card.text
+    assert 'resolve_model_data_config(model, use_test_size=True)' in card.text  # the size it was measured at

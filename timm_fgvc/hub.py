@@ -86,11 +86,15 @@ def _architecture(model: nn.Module) -> str:
 
 
 def _base_model(model: nn.Module, run_config: Dict[str, Any]) -> Optional[str]:
-    """The timm Hub id the weights were initialised from, when the run says (None when unknown)."""
+    """The Hub id the weights were initialised from (timm's ImageNet weights of the backbone or model, or the Hub
+    model a run fine-tuned), when the run says; None when unknown or a local folder."""
     try:
         if run_config.get('pretrained_backbone') and getattr(model, 'backbone_name', None):
             return resolve_pretrained_cfg(model.backbone_name).hf_hub_id
-        if run_config.get('pretrained') and not str(run_config.get('model', '')).startswith(('hf-hub:', 'local-dir:')):
+        source, model_id = timm.models.parse_model_name(str(run_config.get('model', '')))
+        if run_config.get('pretrained') and source == 'hf-hub':
+            return model_id.split('@')[0]  # fine-tuned from a Hub model: that is its parent
+        if run_config.get('pretrained') and source is None:
             return resolve_pretrained_cfg(run_config['model']).hf_hub_id
     except (RuntimeError, KeyError, ValueError):
         pass
@@ -181,7 +185,7 @@ def build_model_card(
     lines += ['', '## Model details', '']
     lines.append(f'- **Architecture:** `{arch}`' + (' (registered with timm by `import timm_fgvc`)' if method else ''))
     if base_model:
-        lines.append(f'- **Initialised from:** [`{base_model}`](https://huggingface.co/{base_model}) (ImageNet)')
+        lines.append(f'- **Initialised from:** [`{base_model}`](https://huggingface.co/{base_model})')
     lines.append(f'- **Classes:** {num_classes}' + (' (names in `model.pretrained_cfg["label_names"]`)'
                                                       if config.get('label_names') else ''))
     if num_params:
@@ -205,7 +209,7 @@ def build_model_card(
     lines += [
         'from PIL import Image', '',
         f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
-        'data_config = timm.data.resolve_model_data_config(model)',
+        'data_config = timm.data.resolve_model_data_config(model, use_test_size=True)  # the size it was measured at',
         'transform = timm.data.create_transform(**data_config, is_training=False)', '',
         "image = Image.open('image.jpg').convert('RGB')",
         'with torch.no_grad():',

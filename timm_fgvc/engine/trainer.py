@@ -130,6 +130,10 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         kwargs['pretrained_backbone'] = True
     if cfg.pretrained_path and fgvc and not method_weights:
         kwargs['pretrained_backbone'] = cfg.pretrained_path  # every backbone of the method (CAA: each scale's)
+    if timm.models.parse_model_name(cfg.model)[0] and not (cfg.pretrained or cfg.pretrained_path):
+        warn_loudly(f'--model {cfg.model} without --pretrained: its architecture and preprocessing are used, its '
+                    'weights are not (the model starts from random initialisation, as timm does with '
+                    'pretrained=False). Pass --pretrained to fine-tune them.')
     model = timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, **kwargs)
     if method_weights:  # a trained method of the same architecture: all but a classifier that does not fit
         load_fine_tune_weights(model, cfg.pretrained_path)
