@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'join the robustness table')
     p.add_argument('--out', required=True, help='the folder for report.json, confusion.png (and robustness.md)')
 
-    p = sub.add_parser('explain', help='render where a model attends (attention_maps; a plain timm CNN: the CAM of its top-1 class) '
-                                       'over some images to a PNG')
+    p = sub.add_parser('explain', help='render where a model attends (attention_maps; a plain timm CNN: the CAM '
+                                       'of its top-1 class) over some images to a PNG')
     _model_arguments(p)
     p.add_argument('--image', nargs='+', required=True, help='image files')
     p.add_argument('--img-size', type=int, help='input size (default: the run\'s / the model\'s eval size)')
