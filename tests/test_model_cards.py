@@ -210,6 +210,22 @@ def test_record_and_export_refuse_a_run_that_is_not_the_hub_model(repo_copy, mak
             export_run(run, repo_copy / 'export', hub_config=path)
 
 
+def test_every_hub_models_own_run_matches_it_and_one_with_another_backbone_does_not(repo_root):
+    """Names like s3n_resnet50_authors or caa_swin_tiny do not spell their timm backbone: the check reads it from
+    the model the hub config builds (on the meta device)."""
+    from timm_fgvc.cards import run_mismatch
+    for cfg in load_hub_configs(repo_root):
+        with torch.device('meta'):
+            model = timm.create_model(cfg['model'].split('.')[0], **(cfg['train'].get('model_args') or {}))
+        results = dict(model=cfg['train']['model'], num_classes=DATASETS[cfg['dataset']].num_classes,
+                       init_args=getattr(model, 'init_args', None), model_args=cfg['train'].get('model_args'),
+                       config=dict(cfg['train']))
+        assert run_mismatch(results, cfg) is None, cfg['model']
+        if results['init_args']:
+            other = dict(results, init_args=dict(results['init_args'], backbone='test_resnet'))
+            assert "backbone is 'test_resnet'" in run_mismatch(other, cfg)
+
+
 def test_record_takes_a_run_fine_tuned_from_the_hub_by_the_architecture_it_built(repo_copy, make_run, cub_model):
     path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
     run = make_run(cub_model, dataset='bentrevett/caltech-ucsd-birds-200-2011', config={'model': 'hf-hub:me/birds'},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import functools
 import json
 import math
 import re
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Union
 
+import timm
+import torch
 import yaml
 
 from .benchmarks import (RESULTS_DIR, few_shot_summaries, headline_row, load_results, load_transfer, paper_top1, render,
@@ -360,6 +363,19 @@ def update_measured(path: Union[str, Path], measured: Dict[str, Any]) -> None:
     path.write_text(text)
 
 
+def hub_model_backbone(cfg: Dict[str, Any]) -> Optional[str]:
+    """The backbone the hub config's model is built with (None for a plain timm model), read from a model built on
+    the meta device: no weights, no download."""
+    return _built_backbone(cfg['model'].split('.')[0], json.dumps(cfg['train'].get('model_args') or {}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _built_backbone(architecture: str, model_args: str) -> Optional[str]:
+    with torch.device('meta'):
+        model = timm.create_model(architecture, **json.loads(model_args))
+    return (getattr(model, 'init_args', None) or {}).get('backbone')
+
+
 def run_mismatch(results: Dict[str, Any], cfg: Dict[str, Any]) -> Optional[str]:
     """Why a run's results.json is not the hub config `cfg`'s model trained on its dataset (None when it is): another
     architecture (for a run fine-tuned from `hf-hub:` / `local-dir:`, the one it built) or backbone, another
@@ -369,8 +385,8 @@ def run_mismatch(results: Dict[str, Any], cfg: Dict[str, Any]) -> Optional[str]:
     if arch != expected:
         return f'it trained {results["model"]!r} ({arch}), not {expected!r}'
     backbone = {**(results.get('init_args') or {}), **(results.get('model_args') or {})}.get('backbone')
-    expected_backbone = split_model_name(expected)[1]
-    if split_model_name(expected)[0] and backbone and str(backbone).split('.')[0] != expected_backbone:
+    expected_backbone = hub_model_backbone(cfg)
+    if backbone and expected_backbone and backbone != expected_backbone:
         return f'its backbone is {backbone!r}, not {expected_backbone!r}'
     info = DATASETS[cfg['dataset']]
     if results['num_classes'] != info.num_classes:

@@ -28,8 +28,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._hub import save_for_hf
 
-from .cards import (CONFIG_DIR, NOT_MEASURED, format_number, format_recipe, load_hub_config, run_mismatch,
-                    train_command)
+from .cards import (CONFIG_DIR, NOT_MEASURED, format_number, format_recipe, hub_model_backbone, load_hub_config,
+                    run_mismatch, train_command)
 from .catalog import METHODS, split_model_name
 from .data.catalog import DATASETS, DatasetInfo
 from .engine.checkpoint import load_weights
@@ -313,9 +313,9 @@ def export_model(
         if num_classes != info.num_classes:
             raise ValueError(f'The model has {num_classes} classes but {hub_config["model"]!r} is for {info.title} '
                              f'({info.num_classes} classes).')
-        expected_backbone = split_model_name(expected_arch)[1]
+        expected_backbone = hub_model_backbone(hub_config)
         backbone = getattr(model, 'backbone_name', None)
-        if backbone and backbone.split('.')[0] != expected_backbone:
+        if backbone and expected_backbone and backbone != expected_backbone:
             raise ValueError(f'The model\'s backbone is {backbone!r} but {hub_config["model"]!r} has '
                              f'{expected_backbone!r}.')
         problem = run_mismatch(results, hub_config) if results else None
