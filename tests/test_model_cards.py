@@ -205,6 +205,9 @@ def test_record_and_export_refuse_a_run_that_is_not_the_hub_model(repo_copy, mak
     with pytest.raises(ValueError, match=message):
         record_measurement(run, path)
     assert path.read_text() == before
+    if backbone:  # exported without the hub config, its card names the backbone it has
+        card = (export_run(run, repo_copy / 'plain_export') / 'README.md').read_text()
+        assert f'with a `{backbone}` backbone' in card
     if case != 'a local folder named like the Hub id':  # a local copy exports; the card names the Hub dataset
         with pytest.raises(ValueError, match=message):
             export_run(run, repo_copy / 'export', hub_config=path)

@@ -141,6 +141,7 @@ def build_model_card(
     pretrained_cfg = config.get('pretrained_cfg') or {}
     arch = config['architecture']
     method, backbone, _ = split_model_name(arch)
+    backbone = (config.get('model_args') or {}).get('backbone') or backbone  # the one built, not the name's
     tag = pretrained_cfg.get('tag')
     name = hub_config['model'] if hub_config else (f'{arch}.{tag}' if tag else arch)
     repo_id = repo_id or (hub_config or {}).get('hub_id') or f'<your-hub-user>/{name}'
