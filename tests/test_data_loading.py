@@ -122,6 +122,37 @@ def test_save_to_disk_and_parquet_folders(tmp_path):
     assert len(data.train) == 6 and len(data.eval) == 3
 
 
+def test_integer_labels_of_a_separate_eval_split_keep_their_class_and_a_capped_eval_spans_the_classes(tmp_path):
+    """Raw integer labels 0-11 (not a ClassLabel) in train and test parquet files: each test image keeps its class
+    (string encoding would put class 10 after 1), the class names are in numeric order, and --max-eval-samples
+    draws over the classes rather than taking the first of a split sorted by class."""
+    parquet = tmp_path / 'parquet'
+    parquet.mkdir()
+    for split, per_class in (('train', 2), ('test', 3)):
+        rows = {'image': [], 'label': []}
+        for label in range(12):
+            for i in range(per_class):  # the pixel value encodes the class
+                rows['image'].append(Image.new('RGB', (8, 8), (label * 20, i, 0)))
+                rows['label'].append(label)
+        part = datasets.Dataset.from_dict(rows, features=datasets.Features(
+            {'image': datasets.Image(), 'label': datasets.Value('int64')}))
+        part.to_parquet(str(parquet / f'{split}-00000-of-00001.parquet'))
+    data = load_fgvc_dataset(str(parquet))
+    assert data.label_names == [str(c) for c in range(12)]
+    for split in (data.train, data.eval):
+        for row in split:
+            assert data.label_names[row['label']] == str(row['image'].getpixel((0, 0))[0] // 20)
+    capped = load_fgvc_dataset(str(parquet), max_eval_samples=12, seed=0)
+    assert len(capped.eval) == 12 and len(set(capped.eval['label'])) >= 6
+    stray = tmp_path / 'stray'
+    stray.mkdir()
+    (parquet / 'train-00000-of-00001.parquet').rename(stray / 'train-00000-of-00001.parquet')
+    part = datasets.Dataset.from_dict({'image': [Image.new('RGB', (8, 8))] * 2, 'label': [0, 99]})
+    part.to_parquet(str(stray / 'test-00000-of-00001.parquet'))
+    with pytest.raises(ValueError, match=r"label\(s\) \['99'\]"):
+        load_fgvc_dataset(str(stray))
+
+
 def test_a_single_class_folder_says_two_classes_are_needed(tmp_path):
     make_image_folder(tmp_path / 'one', splits=('',), classes=('only',), per_class=3)
     with pytest.raises(ValueError, match='at least 2 classes'):

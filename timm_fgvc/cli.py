@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--image-column')
     p.add_argument('--label-column')
     p.add_argument('--batch-size', type=int, help='default: the run\'s eval batch size')
-    p.add_argument('--max-samples', type=int, help='evaluate the first N images only')
+    p.add_argument('--max-samples', type=int, help='evaluate N images only (a seeded draw over the classes)')
     p.add_argument('--img-size', type=int, help='input size (default: the run\'s / the model\'s eval size)')
     p.add_argument('--skip-bad-images', action='store_true', default=None,
                    help="leave out (and count) images that cannot be read instead of stopping (default: the run's)")

@@ -253,6 +253,23 @@ def open_image(value: Any) -> Image.Image:
         raise ValueError(f'Cannot read image {name} ({type(e).__name__}: {e}).') from e
 
 
+def _label_names(split: datasets.Dataset, column: str) -> List[str]:
+    """Class names of a raw label column: integer labels in numeric order (label 10 after label 9), others sorted."""
+    values = split.unique(column)
+    numeric = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    return [str(v) for v in sorted(values)] if numeric else sorted(str(v) for v in values)
+
+
+def _encode_labels(split: datasets.Dataset, column: str, names: List[str], split_name: str) -> datasets.Dataset:
+    """The raw labels of `split` as indices into `names`, matched by name (a separate eval split takes the
+    training split's indices, whatever order its own labels come in)."""
+    unknown = sorted(set(map(str, split.unique(column))) - set(names))
+    if unknown:
+        raise ValueError(f'The {split_name!r} split has label(s) {unknown[:10]} that the training split does not: '
+                         'every class evaluated must be trained.')
+    return split.cast_column(column, datasets.Value('string')).cast_column(column, datasets.ClassLabel(names=names))
+
+
 def load_fgvc_dataset(
         source: str = 'synthetic',
         config_name: Optional[str] = None,
@@ -292,7 +309,7 @@ def load_fgvc_dataset(
     if len(train) == 0:
         raise ValueError(f'The {train_split!r} split of {source!r} is empty: add images or choose another split.')
     if not isinstance(train.features[label_column], datasets.ClassLabel):
-        train = train.class_encode_column(label_column)
+        train = _encode_labels(train, label_column, _label_names(train, label_column), train_split)
     label_feature = train.features[label_column]
     if len(label_feature.names) < 2:
         raise ValueError(f'Dataset {source!r} has {len(label_feature.names)} class(es) {label_feature.names} in its '
@@ -302,13 +319,14 @@ def load_fgvc_dataset(
         parts = train.train_test_split(test_size=eval_fraction, seed=seed, stratify_by_column=label_column)
         train, evaluation = parts['train'], parts['test']
     elif evaluation is not None and not isinstance(evaluation.features[label_column], datasets.ClassLabel):
-        evaluation = evaluation.cast_column(label_column, label_feature)
+        evaluation = _encode_labels(evaluation, label_column, label_feature.names, eval_split)  # train's indices
     if shots is not None:
         train = train.select(few_shot_indices(train[label_column], shots, seed))
     if max_train_samples is not None:
         train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
-    if evaluation is not None and max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(max_eval_samples, len(evaluation))))
+    if evaluation is not None and max_eval_samples is not None:  # a seeded draw: the first N of a split sorted by
+        # class would be a few classes only
+        evaluation = evaluation.shuffle(seed=seed).select(range(min(max_eval_samples, len(evaluation))))
     keep = [image_column, label_column]
     train = train.select_columns(keep)
     evaluation = evaluation.select_columns(keep) if evaluation is not None else None
