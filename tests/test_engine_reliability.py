@@ -73,6 +73,21 @@ def test_overwrite_replaces_the_old_run_entirely(tiny_run, tmp_path):
     assert (run / 'notes.txt').read_text() == 'mine'
 
 
+def test_a_wrong_model_or_schedule_fails_before_overwrite_clears_the_old_run(tiny_run, tmp_path):
+    """Checked up front (the model built on the meta device): the old run is still whole afterwards."""
+    run = copy_run(tiny_run, tmp_path)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob('*'))
+    for overrides, message in ((dict(model='s3n_tny'), "Unknown model 's3n_tny'"),
+                               (dict(model_args={'not_an_argument': 1}), 'cannot be built with'),
+                               (dict(stage_epochs=[1.0, 2.0]), '--stage-epochs gives 2 values'),
+                               (dict(start_stage=3), '--start-stage 3 out of range'),
+                               (dict(pretrained_path=str(tmp_path / 'missing.safetensors')), 'no such file')):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            train(tiny_config(run, lr=0.05, max_steps=2, overwrite=True, dataset=str(tmp_path / 'no_such_folder'),
+                              **overrides))
+    assert sorted(str(p.relative_to(run)) for p in run.rglob('*')) == before
+
+
 # --- atomic checkpoints and fallback ---------------------------------------------------------------------
 class _KilledDuringSave:
     """An Accelerator stand-in whose save_state writes part of a checkpoint, then dies (as kill -9 would)."""

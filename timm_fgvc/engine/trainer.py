@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -119,9 +119,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     fgvc = is_fgvc_model(cfg.model)
     if cfg.pretrained_backbone and cfg.pretrained_path:
         raise ValueError('Give --pretrained-backbone (timm Hub weights) or --pretrained-path (a local file), not both.')
-    if cfg.pretrained_path and not Path(cfg.pretrained_path).exists():
-        raise FileNotFoundError(f'--pretrained-path {cfg.pretrained_path}: no such file (a .safetensors or .pth '
-                                "state dict of a plain timm model, or a method's weights or exported folder).")
+    check_pretrained_path(cfg)
     method_weights = bool(cfg.pretrained_path) and fgvc and is_method_state(state_dict_keys(cfg.pretrained_path))
     if cfg.pretrained_backbone:
         if not fgvc:
@@ -261,6 +259,40 @@ def resolve_stage_epochs(stages: Sequence[TrainingStage], cfg: TrainConfig, mode
     return override or [float(s.epochs if s.epochs is not None else cfg.epochs) for s in stages]
 
 
+def stages_to_run(model: nn.Module, cfg: TrainConfig) -> Tuple[List[TrainingStage], List[float]]:
+    """The model's training stages from `--start-stage` on, with the epochs of each."""
+    stages = model.training_stages() if hasattr(model, 'training_stages') else [TrainingStage('main')]
+    if not 0 <= cfg.start_stage < len(stages):
+        raise ValueError(f'--start-stage {cfg.start_stage} out of range: {cfg.model} has {len(stages)} stage(s) '
+                         f'{[s.name for s in stages]}.')
+    return stages[cfg.start_stage:], resolve_stage_epochs(stages, cfg, cfg.model)[cfg.start_stage:]
+
+
+def check_pretrained_path(cfg: TrainConfig) -> None:
+    if cfg.pretrained_path and not Path(cfg.pretrained_path).exists():
+        raise FileNotFoundError(f'--pretrained-path {cfg.pretrained_path}: no such file (a .safetensors or .pth '
+                                "state dict of a plain timm model, or a method's weights or exported folder).")
+
+
+def check_model_up_front(cfg: TrainConfig) -> None:
+    """A wrong model name, model argument, weights file or stage schedule fails here, before `--overwrite` clears
+    the output folder or any image is read: the model is built on the meta device (no weights, no memory)."""
+    check_pretrained_path(cfg)
+    try:
+        with torch.device('meta'):
+            model = timm.create_model(cfg.model, num_classes=2, **model_kwargs(cfg))
+    except RuntimeError as e:
+        if 'Unknown model' in str(e):
+            raise ValueError(f'Unknown model {cfg.model!r}: use a registered name (`timm.list_models("s3n_*")`), '
+                             'hf-hub:<repo> or local-dir:<folder>.') from e
+        return  # a model that cannot be built on the meta device: the real build below reports its own errors
+    except TypeError as e:  # an argument the model does not take
+        raise ValueError(f'{cfg.model} cannot be built with --model-args {cfg.model_args}: {e}') from e
+    except Exception:  # noqa: BLE001 (as above)
+        return
+    stages_to_run(model, cfg)
+
+
 def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_epoch: int,
                    stage_epochs: Optional[Sequence[float]] = None):
     """Per-stage step ranges and one LR-factor function per param group (backbone, new)."""
@@ -398,6 +430,7 @@ def train(cfg: TrainConfig) -> dict:
     """Run a whole training job; returns the results that are also written to `results.json`."""
     output_dir = Path(cfg.output_dir)
     check_output_dir(cfg)  # before anything is written: one folder, one run
+    check_model_up_front(cfg)
     distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
     if cfg.mixed_precision == 'fp16' and (cfg.cpu or not _has_accelerator()):
         raise ValueError('--mixed-precision fp16 needs a GPU (Accelerate ignores it on the CPU, so the run would be '
@@ -448,12 +481,7 @@ def train(cfg: TrainConfig) -> dict:
             eval_set, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, collate_fn=collate,
             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
-    stages = model.training_stages() if hasattr(model, 'training_stages') else [TrainingStage('main')]
-    if not 0 <= cfg.start_stage < len(stages):
-        raise ValueError(f'--start-stage {cfg.start_stage} out of range: {cfg.model} has {len(stages)} stage(s) '
-                         f'{[s.name for s in stages]}.')
-    stage_epochs = resolve_stage_epochs(stages, cfg, cfg.model)[cfg.start_stage:]
-    stages = stages[cfg.start_stage:]
+    stages, stage_epochs = stages_to_run(model, cfg)
     groups = parameter_groups(model, cfg.lr, resolve_backbone_lr(cfg), cfg.weight_decay)
     if cfg.optimizer == 'sgd':
         optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
