@@ -262,3 +262,21 @@ def test_a_resume_at_a_stage_boundary_equals_the_uninterrupted_run(tmp_path):
     step_one = load_file(str(sorted((tmp_path / 'cut/checkpoints').glob('step_*'))[0] / 'model.safetensors'))
     head = next(k for k in step_one if k.startswith('model.heads.') and k.endswith('weight'))
     assert not torch.allclose(step_one[head], a[head[len('model.'):]], atol=1e-3)
+
+
+@pytest.mark.parametrize('text, message', [
+    ('train:\n  lr: 0.1\nepochs: 2\n', r"\['epochs'\] outside `train:`"),
+    ('- lr: 0.1\n', 'holds a list'),
+    ('train:\n', '`train:` should map'),
+    ('lr: [0.1\n', 'not valid YAML'),
+])
+def test_a_malformed_config_file_is_a_clear_error(tmp_path, text, message):
+    path = tmp_path / 'config.yaml'
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        parse_args(['--config', str(path)])
+
+
+def test_every_hub_config_parses_as_a_training_config(repo_root):
+    for path in sorted((repo_root / 'hub_configs').glob('*.yaml')):
+        assert parse_args(['--config', str(path)]).model == yaml.safe_load(path.read_text())['train']['model']

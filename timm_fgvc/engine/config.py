@@ -298,8 +298,20 @@ def config_differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[
 def load_yaml_config(path: Union[str, Path]) -> Dict[str, Any]:
     """The `train:` section of a hub config (or a whole flat YAML of TrainConfig fields)."""
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f'{path} is not valid YAML: {e}') from e
+    if not isinstance(data, dict):
+        raise ValueError(f'{path} holds a {type(data).__name__}; it should map training fields to values '
+                         '(`lr: 0.01`), at the top level or under `train:`.')
     section = data.get('train', data)
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: `train:` should map training fields to values (`lr: 0.01`), got {section!r}.")
+    if 'train' in data:  # a hub config: its other sections are known; a training field outside `train:` is a slip
+        stray = sorted(set(data) & {f.name for f in dataclasses.fields(TrainConfig)} - {'model', 'dataset'})
+        if stray:
+            raise ValueError(f'{path}: {stray} outside `train:` would be ignored; indent them under `train:`.')
     unknown = set(section) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f'Unknown training field(s) {sorted(unknown)} in {path}.')
