@@ -174,3 +174,12 @@ def test_a_photo_with_an_exif_orientation_is_read_upright_as_datasets_reads_it(t
     assert upright[:10].mean() > 200 and upright[12:].mean() < 50  # the stored left edge is now the top
     from_datasets = datasets.Image().decode_example({'path': str(path), 'bytes': None})
     assert np.abs(np.asarray(from_datasets.convert('RGB')).astype(float) - upright).max() < 1
+
+
+def test_a_class_too_small_to_hold_out_from_is_named_with_what_to_do(tmp_path):
+    root = make_image_folder(tmp_path / 'data', splits=('',), per_class=3)
+    (root / 'lonely').mkdir()
+    Image.new('RGB', (40, 32)).save(root / 'lonely' / '0.png')
+    with pytest.raises(ValueError, match=r"(?s)smallest class is 'lonely' with 1 image.*--eval-fraction 0"):
+        load_fgvc_dataset(str(root))
+    assert load_fgvc_dataset(str(root), eval_fraction=0).eval is None

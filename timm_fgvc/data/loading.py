@@ -9,6 +9,7 @@ the model's `pretrained_cfg` via timm (`resolve_data_config` / `create_transform
 """
 from __future__ import annotations
 
+import collections
 import io
 import os
 from dataclasses import dataclass, field
@@ -316,7 +317,16 @@ def load_fgvc_dataset(
                          f'{label_column!r} column; classification needs at least 2 classes (one folder per class).')
     evaluation = raw[eval_split] if eval_split else None
     if evaluation is None and eval_fraction > 0:
-        parts = train.train_test_split(test_size=eval_fraction, seed=seed, stratify_by_column=label_column)
+        try:
+            parts = train.train_test_split(test_size=eval_fraction, seed=seed, stratify_by_column=label_column)
+        except ValueError as e:  # a class too small to hold out from, or fewer held-out images than classes
+            counts = collections.Counter(train[label_column])
+            smallest = min(counts, key=counts.get)
+            raise ValueError(f'{source!r} has no eval split, and holding out --eval-fraction {eval_fraction:g} of '
+                             f'each class fails ({e}). Its smallest class is {label_feature.names[smallest]!r} with '
+                             f'{counts[smallest]} image(s) of {len(train)} in {len(counts)} classes: add a test split '
+                             '(<dir>/test/<class>/...), more images, a larger --eval-fraction, or --eval-fraction 0 '
+                             'to train without evaluation.') from e
         train, evaluation = parts['train'], parts['test']
     elif evaluation is not None and not isinstance(evaluation.features[label_column], datasets.ClassLabel):
         evaluation = _encode_labels(evaluation, label_column, label_feature.names, eval_split)  # train's indices
