@@ -280,3 +280,22 @@ def test_a_malformed_config_file_is_a_clear_error(tmp_path, text, message):
 def test_every_hub_config_parses_as_a_training_config(repo_root):
     for path in sorted((repo_root / 'hub_configs').glob('*.yaml')):
         assert parse_args(['--config', str(path)]).model == yaml.safe_load(path.read_text())['train']['model']
+
+
+def test_a_resume_on_changed_data_is_refused(tmp_path):
+    """Images added to a class between the kill and the resume: the steps per epoch and the held-out draw would
+    change under the run, so the resume says so instead of mixing two data sets."""
+    from timm_fgvc.data.synthetic import render_sample
+    root = tmp_path / 'birds'
+
+    def add_images(cls, start, count):
+        (root / f'class_{cls}').mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + count):
+            render_sample(cls + 2 * i, num_classes=2, image_size=48)['image'].save(root / f'class_{cls}' / f'{i}.png')
+    add_images(0, 0, 6), add_images(1, 0, 6)
+    config = dict(TINY, dataset=str(root), img_size=48, batch_size=4, eval_fraction=0.25, max_steps=2,
+                  checkpoint_every=1, check_images=True)
+    train(TrainConfig(**dict(config, output_dir=str(tmp_path / 'run'))))
+    add_images(0, 6, 4)
+    with pytest.raises(ValueError, match=r"other data.*train_images 9 there, 12 here"):
+        train(TrainConfig(**dict(config, output_dir=str(tmp_path / 'run'), max_steps=3, resume='latest')))

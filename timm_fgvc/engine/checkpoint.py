@@ -14,7 +14,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,7 @@ from .config import TrainConfig, config_differences
 
 __all__ = ['read_state_dict', 'load_weights', 'save_checkpoint', 'list_checkpoints', 'checkpoint_problems',
            'find_checkpoint', 'check_checkpoint_config', 'check_output_dir', 'clear_run_outputs',
-           'write_run_config', 'rng_restore_problem', 'CHECKPOINT_INFO', 'RUN_CONFIG']
+           'write_run_config', 'rng_restore_problem', 'data_signature', 'CHECKPOINT_INFO', 'RUN_CONFIG']
 
 CHECKPOINT_INFO = 'checkpoint.json'
 RUN_CONFIG = 'run_config.json'
@@ -92,11 +92,13 @@ def list_checkpoints(output_dir: Union[str, Path]) -> List[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, cfg: TrainConfig, keep: int) -> Path:
+def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, cfg: TrainConfig, keep: int,
+                    data: Optional[dict] = None) -> Path:
     """`accelerator.save_state` into a temporary folder, a manifest, then an atomic rename to `step_<step>`; the
     oldest checkpoints beyond `keep` are removed, and so are checkpoints of later steps (left by a trajectory the run
     went back from: a resume from an older or fallback checkpoint), so `latest` is always this trajectory's newest.
-    Every process calls this (each saves its own RNG state)."""
+    `data` (`data_signature`) is recorded so that a resume can tell the data changed. Every process calls this (each
+    saves its own RNG state)."""
     folder = Path(output_dir) / 'checkpoints'
     final = folder / f'step_{step:08d}'
     tmp = folder / f'{_TMP_PREFIX}{step:08d}'
@@ -112,7 +114,7 @@ def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, cfg: T
             _fsync(path)
             files[path.name] = {'bytes': path.stat().st_size, 'sha256': _sha256(path)}
         info = {'step': step, 'num_processes': accelerator.num_processes, 'fingerprint': cfg.fingerprint(),
-                'config': cfg.fingerprinted(), 'files': files}
+                'config': cfg.fingerprinted(), 'data': data, 'files': files}
         (tmp / CHECKPOINT_INFO).write_text(json.dumps(info, indent=1))
         _fsync(tmp / CHECKPOINT_INFO)
         if final.exists():  # a damaged or stale checkpoint of the same step (a resume went back past it)
@@ -199,10 +201,30 @@ def find_checkpoint(output_dir: Union[str, Path], resume: str) -> Tuple[Path, Li
     return path, []
 
 
-def check_checkpoint_config(path: Union[str, Path], cfg: TrainConfig, num_processes: Optional[int] = None) -> None:
+def data_signature(train_labels: Sequence[int], eval_labels: Optional[Sequence[int]],
+                   label_names: Sequence[str]) -> dict:
+    """What a resume compares to tell the data changed: the class names, the size of each split and a hash of
+    its labels in order (an image added, removed or moved between classes changes it)."""
+    def digest(labels) -> str:
+        return hashlib.sha256(','.join(map(str, labels)).encode()).hexdigest()[:16]
+    return {'classes': list(label_names), 'train_images': len(train_labels), 'train_labels': digest(train_labels),
+            'eval_images': len(eval_labels or []), 'eval_labels': digest(eval_labels or [])}
+
+
+def check_checkpoint_config(path: Union[str, Path], cfg: TrainConfig, num_processes: Optional[int] = None,
+                            data: Optional[dict] = None) -> None:
     """Refuse a checkpoint made by another configuration, naming what differs; also one saved by another number
-    of processes (steps per epoch, the stage bounds and the data shards all depend on it)."""
+    of processes (steps per epoch, the stage bounds and the data shards all depend on it), or on other data
+    (`data_signature`: images added or removed since, another held-out draw)."""
     info = _read_info(Path(path)) or {}
+    saved_data = info.get('data')
+    if data is not None and saved_data is not None and saved_data != data:
+        changed = [k for k in data if saved_data.get(k) != data[k]]
+        sizes = ', '.join(f'{k} {saved_data.get(k)} there, {data[k]} here' for k in ('train_images', 'eval_images')
+                          if saved_data.get(k) != data[k])
+        raise ValueError(f'Checkpoint {path} was trained on other data: {changed} differ'
+                         + (f' ({sizes})' if sizes else '') + '. Resuming would mix two data sets (and held-out '
+                         'images could have been trained on). Restore the data as it was, or start a new run.')
     saved = info.get('num_processes')
     if num_processes is not None and saved is not None and int(saved) != num_processes:
         raise ValueError(f'Checkpoint {path} was saved by {saved} process(es) but this run has {num_processes}: its '

@@ -37,8 +37,9 @@ from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc
 from ..models._base import TrainingStage, slot_mean
 from ..models._weights import (is_method_state, load_backbone_weights, load_fine_tune_weights,
                                state_dict_keys)
-from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_outputs, find_checkpoint,
-                         load_weights, rng_restore_problem, save_checkpoint, warn_loudly, write_run_config)
+from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_outputs, data_signature,
+                         find_checkpoint, load_weights, rng_restore_problem, save_checkpoint, warn_loudly,
+                         write_run_config)
 from .config import TrainConfig
 from .curves import plot_curves
 
@@ -505,9 +506,11 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.register_for_checkpointing(state)
 
     resume_warnings: List[str] = []
+    signature = data_signature(data.train[data.label_column],
+                               data.eval[data.label_column] if data.eval is not None else None, data.label_names)
     if cfg.resume:
         resume_path, resume_warnings = find_checkpoint(output_dir, cfg.resume)
-        check_checkpoint_config(resume_path, cfg, accelerator.num_processes)
+        check_checkpoint_config(resume_path, cfg, accelerator.num_processes, data=signature)
         accelerator.load_state(str(resume_path))
         rng_problem = rng_restore_problem(resume_path, accelerator.process_index)
         if rng_problem:
@@ -578,7 +581,8 @@ def train(cfg: TrainConfig) -> dict:
             progress.set_postfix(loss=f"{running['loss'] / count:.2f}", stage=stages[index].name)
             epoch_end = state.step >= total_steps or state.step % steps_per_epoch == 0
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not epoch_end:
-                save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)  # epoch ends save below
+                # (an epoch's end saves below, with its record)
+                save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints, signature)
             if epoch_end:
                 break
         progress.close()
@@ -597,7 +601,7 @@ def train(cfg: TrainConfig) -> dict:
         state.history.append(record)
         accelerator.log(record, step=state.step)
         accelerator.print(format_record(record, total_epochs))
-        save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints)  # with the epoch's record
+        save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints, signature)  # with its record
 
     final = dict(state.history[-1]) if state.history else {}
     # every process computed the gathered metrics itself: collect them to show they agree
