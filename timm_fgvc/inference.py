@@ -95,7 +95,7 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
         warnings.warn(f'No results.json beside {weights} (nor in its run folder): {name} is built with its default '
                       'arguments and preprocessing and without class names. Give the run folder, or --model-args '
                       'and --num-classes as the run had them.', stacklevel=2)
-    # with weights to load, nothing is downloaded; a run fine-tuned from the Hub is rebuilt without it
+    # with weights to load, no Hub weights are fetched; a run fine-tuned from the Hub is rebuilt without it
     build_name, kwargs = run_create_args(run) if run is not None else (name, {})
     if not (run or {}).get('source_config'):
         build_name = name  # as given: a tag picks its pretrained_cfg
