@@ -183,3 +183,12 @@ def test_a_class_too_small_to_hold_out_from_is_named_with_what_to_do(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)smallest class is 'lonely' with 1 image.*--eval-fraction 0"):
         load_fgvc_dataset(str(root))
     assert load_fgvc_dataset(str(root), eval_fraction=0).eval is None
+
+
+def test_shots_are_drawn_from_the_readable_images(tmp_path):
+    """With --skip-bad-images a k-shot draw keeps k images in a class that also holds unreadable files."""
+    root = make_image_folder(tmp_path / 'data', per_class=3)
+    add_bad_images(root / 'train' / 'a')
+    for seed in range(4):
+        data = load_fgvc_dataset(str(root), shots=3, seed=seed, skip_bad_images=True)
+        assert sorted(data.train['label']) == [0, 0, 0, 1, 1, 1, 2, 2, 2] and len(data.bad_images) == 2

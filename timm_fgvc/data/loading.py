@@ -330,10 +330,17 @@ def load_fgvc_dataset(
         train, evaluation = parts['train'], parts['test']
     elif evaluation is not None and not isinstance(evaluation.features[label_column], datasets.ClassLabel):
         evaluation = _encode_labels(evaluation, label_column, label_feature.names, eval_split)  # train's indices
-    if shots is not None:
-        train = train.select(few_shot_indices(train[label_column], shots, seed))
-    if max_train_samples is not None:
-        train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
+    def draw_train(split: datasets.Dataset) -> datasets.Dataset:
+        if shots is not None:
+            split = split.select(few_shot_indices(split[label_column], shots, seed))
+        if max_train_samples is not None:
+            split = split.shuffle(seed=seed).select(range(min(max_train_samples, len(split))))
+        return split
+
+    # k shots are drawn from the readable images (every training image is checked first), so a class keeps k
+    shots_after_check = shots is not None and check_images and source != 'synthetic' and 'train' in check_splits
+    if not shots_after_check:
+        train = draw_train(train)
     if evaluation is not None and max_eval_samples is not None:  # a seeded draw: the first N of a split sorted by
         # class would be a few classes only
         evaluation = evaluation.shuffle(seed=seed).select(range(min(max_eval_samples, len(evaluation))))
@@ -357,6 +364,8 @@ def load_fgvc_dataset(
                 splits[name] = split.select([i for i in range(len(split)) if i not in rows])
         train, evaluation = splits['train'], splits['eval']
         skipped = found
+    if shots_after_check:
+        train = draw_train(train)
     return FGVCData(train=train, eval=evaluation, label_names=list(label_feature.names),
                     image_column=image_column, label_column=label_column, source=source, bad_images=skipped)
 
