@@ -135,8 +135,12 @@ def test_resume_falls_back_with_a_warning_and_continues_the_history(tiny_run, tm
     optimizer.write_bytes(b'')
     with pytest.warns(RuntimeWarning, match=r'step_00000003.*optimizer\.bin.*previous complete checkpoint'):
         results = train(tiny_config(run, max_steps=4, checkpoint_every=1, keep_checkpoints=5, resume='latest'))
-    # resumed at step 2, before the epoch record of step 3: the history is that of the uninterrupted run
+    # resumed at step 2, before the epoch record of step 3: the history is that of the uninterrupted run, its
+    # losses the mean over the whole epoch (steps 1-2 from the checkpoint, step 3 after the resume)
     assert [h['step'] for h in results['history']] == [3, 4]
+    uninterrupted = tiny_run[1]['history'][0]
+    for key in (k for k in uninterrupted if k.startswith('train_')):
+        assert results['history'][0][key] == pytest.approx(uninterrupted[key], rel=1e-5), key
     assert any('optimizer.bin' in w for w in results['resume_warnings'])
     assert find_checkpoint(run, 'latest') == (run / 'checkpoints' / 'step_00000004', [])  # step 3 saved again
 

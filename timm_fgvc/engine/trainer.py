@@ -94,13 +94,19 @@ class TrainState:
     """Counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
     step: int = 0
     history: List[dict] = field(default_factory=list)
+    # the current epoch's summed losses and batch count: a resume mid-epoch averages the whole epoch
+    epoch_losses: Dict[str, float] = field(default_factory=dict)
+    epoch_batches: int = 0
 
     def state_dict(self) -> dict:
-        return {'step': self.step, 'history': json.dumps(self.history)}
+        return {'step': self.step, 'history': json.dumps(self.history),
+                'epoch_losses': json.dumps(self.epoch_losses), 'epoch_batches': self.epoch_batches}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state['step'])
         self.history = json.loads(state['history'])
+        self.epoch_losses = json.loads(state.get('epoch_losses', '{}'))  # older checkpoints: from the resume on
+        self.epoch_batches = int(state.get('epoch_batches', 0))
 
 
 def model_kwargs(cfg: TrainConfig) -> Dict:
@@ -528,8 +534,6 @@ def train(cfg: TrainConfig) -> dict:
     current_stage = -1
     start_time = time.time()
     total_epochs = math.ceil(total_steps / steps_per_epoch)
-    running: Dict[str, float] = {}
-    count = 0
     step_module.train()
     while state.step < total_steps:
         epoch = state.step // steps_per_epoch
@@ -572,13 +576,14 @@ def train(cfg: TrainConfig) -> dict:
                 scheduler.step() if accelerator.sync_gradients else None
                 optimizer.zero_grad(set_to_none=True)
             for name, value in out['losses'].items():
-                running[name] = running.get(name, 0.) + value.detach().float().item()
-            count += 1
+                state.epoch_losses[name] = state.epoch_losses.get(name, 0.) + value.detach().float().item()
+            state.epoch_batches += 1
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{running['loss'] / count:.2f}", stage=stages[index].name)
+            progress.set_postfix(loss=f"{state.epoch_losses['loss'] / state.epoch_batches:.2f}",
+                                 stage=stages[index].name)
             epoch_end = state.step >= total_steps or state.step % steps_per_epoch == 0
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not epoch_end:
                 # (an epoch's end saves below, with its record)
@@ -593,8 +598,8 @@ def train(cfg: TrainConfig) -> dict:
                   'stage': stages[stage_of(state.step - 1)].name,
                   'lr': next(g['lr'] for g in optimizer.param_groups if g.get('name') == 'new'),
                   'lr_backbone': next(g['lr'] for g in optimizer.param_groups if g.get('name') == 'backbone')}
-        record.update({f'train_{k}': v / max(count, 1) for k, v in running.items()})
-        running, count = {}, 0
+        record.update({f'train_{k}': v / max(state.epoch_batches, 1) for k, v in state.epoch_losses.items()})
+        state.epoch_losses, state.epoch_batches = {}, 0
         is_last = state.step >= total_steps
         if eval_loader is not None and (is_last or record['epoch'] % max(cfg.eval_every, 1) == 0):
             record.update(evaluate(accelerator, step_module, eval_loader, cfg))
