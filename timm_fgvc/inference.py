@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-import timm
 import torch
 import torch.nn as nn
 from timm.data import create_transform, resolve_data_config
@@ -23,6 +22,7 @@ from timm.data import create_transform, resolve_data_config
 from . import models  # noqa: F401  (registers the methods with timm)
 from .engine.checkpoint import load_weights
 from .hub import run_create_args
+from .models._builder import create_model_or_explain
 from .runs import read_run, run_train_config
 
 __all__ = ['LoadedModel', 'load_model', 'eval_transform', 'resolve_device']
@@ -104,15 +104,8 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
         num_classes = int(run['num_classes'])
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    try:
-        model = timm.create_model(build_name, pretrained=weights is None and name.startswith(_HUB_PREFIXES), **kwargs)
-    except RuntimeError as e:
-        if 'Unknown model' in str(e):
-            raise ValueError(f'Unknown model {name!r}: use a registered name (`timm.list_models("s3n_*")`), '
-                             'hf-hub:<repo> or local-dir:<folder>.') from e
-        raise
-    except TypeError as e:  # an argument the model does not take (--model-args, or another model's run)
-        raise ValueError(f'{name} cannot be built with {sorted(kwargs)}: {e}') from e
+    model = create_model_or_explain(build_name, shown_as=name,
+                                    pretrained=weights is None and name.startswith(_HUB_PREFIXES), **kwargs)
     if weights is not None:
         load_weights(model, weights)
     label_names = (run or {}).get('label_names') or (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')

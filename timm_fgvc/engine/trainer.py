@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc_dataset
 from ..models._base import TrainingStage, slot_mean
+from ..models._builder import ModelBuildError, create_model_or_explain
 from ..models._weights import (is_method_state, load_backbone_weights, load_fine_tune_weights,
                                state_dict_keys)
 from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_outputs, data_signature,
@@ -287,15 +288,10 @@ def check_model_up_front(cfg: TrainConfig) -> None:
     check_pretrained_path(cfg)
     try:
         with torch.device('meta'):
-            model = timm.create_model(cfg.model, num_classes=2, **model_kwargs(cfg))
-    except RuntimeError as e:
-        if 'Unknown model' in str(e):
-            raise ValueError(f'Unknown model {cfg.model!r}: use a registered name (`timm.list_models("s3n_*")`), '
-                             'hf-hub:<repo> or local-dir:<folder>.') from e
-        return  # a model that cannot be built on the meta device: the real build below reports its own errors
-    except TypeError as e:  # an argument the model does not take
-        raise ValueError(f'{cfg.model} cannot be built with --model-args {cfg.model_args}: {e}') from e
-    except Exception:  # noqa: BLE001 (as above)
+            model = create_model_or_explain(cfg.model, num_classes=2, **model_kwargs(cfg))
+    except ModelBuildError:
+        raise
+    except Exception:  # noqa: BLE001 (a model that cannot be built on the meta device: the real build reports it)
         return
     stages_to_run(model, cfg)
 

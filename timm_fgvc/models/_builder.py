@@ -7,13 +7,15 @@ import inspect
 import json
 from typing import Any, Dict, Optional, Sequence
 
+import timm
+import torch.nn as nn
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 
 from ..data.catalog import DATASETS
 
 __all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'fgvc_cfg', 'tagged_cfgs', 'build_fgvc_model', 'init_args',
-           'UnpublishedWeightsError']
+           'UnpublishedWeightsError', 'ModelBuildError', 'create_model_or_explain']
 
 HUB_ORG = 'timm-fgvc'
 
@@ -113,3 +115,22 @@ def init_args(model_cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         if value is not param.empty:
             resolved[name] = value
     return resolved
+
+
+class ModelBuildError(ValueError):
+    """timm cannot build the model as asked: an unknown name, or an argument the model does not take."""
+
+
+def create_model_or_explain(name: str, shown_as: Optional[str] = None, **kwargs) -> nn.Module:
+    """`timm.create_model(name, **kwargs)`; an unknown name or an argument the model does not take (`--model-args`,
+    another model's run) is a `ModelBuildError` that says what to give. `shown_as`: the name the user gave."""
+    shown_as = shown_as or name
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as e:
+        if 'Unknown model' in str(e):
+            raise ModelBuildError(f'Unknown model {shown_as!r}: use a registered name '
+                                  '(`timm.list_models("s3n_*")`), hf-hub:<repo> or local-dir:<folder>.') from e
+        raise
+    except TypeError as e:
+        raise ModelBuildError(f'{shown_as} cannot be built with {sorted(kwargs)}: {e}') from e
