@@ -61,11 +61,13 @@ def test_bad_images_are_listed_at_load_time_and_can_be_skipped(tmp_path):
 def test_skipped_bad_images_are_counted_in_results(tmp_path):
     root = make_image_folder(tmp_path / 'data', per_class=4, size=(64, 64))
     add_bad_images(root / 'train' / 'a')
+    (root / 'train' / 'a' / 'labels.txt').write_text('not an image')
     cfg = TrainConfig(model='test_resnet', dataset=str(root), img_size=64, crop_pct=1.0, batch_size=4, max_steps=1,
                       epochs=1, output_dir=str(tmp_path / 'run'), skip_bad_images=True)
     results = train(cfg)
     saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
     assert results['bad_images_skipped'] == saved['bad_images_skipped'] == 2
+    assert saved['files_ignored'] == 1  # labels.txt
     assert sorted(Path(entry.split(':')[0]).name for entry in saved['bad_images']) == ['empty.jpg', 'truncated.jpg']
     with pytest.raises(BadImagesError, match='truncated.jpg'):
         train(TrainConfig(**dict(cfg.to_dict(), skip_bad_images=False, output_dir=str(tmp_path / 'run2'))))
@@ -151,6 +153,60 @@ def test_integer_labels_of_a_separate_eval_split_keep_their_class_and_a_capped_e
     part.to_parquet(str(stray / 'test-00000-of-00001.parquet'))
     with pytest.raises(ValueError, match=r"label\(s\) \['99'\]"):
         load_fgvc_dataset(str(stray))
+
+
+def test_class_folders_named_like_splits_or_nested_stay_one_class_each(tmp_path):
+    """CIFAR-100 has a class named `train`: in a folder of class folders it is a class, not a split whose images
+    `datasets`' imagefolder would train on, and `test_tube` is not an eval split. A class folder's subfolders are
+    its images (torchvision's ImageFolder), not classes of their own. Hidden files are not data; other files are
+    left out and counted."""
+    flat = make_image_folder(tmp_path / 'flat', splits=('',), classes=('apple', 'test_tube', 'train'), per_class=5)
+    data = load_fgvc_dataset(str(flat), eval_fraction=0.4)
+    assert data.label_names == ['apple', 'test_tube', 'train']
+    assert len(data.train) == 9 and len(data.eval) == 6 and data.ignored_files == []
+    for split in (data.train, data.eval):  # each image keeps its folder's class (its red value is the class index)
+        assert {(row['image'].getpixel((0, 0))[0] // 40, row['label']) for row in split} == {(0, 0), (1, 1), (2, 2)}
+
+    nested = make_image_folder(tmp_path / 'nested', classes=('a', 'b'), per_class=2)
+    for split in ('train', 'test'):
+        make_image_folder(nested / split / 'a', splits=('',), classes=('male', 'female'), per_class=2)
+        (nested / split / 'b' / '._0.png').write_bytes(b'macOS resource fork')  # hidden: not an image, not counted
+        (nested / split / '.cache').mkdir()
+    (nested / 'train' / 'b' / 'notes.txt').write_text('not an image')
+    data = load_fgvc_dataset(str(nested))
+    assert data.label_names == ['a', 'b']
+    assert sorted(data.train['label']) == [0] * 6 + [1] * 2 and len(data.eval) == 8
+    assert [Path(f).name for f in data.ignored_files] == ['notes.txt']
+
+
+def test_image_folders_that_cannot_be_read_one_way_say_why(tmp_path):
+    mixed = make_image_folder(tmp_path / 'mixed', classes=('a', 'b'), per_class=2)
+    make_image_folder(mixed / 'extra', splits=('',), classes=('a',), per_class=1)
+    with pytest.raises(ValueError, match=r"mixes split folders with other folders: \['extra', 'test', 'train'\]"):
+        load_fgvc_dataset(str(mixed))
+    unseen = make_image_folder(tmp_path / 'unseen', classes=('a', 'b'), per_class=2)
+    make_image_folder(unseen / 'test', splits=('',), classes=('c',), per_class=1)
+    with pytest.raises(ValueError, match=r"\['c'\] of the 'test' split have no training images"):
+        load_fgvc_dataset(str(unseen))
+    loose = tmp_path / 'loose'
+    loose.mkdir()
+    Image.new('RGB', (8, 8)).save(loose / 'bird.png')
+    with pytest.raises(ValueError, match='1 image\\(s\\) lie directly in .*outside a class folder'):
+        load_fgvc_dataset(str(loose))
+
+
+def test_an_image_folder_with_a_metadata_file_takes_its_labels_from_it(tmp_path):
+    """`datasets`' imagefolder reads labels from metadata.csv; integer labels are classes in numeric order."""
+    root = tmp_path / 'meta'
+    root.mkdir()
+    lines = ['file_name,label']
+    for label in range(12):
+        Image.new('RGB', (8, 8), (label * 20, 0, 0)).save(root / f'{label}.png')
+        lines.append(f'{label}.png,{label}')
+    (root / 'metadata.csv').write_text('\n'.join(lines) + '\n')
+    data = load_fgvc_dataset(str(root), eval_fraction=0, check_images=False)
+    assert data.label_names == [str(c) for c in range(12)]
+    assert all(data.label_names[row['label']] == str(row['image'].getpixel((0, 0))[0] // 20) for row in data.train)
 
 
 def test_a_single_class_folder_says_two_classes_are_needed(tmp_path):

@@ -1,5 +1,6 @@
-"""Load a classification dataset through `datasets`: a Hub id, a local image folder (class folders may be
-symlinks), a folder written by `save_to_disk`, a folder of parquet files, or the synthetic set.
+"""Load a classification dataset through `datasets`: a Hub id, a local image folder (read as torchvision's
+ImageFolder, with split folders; or by `datasets`' imagefolder when it has a metadata file), a folder written by
+`save_to_disk`, a folder of parquet files, or the synthetic set.
 
 Columns are detected from the features (an `Image` column and a `ClassLabel` column) or given by name;
 a wrong schema raises an error that lists the columns found. Every image is checked when the dataset is loaded
@@ -29,7 +30,9 @@ __all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices'
 _IMAGE_NAMES = ('image', 'img', 'images', 'picture', 'pixel_values')
 _LABEL_NAMES = ('label', 'labels', 'class', 'fine_label', 'category', 'target')
 _EVAL_SPLITS = ('test', 'validation', 'valid', 'val')
-_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm', '.jfif')
+_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.bmp', '.dib', '.gif', '.webp', '.tif', '.tiff',
+                   '.ppm', '.pgm', '.pbm', '.pnm', '.tga', '.jp2', '.ico')
+_METADATA_FILES = ('metadata.csv', 'metadata.jsonl', 'metadata.parquet')  # imagefolder's labels/columns by file
 # split folder names as `datasets`' imagefolder reads them
 _SPLIT_FOLDERS = {'train': ('train', 'training'), 'validation': ('validation', 'valid', 'val', 'dev'),
                   'test': ('test', 'testing', 'eval', 'evaluation')}
@@ -44,6 +47,7 @@ class FGVCData:
     label_column: str
     source: str
     bad_images: List[str] = field(default_factory=list)  # 'file: reason' of the images left out (--skip-bad-images)
+    ignored_files: List[str] = field(default_factory=list)  # files of an image folder that are not images
 
     @property
     def num_classes(self) -> int:
@@ -87,71 +91,114 @@ def few_shot_indices(labels: Sequence[int], shots: int, seed: int) -> List[int]:
     return sorted(chosen)
 
 
-def _has_symlinked_folders(root: Path) -> bool:
-    """True when a split or class folder (first two levels) is a symlink, which imagefolder does not follow."""
-    for child in root.iterdir():
-        if child.is_dir() and (child.is_symlink() or any(g.is_symlink() and g.is_dir() for g in child.iterdir())):
-            return True
-    return False
+def _is_hidden(name: str) -> bool:
+    """Hidden (`.git`, macOS `._x.jpg`) and special (`__MACOSX`) names, which `datasets` does not read as data."""
+    return name.startswith('.') or name.startswith('__')
 
 
-def _walk_image_folder(root: Path) -> datasets.DatasetDict:
-    """An imagefolder layout read with symlinks followed: <root>/[<split>/]<class>/**/<image>."""
-    top = sorted(p for p in root.iterdir() if p.is_dir())
-    splits = {name: p for p in top for name, aliases in _SPLIT_FOLDERS.items() if p.name.lower() in aliases}
-    if not splits:
-        splits = {'train': root}
-    class_dirs = {split: sorted(p for p in folder.iterdir() if p.is_dir()) for split, folder in splits.items()}
-    names = sorted({p.name for dirs in class_dirs.values() for p in dirs})
+def _visible_dirs(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+
+
+def _split_of(folder: Path) -> Optional[str]:
+    """The split a folder named like one holds when it holds class folders and no images of its own; a class
+    folder named `train` (CIFAR-100 has one) holds images."""
+    split = next((s for s, aliases in _SPLIT_FOLDERS.items() if folder.name.lower() in aliases), None)
+    if split is None or not _visible_dirs(folder):
+        return None
+    loose = any(p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES for p in folder.iterdir())
+    return None if loose else split
+
+
+def _read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
+    """An image folder read as torchvision's ImageFolder reads it, with split folders: <root>/[<split>/]<class>/**/
+    <image>. A class is a top-level folder (its subfolders are its images, not classes of their own), a split is
+    a top-level folder named like one (train, test, val, ...) that holds class folders, symlinks are followed,
+    and hidden files and folders are not data. Returns the splits and the files left out (not images), which
+    `datasets`' imagefolder drops without a count; it also takes a class named `train` or `test_tube` for a split
+    and nested folders for classes, which this reader does not."""
+    top = _visible_dirs(root)
+    splits = {folder: _split_of(folder) for folder in top}
+    if any(splits.values()):
+        others = [folder.name for folder, split in splits.items() if split is None]
+        names = [split for split in splits.values() if split]
+        if others or len(set(names)) < len(names) or 'train' not in names:
+            raise ValueError(
+                f'{str(root)!r} mixes split folders with other folders: {[f.name for f in top]}. Expected either '
+                '<dir>/<class>/<image> (every folder a class) or <dir>/<split>/<class>/<image> with one train '
+                'folder and at most one of each eval split (test, validation); move the other folders out.')
+        layout = {split: folder for folder, split in splits.items()}
+    else:
+        layout = {'train': root}
+    ignored: List[str] = []
+    found = {}
+    for split, folder in layout.items():
+        ignored += [str(p) for p in folder.iterdir() if p.is_file() and not _is_hidden(p.name)]  # loose files
+        images = {}
+        for class_dir in _visible_dirs(folder):
+            paths = images[class_dir.name] = []
+            for parent, dirs, files in os.walk(class_dir, followlinks=True):
+                dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+                for name in sorted(f for f in files if not _is_hidden(f)):
+                    is_image = os.path.splitext(name)[1].lower() in _IMAGE_SUFFIXES
+                    (paths if is_image else ignored).append(os.path.join(parent, name))
+        found[split] = images
+    names = sorted(c for c, paths in found['train'].items() if paths)
+    if not names:
+        loose = [p for p in ignored if Path(p).parent == layout['train'] and Path(p).suffix.lower() in _IMAGE_SUFFIXES]
+        where = (f'{len(loose)} image(s) lie directly in {str(layout["train"])!r}, outside a class folder'
+                 if loose else f'No images found in class folders of {str(layout["train"])!r}')
+        raise ValueError(f'{where}. Expected <dir>/<class>/<image> or <dir>/<split>/<class>/<image> (jpg, png, ...): '
+                         'one folder per class.')
     features = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=names)})
     result = {}
-    for split, dirs in class_dirs.items():
-        paths, labels = [], []
-        for class_dir in dirs:
-            for folder, _, files in sorted(os.walk(class_dir, followlinks=True)):
-                for name in sorted(files):
-                    if name.lower().endswith(_IMAGE_SUFFIXES):
-                        paths.append(os.path.join(folder, name))
-                        labels.append(names.index(class_dir.name))
-        if paths:
-            result[split] = datasets.Dataset.from_dict({'image': paths, 'label': labels}, features=features)
-    if not result:
-        raise ValueError(f'No images found in {str(root)!r}. Expected <dir>/<class>/<image> or '
-                         '<dir>/<split>/<class>/<image> (jpg, png, ...).')
-    return datasets.DatasetDict(result)
+    for split, images in found.items():
+        untrained = sorted(c for c, paths in images.items() if paths and c not in names)
+        if untrained:
+            raise ValueError(f'Class folder(s) {untrained[:10]} of the {split!r} split have no training images in '
+                             f'{str(layout["train"])!r}: every class evaluated must be trained.')
+        rows = [(path, names.index(c)) for c, paths in images.items() if paths for path in paths]
+        if rows:
+            paths, labels = zip(*rows)
+            result[split] = datasets.Dataset.from_dict({'image': list(paths), 'label': list(labels)},
+                                                       features=features)
+    return datasets.DatasetDict(result), ignored
 
 
 def _is_saved_dataset(root: Path) -> bool:
     return (root / 'dataset_dict.json').is_file() or (root / 'state.json').is_file()
 
 
-def _load_raw(source: str, config_name: Optional[str], synthetic_args: Optional[dict]) -> datasets.DatasetDict:
+def _has_metadata(root: Path) -> bool:
+    """A metadata file at the top or in a split folder: labels come from it, through `datasets`' imagefolder."""
+    return any((folder / name).is_file() for folder in (root, *_visible_dirs(root)) for name in _METADATA_FILES)
+
+
+def _load_raw(source: str, config_name: Optional[str],
+              synthetic_args: Optional[dict]) -> Tuple[datasets.DatasetDict, List[str]]:
+    """The dataset's splits and the files of an image folder left out (not images)."""
     if source == 'synthetic':
         from .synthetic import make_synthetic_fgvc
-        return make_synthetic_fgvc(**(synthetic_args or {}))
+        return make_synthetic_fgvc(**(synthetic_args or {})), []
     root = Path(source)
     if root.is_dir() and _is_saved_dataset(root):  # written by Dataset(Dict).save_to_disk
         loaded = datasets.load_from_disk(source)
-        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({'train': loaded})
+        return (loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({'train': loaded})), []
     if root.is_dir() and any(root.rglob('*.parquet')):  # split from file or folder names, as on the Hub
-        return datasets.load_dataset('parquet', data_dir=source)
+        return datasets.load_dataset('parquet', data_dir=source), []
     if root.is_file() and root.suffix == '.parquet':
-        return datasets.load_dataset('parquet', data_files={'train': source})
-    if root.is_dir():
-        if _has_symlinked_folders(root):
-            return _walk_image_folder(root)
+        return datasets.load_dataset('parquet', data_files={'train': source}), []
+    if root.is_dir() and _has_metadata(root):
         try:
-            return datasets.load_dataset('imagefolder', data_dir=source)
-        except datasets.data_files.EmptyDatasetError as e:
-            raise ValueError(f'No images found in {source!r}. Expected <dir>/<class>/<image> or '
-                             '<dir>/<split>/<class>/<image> (jpg, png, ...).') from e
-        except ValueError as e:
-            raise ValueError(f'Could not read an image folder at {source!r} ({e}). Expected '
-                             '<dir>/<class>/<image> or <dir>/<split>/<class>/<image>.') from e
+            return datasets.load_dataset('imagefolder', data_dir=source), []
+        except (datasets.data_files.EmptyDatasetError, ValueError) as e:
+            raise ValueError(f'Could not read the image folder with its metadata file at {source!r} ({e}).') from e
+    if root.is_dir():
+        return _read_image_folder(root)
     if root.exists():
         raise ValueError(f'{source!r} is a file; pass an image folder, a save_to_disk or parquet folder, a Hub '
                          'dataset id or "synthetic".')
-    return datasets.load_dataset(source, config_name)
+    return datasets.load_dataset(source, config_name), []
 
 
 # --- images: checking and decoding --------------------------------------------------------------------------
@@ -294,7 +341,7 @@ def load_fgvc_dataset(
     generated here and not checked): bad ones raise a `BadImagesError` listing them, or with `skip_bad_images` are
     left out and listed in `FGVCData.bad_images`.
     """
-    raw = _load_raw(source, config_name, synthetic_args)
+    raw, ignored_files = _load_raw(source, config_name, synthetic_args)
     if train_split not in raw:
         raise ValueError(f'Dataset {source!r} has no split {train_split!r}; splits found: {list(raw)}.')
     train = raw[train_split]
@@ -367,7 +414,8 @@ def load_fgvc_dataset(
     if shots_after_check:
         train = draw_train(train)
     return FGVCData(train=train, eval=evaluation, label_names=list(label_feature.names),
-                    image_column=image_column, label_column=label_column, source=source, bad_images=skipped)
+                    image_column=image_column, label_column=label_column, source=source, bad_images=skipped,
+                    ignored_files=ignored_files)
 
 
 class SeededTransform:
