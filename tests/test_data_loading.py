@@ -173,10 +173,11 @@ def test_class_folders_named_like_splits_or_nested_stay_one_class_each(tmp_path)
         (nested / split / 'b' / '._0.png').write_bytes(b'macOS resource fork')  # hidden: not an image, not counted
         (nested / split / '.cache').mkdir()
     (nested / 'train' / 'b' / 'notes.txt').write_text('not an image')
+    (nested / 'README.md').write_text('a file beside the split folders')
     data = load_fgvc_dataset(str(nested))
     assert data.label_names == ['a', 'b']
     assert sorted(data.train['label']) == [0] * 6 + [1] * 2 and len(data.eval) == 8
-    assert [Path(f).name for f in data.ignored_files] == ['notes.txt']
+    assert sorted(Path(f).name for f in data.ignored_files) == ['README.md', 'notes.txt']
 
 
 def test_image_folders_that_cannot_be_read_one_way_say_why(tmp_path):

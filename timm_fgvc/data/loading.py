@@ -126,14 +126,17 @@ def _read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
             raise ValueError(
                 f'{str(root)!r} mixes split folders with other folders: {[f.name for f in top]}. Expected either '
                 '<dir>/<class>/<image> (every folder a class) or <dir>/<split>/<class>/<image> with one train '
-                'folder and at most one of each eval split (test, validation); move the other folders out.')
+                'folder and at most one of each eval split (test, validation); move the other folders out. (A '
+                'class folder named like a split that holds only subfolders reads as a split: put its images in '
+                'one folder.)')
         layout = {split: folder for folder, split in splits.items()}
     else:
         layout = {'train': root}
     ignored: List[str] = []
     found = {}
+    for folder in {root, *layout.values()}:  # files outside a class folder
+        ignored += sorted(str(p) for p in folder.iterdir() if p.is_file() and not _is_hidden(p.name))
     for split, folder in layout.items():
-        ignored += [str(p) for p in folder.iterdir() if p.is_file() and not _is_hidden(p.name)]  # loose files
         images = {}
         for class_dir in _visible_dirs(folder):
             paths = images[class_dir.name] = []
