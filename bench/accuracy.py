@@ -76,7 +76,7 @@ def prepare_cub_subset(tar_path: Path, num_classes: int, workdir: Path, first: i
     """Extract `num_classes` classes (sorted folder names) from the `first`-th on, of both splits, into `workdir`.
 
     Returns the image-folder root (`<root>/{train,test}/<class>/*.jpg`, what the engine's `dataset=<dir>`
-    reads with `datasets`' imagefolder) and the class names. Only the needed members are extracted.
+    reads as torchvision's ImageFolder with split folders) and the class names. Only the needed members are extracted.
     """
     root = workdir / (f'cub200_s160_first{num_classes}' if first == 0 else
                       f'cub200_s160_classes{first + 1}-{first + num_classes}')

@@ -158,8 +158,8 @@ def test_integer_labels_of_a_separate_eval_split_keep_their_class_and_a_capped_e
 def test_class_folders_named_like_splits_or_nested_stay_one_class_each(tmp_path):
     """CIFAR-100 has a class named `train`: in a folder of class folders it is a class, not a split whose images
     `datasets`' imagefolder would train on, and `test_tube` is not an eval split. A class folder's subfolders are
-    its images (torchvision's ImageFolder), not classes of their own. Hidden files are not data; other files are
-    left out and counted."""
+    its images (torchvision's ImageFolder), not classes of their own. Hidden files are not data; other files and
+    images outside a class folder are left out and counted."""
     flat = make_image_folder(tmp_path / 'flat', splits=('',), classes=('apple', 'test_tube', 'train'), per_class=5)
     data = load_fgvc_dataset(str(flat), eval_fraction=0.4)
     assert data.label_names == ['apple', 'test_tube', 'train']
@@ -173,22 +173,49 @@ def test_class_folders_named_like_splits_or_nested_stay_one_class_each(tmp_path)
         (nested / split / 'b' / '._0.png').write_bytes(b'macOS resource fork')  # hidden: not an image, not counted
         (nested / split / '.cache').mkdir()
     (nested / 'train' / 'b' / 'notes.txt').write_text('not an image')
+    (nested / 'train' / 'b' / 'Thumbs.db').write_bytes(b'')
     (nested / 'README.md').write_text('a file beside the split folders')
+    Image.new('RGB', (8, 8)).save(nested / 'train' / 'cover.jpg')  # outside a class folder: train stays a split
+    os.symlink(nested / 'train' / 'a', nested / 'train' / 'a' / 'male' / 'loop', target_is_directory=True)
     data = load_fgvc_dataset(str(nested))
     assert data.label_names == ['a', 'b']
-    assert sorted(data.train['label']) == [0] * 6 + [1] * 2 and len(data.eval) == 8
-    assert sorted(Path(f).name for f in data.ignored_files) == ['README.md', 'notes.txt']
+    assert sorted(data.train['label']) == [0] * 6 + [1] * 2 and len(data.eval) == 8  # the loop's images once
+    assert sorted(Path(f.split(' (')[0]).name for f in data.ignored_files) == ['README.md', 'cover.jpg', 'notes.txt']
+
+
+def test_split_folders_named_as_downloads_name_them_and_wrapper_folders_are_read(tmp_path):
+    """Kaggle's cats-and-dogs: training_set/training_set/<class>, test_set/test_set/<class>, all under data/."""
+    root = tmp_path / 'download'
+    for split, wrapped in (('training_set', 3), ('test_set', 2)):
+        make_image_folder(root / 'data' / split / split, splits=('',), classes=('cat', 'dog'), per_class=wrapped)
+    data = load_fgvc_dataset(str(root))
+    assert data.label_names == ['cat', 'dog'] and len(data.train) == 6 and len(data.eval) == 4
+    paths = [row['path'] for row in data.eval.cast_column('image', datasets.Image(decode=False))['image']]
+    assert all(Path(path).parts[-3] == 'test_set' for path in paths)
 
 
 def test_image_folders_that_cannot_be_read_one_way_say_why(tmp_path):
     mixed = make_image_folder(tmp_path / 'mixed', classes=('a', 'b'), per_class=2)
     make_image_folder(mixed / 'extra', splits=('',), classes=('a',), per_class=1)
-    with pytest.raises(ValueError, match=r"mixes split folders with other folders: \['extra', 'test', 'train'\]"):
+    with pytest.raises(ValueError, match=r"holds split folders, but 'extra' is not a split folder"):
         load_fgvc_dataset(str(mixed))
+    unlabelled = make_image_folder(tmp_path / 'unlabelled', splits=('train',), classes=('a', 'b'), per_class=2)
+    (unlabelled / 'test').mkdir()
+    Image.new('RGB', (8, 8)).save(unlabelled / 'test' / '0.png')
+    with pytest.raises(ValueError, match=r"'test' is named like a split but holds no class folders"):
+        load_fgvc_dataset(str(unlabelled))
+    no_train = make_image_folder(tmp_path / 'no_train', splits=('val', 'test'), classes=('a', 'b'), per_class=2)
+    with pytest.raises(ValueError, match=r"no train folder among the split folders \['test', 'val'\]"):
+        load_fgvc_dataset(str(no_train))
     unseen = make_image_folder(tmp_path / 'unseen', classes=('a', 'b'), per_class=2)
     make_image_folder(unseen / 'test', splits=('',), classes=('c',), per_class=1)
     with pytest.raises(ValueError, match=r"\['c'\] of the 'test' split have no training images"):
         load_fgvc_dataset(str(unseen))
+    other_format = make_image_folder(tmp_path / 'other_format', splits=('',), classes=('a', 'b'), per_class=2)
+    (other_format / 'c').mkdir()
+    (other_format / 'c' / '0.xyz').write_bytes(b'raw')
+    with pytest.raises(ValueError, match=r"/c' holds 1 file\(s\) and none is an image \('0.xyz'"):
+        load_fgvc_dataset(str(other_format))
     loose = tmp_path / 'loose'
     loose.mkdir()
     Image.new('RGB', (8, 8)).save(loose / 'bird.png')

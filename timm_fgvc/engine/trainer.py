@@ -465,7 +465,7 @@ def train(cfg: TrainConfig) -> dict:
         accelerator.print(f'Skipping {len(data.bad_images)} image(s) that cannot be read (--skip-bad-images): '
                           + '; '.join(data.bad_images[:5]) + (' ...' if len(data.bad_images) > 5 else ''))
     if data.ignored_files:
-        accelerator.print(f'Left out {len(data.ignored_files)} file(s) of the image folder that are not images: '
+        accelerator.print(f'Left out of the image folder ({len(data.ignored_files)}): '
                           + '; '.join(data.ignored_files[:5]) + (' ...' if len(data.ignored_files) > 5 else ''))
     model = build_model(cfg, data.num_classes)
     if getattr(model, 'num_classes', data.num_classes) != data.num_classes:
@@ -626,7 +626,7 @@ def train(cfg: TrainConfig) -> dict:
         'source_config': source_config(inner, cfg.model),  # a Hub / folder source: reloads need not reach it
         'config_fingerprint': cfg.fingerprint(),
         'bad_images_skipped': len(data.bad_images), 'bad_images': data.bad_images,
-        'files_ignored': len(data.ignored_files),  # an image folder's files that are not images
+        'files_ignored': len(data.ignored_files), 'ignored_files': data.ignored_files[:100],  # of an image folder
         'resume_warnings': resume_warnings, 'resumed_from': str(resume_path) if cfg.resume else None,
     }
     accelerator.wait_for_everyone()
