@@ -235,6 +235,10 @@ def test_an_image_folder_with_a_metadata_file_takes_its_labels_from_it(tmp_path)
     data = load_fgvc_dataset(str(root), eval_fraction=0, check_images=False)
     assert data.label_names == [str(c) for c in range(12)]
     assert all(data.label_names[row['label']] == str(row['image'].getpixel((0, 0))[0] // 20) for row in data.train)
+    in_a_class = make_image_folder(tmp_path / 'in_a_class', splits=('',), classes=('a', 'b'), per_class=2)
+    (in_a_class / 'a' / 'metadata.csv').write_text('file_name,author\n0.png,x\n')  # a class's own file
+    data = load_fgvc_dataset(str(in_a_class), eval_fraction=0, check_images=False)
+    assert data.label_names == ['a', 'b'] and len(data.train) == 4 and len(data.ignored_files) == 1
 
 
 def test_a_single_class_folder_says_two_classes_are_needed(tmp_path):

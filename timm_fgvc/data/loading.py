@@ -246,7 +246,7 @@ def _load_raw(source: str, config_name: Optional[str],
     if root.is_dir() and _has_metadata(root):
         try:
             return datasets.load_dataset('imagefolder', data_dir=source), []
-        except (datasets.data_files.EmptyDatasetError, ValueError) as e:
+        except Exception as e:  # datasets raises many types (IndexError for a malformed csv): name the folder
             raise ValueError(f'Could not read the image folder with its metadata file at {source!r} ({e}).') from e
     if root.is_dir():
         return _read_image_folder(root)
