@@ -184,6 +184,7 @@ def test_eval_checks_only_the_images_it_evaluates_and_counts_those_it_leaves_out
     assert evaluate_model(loaded, dataset=str(root), device='cpu')['samples'] == 6
 
     (root / 'test' / 'class_1' / 'broken.png').write_bytes(b'not a png')
+    (root / 'test' / 'class_1' / 'notes.txt').write_text('not an image: left out and counted')
     with pytest.raises(ValueError, match=r'(?s)1 image\(s\).*broken\.png.*--skip-bad-images'):
         evaluate_model(loaded, dataset=str(root), device='cpu')
     report = evaluate_model(loaded, dataset=str(root), device='cpu', skip_bad_images=True)
@@ -196,6 +197,8 @@ def test_eval_checks_only_the_images_it_evaluates_and_counts_those_it_leaves_out
             '--out', str(tmp_path / 'eval')]
     assert main(args) == 2 and '--skip-bad-images' in capsys.readouterr().err
     assert main(args + ['--skip-bad-images']) == 0
-    assert '1 image(s) that cannot be read were left out' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert '1 image(s) that cannot be read were left out' in printed
+    assert 'Left out of the image folder (1): ' in printed and 'notes.txt (not an image)' in printed
     saved = json.loads((tmp_path / 'eval' / 'report.json').read_text())
-    assert saved['bad_images_skipped'] == 1 and saved['samples'] == 6
+    assert saved['bad_images_skipped'] == 1 and saved['samples'] == 6 and saved['files_ignored'] == 1

@@ -172,6 +172,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             if report['bad_images_skipped']:
                 print(f"{report['bad_images_skipped']} image(s) that cannot be read were left out "
                       f"(--skip-bad-images): {', '.join(report['bad_images'][:5])}")
+            if report['files_ignored']:
+                print(f"Left out of the image folder ({report['files_ignored']}): "
+                      f"{'; '.join(report['ignored_files'][:5])}")
             heads = ', '.join(f'{k} {v:.2f}' for k, v in report['top1_per_head'].items())
             print(f"{report['model']} on {report['dataset']} ({report['samples']} images): top-1 "
                   f"{report['top1']:.2f}%, top-5 {report['top5']:.2f}%; top-1 per head: {heads}")

@@ -176,7 +176,8 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
         loss=metrics['eval_loss'],
         top1_per_head={k[len('eval_top1_'):]: v for k, v in metrics.items() if k.startswith('eval_top1_')},
         per_class=per_class, label_names=list(data.label_names), confusion_matrix=confusion.tolist(),
-        bad_images_skipped=len(data.bad_images), bad_images=data.bad_images, files_ignored=len(data.ignored_files),
+        bad_images_skipped=len(data.bad_images), bad_images=data.bad_images,
+        files_ignored=len(data.ignored_files), ignored_files=data.ignored_files[:100],
         input_size=[3, cfg.test_img_size, cfg.test_img_size] if cfg.test_img_size else list(data_cfg['input_size']))
     if loaded.final_weights and cfg.dataset in (loaded.run.get('dataset'), loaded.run.get('dataset_path')):
         # the run's own number for these weights on this data (not for a step checkpoint's)
