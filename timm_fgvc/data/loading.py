@@ -204,13 +204,14 @@ def _read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
         raise ValueError(f'{where}. Expected <dir>/<class>/<image> or <dir>/<split>/<class>/<image> (jpg, png, ...): '
                          'one folder per class.')
     features = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=names)})
+    index = {name: i for i, name in enumerate(names)}
     result = {}
     for split, images in found.items():
-        untrained = sorted(c for c, paths in images.items() if paths and c not in names)
+        untrained = sorted(c for c, paths in images.items() if paths and c not in index)
         if untrained:
             raise ValueError(f'Class folder(s) {untrained[:10]} of the {split!r} split have no training images in '
                              f'{str(layout["train"])!r}: every class evaluated must be trained.')
-        rows = [(path, names.index(c)) for c, paths in images.items() for path in paths]
+        rows = [(path, index[c]) for c, paths in images.items() for path in paths]
         if rows:
             paths, labels = zip(*rows)
             result[split] = datasets.Dataset.from_dict({'image': list(paths), 'label': list(labels)},
