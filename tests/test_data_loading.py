@@ -188,8 +188,10 @@ def test_split_folders_named_as_downloads_name_them_and_wrapper_folders_are_read
     root = tmp_path / 'download'
     for split, wrapped in (('training_set', 3), ('test_set', 2)):
         make_image_folder(root / 'data' / split / split, splits=('',), classes=('cat', 'dog'), per_class=wrapped)
+    (root / 'data' / 'LICENSE.txt').write_text('a file in a wrapper folder')
     data = load_fgvc_dataset(str(root))
     assert data.label_names == ['cat', 'dog'] and len(data.train) == 6 and len(data.eval) == 4
+    assert [Path(f.split(' (')[0]).name for f in data.ignored_files] == ['LICENSE.txt']
     paths = [row['path'] for row in data.eval.cast_column('image', datasets.Image(decode=False))['image']]
     assert all(Path(path).parts[-3] == 'test_set' for path in paths)
 

@@ -168,10 +168,12 @@ def _read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
     what was left out, each named: files that are not images or lie outside a class folder, broken links and
     empty class folders. `datasets`' imagefolder drops those without a count, and takes a class named `train` or
     `test_tube` for a split and nested folders for classes."""
-    root = _unwrap(root)
+    top = root
+    root = _unwrap(top)
     layout = _split_layout(root)
     ignored: List[str] = []
-    for folder in dict.fromkeys([root, *layout.values()]):  # outside a class folder; broken links
+    levels = {p for folder in layout.values() for p in (folder, *folder.parents) if p == top or top in p.parents}
+    for folder in sorted(levels):  # the root, wrapper and split folders: files outside a class folder, broken links
         ignored += [f'{p} (outside a class folder)' if p.is_file() else f'{p} (broken link)'
                     for p in sorted(folder.iterdir()) if not p.is_dir() and not _is_hidden(p.name)]
     found = {}
