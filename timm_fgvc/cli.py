@@ -173,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{report['bad_images_skipped']} image(s) that cannot be read were left out "
                       f"(--skip-bad-images): {', '.join(report['bad_images'][:5])}")
             if report['files_ignored']:
-                print(f"Left out of the image folder ({report['files_ignored']}): "
+                print(f"Left out {report['files_ignored']} file(s) of the image folder: "
                       f"{'; '.join(report['ignored_files'][:5])}")
             heads = ', '.join(f'{k} {v:.2f}' for k, v in report['top1_per_head'].items())
             print(f"{report['model']} on {report['dataset']} ({report['samples']} images): top-1 "

@@ -461,12 +461,11 @@ def train(cfg: TrainConfig) -> dict:
             cfg.dataset, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.image_column, cfg.label_column,
             cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples, cfg.max_eval_samples, synthetic_args,
             check_images=cfg.check_images, skip_bad_images=cfg.skip_bad_images)
-    if data.bad_images:
-        accelerator.print(f'Skipping {len(data.bad_images)} image(s) that cannot be read (--skip-bad-images): '
-                          + '; '.join(data.bad_images[:5]) + (' ...' if len(data.bad_images) > 5 else ''))
-    if data.ignored_files:
-        accelerator.print(f'Left out of the image folder ({len(data.ignored_files)}): '
-                          + '; '.join(data.ignored_files[:5]) + (' ...' if len(data.ignored_files) > 5 else ''))
+    for left_out, what in ((data.bad_images, 'image(s) that cannot be read (--skip-bad-images)'),
+                           (data.ignored_files, 'file(s) of the image folder')):
+        if left_out:
+            accelerator.print(f'Left out {len(left_out)} {what}: ' + '; '.join(left_out[:5])
+                              + (' ...' if len(left_out) > 5 else ''))
     model = build_model(cfg, data.num_classes)
     if getattr(model, 'num_classes', data.num_classes) != data.num_classes:
         raise ValueError(f'Model {cfg.model} has {model.num_classes} classes but dataset {cfg.dataset!r} has '
