@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import io
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -24,6 +23,8 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
+from .image_folder import has_metadata_file, read_image_folder
+
 __all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices', 'attach_transform',
            'SeededTransform', 'collate', 'open_image', 'to_rgb', 'image_problem', 'find_bad_images',
            'BadImagesError']
@@ -31,20 +32,6 @@ __all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices'
 _IMAGE_NAMES = ('image', 'img', 'images', 'picture', 'pixel_values')
 _LABEL_NAMES = ('label', 'labels', 'class', 'fine_label', 'category', 'target')
 _EVAL_SPLITS = ('test', 'validation', 'valid', 'val')
-Image.init()
-# what PIL opens (a file PIL cannot decode after all is then a bad image, named, not dropped), without its
-# identify-only stubs and video; HEIC/HEIF need a plugin: listed so that they fail loudly rather than vanish
-_IMAGE_SUFFIXES = frozenset(
-    {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    - {'.h5', '.hdf', '.bufr', '.grib', '.mpg', '.mpeg', '.eps', '.ps'}) | {'.heic', '.heif'}
-_OS_FILES = ('thumbs.db', 'desktop.ini')  # written by file browsers, not data
-_METADATA_FILES = ('metadata.csv', 'metadata.jsonl', 'metadata.parquet')  # imagefolder's labels/columns by file
-# split folder names as `datasets`' imagefolder reads them: a keyword alone or set off by - . _ space or a digit
-# (train, Training, seg_train, train2017, test_set)
-_SPLIT_KEYWORDS = {'train': ('train', 'training'), 'validation': ('validation', 'valid', 'val', 'dev'),
-                   'test': ('test', 'testing', 'eval', 'evaluation')}
-_SPLIT_NAME = {split: re.compile(r'^(?:.*[-._ 0-9])?(?:' + '|'.join(words) + r')(?:[-._ 0-9].*)?$')
-               for split, words in _SPLIT_KEYWORDS.items()}
 
 
 @dataclass
@@ -100,136 +87,8 @@ def few_shot_indices(labels: Sequence[int], shots: int, seed: int) -> List[int]:
     return sorted(chosen)
 
 
-def _is_hidden(name: str) -> bool:
-    """Hidden (`.git`, macOS `._x.jpg`), special (`__MACOSX`) and file-browser names, which are not data."""
-    return name.startswith('.') or name.startswith('__') or name.lower() in _OS_FILES
-
-
-def _visible_dirs(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in _IMAGE_SUFFIXES
-
-
-def _holds_images(folder: Path) -> bool:
-    return any(p.is_file() and not _is_hidden(p.name) and _is_image(p) for p in folder.iterdir())
-
-
-def _split_named(folder: Path) -> Optional[str]:
-    name = folder.name.lower()
-    return next((split for split, pattern in _SPLIT_NAME.items() if pattern.match(name)), None)
-
-
-def _unwrap(folder: Path) -> Path:
-    """The folder below single wrapper folders (`data/train/...`, Kaggle's `training_set/training_set/<class>`):
-    one subfolder holding folders and no images cannot be one class (two are needed), so it is a level of its own."""
-    while True:
-        dirs = _visible_dirs(folder)
-        if len(dirs) != 1 or _holds_images(folder) or not _visible_dirs(dirs[0]) or _holds_images(dirs[0]):
-            return folder
-        folder = dirs[0]
-
-
-def _split_layout(root: Path) -> Dict[str, Path]:
-    """{split: folder}: the top-level folders when they are split folders (named like a split, holding class
-    folders), else {'train': root}. A class folder named like a split (CIFAR-100's `train`, `test_tube`) holds
-    images, not class folders, so it stays a class."""
-    top = _visible_dirs(root)
-    splits = {folder: _split_named(folder) if _visible_dirs(folder) else None for folder in top}
-    if not any(splits.values()):
-        return {'train': root}
-    problems = []
-    for folder, split in splits.items():
-        if split is None:
-            why = ('is named like a split but holds no class folders (an unlabelled split cannot be evaluated: sort '
-                   'its images into class folders or move it out)' if _split_named(folder) else
-                   'is not a split folder (train, test, val, ...)')
-            problems.append(f'{folder.name!r} {why}')
-    found = collections.defaultdict(list)
-    for folder, split in splits.items():
-        if split:
-            found[split].append(folder.name)
-    problems += [f'{names} are all {split} folders: keep one' for split, names in found.items() if len(names) > 1]
-    if 'train' not in found:
-        problems.append(f'no train folder among the split folders {sorted(n for v in found.values() for n in v)}')
-    if problems:
-        raise ValueError(f'{str(root)!r} holds split folders, but ' + '; '.join(problems) + '. Expected either '
-                         '<dir>/<class>/<image> (every folder a class) or <dir>/<split>/<class>/<image>.')
-    return {split: _unwrap(folder) for folder, split in splits.items()}
-
-
-def _read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
-    """An image folder read as torchvision's ImageFolder reads it, with split folders: <root>/[<split>/]<class>/**/
-    <image>. A class is a top-level folder (its subfolders are its images, not classes of their own), a split is
-    a top-level folder named like one that holds class folders, single wrapper folders are looked through,
-    symlinks are followed (each folder once), and hidden files and folders are not data. Returns the splits and
-    what was left out, each named: files that are not images or lie outside a class folder, broken links and
-    empty class folders. `datasets`' imagefolder drops those without a count, and takes a class named `train` or
-    `test_tube` for a split and nested folders for classes."""
-    top = root
-    root = _unwrap(top)
-    layout = _split_layout(root)
-    ignored: List[str] = []
-    levels = {p for folder in layout.values() for p in (folder, *folder.parents) if p == top or top in p.parents}
-    for folder in sorted(levels):  # the root, wrapper and split folders: files outside a class folder, broken links
-        ignored += [f'{p} (outside a class folder)' if p.is_file() else f'{p} (broken link)'
-                    for p in sorted(folder.iterdir()) if not p.is_dir() and not _is_hidden(p.name)]
-    found = {}
-    for split, folder in layout.items():
-        images = {}
-        for class_dir in _visible_dirs(folder):
-            paths, others, seen = [], [], set()
-            for parent, dirs, files in os.walk(class_dir, followlinks=True):
-                real = os.path.realpath(parent)
-                if real in seen:  # a symlink loop or a folder linked twice: its images once
-                    dirs[:] = []
-                    continue
-                seen.add(real)
-                dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-                for name in sorted(f for f in files if not _is_hidden(f)):
-                    (paths if _is_image(Path(name)) else others).append(os.path.join(parent, name))
-            if others and not paths:
-                raise ValueError(f'Class folder {str(class_dir)!r} holds {len(others)} file(s) and none is an image '
-                                 f'({Path(others[0]).name!r}, ...): convert them to JPEG/PNG or move the folder out.')
-            ignored += [f'{path} (not an image)' for path in others]
-            if not paths:
-                ignored.append(f'{class_dir} (empty class folder)')
-            images[class_dir.name] = paths
-        found[split] = images
-    names = sorted(c for c, paths in found['train'].items() if paths)
-    if not names:
-        loose = [p for p in layout['train'].iterdir() if p.is_file() and _is_image(p) and not _is_hidden(p.name)]
-        where = (f'{len(loose)} image(s) lie directly in {str(layout["train"])!r}, outside a class folder'
-                 if loose else f'No images found in class folders of {str(layout["train"])!r}')
-        raise ValueError(f'{where}. Expected <dir>/<class>/<image> or <dir>/<split>/<class>/<image> (jpg, png, ...): '
-                         'one folder per class.')
-    features = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=names)})
-    index = {name: i for i, name in enumerate(names)}
-    result = {}
-    for split, images in found.items():
-        untrained = sorted(c for c, paths in images.items() if paths and c not in index)
-        if untrained:
-            raise ValueError(f'Class folder(s) {untrained[:10]} of the {split!r} split have no training images in '
-                             f'{str(layout["train"])!r}: every class evaluated must be trained.')
-        rows = [(path, index[c]) for c, paths in images.items() for path in paths]
-        if rows:
-            paths, labels = zip(*rows)
-            result[split] = datasets.Dataset.from_dict({'image': list(paths), 'label': list(labels)},
-                                                       features=features)
-    return datasets.DatasetDict(result), ignored
-
-
 def _is_saved_dataset(root: Path) -> bool:
     return (root / 'dataset_dict.json').is_file() or (root / 'state.json').is_file()
-
-
-def _has_metadata(root: Path) -> bool:
-    """A metadata file at the top or in a split folder: labels come from it, through `datasets`' imagefolder (one
-    in a class folder is not the dataset's)."""
-    folders = [root, *(p for p in _visible_dirs(root) if _split_named(p))]
-    return any((folder / name).is_file() for folder in folders for name in _METADATA_FILES)
 
 
 def _load_raw(source: str, config_name: Optional[str],
@@ -246,13 +105,13 @@ def _load_raw(source: str, config_name: Optional[str],
         return datasets.load_dataset('parquet', data_dir=source), []
     if root.is_file() and root.suffix == '.parquet':
         return datasets.load_dataset('parquet', data_files={'train': source}), []
-    if root.is_dir() and _has_metadata(root):
+    if root.is_dir() and has_metadata_file(root):
         try:
             return datasets.load_dataset('imagefolder', data_dir=source), []
         except Exception as e:  # datasets raises many types (IndexError for a malformed csv): name the folder
             raise ValueError(f'Could not read the image folder with its metadata file at {source!r} ({e}).') from e
     if root.is_dir():
-        return _read_image_folder(root)
+        return read_image_folder(root)
     if root.exists():
         raise ValueError(f'{source!r} is a file; pass an image folder, a save_to_disk or parquet folder, a Hub '
                          'dataset id or "synthetic".')
