@@ -189,18 +189,28 @@ def test_split_folders_named_as_downloads_name_them_and_wrapper_folders_are_read
     for split, wrapped in (('training_set', 3), ('test_set', 2)):
         make_image_folder(root / 'data' / split / split, splits=('',), classes=('cat', 'dog'), per_class=wrapped)
     (root / 'data' / 'LICENSE.txt').write_text('a file in a wrapper folder')
+    Image.new('RGB', (8, 8)).save(root / 'cover.jpg')
     data = load_fgvc_dataset(str(root))
     assert data.label_names == ['cat', 'dog'] and len(data.train) == 6 and len(data.eval) == 4
-    assert [Path(f.split(' (')[0]).name for f in data.ignored_files] == ['LICENSE.txt']
+    assert sorted(Path(f.split(' (')[0]).name for f in data.ignored_files) == ['LICENSE.txt', 'cover.jpg']
     paths = [row['path'] for row in data.eval.cast_column('image', datasets.Image(decode=False))['image']]
     assert all(Path(path).parts[-3] == 'test_set' for path in paths)
+    # a split holding one class whose images are in subfolders: that class, not its subfolders
+    one_class = make_image_folder(tmp_path / 'one_test_class', splits=('train',), classes=('a', 'b'), per_class=2)
+    make_image_folder(one_class / 'test' / 'a', splits=('',), classes=('side', 'top'), per_class=1)
+    data = load_fgvc_dataset(str(one_class))
+    assert data.label_names == ['a', 'b'] and data.eval['label'] == [0, 0]
 
 
 def test_image_folders_that_cannot_be_read_one_way_say_why(tmp_path):
     mixed = make_image_folder(tmp_path / 'mixed', classes=('a', 'b'), per_class=2)
     make_image_folder(mixed / 'extra', splits=('',), classes=('a',), per_class=1)
-    with pytest.raises(ValueError, match=r"holds split folders, but 'extra' is not a split folder"):
+    with pytest.raises(ValueError, match=r"holds split folders \(\['test', 'train'\]: named like a split and holding "
+                                         r"folders\), but 'extra' is not a split folder .*: move it out"):
         load_fgvc_dataset(str(mixed))
+    only_test = make_image_folder(tmp_path / 'only_test', splits=('test',), classes=('a', 'b'), per_class=2)
+    with pytest.raises(ValueError, match=r"no train folder among the split folders \['test'\]"):  # not trained on
+        load_fgvc_dataset(str(only_test))
     unlabelled = make_image_folder(tmp_path / 'unlabelled', splits=('train',), classes=('a', 'b'), per_class=2)
     (unlabelled / 'test').mkdir()
     Image.new('RGB', (8, 8)).save(unlabelled / 'test' / '0.png')

@@ -55,14 +55,20 @@ def _split_named(folder: Path) -> Optional[str]:
     return next((split for split, pattern in _SPLIT_NAME.items() if pattern.match(name)), None)
 
 
-def _unwrap(folder: Path) -> Path:
-    """The folder below single wrapper folders (`data/train/...`, Kaggle's `training_set/training_set/<class>`):
-    one subfolder holding folders and no images cannot be one class (two are needed), so it is a level of its own."""
-    while True:
+def _unwrap(folder: Path, into_split: bool) -> Path:
+    """The folder below single wrapper folders: one subfolder holding folders and no images cannot be one class
+    (two are needed), so it is a level of its own. Above the splits a wrapper is not named like a split (`data/` of
+    `data/train/...`; a lone `test/` is a test split, not training data); inside a split it repeats one (Kaggle's
+    `training_set/training_set/<class>`; a lone class folder with subfolders stays a class)."""
+    seen = set()
+    while os.path.realpath(folder) not in seen:
+        seen.add(os.path.realpath(folder))
         dirs = _visible_dirs(folder)
-        if len(dirs) != 1 or _holds_images(folder) or not _visible_dirs(dirs[0]) or _holds_images(dirs[0]):
-            return folder
+        if (len(dirs) != 1 or not _visible_dirs(dirs[0]) or _holds_images(dirs[0])
+                or bool(_split_named(dirs[0])) != into_split):
+            break
         folder = dirs[0]
+    return folder
 
 
 def _split_layout(root: Path) -> Dict[str, Path]:
@@ -78,7 +84,7 @@ def _split_layout(root: Path) -> Dict[str, Path]:
         if split is None:
             why = ('is named like a split but holds no class folders (an unlabelled split cannot be evaluated: sort '
                    'its images into class folders or move it out)' if _split_named(folder) else
-                   'is not a split folder (train, test, val, ...)')
+                   'is not a split folder (train, test, val, ...): move it out')
             problems.append(f'{folder.name!r} {why}')
     found = collections.defaultdict(list)
     for folder, split in splits.items():
@@ -88,9 +94,11 @@ def _split_layout(root: Path) -> Dict[str, Path]:
     if 'train' not in found:
         problems.append(f'no train folder among the split folders {sorted(n for v in found.values() for n in v)}')
     if problems:
-        raise ValueError(f'{str(root)!r} holds split folders, but ' + '; '.join(problems) + '. Expected either '
+        named = [folder.name for folder, split in splits.items() if split]
+        raise ValueError(f'{str(root)!r} holds split folders ({named}: named like a split and holding folders), but '
+                         + '; '.join(problems) + '. Expected either '
                          '<dir>/<class>/<image> (every folder a class) or <dir>/<split>/<class>/<image>.')
-    return {split: _unwrap(folder) for folder, split in splits.items()}
+    return {split: _unwrap(folder, into_split=True) for folder, split in splits.items()}
 
 
 def read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
@@ -101,7 +109,7 @@ def read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
     what was left out, each named: files that are not images or lie outside a class folder, broken links and
     empty class folders."""
     top = root
-    root = _unwrap(top)
+    root = _unwrap(top, into_split=False)
     layout = _split_layout(root)
     ignored: List[str] = []
     levels = {p for folder in layout.values() for p in (folder, *folder.parents) if p == top or top in p.parents}
@@ -121,7 +129,13 @@ def read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
                 seen.add(real)
                 dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
                 for name in sorted(f for f in files if not _is_hidden(f)):
-                    (paths if _is_image(Path(name)) else others).append(os.path.join(parent, name))
+                    path = os.path.join(parent, name)
+                    if _is_image(Path(name)):  # a broken link to an image is then a bad image, named
+                        paths.append(path)
+                    elif os.path.exists(path):
+                        others.append(path)
+                    else:  # a broken link to a folder
+                        ignored.append(f'{path} (broken link)')
             if others and not paths:
                 raise ValueError(f'Class folder {str(class_dir)!r} holds {len(others)} file(s) and none is an image '
                                  f'({Path(others[0]).name!r}, ...): convert them to JPEG/PNG or move the folder out.')
@@ -154,7 +168,8 @@ def read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
 
 
 def has_metadata_file(root: Path) -> bool:
-    """A metadata file at the top or in a split folder: labels come from it, through `datasets`' imagefolder (one
-    in a class folder is not the dataset's)."""
-    folders = [root, *(p for p in _visible_dirs(root) if _split_named(p))]
+    """A metadata file at the top (or below its wrapper folders) or in a split folder: labels come from it, through
+    `datasets`' imagefolder (one in a class folder is not the dataset's)."""
+    tops = dict.fromkeys([root, _unwrap(root, into_split=False)])
+    folders = [*tops, *(p for top in tops for p in _visible_dirs(top) if _split_named(p))]
     return any((folder / name).is_file() for folder in folders for name in _METADATA_FILES)
