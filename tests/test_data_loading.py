@@ -68,6 +68,9 @@ def test_skipped_bad_images_are_counted_in_results(tmp_path):
     saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
     assert results['bad_images_skipped'] == saved['bad_images_skipped'] == 2
     assert saved['files_ignored'] == 1  # labels.txt
+    assert saved['data'] == {'train_split': 'train', 'eval_split': 'test', 'image_column': 'image',
+                             'label_column': 'label', 'train_samples': 12, 'eval_samples': 12, 'num_classes': 3,
+                             'unlabelled_splits_passed_over': []}
     assert sorted(Path(entry.split(':')[0]).name for entry in saved['bad_images']) == ['empty.jpg', 'truncated.jpg']
     with pytest.raises(BadImagesError, match='truncated.jpg'):
         train(TrainConfig(**dict(cfg.to_dict(), skip_bad_images=False, output_dir=str(tmp_path / 'run2'))))
@@ -251,6 +254,45 @@ def test_an_image_folder_with_a_metadata_file_takes_its_labels_from_it(tmp_path)
     (in_a_class / 'a' / 'metadata.csv').write_text('file_name,author\n0.png,x\n')  # a class's own file
     data = load_fgvc_dataset(str(in_a_class), eval_fraction=0, check_images=False)
     assert data.label_names == ['a', 'b'] and len(data.train) == 4 and len(data.ignored_files) == 1
+
+
+def _labelled_split(names, labels, tag):
+    """Rows whose pixel's red value encodes the class name's index in 'abcd' (checked against the label)."""
+    images = [Image.new('RGB', (8, 8), ('abcd'.index(names[y]) * 50 if y >= 0 else 255, tag, 0)) for y in labels]
+    return datasets.Dataset.from_dict({'image': images, 'label': labels}, features=datasets.Features(
+        {'image': datasets.Image(), 'label': datasets.ClassLabel(names=names)}))
+
+
+def test_an_eval_split_with_its_own_class_list_is_matched_by_name_and_a_hidden_test_split_is_passed_over(tmp_path):
+    """Hub datasets may store a ClassLabel per split: the test split's index 0 need not be train's class 0. And a
+    Hub test split often hides its labels (-1): the labelled validation split is evaluated instead, and said."""
+    train = _labelled_split(['a', 'b', 'c'], [0, 1, 2] * 3, 0)
+    reordered = _labelled_split(['c', 'a'], [0, 1, 1, 0], 1)  # a subset of train's classes, in another order
+    hidden = _labelled_split(['a', 'b', 'c'], [-1] * 3, 2)
+    datasets.DatasetDict({'train': train, 'test': reordered}).save_to_disk(str(tmp_path / 'reordered'))
+    data = load_fgvc_dataset(str(tmp_path / 'reordered'), check_images=False)
+    assert data.label_names == ['a', 'b', 'c'] and data.eval_split == 'test'
+    assert [data.label_names[row['label']] for row in data.eval] == ['c', 'a', 'a', 'c']
+    assert all('abcd'[row['image'].getpixel((0, 0))[0] // 50] == data.label_names[row['label']] for row in data.eval)
+
+    datasets.DatasetDict({'train': train, 'test': hidden, 'validation': reordered}).save_to_disk(str(tmp_path / 'hid'))
+    data = load_fgvc_dataset(str(tmp_path / 'hid'), check_images=False)
+    assert data.eval_split == 'validation' and data.unlabelled_splits == ['test'] and len(data.eval) == 4
+    assert data.description()['unlabelled_splits_passed_over'] == ['test']
+    with pytest.raises(ValueError, match=r"3 of 3 rows of the 'test' split .* have no 'label' label"):
+        load_fgvc_dataset(str(tmp_path / 'hid'), eval_split='test', check_images=False)
+    datasets.DatasetDict({'train': train, 'test': hidden.remove_columns('label')}).save_to_disk(str(tmp_path / 'nolab'))
+    data = load_fgvc_dataset(str(tmp_path / 'nolab'), eval_fraction=1 / 3, check_images=False)
+    assert data.eval_split == "0.333333 of 'train' held out (seed 0)" and len(data.eval) == 3
+
+    extra = _labelled_split(['a', 'd'], [0, 1], 3)  # a class train does not have
+    datasets.DatasetDict({'train': train, 'test': extra}).save_to_disk(str(tmp_path / 'extra'))
+    with pytest.raises(ValueError, match=r"label\(s\) \['d'\] that the training split does not"):
+        load_fgvc_dataset(str(tmp_path / 'extra'), check_images=False)
+    unlabelled_train = datasets.Dataset.from_dict({'image': [Image.new('RGB', (8, 8))] * 3, 'label': ['a', None, 'b']})
+    datasets.DatasetDict({'train': unlabelled_train}).save_to_disk(str(tmp_path / 'none'))
+    with pytest.raises(ValueError, match=r"1 of 3 rows of the 'train' split .* have no 'label' label"):
+        load_fgvc_dataset(str(tmp_path / 'none'), check_images=False)
 
 
 def test_a_single_class_folder_says_two_classes_are_needed(tmp_path):

@@ -107,13 +107,14 @@ def _measured(results: Optional[dict], hub_config: Optional[dict]) -> Optional[D
     top1 = final.get('eval_top1')
     if isinstance(top1, (int, float)) and math.isfinite(top1):
         config = results.get('config') or {}
+        split = (results.get('data') or {}).get('eval_split') or config.get('eval_split')  # the one evaluated
         info = _dataset_info(results.get('dataset'))
         top5 = final.get('eval_top5')
         return dict(
             top1=float(top1), top5=float(top5) if isinstance(top5, (int, float)) and math.isfinite(top5) else None,
             dataset=info.hub_id if info and info.hub_id else str(results.get('dataset')),
             dataset_title=info.title if info else str(results.get('dataset')),
-            tag=info.tag if info else None, split=config.get('eval_split'), samples=final.get('eval_samples'),
+            tag=info.tag if info else None, split=split, samples=final.get('eval_samples'),
             source='results.json of the training run', device=run_device(results))
     if hub_config and hub_config['measured'].get('top1') is not None:
         m, info = hub_config['measured'], DATASETS[hub_config['dataset']]

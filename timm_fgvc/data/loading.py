@@ -44,10 +44,20 @@ class FGVCData:
     source: str
     bad_images: List[str] = field(default_factory=list)  # 'file: reason' of the images left out (--skip-bad-images)
     ignored_files: List[str] = field(default_factory=list)  # 'path (why)' left out of an image folder
+    train_split: str = 'train'
+    eval_split: Optional[str] = None  # the split evaluated, or what was held out of training
+    unlabelled_splits: List[str] = field(default_factory=list)  # eval splits passed over: no labels (hidden)
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
+
+    def description(self) -> Dict[str, Any]:
+        """Which splits and columns were used, for results.json and the console."""
+        return {'train_split': self.train_split, 'eval_split': self.eval_split, 'image_column': self.image_column,
+                'label_column': self.label_column, 'train_samples': len(self.train),
+                'eval_samples': len(self.eval) if self.eval is not None else 0, 'num_classes': self.num_classes,
+                'unlabelled_splits_passed_over': self.unlabelled_splits}
 
 
 def detect_columns(features: datasets.Features, image_column: Optional[str] = None,
@@ -235,6 +245,24 @@ def _encode_labels(split: datasets.Dataset, column: str, names: List[str], split
     return split.cast_column(column, datasets.Value('string')).cast_column(column, datasets.ClassLabel(names=names))
 
 
+def _unlabelled_rows(split: datasets.Dataset, column: str) -> int:
+    """Rows without a label: the column missing, None, or a ClassLabel's -1 (a Hub test split's hidden labels)."""
+    if column not in split.features:
+        return len(split)
+    values = split[column]
+    hidden = -1 if isinstance(split.features[column], datasets.ClassLabel) else None
+    return sum(v is None or (hidden is not None and v == hidden) for v in values)
+
+
+def _label_strings(split: datasets.Dataset, column: str) -> datasets.Dataset:
+    """A ClassLabel column as its class names (another split's ClassLabel may order or name its classes
+    differently: they are matched by name, never by index)."""
+    names = split.features[column].names
+    features = split.features.copy()
+    features[column] = datasets.Value('string')
+    return split.map(lambda batch: {column: [names[i] for i in batch[column]]}, batched=True, features=features)
+
+
 def load_fgvc_dataset(
         source: str = 'synthetic',
         config_name: Optional[str] = None,
@@ -267,12 +295,26 @@ def load_fgvc_dataset(
         raise ValueError(f'{source!r} holds images of one class only (a single class folder, or none); '
                          'classification needs at least 2 classes: <dir>/<class>/<image> with one folder per class.')
     image_column, label_column = detect_columns(train.features, image_column, label_column, source)
-    if eval_split is None:
-        eval_split = next((s for s in _EVAL_SPLITS if s in raw and s != train_split), None)
     if eval_split is not None and eval_split not in raw:
         raise ValueError(f'Dataset {source!r} has no split {eval_split!r}; splits found: {list(raw)}.')
+    if eval_split is not None and _unlabelled_rows(raw[eval_split], label_column):
+        raise ValueError(f'{_unlabelled_rows(raw[eval_split], label_column)} of {len(raw[eval_split])} rows of the '
+                         f'{eval_split!r} split of {source!r} have no {label_column!r} label (a hidden test set?): '
+                         'name a labelled --eval-split, or pass none to hold out --eval-fraction of training.')
+    unlabelled_splits = []
+    if eval_split is None:  # the first labelled one; a Hub test split often hides its labels (-1 or no column)
+        for candidate in (s for s in _EVAL_SPLITS if s in raw and s != train_split):
+            if _unlabelled_rows(raw[candidate], label_column):
+                unlabelled_splits.append(candidate)
+            else:
+                eval_split = candidate
+                break
     if len(train) == 0:
         raise ValueError(f'The {train_split!r} split of {source!r} is empty: add images or choose another split.')
+    missing = _unlabelled_rows(train, label_column)
+    if missing:
+        raise ValueError(f'{missing} of {len(train)} rows of the {train_split!r} split of {source!r} have no '
+                         f'{label_column!r} label: remove them or name another --label-column.')
     if not isinstance(train.features[label_column], datasets.ClassLabel):
         train = _encode_labels(train, label_column, _label_names(train, label_column), train_split)
     label_feature = train.features[label_column]
@@ -292,7 +334,10 @@ def load_fgvc_dataset(
                              '(<dir>/test/<class>/...), more images, a larger --eval-fraction, or --eval-fraction 0 '
                              'to train without evaluation.') from e
         train, evaluation = parts['train'], parts['test']
-    elif evaluation is not None and not isinstance(evaluation.features[label_column], datasets.ClassLabel):
+        eval_split = f'{eval_fraction:g} of {train_split!r} held out (seed {seed})'
+    elif evaluation is not None and evaluation.features[label_column] != label_feature:
+        if isinstance(evaluation.features[label_column], datasets.ClassLabel):
+            evaluation = _label_strings(evaluation, label_column)
         evaluation = _encode_labels(evaluation, label_column, label_feature.names, eval_split)  # train's indices
     def draw_train(split: datasets.Dataset) -> datasets.Dataset:
         if shots is not None:
@@ -332,7 +377,8 @@ def load_fgvc_dataset(
         train = draw_train(train)
     return FGVCData(train=train, eval=evaluation, label_names=list(label_feature.names),
                     image_column=image_column, label_column=label_column, source=source, bad_images=skipped,
-                    ignored_files=ignored_files)
+                    ignored_files=ignored_files, train_split=train_split, eval_split=eval_split,
+                    unlabelled_splits=unlabelled_splits)
 
 
 class SeededTransform:

@@ -466,6 +466,12 @@ def train(cfg: TrainConfig) -> dict:
         if left_out:
             accelerator.print(f'Left out {len(left_out)} {what}: ' + '; '.join(left_out[:5])
                               + (' ...' if len(left_out) > 5 else ''))
+    used = data.description()
+    accelerator.print(f"Data: {used['train_samples']} training images of {used['train_split']!r}, "
+                      f"{used['eval_samples']} evaluated of {used['eval_split']!r}, {used['num_classes']} classes "
+                      f"(columns {used['image_column']!r}, {used['label_column']!r})"
+                      + (f"; passed over unlabelled {used['unlabelled_splits_passed_over']}"
+                         if used['unlabelled_splits_passed_over'] else ''))
     model = build_model(cfg, data.num_classes)
     if getattr(model, 'num_classes', data.num_classes) != data.num_classes:
         raise ValueError(f'Model {cfg.model} has {model.num_classes} classes but dataset {cfg.dataset!r} has '
@@ -624,6 +630,7 @@ def train(cfg: TrainConfig) -> dict:
         'init_args': getattr(inner, 'init_args', None),  # every constructor argument: reloads survive new defaults
         'source_config': source_config(inner, cfg.model),  # a Hub / folder source: reloads need not reach it
         'config_fingerprint': cfg.fingerprint(),
+        'data': used,  # the splits and columns used (a Hub dataset's may have been detected)
         'bad_images_skipped': len(data.bad_images), 'bad_images': data.bad_images,
         'files_ignored': len(data.ignored_files), 'ignored_files': data.ignored_files[:100],  # of an image folder
         'resume_warnings': resume_warnings, 'resumed_from': str(resume_path) if cfg.resume else None,
