@@ -295,6 +295,20 @@ def test_an_eval_split_with_its_own_class_list_is_matched_by_name_and_a_hidden_t
         load_fgvc_dataset(str(tmp_path / 'none'), check_images=False)
 
 
+def test_columns_are_detected_by_common_name_before_type_and_column_order():
+    """A ClassLabel flag is not the label when a column is named `label`; `label` before `labels`; CIFAR-100's
+    `fine_label` whichever column comes first; an image column named `image` before a `mask`."""
+    from timm_fgvc.data.loading import detect_columns
+    image, label = datasets.Image(), datasets.ClassLabel(names=['x', 'y'])
+    cases = [({'mask': image, 'image': image, 'is_synthetic': label, 'label': datasets.Value('string')},
+              ('image', 'label')),
+             ({'img': image, 'labels': label, 'label': label}, ('img', 'label')),
+             ({'img': image, 'coarse_label': label, 'fine_label': label}, ('img', 'fine_label')),
+             ({'photo': image, 'species': label}, ('photo', 'species'))]
+    for columns, expected in cases:
+        assert detect_columns(datasets.Features(columns)) == expected, columns
+
+
 def test_a_single_class_folder_says_two_classes_are_needed(tmp_path):
     make_image_folder(tmp_path / 'one', splits=('',), classes=('only',), per_class=3)
     with pytest.raises(ValueError, match='at least 2 classes'):

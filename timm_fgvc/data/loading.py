@@ -69,14 +69,20 @@ def detect_columns(features: datasets.Features, image_column: Optional[str] = No
         if given is not None and given not in features:
             raise ValueError(f'Unknown {kind} column {given!r} in dataset {source!r}; columns found: {found}. '
                              f'Pass --{kind}-column with one of these.')
-    if image_column is None:
-        typed = [n for n in names if isinstance(features[n], datasets.Image)]
-        named = [n for n in names if n.lower() in _IMAGE_NAMES]
-        image_column = (typed or named or [None])[0]
-    if label_column is None:
-        typed = [n for n in names if isinstance(features[n], datasets.ClassLabel)]
-        named = [n for n in names if n.lower() in _LABEL_NAMES]
-        label_column = (typed or named or [None])[0]
+    def pick(kind: type, common: Sequence[str]) -> Optional[str]:
+        # a common name in the list's order (`label` before `labels`; `fine_label`, not an unlisted `coarse_label`),
+        # first among the columns of the right type, then among all (a ClassLabel flag is not the label); else
+        # the first column of the right type
+        typed = [n for n in names if isinstance(features[n], kind)]
+        for pool in (typed, names):
+            by_name = {n.lower(): n for n in pool}
+            hit = next((by_name[c] for c in common if c in by_name), None)
+            if hit is not None:
+                return hit
+        return (typed or [None])[0]
+
+    image_column = image_column or pick(datasets.Image, _IMAGE_NAMES)
+    label_column = label_column or pick(datasets.ClassLabel, _LABEL_NAMES)
     if image_column is None or label_column is None:
         missing = 'image' if image_column is None else 'label'
         raise ValueError(f'Could not find the {missing} column in dataset {source!r}; columns found: {found}. '
