@@ -43,6 +43,11 @@ def test_bad_images_are_listed_at_load_time_and_can_be_skipped(tmp_path):
     assert 'empty.jpg' in named and 'truncated.jpg' in named and 'truncated' in named
     data = load_fgvc_dataset(str(root), skip_bad_images=True)
     assert len(data.train) == 12 and len(data.eval) == 12 and len(data.bad_images) == 2
+    unreadable_test = make_image_folder(tmp_path / 'unreadable_test', classes=('a', 'b'), per_class=1)
+    for image in (unreadable_test / 'test').rglob('*.png'):
+        image.write_bytes(b'')
+    with pytest.raises(BadImagesError, match=r"None of the 2 eval images of .* can be read .*nothing is left"):
+        load_fgvc_dataset(str(unreadable_test), skip_bad_images=True)  # not an eval top-1 of nan
     # every row left decodes through the training transform
     rows = attach_transform(data.train, lambda image: np.asarray(image).shape, data.image_column, data.label_column)
     assert {rows[i]['pixel_values'] for i in range(len(rows))} == {(32, 40, 3)}

@@ -377,6 +377,11 @@ def load_fgvc_dataset(
                 rows = {i for i, _ in entries}
                 split = splits[name]
                 splits[name] = split.select([i for i in range(len(split)) if i not in rows])
+                if len(splits[name]) == 0:  # nothing left to train on or to score (a top-1 of nan)
+                    raise BadImagesError(f'None of the {len(split)} {name} images of {source!r} can be read '
+                                         f'(e.g. {entries[0][1]}): nothing is left to '
+                                         f"{'train on' if name == 'train' else 'evaluate'}.",
+                                         [entry for _, entry in entries])
         train, evaluation = splits['train'], splits['eval']
         skipped = found
     if shots_after_check:
