@@ -109,7 +109,7 @@ def _is_saved_dataset(root: Path) -> bool:
 
 def _load_raw(source: str, config_name: Optional[str],
               synthetic_args: Optional[dict]) -> Tuple[datasets.DatasetDict, List[str]]:
-    """The dataset's splits and the files of an image folder left out (not images)."""
+    """The dataset's splits, and what an image folder left out ('path (why)')."""
     if source == 'synthetic':
         from .synthetic import make_synthetic_fgvc
         return make_synthetic_fgvc(**(synthetic_args or {})), []
@@ -303,8 +303,9 @@ def load_fgvc_dataset(
     image_column, label_column = detect_columns(train.features, image_column, label_column, source)
     if eval_split is not None and eval_split not in raw:
         raise ValueError(f'Dataset {source!r} has no split {eval_split!r}; splits found: {list(raw)}.')
-    if eval_split is not None and _unlabelled_rows(raw[eval_split], label_column):
-        raise ValueError(f'{_unlabelled_rows(raw[eval_split], label_column)} of {len(raw[eval_split])} rows of the '
+    hidden = _unlabelled_rows(raw[eval_split], label_column) if eval_split is not None else 0
+    if hidden:
+        raise ValueError(f'{hidden} of {len(raw[eval_split])} rows of the '
                          f'{eval_split!r} split of {source!r} have no {label_column!r} label (a hidden test set?): '
                          'name a labelled --eval-split, or pass none to hold out --eval-fraction of training.')
     unlabelled_splits = []
