@@ -90,11 +90,11 @@ def _split_layout(root: Path) -> Dict[str, Path]:
     for folder, split in splits.items():
         if split:
             found[split].append(folder.name)
+    named = sorted(name for names in found.values() for name in names)
     problems += [f'{names} are all {split} folders: keep one' for split, names in found.items() if len(names) > 1]
     if 'train' not in found:
-        problems.append(f'no train folder among the split folders {sorted(n for v in found.values() for n in v)}')
+        problems.append(f'no train folder among the split folders {named}')
     if problems:
-        named = [folder.name for folder, split in splits.items() if split]
         raise ValueError(f'{str(root)!r} holds split folders ({named}: named like a split and holding folders), but '
                          + '; '.join(problems) + '. Expected either '
                          '<dir>/<class>/<image> (every folder a class) or <dir>/<split>/<class>/<image>.')
