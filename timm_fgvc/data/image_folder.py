@@ -46,8 +46,9 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in _IMAGE_SUFFIXES
 
 
-def _holds_images(folder: Path) -> bool:
-    return any(p.is_file() and not _is_hidden(p.name) and _is_image(p) for p in folder.iterdir())
+def _loose_images(folder: Path) -> List[Path]:
+    """The images directly in a folder, outside any subfolder."""
+    return [p for p in folder.iterdir() if p.is_file() and not _is_hidden(p.name) and _is_image(p)]
 
 
 def _split_named(folder: Path) -> Optional[str]:
@@ -64,7 +65,7 @@ def _unwrap(folder: Path, into_split: bool) -> Path:
     while os.path.realpath(folder) not in seen:
         seen.add(os.path.realpath(folder))
         dirs = _visible_dirs(folder)
-        if (len(dirs) != 1 or not _visible_dirs(dirs[0]) or _holds_images(dirs[0])
+        if (len(dirs) != 1 or not _visible_dirs(dirs[0]) or _loose_images(dirs[0])
                 or bool(_split_named(dirs[0])) != into_split):
             break
         folder = dirs[0]
@@ -146,7 +147,7 @@ def read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
         found[split] = images
     names = sorted(c for c, paths in found['train'].items() if paths)
     if not names:
-        loose = [p for p in layout['train'].iterdir() if p.is_file() and _is_image(p) and not _is_hidden(p.name)]
+        loose = _loose_images(layout['train'])
         where = (f'{len(loose)} image(s) lie directly in {str(layout["train"])!r}, outside a class folder'
                  if loose else f'No images found in class folders of {str(layout["train"])!r}')
         raise ValueError(f'{where}. Expected <dir>/<class>/<image> or <dir>/<split>/<class>/<image> (jpg, png, ...): '
