@@ -300,6 +300,36 @@ def test_an_eval_split_with_its_own_class_list_is_matched_by_name_and_a_hidden_t
         load_fgvc_dataset(str(tmp_path / 'none'), check_images=False)
 
 
+def test_float_and_bool_label_columns_are_classes_and_a_fractional_one_is_refused(tmp_path):
+    """pandas stores an integer column with a gap as floats (3.0) and a yes/no column as bools: each value is a class,
+    numbered in numeric order (10 after 9), and an eval split written as integers matches train's floats by value;
+    a NaN label is a missing one; fractional numbers are a regression target, not classes."""
+    def split(labels, tag):  # the pixel's red value encodes the label
+        images = [Image.new('RGB', (8, 8), (int(y) * 20 if y == y else 0, tag, 0)) for y in labels]  # y != y: NaN
+        return datasets.Dataset.from_dict({'image': images, 'label': labels})
+
+    floats = split([2.0, 10.0, 9.0] * 2, 0)
+    assert floats.features['label'].dtype == 'float64'
+    datasets.DatasetDict({'train': floats, 'test': split([10, 2, 9], 1)}).save_to_disk(str(tmp_path / 'floats'))
+    data = load_fgvc_dataset(str(tmp_path / 'floats'), check_images=False)
+    assert data.label_names == ['2', '9', '10']
+    for part in (data.train, data.eval):
+        assert all(data.label_names[row['label']] == str(row['image'].getpixel((0, 0))[0] // 20) for row in part)
+    flags = datasets.Dataset.from_dict({'image': [Image.new('RGB', (8, 8), (int(b), 0, 0)) for b in [True, False] * 3],
+                                        'label': [True, False] * 3})
+    datasets.DatasetDict({'train': flags}).save_to_disk(str(tmp_path / 'flags'))
+    data = load_fgvc_dataset(str(tmp_path / 'flags'), eval_fraction=0, check_images=False)
+    assert data.label_names == ['False', 'True']
+    assert all(row['image'].getpixel((0, 0))[0] == row['label'] for row in data.train)
+    datasets.DatasetDict({'train': split([2.0, float('nan'), 9.0], 0)}).save_to_disk(str(tmp_path / 'nan'))
+    with pytest.raises(ValueError, match=r"1 of 3 rows of the 'train' split .* have no 'label' label"):
+        load_fgvc_dataset(str(tmp_path / 'nan'), check_images=False)
+    scores = datasets.Dataset.from_dict({'image': [Image.new('RGB', (8, 8))] * 3, 'label': [0.25, 0.5, 1.0]})
+    datasets.DatasetDict({'train': scores}).save_to_disk(str(tmp_path / 'scores'))
+    with pytest.raises(ValueError, match=r"(?s)fractional numbers \(e.g. 0.25\).*--label-column"):
+        load_fgvc_dataset(str(tmp_path / 'scores'), check_images=False)
+
+
 def test_columns_are_detected_by_common_name_before_type_and_column_order():
     """A ClassLabel flag is not the label when a column is named `label`; `label` before `labels`; CIFAR-100's
     `fine_label` whichever column comes first; an image column named `image` before a `mask`."""
@@ -353,3 +383,6 @@ def test_shots_are_drawn_from_the_readable_images(tmp_path):
     for seed in range(4):
         data = load_fgvc_dataset(str(root), shots=3, seed=seed, skip_bad_images=True)
         assert sorted(data.train['label']) == [0, 0, 0, 1, 1, 1, 2, 2, 2] and len(data.bad_images) == 2
+    few = make_image_folder(tmp_path / 'few', per_class=2)
+    with pytest.raises(ValueError, match=r"Class 'a' \(index 0\) has only 2 training images, fewer than --shots 3"):
+        load_fgvc_dataset(str(few), shots=3)

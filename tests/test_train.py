@@ -153,6 +153,9 @@ def test_bad_data_fails_with_what_to_do(tmp_path):
         load_fgvc_dataset(str(tmp_path / 'empty'))
     with pytest.raises(ValueError, match='fewer than --shots'):
         few_shot_indices([0, 0, 1], shots=2, seed=0)
+    with pytest.raises(ValueError, match=r"--eval-split 'train' is the training split"):
+        train(small_config(tmp_path / 'self_eval', eval_split='train'))
+    assert not (tmp_path / 'self_eval').exists()  # refused before the run wrote anything
 
 
 def test_yaml_config_with_cli_overrides():

@@ -90,7 +90,8 @@ def detect_columns(features: datasets.Features, image_column: Optional[str] = No
     return image_column, label_column
 
 
-def few_shot_indices(labels: Sequence[int], shots: int, seed: int) -> List[int]:
+def few_shot_indices(labels: Sequence[int], shots: int, seed: int,
+                     label_names: Optional[Sequence[str]] = None) -> List[int]:
     """k images per class, drawn without replacement with `seed` (HSM's few-shot protocol)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -98,7 +99,9 @@ def few_shot_indices(labels: Sequence[int], shots: int, seed: int) -> List[int]:
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         if len(members) < shots:
-            raise ValueError(f'Class {cls} has only {len(members)} training images, fewer than --shots {shots}.')
+            name = f'{label_names[cls]!r} (index {cls})' if label_names is not None else str(cls)
+            raise ValueError(f'Class {name} has only {len(members)} training images, fewer than --shots {shots}: '
+                             'lower --shots or add images to that class.')
         chosen.extend(rng.choice(members, size=shots, replace=False).tolist())
     return sorted(chosen)
 
@@ -234,30 +237,49 @@ def open_image(value: Any) -> Image.Image:
         raise ValueError(f'Cannot read image {name} ({type(e).__name__}: {e}).') from e
 
 
-def _label_names(split: datasets.Dataset, column: str) -> List[str]:
-    """Class names of a raw label column: integer labels in numeric order (label 10 after label 9), others sorted."""
+def _label_text(value: Any) -> str:
+    """A raw label as its class name; a whole float as an integer (pandas stores an integer column with gaps as
+    floats, so 3.0 is class '3')."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _label_names(split: datasets.Dataset, column: str, split_name: str) -> List[str]:
+    """Class names of a raw label column: numbers in numeric order (label 10 after label 9), others sorted. A
+    fractional number is a regression target, not a class: an error."""
     values = split.unique(column)
-    numeric = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-    return [str(v) for v in sorted(values)] if numeric else sorted(str(v) for v in values)
+    fractional = [v for v in values if isinstance(v, float) and not v.is_integer()]
+    if fractional:
+        raise ValueError(f'The {column!r} column of the {split_name!r} split holds fractional numbers '
+                         f'(e.g. {fractional[0]!r}): a regression target, not class labels. Name the column of '
+                         'class labels with --label-column.')
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return [_label_text(v) for v in sorted(values)] if numeric else sorted(_label_text(v) for v in values)
 
 
 def _encode_labels(split: datasets.Dataset, column: str, names: List[str], split_name: str) -> datasets.Dataset:
     """The raw labels of `split` as indices into `names`, matched by name (a separate eval split takes the
     training split's indices, whatever order its own labels come in)."""
-    unknown = sorted(set(map(str, split.unique(column))) - set(names))
+    unknown = sorted(set(map(_label_text, split.unique(column))) - set(names))
     if unknown:
         raise ValueError(f'The {split_name!r} split has label(s) {unknown[:10]} that the training split does not: '
                          'every class evaluated must be trained.')
+    features = split.features.copy()
+    features[column] = datasets.Value('string')
+    if getattr(split.features[column], 'dtype', None) in ('bool', 'float16', 'float32', 'float64'):
+        # Arrow writes True as 'true' and 3.0 as '3': the names are Python's, so map them (other types cast fast)
+        split = split.map(lambda batch: {column: [_label_text(v) for v in batch[column]]}, batched=True,
+                          features=features)
     return split.cast_column(column, datasets.Value('string')).cast_column(column, datasets.ClassLabel(names=names))
 
 
 def _unlabelled_rows(split: datasets.Dataset, column: str) -> int:
-    """Rows without a label: the column missing, None, or a ClassLabel's -1 (a Hub test split's hidden labels)."""
+    """Rows without a label: the column missing, None, NaN (pandas' missing value), or a ClassLabel's -1 (a Hub test
+    split's hidden labels)."""
     if column not in split.features:
         return len(split)
     values = split[column]
     hidden = -1 if isinstance(split.features[column], datasets.ClassLabel) else None
-    return sum(v is None or (hidden is not None and v == hidden) for v in values)
+    return sum(v is None or v != v or (hidden is not None and v == hidden) for v in values)  # v != v: NaN
 
 
 def _label_strings(split: datasets.Dataset, column: str) -> datasets.Dataset:
@@ -323,7 +345,7 @@ def load_fgvc_dataset(
         raise ValueError(f'{missing} of {len(train)} rows of the {train_split!r} split of {source!r} have no '
                          f'{label_column!r} label: remove them or name another --label-column.')
     if not isinstance(train.features[label_column], datasets.ClassLabel):
-        train = _encode_labels(train, label_column, _label_names(train, label_column), train_split)
+        train = _encode_labels(train, label_column, _label_names(train, label_column, train_split), train_split)
     label_feature = train.features[label_column]
     if len(label_feature.names) < 2:
         raise ValueError(f'Dataset {source!r} has {len(label_feature.names)} class(es) {label_feature.names} in its '
@@ -348,7 +370,7 @@ def load_fgvc_dataset(
         evaluation = _encode_labels(evaluation, label_column, label_feature.names, eval_split)  # train's indices
     def draw_train(split: datasets.Dataset) -> datasets.Dataset:
         if shots is not None:
-            split = split.select(few_shot_indices(split[label_column], shots, seed))
+            split = split.select(few_shot_indices(split[label_column], shots, seed, label_feature.names))
         if max_train_samples is not None:
             split = split.shuffle(seed=seed).select(range(min(max_train_samples, len(split))))
         return split

@@ -433,6 +433,10 @@ def train(cfg: TrainConfig) -> dict:
     """Run a whole training job; returns the results that are also written to `results.json`."""
     output_dir = Path(cfg.output_dir)
     check_output_dir(cfg)  # before anything is written: one folder, one run
+    if cfg.eval_split is not None and cfg.eval_split == cfg.train_split:  # `timm-fgvc eval --split` may score it
+        raise ValueError(f'--eval-split {cfg.eval_split!r} is the training split: its top-1 would score images the '
+                         'model trained on and be reported as its accuracy. Name another split, or leave '
+                         '--eval-split out to hold out --eval-fraction of training.')
     check_model_up_front(cfg)
     distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
     if cfg.mixed_precision == 'fp16' and (cfg.cpu or not _has_accelerator()):
