@@ -82,6 +82,32 @@ def test_num_classes_zero_gives_features_or_a_clear_error(name):
     assert model(torch.randn(1, 3, 96, 96)).shape == (1, model.num_features)
 
 
+@pytest.mark.parametrize('name, kwargs', [(f'{m}_tiny', {}) for m in ('s3n', 'lfd', 'caa', 'hsm', 'ssanet')]
+                         + [('lfd_tiny', dict(share_backbone=False))])
+def test_gradient_checkpointing_gives_the_same_step_on_every_backbone(name, kwargs):
+    """`set_grad_checkpointing` recomputes every backbone's blocks in backward (CAA's per-scale backbones, a second
+    backbone; HSM's fusion block modulated again): the loss and every gradient equal the step without it."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **kwargs).train()
+    x, y = torch.rand(4, 3, 96, 96), torch.tensor([0, 1, 2, 3])
+
+    def step(enable: bool):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same random draws (S3N's sampling) in both steps
+        loss = model.loss(model.forward_train(x, y), y)['loss']
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain = step(False)
+    checkpointed_loss, checkpointed = step(True)
+    assert len(model.named_backbones()) >= (2 if name == 'caa_tiny' or kwargs else 1)
+    assert all(backbone.grad_checkpointing for _, backbone in model.named_backbones())
+    assert torch.allclose(plain_loss, checkpointed_loss, atol=1e-6) and plain.keys() == checkpointed.keys()
+    for n in plain:
+        assert torch.allclose(plain[n], checkpointed[n], atol=1e-5), n
+
+
 def test_bad_inputs_fail_clearly():
     model = timm.create_model('s3n_resnet18', num_classes=3, **TINY).eval()
     with pytest.raises(ValueError, match='channels'):

@@ -439,8 +439,10 @@ class FGVCModel(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """On every backbone of the method (CAA's per-scale ones, a second backbone of S3N or LFD)."""
         self.grad_checkpointing = enable
-        self.backbone.set_grad_checkpointing(enable)
+        for _, backbone in self.named_backbones():
+            backbone.set_grad_checkpointing(enable)
 
     def backbone_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, D, h, w]` from the backbone, after checking the input."""

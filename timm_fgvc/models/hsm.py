@@ -100,7 +100,7 @@ class SaliencyModulation(nn.Module):
     l * (s + 1) (Eq. 2).
 
     The owning model sets `saliency` ([B, 1, h, w], any h, w: resized bilinearly to the features) for the duration
-    of one forward; without it the block runs unmodulated. Features may be NCHW (CNNs), NHWC (`channels_last_fmt`,
+    of one forward (with gradient checkpointing, until the next one); without it the block runs unmodulated. Features may be NCHW (CNNs), NHWC (`channels_last_fmt`,
     e.g. Swin stages) or tokens `[B, N, C]` whose first `num_prefix_tokens` (class/register tokens) are left as
     they are and whose rest is the patch grid (ViT; the grid's aspect is the image's, `image_size`).
     """
@@ -330,10 +330,13 @@ class HSM(FGVCModel):
         saliency = self.saliency_map(x)
         fusion = self.backbone.get_submodule(self.fusion_module)
         fusion.saliency, fusion.image_size = saliency, tuple(x.shape[-2:])
+        # with gradient checkpointing backward runs the fusion block again, so the map stays until the next forward
+        recomputed = self.grad_checkpointing and torch.is_grad_enabled()
         try:
             feature_map = self.backbone.forward_features(x)
         finally:
-            fusion.saliency = None
+            if not recomputed:
+                fusion.saliency = None
         return dict(saliency=saliency, feature_map=feature_map)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
