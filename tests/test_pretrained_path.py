@@ -125,3 +125,40 @@ def test_a_trained_method_fine_tunes_on_another_label_set(source, name, tmp_path
     other = 'lfd_tiny'
     with pytest.raises(ValueError, match='unexpected in the file'):
         build_model(TrainConfig(model=other, pretrained_path=str(weights)), num_classes=3)
+
+
+def test_one_channel_input_sums_the_file_stem_in_every_image_reader(source, tmp_path):
+    """`in_chans=1` (grayscale) with RGB weights: the stem of every backbone and HSM's saliency branch gets the
+    RGB kernel summed over its channels, as timm adapts its own pretrained weights, whether the weights are a plain
+    backbone file (`pretrained_backbone`) or the method's own (`pretrained=True`); the rest loads unchanged."""
+    path, tensors = source
+    model = timm.create_model('s3n_tiny', num_classes=4, in_chans=1, pretrained_backbone=str(path))
+    assert torch.allclose(model.backbone.conv1[0].weight, tensors['conv1.0.weight'].sum(1, keepdim=True))
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, tensors['layer1.0.conv1.weight'])
+    for name, kwargs in (('caa_tiny', dict(num_scales=4)), ('hsm_tiny', {}), ('lfd_tiny', dict(share_backbone=False))):
+        rgb = timm.create_model(name, num_classes=5, **kwargs)
+        weights = tmp_path / f'{name}.safetensors'
+        save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(weights))
+        gray = timm.create_model(name, num_classes=5, in_chans=1, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
+        stems = gray.pretrained_cfg['first_conv']
+        assert len(stems) == len(gray.named_backbones()) + (name == 'hsm_tiny')  # HSM: + its saliency branch
+        for stem in stems:
+            summed = rgb.get_submodule(stem).weight.sum(1, keepdim=True)
+            assert torch.allclose(gray.get_submodule(stem).weight, summed, atol=1e-6), stem
+        assert gray(torch.rand(2, 1, 96, 96)).shape == (2, 5)
+
+
+def test_a_method_with_its_own_head_count_loads_for_other_classes(tmp_path):
+    """The classifier list timm drops on a change of classes is the instance's: CAA with 4 scales has 8 heads, not
+    the registered 3 scales' 6, so its weights load for a new label set (timm's `num_classes` change)."""
+    four = timm.create_model('caa_tiny', num_classes=5, num_scales=4)
+    assert len(four.pretrained_cfg['classifier']) == len(four.heads) == 8
+    weights = tmp_path / 'caa4.safetensors'
+    save_file({k: v.contiguous() for k, v in four.state_dict().items()}, str(weights))
+    fine_tuned = timm.create_model('caa_tiny', num_classes=3, num_scales=4, pretrained=True,
+                                   pretrained_cfg_overlay=dict(file=str(weights)))
+    own, theirs = fine_tuned.state_dict(), four.state_dict()
+    assert all(fine_tuned.get_submodule(h).weight.shape[0] in (3, 16 * (3 + 1))  # object head; 16 local classifiers
+               for h in fine_tuned.pretrained_cfg['classifier'])  # of 3 classes + background
+    assert all(torch.equal(own[k], theirs[k]) for k in own if not k.startswith('heads.'))

@@ -385,6 +385,16 @@ class FGVCModel(nn.Module):
         """Every backbone of the method with its state-dict prefix: `backbone.` and any `add_backbone` made."""
         return [(prefix, self.get_submodule(prefix.rstrip('.'))) for prefix in self.backbone_prefixes]
 
+    @property
+    def input_convs(self) -> Tuple[str, ...]:
+        """Every layer that reads the image (pretrained_cfg['first_conv'], adapted by timm for `in_chans` != 3):
+        each backbone's stem as its own timm cfg names it; a method with another image reader adds it."""
+        convs = []
+        for prefix, backbone in self.named_backbones():
+            stem = (getattr(backbone, 'pretrained_cfg', None) or {}).get('first_conv') or ()
+            convs += [prefix + name for name in ((stem,) if isinstance(stem, str) else stem)]
+        return tuple(convs)
+
     # --- heads ---------------------------------------------------------------------------------
     def _make_head(self, name: str, in_features: int, num_classes: int) -> nn.Module:
         return nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()

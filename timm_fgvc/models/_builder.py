@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import timm
 import torch.nn as nn
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, load_pretrained
 from timm.models._builder import resolve_pretrained_cfg
 
 from ..data.catalog import DATASETS
@@ -91,7 +91,14 @@ def build_fgvc_model(model_cls, variant: str, pretrained: bool = False, **kwargs
                 'then load the result with timm.create_model(..., checkpoint_path="<output>/model.safetensors") '
                 'or export it (timm-fgvc export) and use "hf-hub:<your-repo>" / "local-dir:<folder>". '
                 'Use pretrained=False with pretrained_backbone=True for ImageNet backbone weights only.')
-    model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    model = build_model_with_cfg(model_cls, variant, False, **kwargs)
+    # the heads and image readers of this instance (CAA's per-scale heads, a second backbone's stem), not the
+    # variant's defaults: timm reads both when it loads weights for other classes or channels
+    model.pretrained_cfg.update(classifier=model.classifier_names, first_conv=model.input_convs)
+    model._traits['first_conv'] = model.input_convs
+    if pretrained:
+        load_pretrained(model, pretrained_cfg=model.pretrained_cfg, num_classes=model.num_classes,
+                        in_chans=kwargs.get('in_chans', 3), cache_dir=kwargs.get('cache_dir'))
     model.init_args = init_args(model_cls, kwargs)
     return model
 

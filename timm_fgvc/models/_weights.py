@@ -91,8 +91,21 @@ def load_backbone_weights(model: nn.Module, path: Union[str, Path]) -> None:
     (`num_classes=0`); any other key the model lacks, or lacks in the file, or whose shape differs, is an error
     that names the keys. BatchNorm's `num_batches_tracked` counters are not required.
     """
-    _load_dropping_classifier(model, _timm_filter(model, read_state_dict(path)), path,
-                              'The file must hold a plain timm model of the same architecture.')
+    state = _adapt_input_convs(model, _timm_filter(model, read_state_dict(path)))
+    _load_dropping_classifier(model, state, path, 'The file must hold a plain timm model of the same architecture.')
+
+
+def _adapt_input_convs(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """RGB stem weights for a model built with other `in_chans` (summed for 1, repeated for more), as timm's
+    pretrained loading adapts them."""
+    from timm.models import adapt_input_conv
+    convs = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv') or ()
+    for name in ((convs,) if isinstance(convs, str) else convs):
+        key, module = f'{name}.weight', model.get_submodule(name)
+        weight = state.get(key)
+        if weight is not None and weight.ndim == 4 and weight.shape[1] == 3 != module.weight.shape[1]:
+            state[key] = adapt_input_conv(module.in_channels, weight)
+    return dict(state)
 
 
 def is_method_state(keys: Sequence[str]) -> bool:

@@ -325,6 +325,10 @@ class HSM(FGVCModel):
         """The hallucinated saliency s `[B, 1, h, w]` (13 x 13 for a 227 px input), non-negative."""
         return self.saliency(x)
 
+    @property
+    def input_convs(self) -> Tuple[str, ...]:
+        return super().input_convs + ('saliency.features.0',)  # the saliency branch reads the image too
+
     def _modulated_features(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         check_images(x, self.in_chans, self.min_input_size)
         saliency = self.saliency_map(x)
