@@ -108,6 +108,22 @@ def test_gradient_checkpointing_gives_the_same_step_on_every_backbone(name, kwar
         assert torch.allclose(plain[n], checkpointed[n], atol=1e-5), n
 
 
+@pytest.mark.parametrize('name', [f'{m}_tiny' for m in ('s3n', 'lfd', 'caa', 'hsm', 'ssanet')])
+def test_drop_rate_drops_before_the_evaluated_head_in_training_only(name):
+    """timm's `drop_rate`: dropout on the features of the head that makes the prediction, in training only."""
+    plain = timm.create_model(name, num_classes=5).train()
+    dropped = timm.create_model(name, num_classes=5, drop_rate=0.5).train()
+    dropped.load_state_dict(plain.state_dict())
+    x, y = torch.rand(2, 3, 96, 96), torch.tensor([0, 1])
+    outputs = []
+    for model in (plain, dropped):
+        torch.manual_seed(0)  # the same random draws but dropout's
+        outputs.append(model.forward_train(x, y).prediction)
+    assert not torch.allclose(*outputs, atol=1e-4)
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(x), dropped(x))
+
+
 def test_bad_inputs_fail_clearly():
     model = timm.create_model('s3n_resnet18', num_classes=3, **TINY).eval()
     with pytest.raises(ValueError, match='channels'):

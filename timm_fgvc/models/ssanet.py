@@ -466,7 +466,14 @@ class SSANet(FGVCModel):
         split = self.num_scales * self.heads['dsm'].in_features
         candidates = x[..., :split].reshape(batch, parts, self.num_scales, -1)
         oriented = x[..., split:].reshape(batch, parts, 4, -1)
-        return self.heads['dsm'](candidates) + self._op_logits(oriented)  # final = DSM + OP
+        return self._final_heads(candidates, oriented)['final']
+
+    def _final_heads(self, candidate_features: torch.Tensor, oriented: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """DSM (Eq. 7), OP (Eq. 13) and final = DSM + OP, each on its features after timm's `drop_rate` dropout."""
+        candidate_features, oriented = (F.dropout(t, p=self.drop_rate, training=self.training)
+                                        for t in (candidate_features, oriented))
+        dsm, op = self.heads['dsm'](candidate_features), self._op_logits(oriented)
+        return {'dsm': dsm, 'op': op, 'final': dsm + op}
 
     def forward_train(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> FGVCOutput:
         """Logits `dsm`, `op`, `final` = DSM + OP `[B, C]` and `part` `[B, P, C]` (one per classified proposal, with
@@ -476,12 +483,10 @@ class SSANet(FGVCModel):
         candidate_features, oriented = out['candidate_features'], out['oriented']
         if self.heads_on_frozen_backbone:  # Sec. 4.1: the backbone is frozen while DSM and OP train
             candidate_features, oriented = candidate_features.detach(), oriented.detach()
-        logits = {
-            'dsm': self.heads['dsm'](candidate_features),  # Eq. 7
-            'op': self._op_logits(oriented),  # Eq. 13
-            'part': self.heads['part'](out['proposal_features']),  # [B, P, C], Eq. 1's FC(f_ij)
-        }
-        logits['final'] = logits['dsm'] + logits['op']
+        heads = self._final_heads(candidate_features, oriented)
+        logits = {'dsm': heads['dsm'], 'op': heads['op'],
+                  'part': self.heads['part'](out['proposal_features']),  # [B, P, C], Eq. 1's FC(f_ij)
+                  'final': heads['final']}
         extras = dict(part_boxes=out['part_boxes'], part_mask=out['proposal_mask'],
                       proposal_boxes=out['proposal_boxes'], proposal_scores=out['proposal_scores'],
                       part_features=out['part_features'], candidates=out['candidates'])
