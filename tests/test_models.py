@@ -153,6 +153,8 @@ def test_mismatched_and_corrupt_checkpoints_fail_clearly(tmp_path):
 def test_unpublished_tag_says_how_to_train():
     with pytest.raises(timm_fgvc.models.UnpublishedWeightsError, match='train_fgvc.py --config'):
         timm.create_model('s3n_resnet50.cub200', pretrained=True)
+    with pytest.raises(timm_fgvc.models.UnpublishedWeightsError, match='train_fgvc.py --model s3n_tiny --dataset'):
+        timm.create_model('s3n_tiny', pretrained=True)  # no dataset tag, so no hub config to point at
 
 
 def test_a_new_method_without_its_own_attention_gets_the_predicted_class_cam_on_its_planted_part():

@@ -102,6 +102,10 @@ def test_a_file_that_does_not_fit_names_the_keys(source, tmp_path):
         build_model(TrainConfig(model='test_resnet', pretrained_path=str(bad)), num_classes=3)
     with pytest.raises(FileNotFoundError, match='no such file'):
         build_model(TrainConfig(model='s3n_tiny', pretrained_path=str(tmp_path / 'missing.safetensors')), 3)
+    method = tmp_path / 'method.safetensors'
+    save_file(timm.create_model('ssanet_tiny', num_classes=3).state_dict(), str(method))
+    with pytest.raises(ValueError, match='holds a timm-fgvc method.*checkpoint_path=FILE'):
+        timm.create_model('s3n_tiny', num_classes=3, pretrained_backbone=str(method))
 
 
 @pytest.mark.parametrize('name', ('hsm_tiny', 's3n_tiny'))

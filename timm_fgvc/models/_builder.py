@@ -84,10 +84,12 @@ def build_fgvc_model(model_cls, variant: str, pretrained: bool = False, **kwargs
         hub_id = cfg.hf_hub_id
         if from_registry and (hub_id is None or hub_id.startswith(HUB_ORG + '/')) and hub_id not in PUBLISHED_WEIGHTS:
             name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+            recipe = (f'--config hub_configs/{name}.yaml' if cfg.tag  # every dataset tag has its paper's recipe
+                      else f'--model {variant} --dataset <Hub id or image folder>')
             raise UnpublishedWeightsError(
                 f'No published weights for {name!r}'
                 + (f' (Hub repo {hub_id} is not released yet)' if hub_id else '') + '. Train them with\n'
-                f'  accelerate launch train_fgvc.py --config hub_configs/{name}.yaml\n'
+                f'  accelerate launch train_fgvc.py {recipe}\n'
                 'then load the result with timm.create_model(..., checkpoint_path="<output>/model.safetensors") '
                 'or export it (timm-fgvc export) and use "hf-hub:<your-repo>" / "local-dir:<folder>". '
                 'Use pretrained=False with pretrained_backbone=True for ImageNet backbone weights only.')

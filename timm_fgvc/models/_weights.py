@@ -91,7 +91,13 @@ def load_backbone_weights(model: nn.Module, path: Union[str, Path]) -> None:
     (`num_classes=0`); any other key the model lacks, or lacks in the file, or whose shape differs, is an error
     that names the keys. BatchNorm's `num_batches_tracked` counters are not required.
     """
-    state = _adapt_input_convs(model, _timm_filter(model, read_state_dict(path)))
+    state = read_state_dict(path)
+    if is_method_state(state) and not is_method_state(model.state_dict()):
+        raise ValueError(f'{path} holds a timm-fgvc method (its backbone under `backbone.`), not a plain timm model: '
+                         'load it into the same method with timm.create_model(..., checkpoint_path=FILE) or '
+                         'pretrained=True with pretrained_cfg_overlay=dict(file=FILE) (train_fgvc.py --pretrained-path '
+                         'does this for a method of the same kind).')
+    state = _adapt_input_convs(model, _timm_filter(model, state))
     _load_dropping_classifier(model, state, path, 'The file must hold a plain timm model of the same architecture.')
 
 
@@ -129,7 +135,7 @@ def _load_dropping_classifier(model: nn.Module, state: Dict[str, torch.Tensor], 
     heads = classifier_names(model)
     is_head = lambda k: any(k.startswith(h + '.') for h in heads)  # noqa: E731
     state = {k: v for k, v in state.items() if not (is_head(k) and (k not in own or own[k].shape != v.shape))}
-    unexpected = [k for k in state if k not in own]
+    unexpected = sorted((k for k in state if k not in own), key=lambda k: k.endswith('num_batches_tracked'))
     missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked') and not is_head(k)]
     mismatched = [f'{k} {tuple(v.shape)} in the file vs {tuple(own[k].shape)}'
                   for k, v in state.items() if k in own and own[k].shape != v.shape]
