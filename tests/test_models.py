@@ -136,6 +136,21 @@ def test_bad_inputs_fail_clearly():
         timm.create_model('s3n_resnet18', backbone='not_a_model')
 
 
+def test_timm_backbone_flags_reach_every_backbone_and_unsupported_ones_fail_clearly():
+    """timm's train.py passes --drop-path as `drop_path_rate`: stochastic depth in every backbone of the method
+    (CAA's per-scale ones too), recorded so a reload rebuilds it; `features_only` and `global_pool` have no meaning
+    for a method and say so instead of failing inside timm."""
+    model = timm.create_model('caa_tiny', num_classes=3, drop_path_rate=0.2)
+    for _, backbone in model.named_backbones():
+        rates = [m.drop_prob for m in backbone.modules() if type(m).__name__ == 'DropPath']
+        assert rates and max(rates) == pytest.approx(0.2)
+    assert model.init_args['backbone_args'] == {'drop_path_rate': 0.2}
+    with pytest.raises(ValueError, match='no features_only form'):
+        timm.create_model('s3n_tiny', features_only=True)
+    with pytest.raises(ValueError, match='global_pool cannot be set'):
+        timm.create_model('lfd_tiny', global_pool='avg')
+
+
 def test_mismatched_and_corrupt_checkpoints_fail_clearly(tmp_path):
     from safetensors.torch import save_file
     source = timm.create_model('s3n_resnet18', num_classes=5, **TINY)

@@ -74,8 +74,24 @@ def tagged_cfgs(variant: str, tags: Sequence[str], **kwargs: Any) -> Dict[str, D
     }
 
 
+# timm's model flags (train.py --drop-path / --drop-block) that are the backbone's: passed on to it
+_BACKBONE_KWARGS = ('drop_path_rate', 'drop_block_rate')
+
+
 def build_fgvc_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
-    """`build_model_with_cfg` with a clear error for tags whose weights are not published yet."""
+    """`build_model_with_cfg` with a clear error for tags whose weights are not published yet; timm's backbone flags
+    (`drop_path_rate`, `drop_block_rate`) go into `backbone_args`."""
+    if kwargs.get('features_only'):
+        raise ModelBuildError(f'{variant} has no features_only form (its prediction needs its heads and attention): '
+                              'build its backbone with timm.create_model(<backbone>, features_only=True), or use '
+                              'model.forward_features / model.attention_maps.')
+    if kwargs.get('global_pool') is not None:
+        raise ModelBuildError(f'{variant} pools as its paper does, so global_pool cannot be set '
+                              f'(got {kwargs["global_pool"]!r}).')
+    kwargs.pop('global_pool', None)
+    passed = {k: kwargs.pop(k) for k in _BACKBONE_KWARGS if k in kwargs}
+    if passed:
+        kwargs['backbone_args'] = {**passed, **(kwargs.get('backbone_args') or {})}
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
