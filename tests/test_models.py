@@ -124,6 +124,24 @@ def test_drop_rate_drops_before_the_evaluated_head_in_training_only(name):
     assert torch.equal(plain(x), dropped(x))
 
 
+@pytest.mark.parametrize('name', [f'{m}_tiny' for m in ('s3n', 'lfd', 'caa', 'hsm', 'ssanet')])
+def test_soft_targets_give_the_hard_label_loss_or_a_clear_error(name):
+    """timm's Mixup / CutMix make soft targets `[B, C]`: one-hot ones give the loss of the class indices where every
+    term is a cross-entropy; CAA's and SSANet's losses need the true class (local classifiers, the navigator's
+    ranking) and say so."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5).eval()  # eval: the same forward for both losses
+    x, y = torch.rand(2, 3, 96, 96), torch.tensor([1, 3])
+    out = model.forward_train(x, y)
+    one_hot = torch.nn.functional.one_hot(y, 5).float()
+    if name in ('caa_tiny', 'ssanet_tiny'):
+        with pytest.raises(ValueError, match='needs class indices.*soft targets'):
+            model.loss(out, one_hot)
+        return
+    hard, soft = model.loss(out, y), model.loss(out, one_hot)
+    assert hard.keys() == soft.keys() and all(torch.allclose(hard[k], soft[k], atol=1e-5) for k in hard)
+
+
 def test_bad_inputs_fail_clearly():
     model = timm.create_model('s3n_resnet18', num_classes=3, **TINY).eval()
     with pytest.raises(ValueError, match='channels'):

@@ -86,11 +86,19 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int = 32) -> None:
 
 def slot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None,
                        label_smoothing: float = 0.) -> torch.Tensor:
-    """Mean cross-entropy of per-region / per-part logits `[B, K, C]` against the image label `[B]`, over the
-    slots of `mask` `[B, K]` (all slots without one)."""
-    per_slot = F.cross_entropy(logits.float().flatten(0, 1), target.repeat_interleave(logits.shape[1]),
+    """Mean cross-entropy of per-region / per-part logits `[B, K, C]` against the image label `[B]` (or soft
+    targets `[B, C]`, as Mixup makes), over the slots of `mask` `[B, K]` (all slots without one)."""
+    per_slot = F.cross_entropy(logits.float().flatten(0, 1), target.repeat_interleave(logits.shape[1], dim=0),
                                label_smoothing=label_smoothing, reduction='none').view(logits.shape[:2])
     return slot_mean(per_slot, mask)
+
+
+def class_indices(target: torch.Tensor, method: str, why: str) -> torch.Tensor:
+    """`target` as the class indices `[B]` a loss needs (`why`); soft targets (Mixup, CutMix) are an error."""
+    if target.ndim != 1 or target.is_floating_point():
+        raise ValueError(f"{method}'s loss needs class indices [B] (int64), got a {target.dtype} target of shape "
+                         f'{tuple(target.shape)}: {why}, so soft targets (Mixup, CutMix) do not apply.')
+    return target
 
 
 def slot_mean(values: torch.Tensor, mask: Optional[torch.Tensor] = None, dim: Optional[int] = None) -> torch.Tensor:

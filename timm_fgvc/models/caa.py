@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import crop_regions, mask_bounding_box, min_max_normalize, otsu_mask
-from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
+from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images, class_indices
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['CAA', 'LocalClassifiers', 'local_loss']
@@ -259,6 +259,7 @@ class CAA(FGVCModel):
         """Per scale k: `loss_local_k` (Eq. 2-4) and `loss_object_k` (Eq. 5); `loss` is their sum (Eq. 6 per
         scale; the stages pick one scale's terms), weighted by `loss_weights`; each head takes its `label_smoothing`."""
         self.check_logits(output)
+        target = class_indices(target, 'CAA', 'its local classifiers score the true class against the background')
         terms = {}
         for k in range(self.num_scales):
             if f'object_{k}' not in output.logits:

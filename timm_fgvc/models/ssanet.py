@@ -92,7 +92,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import (anchor_boxes, circulant_alignment, crop_regions, nms_top_k, oriented_pooling,
                       scale_candidates)
-from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
+from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images, class_indices
 from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['SSANet', 'Navigator', 'CirculantScaleHead', 'anchor_sizes', 'mac_loss', 'ranking_loss']
@@ -499,6 +499,7 @@ class SSANet(FGVCModel):
         `loss` is their sum (times `loss_weights`), and each stage picks its terms; the CE heads take their
         `label_smoothing` (the ranking loss reads the part head's unsmoothed log-probabilities, as NTS-Net's)."""
         self.check_logits(output)
+        target = class_indices(target, 'SSANet', "its navigator ranks parts by the true class's confidence")
         part_logits = output.logits['part'].float()
         mask = output.extras['part_mask']
         confidence = part_logits.log_softmax(-1).gather(-1, target[:, None, None].expand(*part_logits.shape[:2], 1))
