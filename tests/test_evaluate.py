@@ -202,3 +202,40 @@ def test_eval_checks_only_the_images_it_evaluates_and_counts_those_it_leaves_out
     assert 'Left out 1 file(s) of the image folder: ' in printed and 'notes.txt (not an image)' in printed
     saved = json.loads((tmp_path / 'eval' / 'report.json').read_text())
     assert saved['bad_images_skipped'] == 1 and saved['samples'] == 6 and saved['files_ignored'] == 1
+
+
+def test_eval_names_what_it_scored_warns_on_a_held_out_draw_and_leaves_empty_classes_unscored(tmp_path, capsys):
+    """Data without an eval split: a model without its run is scored on a seed-0 draw of the training folder,
+    which may hold images it trained on (another --seed): the report and console name the draw and warn. A class
+    with no image evaluated has no top-1 (not 0%) and is not listed among the lowest."""
+    import timm
+    from timm_fgvc.data.synthetic import render_sample
+    from timm_fgvc.hub import export_model
+    from timm_fgvc.inference import LoadedModel
+    flat = tmp_path / 'flat'
+    for c in range(2):
+        (flat / f'class_{c}').mkdir(parents=True)
+        for i in range(5):
+            render_sample(c + 2 * i, num_classes=2, image_size=48)['image'].save(flat / f'class_{c}' / f'{i}.png')
+    loaded = LoadedModel(model=timm.create_model('s3n_tiny', num_classes=2).eval(), name='s3n_tiny')
+    report = evaluate_model(loaded, dataset=str(flat), device='cpu')
+    assert report['split'] == "0.2 of 'train' held out (seed 0)" and report['samples'] == 2
+    assert len(report['warnings']) == 1 and 'training images' in report['warnings'][0]
+    split = tmp_path / 'split'
+    for name, classes in (('train', (0, 1)), ('test', (1,))):  # the test split lacks class_0
+        for c in classes:
+            (split / name / f'class_{c}').mkdir(parents=True)
+            for i in range(2):
+                render_sample(c + 2 * i, num_classes=2, image_size=48)['image'].save(split / name / f'class_{c}' / f'{i}.png')
+    report = evaluate_model(loaded, dataset=str(split), device='cpu')
+    assert report['split'] == 'test' and report['warnings'] == []
+    assert [c['top1'] for c in report['per_class']][0] is None and report['per_class'][1]['top1'] is not None
+    folder = export_model(loaded.model, tmp_path / 'export', label_names=['class_0', 'class_1'])
+    assert main(['eval', '--model', f'local-dir:{folder}', '--dataset', str(flat), '--device', 'cpu',
+                 '--out', str(tmp_path / 'eval')]) == 0
+    printed = capsys.readouterr()
+    assert "0.2 of 'train' held out (seed 0)" in printed.out and 'warning' in printed.err
+    assert main(['eval', '--model', f'local-dir:{folder}', '--dataset', str(split), '--device', 'cpu',
+                 '--out', str(tmp_path / 'eval2')]) == 0
+    lowest = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('lowest'))
+    assert 'class_0' not in lowest and '1 class(es) with no image evaluated' in lowest

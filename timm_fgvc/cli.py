@@ -175,11 +175,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             if report['files_ignored']:
                 print(f"Left out {report['files_ignored']} file(s) of the image folder: "
                       f"{'; '.join(report['ignored_files'][:5])}")
+            for warning in report['warnings']:
+                print(f'timm-fgvc eval: warning: {warning}', file=sys.stderr)
             heads = ', '.join(f'{k} {v:.2f}' for k, v in report['top1_per_head'].items())
-            print(f"{report['model']} on {report['dataset']} ({report['samples']} images): top-1 "
+            print(f"{report['model']} on {report['dataset']}, {report['split']} ({report['samples']} images): top-1 "
                   f"{report['top1']:.2f}%, top-5 {report['top5']:.2f}%; top-1 per head: {heads}")
-            worst = sorted(report['per_class'], key=lambda c: c['top1'])[:5]
-            print('lowest per-class top-1: ' + ', '.join(f"{c['label']} {c['top1']:.1f}" for c in worst))
+            scored = [c for c in report['per_class'] if c['top1'] is not None]
+            worst = sorted(scored, key=lambda c: c['top1'])[:5]
+            print('lowest per-class top-1: ' + ', '.join(f"{c['label']} {c['top1']:.1f}" for c in worst)
+                  + (f"; {len(report['per_class']) - len(scored)} class(es) with no image evaluated"
+                     if len(scored) < len(report['per_class']) else ''))
             if 'robustness' in report:
                 print(robustness_table(others + [report]))
             paths = write_report(report, args.out, compare=others)

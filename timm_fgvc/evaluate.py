@@ -115,7 +115,8 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     image folder) and `split` (default: as training chose it). The images evaluated are checked first: with
     `skip_bad_images` (default: as the run had it) those that cannot be read are left out and counted in the report.
 
-    Keys: top1, top5, loss, top1_per_head, per_class (label, samples, top1), confusion_matrix (rows: true class,
+    Keys: split (what was evaluated), warnings, top1, top5, loss, top1_per_head, per_class (label, samples, top1:
+    None for a class with no image evaluated), confusion_matrix (rows: true class,
     columns: predicted), samples; with `robustness`, `robustness` = {'rotation': {angle: top1}, 'scale':
     {scale: top1}, 'pad': pad}.
     """
@@ -169,9 +170,17 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     n = data.num_classes
     confusion = torch.bincount(targets * n + logits.argmax(-1), minlength=n * n).view(n, n)
     per_class = [dict(label=data.label_names[c], index=c, samples=int(confusion[c].sum()),
-                      top1=100.0 * float(confusion[c, c]) / max(int(confusion[c].sum()), 1)) for c in range(n)]
+                      top1=100.0 * float(confusion[c, c]) / int(confusion[c].sum()) if confusion[c].sum() else None)
+                 for c in range(n)]  # None: no image of the class was evaluated
+    caveats = []
+    if data.eval_held_out and loaded.run is None:
+        caveats.append(f'{cfg.dataset!r} has no eval split, so {data.eval_split} was evaluated: if this model was '
+                         'trained on this data with another seed or --eval-fraction, some of these images are its '
+                         "training images. Evaluate with the run's checkpoint, which holds out what it held out, or "
+                         'on data with a test split.')
     report: Dict[str, Any] = dict(
-        model=loaded.name, checkpoint=loaded.checkpoint, dataset=cfg.dataset, split=cfg.eval_split,
+        model=loaded.name, checkpoint=loaded.checkpoint, dataset=cfg.dataset, split=data.eval_split,
+        warnings=caveats,
         samples=metrics['eval_samples'], top1=metrics['eval_top1'], top5=metrics['eval_top5'],
         loss=metrics['eval_loss'],
         top1_per_head={k[len('eval_top1_'):]: v for k, v in metrics.items() if k.startswith('eval_top1_')},

@@ -47,6 +47,7 @@ class FGVCData:
     train_split: str = 'train'
     eval_split: Optional[str] = None  # the split evaluated, or what was held out of training
     unlabelled_splits: List[str] = field(default_factory=list)  # eval splits passed over: no labels (hidden)
+    eval_held_out: bool = False  # the eval images are a seeded draw of the training split (no eval split)
 
     @property
     def num_classes(self) -> int:
@@ -351,7 +352,8 @@ def load_fgvc_dataset(
         raise ValueError(f'Dataset {source!r} has {len(label_feature.names)} class(es) {label_feature.names} in its '
                          f'{label_column!r} column; classification needs at least 2 classes (one folder per class).')
     evaluation = raw[eval_split] if eval_split else None
-    if evaluation is None and eval_fraction > 0:
+    held_out = evaluation is None and eval_fraction > 0
+    if held_out:
         try:
             parts = train.train_test_split(test_size=eval_fraction, seed=seed, stratify_by_column=label_column)
         except ValueError as e:  # a class too small to hold out from, or fewer held-out images than classes
@@ -412,7 +414,7 @@ def load_fgvc_dataset(
     return FGVCData(train=train, eval=evaluation, label_names=list(label_feature.names),
                     image_column=image_column, label_column=label_column, source=source, bad_images=skipped,
                     ignored_files=ignored_files, train_split=train_split, eval_split=eval_split,
-                    unlabelled_splits=unlabelled_splits)
+                    unlabelled_splits=unlabelled_splits, eval_held_out=held_out)
 
 
 class SeededTransform:
