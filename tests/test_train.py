@@ -148,6 +148,9 @@ def test_bad_data_fails_with_what_to_do(tmp_path):
         load_fgvc_dataset(str(tmp_path / 'split'), label_column='species')
     with pytest.raises(ValueError, match=r"no split 'validation'.*splits found"):
         load_fgvc_dataset(str(tmp_path / 'split'), eval_split='validation')
+    for missing in (str(tmp_path / 'birds'), './birds', 'birds/'):  # a path is never a Hub id: not asked of the Hub
+        with pytest.raises(FileNotFoundError, match='No local folder or file'):
+            load_fgvc_dataset(missing)
     (tmp_path / 'empty').mkdir()
     with pytest.raises(ValueError, match='No images found'):
         load_fgvc_dataset(str(tmp_path / 'empty'))

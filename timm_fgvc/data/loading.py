@@ -135,7 +135,14 @@ def _load_raw(source: str, config_name: Optional[str],
     if root.exists():
         raise ValueError(f'{source!r} is a file; pass an image folder, a save_to_disk or parquet folder, a Hub '
                          'dataset id or "synthetic".')
-    return datasets.load_dataset(source, config_name), []
+    if source.startswith(('.', '/', '~')) or source.endswith(('/', os.sep)) or source.count('/') > 1:
+        raise FileNotFoundError(f'No local folder or file {source!r} (from {os.getcwd()}); a path cannot be a Hub '
+                                'dataset id (<name> or <owner>/<name>).')
+    try:
+        return datasets.load_dataset(source, config_name), []
+    except (FileNotFoundError, ConnectionError) as e:  # not on the Hub, or offline: it may be a mistyped folder
+        raise FileNotFoundError(f'{source!r} is neither a local folder (in {os.getcwd()}) nor a dataset the Hub '
+                                f'serves here: {e}') from e
 
 
 # --- images: checking and decoding --------------------------------------------------------------------------
