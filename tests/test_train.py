@@ -272,3 +272,14 @@ def test_label_smoothing_reaches_a_plain_model_and_the_method_heads_without_thei
     default_label_smoothing(s3n, 0.1)
     assert s3n.label_smoothing == {'original': own['original'], 'complementary': own['complementary'],
                                    'discriminative': 0.1, 'joint': 0.1}
+
+
+def test_a_staged_method_says_its_stage_epochs_and_that_epochs_does_not_set_them(tmp_path, capsys):
+    """CAA trains each scale for its paper's 40 epochs: `--epochs` does not shorten that, and the run says so (a
+    smoke test with --epochs 1 would otherwise run for 120 epochs without a word); --stage-epochs sets them."""
+    train(small_config(tmp_path / 'paper', model='caa_tiny', epochs=1, max_steps=1))
+    assert "Stages: scale_0 40, scale_1 40, scale_2 40 epochs (the paper's; --epochs 1 does not apply" in \
+        capsys.readouterr().out
+    train(small_config(tmp_path / 'set', model='caa_tiny', stage_epochs=[1.0], max_steps=1))
+    printed = capsys.readouterr().out
+    assert 'Stages: scale_0 1, scale_1 1, scale_2 1 epochs\n' in printed

@@ -497,6 +497,12 @@ def train(cfg: TrainConfig) -> dict:
             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
     stages, stage_epochs = stages_to_run(model, cfg)
+    if len(stages) > 1 or not cfg.stage_epochs and stages[0].epochs is not None:
+        # a staged method's epochs are its paper's unless --stage-epochs sets them, whatever --epochs says
+        fixed = not cfg.stage_epochs and all(s.epochs is not None for s in stages)
+        accelerator.print('Stages: ' + ', '.join(f'{s.name} {e:g}' for s, e in zip(stages, stage_epochs))
+                          + ' epochs' + (f' (the paper\'s; --epochs {cfg.epochs} does not apply: set them with '
+                                         '--stage-epochs)' if fixed else ''))
     groups = parameter_groups(model, cfg.lr, resolve_backbone_lr(cfg), cfg.weight_decay)
     if cfg.optimizer == 'sgd':
         optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
