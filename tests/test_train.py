@@ -91,9 +91,11 @@ def test_resume_continues_at_the_same_step_with_the_same_optimizer_state(tmp_pat
     cut = train(small_config(tmp_path / 'cut', epochs=2, max_steps=3, checkpoint_every=3, keep_checkpoints=5))
     resumed = train(small_config(tmp_path / 'cut', epochs=2, max_steps=6, checkpoint_every=3, keep_checkpoints=5,
                                  resume='latest'))
-    # the resumed run continues the interrupted one's history (a restart from scratch would show [6])
-    assert [h['step'] for h in resumed['history']] == [3, 6] and [h['step'] for h in full['history']] == [6]
-    assert resumed['history'][0] == cut['history'][0]
+    # each --max-steps stop fell inside epoch 1: the interrupted run's record of it is partial, and the resumed run
+    # replaces it with the record of steps 1-6, losses of all six batches: the uninterrupted run's history
+    assert [h['step'] for h in cut['history']] == [3] and cut['history'][0]['partial_epoch']
+    assert resumed['resumed_from'] and [h['step'] for h in resumed['history']] == [6]
+    assert resumed['history'] == full['history']
     for step in ('00000003', '00000006'):  # the same optimizer state mid-way and at the end
         opt_full = torch.load(tmp_path / f'full/checkpoints/step_{step}/optimizer.bin', weights_only=True)
         opt_cut = torch.load(tmp_path / f'cut/checkpoints/step_{step}/optimizer.bin', weights_only=True)

@@ -613,10 +613,18 @@ def train(cfg: TrainConfig) -> dict:
                   'lr': next(g['lr'] for g in optimizer.param_groups if g.get('name') == 'new'),
                   'lr_backbone': next(g['lr'] for g in optimizer.param_groups if g.get('name') == 'backbone')}
         record.update({f'train_{k}': v / max(state.epoch_batches, 1) for k, v in state.epoch_losses.items()})
-        state.epoch_losses, state.epoch_batches = {}, 0
+        # a --max-steps stop inside an epoch: its record holds the batches so far; the sums run on, so a resume
+        # replaces the record once the epoch is whole (the history an uninterrupted run writes)
+        partial = state.step % steps_per_epoch != 0 and state.step < bounds[-1][1]
+        if partial:
+            record['partial_epoch'] = True
+        else:
+            state.epoch_losses, state.epoch_batches = {}, 0
         is_last = state.step >= total_steps
         if eval_loader is not None and (is_last or record['epoch'] % max(cfg.eval_every, 1) == 0):
             record.update(evaluate(accelerator, step_module, eval_loader, cfg))
+        if state.history and state.history[-1].get('partial_epoch') and state.history[-1]['epoch'] == record['epoch']:
+            state.history.pop()
         state.history.append(record)
         accelerator.log(record, step=state.step)
         accelerator.print(format_record(record, total_epochs))
