@@ -142,6 +142,21 @@ def test_soft_targets_give_the_hard_label_loss_or_a_clear_error(name):
     assert hard.keys() == soft.keys() and all(torch.allclose(hard[k], soft[k], atol=1e-5) for k in hard)
 
 
+@pytest.mark.parametrize('name, empty', [('s3n_tiny', 'no class peak'), ('caa_tiny', 'attention M is empty')])
+def test_an_input_too_small_for_any_attention_warns(name, empty):
+    """At 32 px test_resnet's map is 1 x 1: S3N finds no peak and CAA's Otsu mask is empty, so each is its backbone
+    with extra heads; that is said (LFD and SSANet warn of their own limits), and 64 px is quiet."""
+    import warnings
+    model = timm.create_model(name, num_classes=3).eval()
+    with pytest.warns(UserWarning, match=f'1 x 1 feature map.*{empty}.*at least 64 px'):
+        details = model.attention_maps(torch.rand(1, 3, 32, 32), return_details=True)[1]
+    if name == 's3n_tiny':
+        assert not details['peak_mask'].any()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model.attention_maps(torch.rand(1, 3, 64, 64))
+
+
 def test_bad_inputs_fail_clearly():
     model = timm.create_model('s3n_resnet18', num_classes=3, **TINY).eval()
     with pytest.raises(ValueError, match='channels'):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copyreg
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -402,6 +403,14 @@ class FGVCModel(nn.Module):
             stem = (getattr(backbone, 'pretrained_cfg', None) or {}).get('first_conv') or ()
             convs += [prefix + name for name in ((stem,) if isinstance(stem, str) else stem)]
         return tuple(convs)
+
+    def warn_if_map_too_small(self, feature_map: torch.Tensor, what: str) -> None:
+        """Warn when the `[B, D, h, w]` map has a side of 1 cell: the method's attention (`what`) is then empty."""
+        height, width = feature_map.shape[-2:]
+        if min(height, width) < 2:
+            warnings.warn(f'{type(self).__name__}: a {height} x {width} feature map, so {what}. Use an input of at '
+                          f'least {2 * self.feature_reduction} px a side, or a backbone of smaller stride '
+                          "(backbone_args={'output_stride': 16}).", stacklevel=3)
 
     # --- heads ---------------------------------------------------------------------------------
     def _make_head(self, name: str, in_features: int, num_classes: int) -> nn.Module:

@@ -183,6 +183,7 @@ class CAA(FGVCModel):
     def attend(self, scale: int, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Backbone, local classifiers (Eq. 1), attention M, Otsu mask M_b and the object head (Eq. 5)."""
         feature_map = self.scale_backbone(scale).forward_features(x)
+        self.warn_if_map_too_small(feature_map, "Otsu's threshold finds no object and the attention M is empty")
         activations = self.heads[f'local_{scale}'](feature_map)  # A, [B, L + 1, h, w]
         scores = activations.float().softmax(1) if self.attention_from == 'probabilities' else activations
         attention = scores[:, :-1].amax(1)  # M: max over the non-background channels (Sec. 4.3)

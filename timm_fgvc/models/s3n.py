@@ -311,6 +311,7 @@ class S3N(FGVCModel):
     def select_peaks(self, feature_map: torch.Tensor, logits: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Class peak responses of the entropy-gated response map (Sec. 3.1-3.2), without gradient, in float32
         (autocast off: a bf16 map ties neighbouring cells)."""
+        self.warn_if_map_too_small(feature_map, 'no class peak is found and both resampled images are the input')
         with torch.no_grad(), torch.autocast(feature_map.device.type, enabled=False):
             maps = class_response_maps(feature_map.float(), self.heads['original'].weight.float())  # Eq. 1
             if self.peak_map_size is not None:  # the authors' code resizes the maps to the sampling grid
