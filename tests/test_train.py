@@ -285,3 +285,15 @@ def test_a_staged_method_says_its_stage_epochs_and_that_epochs_does_not_set_them
     train(small_config(tmp_path / 'set', model='caa_tiny', stage_epochs=[1.0], max_steps=1))
     printed = capsys.readouterr().out
     assert 'Stages: scale_0 1, scale_1 1, scale_2 1 epochs\n' in printed
+
+
+def test_a_user_error_is_one_line_with_exit_code_2_and_verbose_keeps_the_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1')
+    args = [sys.executable, str(ROOT / 'train_fgvc.py'), '--dataset', str(tmp_path / 'no_such_folder'),
+            '--output-dir', str(tmp_path / 'run')]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith('train_fgvc.py: error: No local folder or file')
+    proc = subprocess.run(args + ['--verbose', '--overwrite'], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and 'Traceback' in proc.stderr and 'FileNotFoundError' in proc.stderr

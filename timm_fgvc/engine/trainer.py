@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -672,10 +673,17 @@ def train(cfg: TrainConfig) -> dict:
 def main(argv: Optional[List[str]] = None) -> dict:
     """`train_fgvc.py`: quiet by default (INFO logs of Accelerate and datasets' bars only with --verbose)."""
     from .config import parse_args
-    cfg = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if cfg.verbose else logging.WARNING)
-    if not cfg.verbose:
-        import datasets
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_warning()
-    return train(cfg)
+    cfg = None
+    try:
+        cfg = parse_args(argv)
+        logging.basicConfig(level=logging.INFO if cfg.verbose else logging.WARNING)
+        if not cfg.verbose:
+            import datasets
+            datasets.disable_progress_bars()
+            datasets.logging.set_verbosity_warning()
+        return train(cfg)
+    except (ValueError, OSError) as e:  # bad input: the message says what to do; --verbose keeps the traceback
+        if cfg is not None and cfg.verbose:
+            raise
+        print(f'train_fgvc.py: error: {e}', file=sys.stderr)
+        sys.exit(2)
