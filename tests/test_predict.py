@@ -108,6 +108,10 @@ def test_a_checkpoint_loads_only_as_the_model_its_run_trained(tmp_path, run_and_
     assert load_model('s3n_tiny', checkpoint=run).name == 's3n_tiny'
     assert main(['predict', '--checkpoint', str(run), str(photos), '--model-args', '{"no_such_arg": 1}']) == 2
     assert 'no_such_arg' in capsys.readouterr().err
+    assert main(['predict', '--checkpoint', str(run), str(photos), '--model-args', '[1]']) == 2
+    assert 'must be a JSON object' in capsys.readouterr().err
+    assert main(['predict', '--checkpoint', str(run), str(photos), '--device', 'gpu']) == 2
+    assert "--device 'gpu' is not a device" in capsys.readouterr().err
 
 
 def test_a_step_checkpoint_finds_its_run_and_loose_weights_say_what_they_lack(tmp_path, run_and_photos):

@@ -161,6 +161,8 @@ def test_bad_data_fails_with_what_to_do(tmp_path):
     with pytest.raises(ValueError, match=r"--eval-split 'train' is the training split"):
         train(small_config(tmp_path / 'self_eval', eval_split='train'))
     assert not (tmp_path / 'self_eval').exists()  # refused before the run wrote anything
+    with pytest.raises(ValueError, match="--model-args sets 'num_classes'.*dataset's classes"):
+        train(small_config(tmp_path / 'classes', model_args={'num_classes': 5}))
 
 
 def test_yaml_config_with_cli_overrides():

@@ -41,6 +41,9 @@ def _load(args):
         model_args = json.loads(args.model_args)
     except json.JSONDecodeError as e:
         raise ValueError(f'--model-args is not a JSON object: {e}') from e
+    if not isinstance(model_args, dict):
+        raise ValueError(f'--model-args must be a JSON object of argument names and values (e.g. \'{{"backbone": '
+                         f'"resnet50"}}\'), got {args.model_args}.')
     return load_model(args.model, args.checkpoint, num_classes=args.num_classes, model_args=model_args,
                       device=args.device)
 

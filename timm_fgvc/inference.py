@@ -59,7 +59,10 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
     """`device`, or CUDA when there is one, else the CPU; a CUDA device without CUDA is a clear error."""
     if device is None:
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:  # torch lists every device type it knows
+        raise ValueError(f"--device {device!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'.") from e
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'--device {device}: this machine has no CUDA device; use --device cpu.')
     return dev

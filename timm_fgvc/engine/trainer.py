@@ -287,6 +287,10 @@ def check_model_up_front(cfg: TrainConfig) -> None:
     """A wrong model name, model argument, weights file or stage schedule fails here, before `--overwrite` clears
     the output folder or any image is read: the model is built on the meta device (no weights, no memory)."""
     check_pretrained_path(cfg)
+    for key, flag in (('num_classes', "the dataset's classes"), ('pretrained', '--pretrained'),
+                      ('pretrained_backbone', '--pretrained-backbone or --pretrained-path')):
+        if key in cfg.model_args:
+            raise ValueError(f'--model-args sets {key!r}, which the run sets from {flag}: leave it out.')
     try:
         with torch.device('meta'):
             model = create_model_or_explain(cfg.model, num_classes=2, **model_kwargs(cfg))
