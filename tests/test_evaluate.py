@@ -132,6 +132,10 @@ def test_a_run_on_a_relative_folder_evaluates_from_another_directory(tmp_path, m
     report = evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))
     assert report['samples'] == 4 and report['top1'] == pytest.approx(results['final']['eval_top1'], abs=1e-9)
     assert report['run_final_top1'] == results['final']['eval_top1']  # still the run's own data
+    spelled = evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'), dataset='work/./birds/')
+    assert spelled['run_final_top1'] == results['final']['eval_top1']  # the same folder, named another way
+    on_train = evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'), split='train')
+    assert on_train['split'] == 'train' and 'training split' in on_train['warnings'][0]
     (tmp_path / 'work' / 'birds').rename(tmp_path / 'work' / 'gone')
     with pytest.raises(FileNotFoundError, match='--dataset'):
         evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))

@@ -196,6 +196,10 @@ def test_mismatched_and_corrupt_checkpoints_fail_clearly(tmp_path):
     (tmp_path / 'bad.safetensors').write_bytes(b'\x00garbage' * 10)
     with pytest.raises(ValueError, match='corrupt'):
         load_weights(target, tmp_path / 'bad.safetensors')
+    torch.save({'model': source, 'step': 3}, tmp_path / 'pickled.pth')  # a whole module: never unpickled
+    with pytest.raises(ValueError, match=r'weights_only=True\) refused it') as info:
+        load_weights(target, tmp_path / 'pickled.pth')
+    assert 'weights_only=False' not in str(info.value)  # torch's advice to run the file's code is not passed on
 
 
 def test_unpublished_tag_says_how_to_train():

@@ -105,6 +105,14 @@ def _eval_config(loaded: LoadedModel, dataset: Optional[str], split: Optional[st
     return cfg
 
 
+def _same_data(dataset: str, run: Dict[str, Any]) -> bool:
+    """`dataset` names the run's data: its id, or its local folder however spelled (`./birds`, an absolute path)."""
+    if dataset == run.get('dataset'):
+        return True
+    path = run.get('dataset_path')
+    return bool(path) and Path(dataset).exists() and Path(dataset).resolve() == Path(path).resolve()
+
+
 def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Optional[str] = None,
                    batch_size: Optional[int] = None, device: Optional[str] = None, robustness: bool = False,
                    rotations: Sequence[float] = ROTATIONS, scales: Sequence[float] = SCALES, pad: str = 'black',
@@ -135,7 +143,9 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
                              skip_bad_images=cfg.skip_bad_images if skip_bad_images is None else skip_bad_images,
                              check_splits=('eval',))
     if data.eval is None or not len(data.eval):
-        raise ValueError(f'Dataset {cfg.dataset!r} has no evaluation images; name a split with --split.')
+        raise ValueError(f'Dataset {cfg.dataset!r} has no evaluation images (no eval split, and --eval-fraction 0 '
+                         f'{"in its run" if loaded.run else "given"}): name a split other than {cfg.train_split!r} '
+                         'with --split, or other data with --dataset.')
     if data.num_classes != loaded.num_classes:
         raise ValueError(f'The model has {loaded.num_classes} classes but dataset {cfg.dataset!r} has '
                          f'{data.num_classes}: evaluate it on the data it was trained for.')
@@ -173,6 +183,8 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
                       top1=100.0 * float(confusion[c, c]) / int(confusion[c].sum()) if confusion[c].sum() else None)
                  for c in range(n)]  # None: no image of the class was evaluated
     caveats = []
+    if cfg.eval_split == cfg.train_split:
+        caveats.append(f'{cfg.eval_split!r} is the training split: a model trained on it scores its training images.')
     if data.eval_held_out and loaded.run is None:
         caveats.append(f'{cfg.dataset!r} has no eval split, so {data.eval_split} was evaluated: if this model was '
                          'trained on this data with another seed or --eval-fraction, some of these images are its '
@@ -188,7 +200,7 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
         bad_images_skipped=len(data.bad_images), bad_images=data.bad_images,
         files_ignored=len(data.ignored_files), ignored_files=data.ignored_files[:100],
         input_size=[3, cfg.test_img_size, cfg.test_img_size] if cfg.test_img_size else list(data_cfg['input_size']))
-    if loaded.final_weights and cfg.dataset in (loaded.run.get('dataset'), loaded.run.get('dataset_path')):
+    if loaded.final_weights and _same_data(cfg.dataset, loaded.run):
         # the run's own number for these weights on this data (not for a step checkpoint's)
         report['run_final_top1'] = (loaded.run.get('final') or {}).get('eval_top1')
     if robustness:

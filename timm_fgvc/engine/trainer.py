@@ -477,7 +477,9 @@ def train(cfg: TrainConfig) -> dict:
                               + (' ...' if len(left_out) > 5 else ''))
     used = data.description()
     accelerator.print(f"Data: {used['train_samples']} training images of {used['train_split']!r}, "
-                      f"{used['eval_samples']} evaluated of {used['eval_split']!r}, {used['num_classes']} classes "
+                      + (f"{used['eval_samples']} evaluated of {used['eval_split']!r}" if used['eval_split'] else
+                         'no evaluation (no eval split, --eval-fraction 0)')
+                      + f", {used['num_classes']} classes "
                       f"(columns {used['image_column']!r}, {used['label_column']!r})"
                       + (f"; passed over unlabelled {used['unlabelled_splits_passed_over']}"
                          if used['unlabelled_splits_passed_over'] else ''))
@@ -669,7 +671,9 @@ def train(cfg: TrainConfig) -> dict:
         os.replace(weights_tmp, output_dir / 'model.safetensors')
         os.replace(results_tmp, output_dir / 'results.json')
         plot_curves(state.history, output_dir / 'curves.png', title=f'{cfg.model} on {cfg.dataset}')
-        accelerator.print(f"Final eval top-1 {final.get('eval_top1', float('nan')):.2f}% -> {output_dir}/results.json")
+        accelerator.print((f"Final eval top-1 {final['eval_top1']:.2f}%" if 'eval_top1' in final else
+                           f"Final train loss {final.get('train_loss', float('nan')):.4f} (no evaluation)")
+                          + f' -> {output_dir}/results.json')
     accelerator.end_training()
     return results
 

@@ -28,8 +28,12 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(str(path), map_location='cpu', weights_only=True)
     except Exception as e:  # safetensors and torch raise several types for a damaged file
-        raise ValueError(f'Checkpoint {path} is corrupt or not a weights file ({type(e).__name__}: {e}). '
-                         'Re-export it, or resume from an earlier checkpoint.') from e
+        # torch's weights_only refusal advises weights_only=False (code execution): not advice to pass on
+        reason = ('torch.load(weights_only=True) refused it: not tensors only' if 'Weights only load failed' in str(e)
+                  else f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}')
+        raise ValueError(f'Checkpoint {path} is corrupt or not a weights file ({reason}). Give a .safetensors or '
+                         '.pth state dict, an exported folder or a run folder; re-export it, or resume from an '
+                         'earlier checkpoint.') from e
     if isinstance(state, dict) and 'state_dict' in state:
         state = state['state_dict']
     if not isinstance(state, dict):
