@@ -103,6 +103,21 @@ def test_cli_writes_a_png_with_the_runs_class_names(tmp_path, make_run):
     assert Image.open(out).height >= 2 * PANEL
     assert main(['explain', '--model', 's3n_resnet18', '--image', str(tmp_path / 'missing.png'),
                  '--out', str(out), '--model-args', '{"backbone": "test_resnet"}']) == 2
+    # a folder: its images, a file that is not one skipped with a warning; a wrong --out refused before any work
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    for name in ('0.png', '1.png'):
+        (photos / name).write_bytes((tmp_path / name).read_bytes())
+    (photos / 'notes.txt').write_text('not an image')
+    folder_out = tmp_path / 'folder.jpg'
+    with pytest.warns(UserWarning, match=r'skipped 1 file\(s\).*notes\.txt'):
+        code = main(['explain', '--checkpoint', str(run), '--img-size', '64', '--image', str(photos),
+                     '--out', str(folder_out)])
+    assert code == 0 and Image.open(folder_out).format == 'JPEG'
+    assert Image.open(folder_out).height == Image.open(out).height  # the same two images
+    for wrong in ('attention.pngg', 'sheets/'):
+        assert main(['explain', '--checkpoint', str(tmp_path / 'no_run'), '--image', str(tmp_path / '0.png'),
+                     '--out', str(tmp_path / wrong)]) == 2  # refused before the missing checkpoint is looked up
 
 
 def test_a_plain_timm_cnn_shows_the_class_activation_map_of_its_top1_class(tmp_path, make_run):

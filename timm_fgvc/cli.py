@@ -112,10 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('explain', help='render where a model attends (attention_maps; a plain timm CNN: the CAM '
                                        'of its top-1 class) over some images to a PNG')
     _model_arguments(p)
-    p.add_argument('--image', nargs='+', required=True, help='image files')
+    p.add_argument('--image', nargs='+', required=True,
+                   help='image files or folders (the first 16 readable images; unreadable files are skipped)')
     p.add_argument('--img-size', type=int, help='input size (default: the run\'s / the model\'s eval size)')
     p.add_argument('--panel-size', type=int, default=256, help='pixels per panel (at least 256)')
-    p.add_argument('--out', required=True, help='the PNG to write')
+    p.add_argument('--out', required=True, help='the image to write (.png, .jpg or .webp)')
     return parser
 
 
@@ -193,7 +194,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             paths = write_report(report, args.out, compare=others)
             print('Wrote ' + ', '.join(str(p) for p in paths.values()))
         elif args.action == 'explain':
-            from .explain import explain_files
+            from .explain import explain_files, sheet_path
+            sheet_path(args.out)  # a wrong file name stops here, before the model is loaded and run
             if args.panel_size < 256:
                 raise ValueError(f'--panel-size {args.panel_size}: panels are at least 256 px, to stay readable.')
             loaded = _load(args)

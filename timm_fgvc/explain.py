@@ -11,6 +11,7 @@ names with their probabilities. A plain timm CNN (the baseline) shows the class 
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -185,25 +186,50 @@ def _draw_wrapped(draw: ImageDraw.ImageDraw, xy, text: str, font, width: int) ->
         draw.text((xy[0], xy[1] + i * (font.size + 2)), text_line, fill=(0, 0, 0), font=font)
 
 
+def sheet_path(out: str) -> Path:
+    """`out` as the image file to write, checked before any work: a suffix PIL can save (.png, .jpg, .webp...)."""
+    path = Path(out)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if str(out).endswith(('/', '\\')) or path.is_dir() or image_format not in Image.SAVE:
+        raise ValueError(f'--out {out}: name the image file to write, e.g. attention.png (.png, .jpg or .webp).')
+    return path
+
+
 def explain_files(model, paths: Sequence[str], out: str, img_size: Optional[int] = None,
-                  label_names: Optional[List[str]] = None, panel_size: int = 256) -> Path:
-    """Load images with the model's eval transform, explain them, and save the sheet as a PNG.
+                  label_names: Optional[List[str]] = None, panel_size: int = 256, max_images: int = 16) -> Path:
+    """Load images (files, or every file under a folder) with the model's eval transform, explain the first
+    `max_images` that can be read, and save the sheet (PNG, JPEG... by the suffix of `out`). Files that cannot
+    be read are skipped with a warning naming them.
 
     `model`: a `LoadedModel` (`timm_fgvc.inference.load_model`: the run's transform and class names) or a model.
     """
     from .inference import LoadedModel, eval_transform
+    from .predict import find_files
+    out_path = sheet_path(out)
     if not isinstance(model, LoadedModel):
         model = LoadedModel(model=model, name=type(model).__name__,
                             label_names=(getattr(model, 'pretrained_cfg', None) or {}).get('label_names'))
     transform, data_cfg = eval_transform(model, img_size)
-    images = [transform(open_image(path)) for path in paths]  # an unreadable file: a ValueError naming it
+    images, skipped = [], []
+    for path in find_files(paths):
+        if len(images) == max_images:
+            warnings.warn(f'explain: the sheet shows the first {max_images} readable images; name the files to '
+                          'show, or raise max_images.', stacklevel=2)
+            break
+        try:
+            images.append(transform(open_image(path)))
+        except ValueError as e:  # open_image names the file and why
+            skipped.append(str(e))
+    if skipped:
+        warnings.warn(f'explain: skipped {len(skipped)} file(s): ' + ' '.join(skipped[:5]), stacklevel=2)
+    if not images:
+        raise ValueError(f'None of {", ".join(map(str, paths))} could be read as an image.')
     device = next(model.model.parameters()).device
     batch = torch.stack(images).to(device)
     label_names = label_names or model.label_names
     sheet = render_explanation(batch.cpu(), {k: v.cpu() for k, v in explain_images(model.model, batch).items()},
                                data_cfg['mean'], data_cfg['std'], list(label_names) if label_names else None,
                                panel_size=panel_size)
-    out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out_path)
     return out_path
