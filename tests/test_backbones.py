@@ -133,8 +133,8 @@ def test_transformer_backbones_stay_timm_models():
     assert isinstance(backbone, VisionTransformer) and isinstance(backbone.get_submodule('blocks.0'), nn.Module)
     plain = timm.create_model('vit_small_patch16_224', num_classes=0, img_size=64, depth=1)
     assert list(backbone.state_dict()) == list(plain.state_dict())
-    assert model.pretrained_cfg['first_conv'] == 'backbone.patch_embed.proj'
-    assert isinstance(model.get_submodule(model.pretrained_cfg['first_conv']), nn.Conv2d)
+    assert model.pretrained_cfg['first_conv'] == ('backbone.patch_embed.proj',)  # every image reader: one here
+    assert isinstance(model.get_submodule(model.pretrained_cfg['first_conv'][0]), nn.Conv2d)
     assert {'backbone.pos_embed', 'backbone.cls_token'} <= model.no_weight_decay()
     groups = param_groups_layer_decay(model, layer_decay=0.5)  # timm's use of group_matcher
     assert sum(len(g['params']) for g in groups) == len(list(model.parameters()))
