@@ -138,3 +138,15 @@ def test_a_half_precision_model_predicts_as_the_fp32_one(run_and_photos):
     assert half.error is None  # every class (top-4 of 4), compared by name: near ties may swap ranks in fp16
     assert dict(zip(half.labels, half.probabilities)) == pytest.approx(dict(zip(full.labels, full.probabilities)),
                                                                        abs=0.02)
+
+
+def test_the_table_columns_line_up_with_their_headers():
+    from timm_fgvc.predict import Prediction, format_predictions
+    rows = [Prediction('a.png', ['Black_footed_Albatross', 'b'], [0, 1], [0.91, 0.05]),
+            Prediction('dir/b.jpg', ['c', 'Laysan_Albatross'], [2, 3], [0.5, 0.4]),
+            Prediction('x.txt', error='not a readable image')]
+    header, first, second, skipped = format_predictions(rows).splitlines()
+    for column, cell in (('top-1', 'Black_footed'), ('top-2', 'b (0.050)')):
+        assert header.index(column) == first.index(cell)
+    assert header.index('top-2') == second.index('Laysan')
+    assert skipped.endswith('skipped: not a readable image')

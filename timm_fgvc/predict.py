@@ -107,11 +107,13 @@ def format_predictions(predictions: Sequence[Prediction], top_k: Optional[int] =
     """A plain-text table: one row per file, its top-k as `label (probability)`; skipped files say why."""
     width = max(len('file'), *(len(p.path) for p in predictions))
     k = top_k or max((len(p.labels) for p in predictions), default=0)
-    lines = [f'{"file":<{width}}  ' + '  '.join(f'top-{i + 1}' for i in range(k)) if k else 'file']
-    for p in predictions:
-        cells = [f'{label} ({prob:.3f})' for label, prob in zip(p.labels, p.probabilities)]
-        lines.append(f'{p.path:<{width}}  ' + ('  '.join(cells) if p.error is None else f'skipped: {p.error}'))
-    return '\n'.join(lines)
+    rows = [[f'{label} ({prob:.3f})' for label, prob in zip(p.labels, p.probabilities)] for p in predictions]
+    widths = [max([len(f'top-{i + 1}')] + [len(r[i]) for r in rows if i < len(r)]) for i in range(k)]
+    lines = [f'{"file":<{width}}  ' + '  '.join(f'{f"top-{i + 1}":<{w}}' for i, w in enumerate(widths)).rstrip()]
+    for p, cells in zip(predictions, rows):
+        row = '  '.join(f'{c:<{w}}' for c, w in zip(cells, widths)).rstrip()
+        lines.append(f'{p.path:<{width}}  ' + (row if p.error is None else f'skipped: {p.error}'))
+    return '\n'.join(line.rstrip() for line in lines)
 
 
 def predictions_path(out: Union[str, Path]) -> Path:
