@@ -70,11 +70,17 @@ def test_export_reloads_through_hf_hub_offline(tmp_path):
             cfgs[repo_id] = dict(label_names=list(cfg['label_names']), num_classes=cfg['num_classes'],
                                  model_classes=model.num_classes, input_size=list(cfg['input_size']),
                                  mean=list(cfg['mean']), hf_hub_id=cfg['hf_hub_id'])
+        from timm_fgvc.inference import load_model
+        try:
+            load_model('hf-hub:timm-fgvc/s3n_resnet18.typo')
+        except OSError as e:
+            cfgs['typo'] = str(e)
         save_file(outputs, sys.argv[2])
         print(json.dumps(cfgs))
     """)
     cfgs, reloaded = run_offline(script, [tmp_path / 'input.safetensors', tmp_path / 'output.safetensors'], hf_home)
 
+    assert "'timm-fgvc/s3n_resnet18.typo'" in cfgs['typo'] and 'HF_HUB_OFFLINE is set' in cfgs['typo']
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the subprocess's thread count, so float sums run in the same order
     try:

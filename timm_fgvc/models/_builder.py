@@ -159,3 +159,11 @@ def create_model_or_explain(name: str, shown_as: Optional[str] = None, **kwargs)
         raise
     except TypeError as e:
         raise ModelBuildError(f'{shown_as} cannot be built with {sorted(kwargs)}: {e}') from e
+    except OSError as e:  # huggingface_hub's errors name neither the repo nor offline mode
+        if not name.startswith(('hf-hub:', 'hf_hub:')) or type(e).__module__.split('.')[0] != 'huggingface_hub':
+            raise
+        from huggingface_hub import constants
+        where = ('HF_HUB_OFFLINE is set, so only the local cache was read' if constants.HF_HUB_OFFLINE
+                 else 'check the repo id and your connection')
+        raise OSError(f'Could not load {name[len("hf-hub:"):]!r} from the Hugging Face Hub ({where}): '
+                      f'{type(e).__name__}: {str(e).splitlines()[0]}') from e
