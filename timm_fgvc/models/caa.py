@@ -242,6 +242,8 @@ class CAA(FGVCModel):
         return self._combine(scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, C]` log of the probabilities averaged over heads and scales (softmax returns them): no single
+        classifier's logits, so `get_classifier()` (scale 0's object head) on pre-logits is not this output."""
         return self._combine(self._forward_scales(x))
 
     def forward_train(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> FGVCOutput:

@@ -460,6 +460,8 @@ class SSANet(FGVCModel):
         return torch.cat([out['candidate_features'].flatten(2), out['oriented'].flatten(2)], -1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """final = DSM + OP logits from `forward_features`' per-part features; pre-logits are those features
+        flattened (two heads make the prediction, so `get_classifier()`, the DSM head, alone does not)."""
         if pre_logits:
             return x.flatten(1)
         batch, parts = x.shape[:2]
