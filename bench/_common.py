@@ -126,11 +126,12 @@ def merge_results(path: Path, entries: List[dict], key_fields: Sequence[str]) ->
     the list."""
     with locked(path):
         old = []
-        if path.exists():
+        if path.exists():  # an unreadable file is refused, not overwritten with the new entries alone
             try:
-                old = json.loads(path.read_text()).get('entries', [])
-            except (ValueError, AttributeError):
-                old = []
+                old = json.loads(path.read_text())['entries']
+            except (ValueError, TypeError, KeyError) as e:
+                raise ValueError(f'{path} is not a results file ({{"entries": [...]}}): {e}. Mend it (git checkout '
+                                 f'{path.name}) or move it aside; nothing was written.') from e
         key = lambda e: tuple(json.dumps(e.get(k), sort_keys=True) for k in key_fields)  # noqa: E731
         new_keys = {key(e) for e in entries}
         merged = [e for e in old if key(e) not in new_keys] + list(entries)

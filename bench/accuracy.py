@@ -539,6 +539,11 @@ def parse_args(argv=None):
     return args
 
 
+# a synthetic / cub entry replaces only a re-run of itself: the same models on the same data, budget, seeds, device
+ENTRY_KEY = ('suite', 'backbone', 'models', 'data', 'quick', 'budget', 'seeds', 'model_args', 'baseline_args',
+             'device_type')
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -590,6 +595,7 @@ def main(argv=None):
                   f"{sorted({json.dumps(r['transforms']) for r in runs})}", flush=True)
         budget = {k: v for k, v in base_config(args, suite, dataset, 0).items() if k not in ('seed', 'dataset')}
         entry = {'suite': suite, 'data': data_text, 'baseline': baseline, 'backbone': args.backbone,
+                 'models': [baseline, *sorted(variants)],
                  'budget': budget, 'seeds': args.seeds, 'model_args': args.model_args,
                  'baseline_args': baseline_args, 'identical_transforms': same_transforms,
                  'transforms': runs[0]['transforms'], 'summary': summary, 'runs': runs,
@@ -597,7 +603,7 @@ def main(argv=None):
                  'threads': torch.get_num_threads(), **meta,
                  'reproduce': reproduce_command(args, suite, budget)}
         out = results_dir / f'accuracy_{suite}.json'
-        merge_results(out, [entry], ('suite', 'backbone', 'quick', 'budget', 'seeds', 'model_args'))
+        merge_results(out, [entry], ENTRY_KEY)
         print(f'\n{suite}: {data_text}; budget {json.dumps(budget)}')
         print('| model | top-1 | gain | part hit rate | object hit rate | chance (part / object) | wall s |')
         print('|---|---|---|---|---|---|---|')

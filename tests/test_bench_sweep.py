@@ -74,3 +74,33 @@ def test_parallel_jobs_writing_one_results_file_lose_no_entry(tmp_path):
     assert all(p.wait(timeout=120) == 0 for p in procs)
     entries = json.loads(out.read_text())['entries']
     assert sorted((e['job'], e['i']) for e in entries) == [(str(j), i) for j in range(6) for i in range(25)]
+
+
+def test_a_results_file_that_does_not_parse_is_refused_not_overwritten(tmp_path):
+    from _common import merge_results
+    out = tmp_path / 'accuracy_synthetic.json'
+    merge_results(out, [{'job': 'a'}, {'job': 'b'}], ('job',))
+    whole = out.read_text()
+    out.write_text(whole[:-5])  # cut short, as by a disk that filled up
+    damaged = out.read_text()
+    with pytest.raises(ValueError, match='not a results file.*nothing was written'):
+        merge_results(out, [{'job': 'c'}], ('job',))
+    assert out.read_text() == damaged  # the earlier entries are still there to mend
+
+
+def test_accuracy_entries_of_other_models_or_data_are_kept_side_by_side(tmp_path):
+    """The synthetic / CUB suites replace an entry only with a re-run of the same models on the same data: a run of
+    LFD does not delete the S3N entry of the same budget, nor a 20-class run the 50-class one."""
+    from _common import merge_results
+    from accuracy import ENTRY_KEY
+    out = tmp_path / 'accuracy_cub.json'
+    base = dict(suite='cub', backbone='resnet18', quick=False, budget={'epochs': 10}, seeds=[0], model_args={},
+                baseline_args={}, device_type='cpu', data='first 20 classes')
+    s3n, lfd = dict(base, models=['resnet18', 's3n_resnet18']), dict(base, models=['resnet18', 'lfd_resnet18'])
+    merge_results(out, [s3n], ENTRY_KEY)
+    merge_results(out, [lfd], ENTRY_KEY)
+    merge_results(out, [dict(s3n, data='first 50 classes')], ENTRY_KEY)
+    assert len(json.loads(out.read_text())['entries']) == 3
+    merge_results(out, [dict(lfd, note='re-run')], ENTRY_KEY)  # a re-run replaces its own entry only
+    entries = json.loads(out.read_text())['entries']
+    assert len(entries) == 3 and entries[-1]['note'] == 're-run'
