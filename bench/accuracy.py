@@ -80,7 +80,8 @@ def prepare_cub_subset(tar_path: Path, num_classes: int, workdir: Path, first: i
     """
     root = workdir / (f'cub200_s160_first{num_classes}' if first == 0 else
                       f'cub200_s160_classes{first + 1}-{first + num_classes}')
-    marker = root / '.complete'
+    marker = root / '.complete'  # holds the tar it was extracted from: another tar never reuses the folder
+    source = f'{tar_path.resolve()} ({tar_path.stat().st_size} bytes)'
     with tarfile.open(tar_path) as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
         parts = [Path(m.name).parts for m in members]
@@ -90,14 +91,20 @@ def prepare_cub_subset(tar_path: Path, num_classes: int, workdir: Path, first: i
             raise SystemExit(f'{tar_path} has {len(classes)} classes, fewer than {first} + {num_classes}.')
         keep = set(classes[first:first + num_classes])
         with locked(marker):  # parallel jobs (bench/sweep.py): one extracts, the others wait for it
-            if not marker.exists():
+            extracted_from = marker.read_text().strip() if marker.exists() else None
+            if extracted_from and extracted_from != source:
+                raise SystemExit(f'{root} was extracted from {extracted_from}, not {source}: use another --workdir '
+                                 'for other data.')
+            if extracted_from == '':  # an extraction of an earlier version, which did not record its tar
+                marker.write_text(source)
+            if extracted_from is None:
                 for member, p in zip(members, parts):
                     if len(p) > base + 2 and p[base] in ('train', 'test') and p[base + 1] in keep:
                         target = root.joinpath(*p[base:])
                         target.parent.mkdir(parents=True, exist_ok=True)
                         with tar.extractfile(member) as src:
                             target.write_bytes(src.read())
-                marker.touch()
+                marker.write_text(source)
     return root, classes[first:first + num_classes]
 
 
@@ -563,6 +570,9 @@ def main(argv=None):
             from transfer import PROTOCOL, run_transfer
             dataset, _ = prepare_cub_subset(Path(args.cub_tar), PROTOCOL['classes'], workdir)
             args.transfer_models, args.workdir, args.results_dir = variants, str(workdir), str(results_dir)
+            if Path(args.cub_tar).resolve() != DEFAULT_CUB_TAR.resolve():  # runs of their own recipe, never pooled
+                args.other_data = f'{Path(args.cub_tar).name}:{Path(args.cub_tar).stat().st_size}'
+
             args.source_dataset = lambda: str(prepare_cub_subset(Path(args.cub_tar), 150, workdir, first=50)[0])
             run_transfer(args, train, TrainConfig, str(dataset))
             continue

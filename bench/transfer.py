@@ -50,14 +50,17 @@ def recipe_id(recipe: dict) -> str:
     """A short readable name of a recipe, e.g. `sgd lr0.02/bb0.01 wd0.0001 cosine w1 e12 b32` (a run cut short
     with --max-steps is its own recipe, never pooled with the full ones; a few-shot run, `--shots k`, ends in
     ` k<k>`: each k has its own baseline; a run on an accelerator ends in its device type, e.g. ` cuda`: its numerics
-    differ from the CPU's, so its runs are never pooled with theirs)."""
+    differ from the CPU's, so its runs are never pooled with theirs; a run from other source weights or other data
+    than the protocol's ends in ` src<sha>` / ` data:<tar>`: never pooled with the protocol's runs)."""
     return (f"{recipe['optimizer']} lr{recipe['lr']:g}/bb{recipe['backbone_lr']:g} wd{recipe['weight_decay']:g} "
             f"{recipe['scheduler']} w{recipe['warmup_epochs']:g} e{recipe['epochs']} b{recipe['batch_size']}"
             + (f" ls{recipe['label_smoothing']:g}" if recipe.get('label_smoothing') else '')
             + (f" {recipe['mixed_precision']}" if recipe.get('mixed_precision', 'no') != 'no' else '')
             + (f" max{recipe['max_steps']}steps" if recipe.get('max_steps') else '')
             + (f" k{recipe['shots']}" if recipe.get('shots') else '')
-            + (f" {recipe['device']}" if recipe.get('device', 'cpu') != 'cpu' else ''))
+            + (f" {recipe['device']}" if recipe.get('device', 'cpu') != 'cpu' else '')
+            + (f" src{recipe['source']}" if recipe.get('source') else '')
+            + (f" data:{recipe['data']}" if recipe.get('data') else ''))
 
 
 def paper_recipe(method: str) -> dict:
@@ -354,9 +357,6 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
     import timm
     recipe = {k: getattr(args, k) for k in RECIPE_FIELDS + ('max_steps', 'shots')}
     recipe['device'] = accelerator_type(args.cpu)  # in the recipe id: devices are never pooled
-    rid = recipe_id(recipe)
-    out = Path(args.results_dir) / 'accuracy_transfer.json'
-    weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
     size = input_size(args)
     reference = None if size == PROTOCOL['img_size'] else size_reference_label(size)  # a probe's yardstick
     names = ([] if args.skip_baseline else [PROTOCOL['baseline']]) + list(args.transfer_models)
@@ -372,13 +372,23 @@ def run_transfer(args, train, TrainConfig, dataset: str) -> None:
                          '--source-step-epochs make an ablation row: name it with --label '
                          "(the plain row is the paper recipe: its hub config's model arguments and new-layer / "
                          'backbone lr ratio).')
+    if names == [PROTOCOL['baseline']] and (args.model_args or args.label or args.lr_ratio is not None
+                                            or stage_override):
+        raise SystemExit('--model-args / --label / --lr-ratio / --stage-epochs apply to the methods; with no method '
+                         'only the plain baseline trains, as the protocol has it.')
+    weights = Path(args.pretrained_path or SOURCE_WEIGHTS)
     if not weights.is_file():
         raise SystemExit(f'--pretrained-path: {weights} is not a file. The protocol starts from '
                          f'{SOURCE_WEIGHTS.name} (../shared/data, see its README); pass its path.')
     source = source_weights(weights)
-    if not source['fixture']:
+    if not source['fixture']:  # other weights or data: rows of their own, never the protocol's
+        recipe['source'] = source['sha256'][:8]
         print(f"warning: {weights} is not the protocol's {SOURCE_WEIGHTS.name} (SHA-256 {source['sha256'][:12]}, "
-              f'expected {SOURCE_SHA256[:12]}); each run records it in source_weights', flush=True)
+              f"expected {SOURCE_SHA256[:12]}): its runs are filed under recipe ' src{recipe['source']}'", flush=True)
+    if getattr(args, 'other_data', None):
+        recipe['data'] = args.other_data
+    rid = recipe_id(recipe)
+    out = Path(args.results_dir) / 'accuracy_transfer.json'
     for seed in args.seeds:
         for name in names:
             paper_args = {} if name == PROTOCOL['baseline'] else method_config(name, recipe, {})['paper']['model_args']

@@ -459,3 +459,48 @@ def test_a_run_trained_in_parts_records_each_parts_revision_and_the_trainers_res
     transfer.run_transfer(_runner_args(tmp_path), train, TrainConfig, str(tmp_path))
     (run,) = json.loads((tmp_path / 'accuracy_transfer.json').read_text())['runs']
     assert run['resume_warnings'] == [warning] and [p['git'] for p in run['parts']] == ['bbb2222']
+
+
+def test_runs_from_other_source_weights_or_data_are_never_filed_as_the_protocols(tmp_path):
+    """A run from weights that are not the fixture, or on another CUB tar, gets a recipe of its own (' src<sha>',
+    ' data:<tar>'): it neither joins nor replaces the protocol's rows. A baseline-only run refuses method flags."""
+    import json
+    from transfer import run_transfer
+    from timm_fgvc.engine.config import TrainConfig
+    (tmp_path / 'w.safetensors').write_bytes(b'not the fixture')
+
+    def train(cfg):
+        return {'device': 'cpu', 'model_args': cfg.model_args, 'final': {'eval_top1': 50.0, 'step': 1}}
+
+    run_transfer(_runner_args(tmp_path), train, TrainConfig, str(tmp_path))
+    run_transfer(_runner_args(tmp_path, other_data='tiny_cub.tar:1234'), train, TrainConfig, str(tmp_path))
+    runs = json.loads((tmp_path / 'accuracy_transfer.json').read_text())['runs']
+    protocol = 'sgd lr0.04/bb0.02 wd0.0001 cosine w1 e12 b32 bf16'
+    assert len(runs) == 2 and {r['seed'] for r in runs} == {0}  # the second did not replace the first
+    source = runs[0]['source_weights']['sha256'][:8]
+    assert [r['recipe_id'] for r in runs] == [f'{protocol} src{source}', f'{protocol} src{source} data:tiny_cub.tar:1234']
+    with pytest.raises(SystemExit, match='apply to the methods'):
+        run_transfer(_runner_args(tmp_path, label='x', model_args={'a': 1}), train, TrainConfig, str(tmp_path))
+
+
+def test_an_extraction_is_reused_only_for_the_tar_it_came_from(tmp_path):
+    import io
+    import tarfile
+    from accuracy import prepare_cub_subset
+
+    def make_tar(path, per_class):
+        with tarfile.open(path, 'w') as tar:
+            for split in ('train', 'test'):
+                for cls in ('001.a', '002.b'):
+                    for i in range(per_class):
+                        info = tarfile.TarInfo(f'cub/{split}/{cls}/{i}.jpg')
+                        info.size = 3
+                        tar.addfile(info, io.BytesIO(b'jpg'))
+
+    make_tar(tmp_path / 'full.tar', 3)
+    make_tar(tmp_path / 'tiny.tar', 1)
+    root, classes = prepare_cub_subset(tmp_path / 'full.tar', 2, tmp_path / 'work')
+    assert classes == ['001.a', '002.b'] and len(list((root / 'test').glob('*/*.jpg'))) == 6
+    assert prepare_cub_subset(tmp_path / 'full.tar', 2, tmp_path / 'work')[0] == root  # the same tar: reused
+    with pytest.raises(SystemExit, match='was extracted from .*full.tar.*use another --workdir'):
+        prepare_cub_subset(tmp_path / 'tiny.tar', 2, tmp_path / 'work')
