@@ -137,6 +137,11 @@ def ensemble_top1(students, dataset: str) -> dict:
     return probe_ensemble([lm.model.eval() for lm in loaded], images, labels)
 
 
+# the protocol recipe's fields a CAA run shares with the baseline (its new-layer lr and stage epochs are its own)
+TEACHER_RECIPE_FIELDS = ('optimizer', 'backbone_lr', 'epochs', 'batch_size', 'weight_decay', 'scheduler',
+                         'warmup_epochs', 'mixed_precision', 'label_smoothing')
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--caa-run', required=True, help='a trained CAA transfer run folder (model.safetensors)')
@@ -162,9 +167,16 @@ def main(argv=None):
     caa_cfg = json.loads((Path(args.caa_run) / 'results.json').read_text())['config']
     if not caa_cfg['model'].startswith('caa_'):
         p.error(f"--caa-run {args.caa_run} is a {caa_cfg['model']} run; the views come from a CAA run.")
+    recipe = dict(TRANSFER_DEFAULTS, device=accelerator_type(args.cpu))
+    # the row is paired with the baseline of this seed and recipe: its views must come from a CAA run of both
+    differs = [f'{k} {caa_cfg.get(k)!r} (the row: {v!r})' for k, v in
+               [('seed', args.seed), ('max_steps', None)]
+               + [(k, recipe[k]) for k in TEACHER_RECIPE_FIELDS] if caa_cfg.get(k) != v]
+    if differs:
+        p.error(f'--caa-run {args.caa_run} was trained with ' + ', '.join(differs) + ': give the CAA run of this '
+                '--seed under the protocol recipe, or --seed its seed.')
     dataset = args.dataset or caa_cfg['dataset']
     scales = teacher_model(args.caa_run).num_scales
-    recipe = dict(TRANSFER_DEFAULTS, device=accelerator_type(args.cpu))
     root = (Path(args.workdir) / 'caa_multiscale_baseline' / f'seed{args.seed}' /
             (Path(args.caa_run).name + ('_centre' if args.views == 'centre' else '')))
     init, runs, per_scale = str(SOURCE_WEIGHTS), [], []

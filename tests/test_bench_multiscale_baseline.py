@@ -52,3 +52,23 @@ def test_centre_view_zooms_the_central_box_and_the_next_scale_starts_from_the_tr
                             init=save(view, tmp_path / 'scale_1.safetensors'))
     for (name, a), b in zip(nxt.student.state_dict().items(), view.student.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_views_of_a_caa_run_of_another_seed_or_recipe_are_refused(tmp_path, capsys):
+    """The row is paired with the baseline of its --seed under the protocol recipe: a teacher of another seed, or
+    trained with another recipe (a smoke run), would credit its views to the wrong row."""
+    import json
+
+    import pytest
+    script = load_script()
+    from transfer import TRANSFER_DEFAULTS
+    run = tmp_path / 'caa_resnet18'
+    run.mkdir()
+    (run / 'model.safetensors').write_bytes(b'')
+    config = dict(TRANSFER_DEFAULTS, model='caa_resnet18', seed=0, max_steps=None, dataset=str(tmp_path))
+    for changed, expected in ((dict(seed=0, max_steps=3), 'max_steps 3'), (dict(epochs=1), 'epochs 1'),
+                              ({}, 'seed 0 \\(the row: 3\\)')):
+        (run / 'results.json').write_text(json.dumps({'config': {**config, **changed}}))
+        with pytest.raises(SystemExit):
+            script.main(['--caa-run', str(run), '--seed', '3' if not changed else '0', '--workdir', str(tmp_path)])
+        assert __import__('re').search(expected, capsys.readouterr().err)
