@@ -533,6 +533,16 @@ def parse_args(argv=None):
     p.add_argument('--lr-ratio', type=float, default=None,
                    help="transfer: the methods' new-layer / backbone lr ratio instead of the paper's (an ablation)")
     args = p.parse_args(argv)
+    # a flag the chosen suites do not read is an error, not ignored (e.g. --resume would restart every run)
+    transfer_only = dict(resume=False, skip_baseline=False, label=None, stage_epochs=None, lr_ratio=None,
+                         pretrained_path=None, no_source_step=False, source_step_epochs=SOURCE_STEP_EPOCHS,
+                         source_step_lr=None)
+    not_transfer = dict(crop_pct=None, baseline_args={}, cub_classes=50, cub_img_size=128)
+    for flags, suites in ((transfer_only, {'transfer'}), (not_transfer, {'synthetic', 'cub'})):
+        given = ['--' + k.replace('_', '-') for k, default in flags.items() if getattr(args, k) != default]
+        if given and not suites & set(args.suites):
+            p.error(f"{', '.join(given)} apply to the {' / '.join(sorted(suites))} suite(s) only, not to "
+                    f"{' '.join(args.suites)}.")
     if 'transfer' in args.suites:  # the transfer recipe's defaults (the baseline sweep's best; bench/README.md)
         for name, value in TRANSFER_DEFAULTS.items():
             if getattr(args, name) is None:

@@ -504,3 +504,14 @@ def test_an_extraction_is_reused_only_for_the_tar_it_came_from(tmp_path):
     assert prepare_cub_subset(tmp_path / 'full.tar', 2, tmp_path / 'work')[0] == root  # the same tar: reused
     with pytest.raises(SystemExit, match='was extracted from .*full.tar.*use another --workdir'):
         prepare_cub_subset(tmp_path / 'tiny.tar', 2, tmp_path / 'work')
+
+
+def test_a_flag_the_chosen_suite_does_not_read_is_refused(capsys):
+    from accuracy import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(['--suites', 'synthetic', '--resume'])  # the synthetic suite restarts every run
+    assert '--resume apply to the transfer suite' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(['--suites', 'transfer', '--crop-pct', '0.9'])  # the protocol's crop is fixed
+    assert '--crop-pct apply to the cub / synthetic' in capsys.readouterr().err
+    assert parse_args(['--suites', 'transfer', '--resume', '--label', 'x']).resume  # where they apply: accepted
