@@ -404,6 +404,13 @@ def test_a_row_holds_one_setting_at_distinct_seeds():
         transfer_summary({'recipe': 'sgd e12', 'runs': base + rerun[1:]})
     with pytest.raises(ValueError, match='different lr'):
         transfer_summary({'recipe': 'sgd e12', 'runs': base + [dict(rerun[0], lr=0.2), dict(rerun[2], lr=0.02)]})
+    # settings only the label told apart: HSM's step-1 lr, the source weights, the test set
+    for field, a, b in (('source_step', {'lr': 0.02}, {'lr': 0.001}), ('source_weights', {'sha256': 'aa'},
+                                                                        {'sha256': 'bb'}), ('eval_samples', 1389, 100)):
+        with pytest.raises(ValueError, match=f'different {field}'):
+            transfer_summary({'recipe': 'sgd e12', 'runs': base + [dict(rerun[0], **{field: a}),
+                                                                  dict(rerun[2], **{field: b})]})
+    assert transfer_summary({'recipe': 'sgd e12', 'runs': base + [dict(rerun[0], eval_samples=1389), rerun[2]]})
     crops = [_run('resnet18', s, 57.0, role='reference', label='central crops', model_args={'box': 0.6 + s / 100})
              for s in (0, 1)]  # a reference row may measure its crop per seed
     assert transfer_summary({'recipe': 'sgd e12', 'runs': base + crops})['rows']['central crops']['gain'] == \

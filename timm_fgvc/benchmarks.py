@@ -404,7 +404,16 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
     return {'recipe': recipe, 'baseline_mean': base_mean, 'rows': rows, 'other_recipes': others}
 
 
-ROW_SETTINGS = {'model_args': {}, 'lr': None, 'stage_epochs': None, 'epochs_ratio': 1.0}  # one value per row
+# one value per row (a dotted name reads inside a field): the runner's settings, its source weights and test set
+ROW_SETTINGS = {'model_args': {}, 'lr': None, 'stage_epochs': None, 'epochs_ratio': 1.0, 'source_step.lr': None,
+                'source_step.epochs': None, 'source_weights.sha256': None, 'eval_samples': None}
+
+
+def _setting(run: dict, field: str, default):
+    value = run
+    for part in field.split('.'):
+        value = value.get(part) if isinstance(value, dict) else None
+    return default if value is None else value
 
 
 def _check_pooled_runs(runs: List[dict]) -> None:
@@ -422,7 +431,8 @@ def _check_pooled_runs(runs: List[dict]) -> None:
     for field, default in ROW_SETTINGS.items():
         if field == 'model_args' and role == 'reference':
             continue
-        values = {json.dumps(r.get(field, default), sort_keys=True) for r in runs}
+        values = {json.dumps(_setting(r, field, default), sort_keys=True) for r in runs  # unrecorded by older
+                  if _setting(r, field, default) is not None}  # runs: not compared
         if len(values) > 1:
             raise ValueError(f"Row {label!r} pools runs with different {field} ({', '.join(sorted(values))}): "
                              'give each setting its own --label.')
