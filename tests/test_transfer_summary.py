@@ -425,6 +425,10 @@ def test_a_gain_paired_well_below_the_gate_keeps_a_pass_unsettled():
     assert gate_verdict(row, 3.0) == 'passes on 2 seeds (3 needed within 1 pt of the gate)'
     assert gate_verdict(dict(row, paired={'gain': 4.1}), 3.0) == 'passes'
     assert gate_verdict(dict(row, gain=1.5, paired={'gain': 1.8}), 3.0) == 'below'
+    # from 3 seeds the 1 pt rule is settled, but a paired gain across the gate is still named, and not made bold
+    three = dict(row, seeds=[0, 1, 2], gain=3.2, paired={'gain': 2.4})
+    assert gate_verdict(three, 3.0, bold=True) == 'passes against the mean, below paired (+2.40)'
+    assert gate_verdict(dict(three, paired={'gain': 3.3}), 3.0, bold=True) == '**passes**'
 
 
 def test_few_shot_runs_on_an_accelerator_and_probes_off_the_protocol_stay_out_of_the_schedule_tables():

@@ -626,7 +626,8 @@ def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
     A gain within 1 pt of the gate on fewer than 3 seeds says that more seeds are needed; so does a gain paired by
     seed that is not at least 1 pt on the same side of the gate (a lucky seed lifts the model and its baseline alike:
     the gain over the baseline mean can sit far from the gate while the paired one does not). A row measured off the
-    protocol (one with a 'yardstick', e.g. another input size) is never gated: the gate is the protocol's."""
+    protocol (one with a 'yardstick', e.g. another input size) is never gated: the gate is the protocol's. From 3
+    seeds, a paired gain on the other side of the gate than the mean's is named, and such a pass is never bold."""
     if row.get('yardstick') is not None:
         return 'off the protocol, no gate'
     if row['gain'] is None or gate is None:
@@ -640,11 +641,14 @@ def gate_verdict(row: dict, gate: Optional[float], bold: bool = False) -> str:
     clear = all(g >= gate + margin for g in gains) or all(g <= gate - margin for g in gains)  # 1 pt on one side
     unsettled = f" on {seed_count(seeds)} ({needed} needed within {margin:g} pt of the gate)" \
         if seeds and seeds < needed and not clear else ''
+    # with enough seeds, a paired gain on the other side of the gate is said, and a pass is not made bold
+    disputed = (f" against the mean, {'below' if paired['gain'] < gate else 'passes'} paired ({paired['gain']:+.2f})"
+                if paired and not unsettled and (paired['gain'] < gate) != (row['gain'] < gate) else '')
     if row['gain'] < gate:
-        return 'below' + unsettled
+        return 'below' + unsettled + disputed
     longer = row.get('epochs_ratio', 1.0) > 1  # a --stage-epochs ablation: not at equal epochs
-    return ('passes' if longer or not bold or unsettled else '**passes**') + (
-        f" with {row['epochs_ratio']:g}x the baseline's epochs" if longer else '') + unsettled
+    return ('passes' if longer or not bold or unsettled or disputed else '**passes**') + (
+        f" with {row['epochs_ratio']:g}x the baseline's epochs" if longer else '') + unsettled + disputed
 
 
 def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
