@@ -303,7 +303,7 @@ def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epoch
     data['recipe'] = gpu(12)
     data['runs'] = runs + [dict(_run('caa_resnet18', s, 60.0, recipe=gpu(12)), lr=0.04) for s in (1, 2)]
     line = next(l for l in summary_table([], data).splitlines() if l.startswith('| CAA'))
-    assert '59.00 (+3.00; gate +3: passes; 3 seeds)' in line and '12 for both' not in line and '36 for both' in line
+    assert '59.00 (+3.00; gate +3: passes against the mean, below paired (+2.50); 3 seeds)' in line and '12 for both' not in line and '36 for both' in line
     # a family whose methods ran at one length only has no table
     assert schedule_summaries({'runs': [r for r in runs if r['recipe_id'] != gpu(36) or r['role'] == 'baseline']}) \
         == []
