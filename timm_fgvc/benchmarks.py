@@ -471,10 +471,13 @@ def yardstick_text(row: Dict[str, Any]) -> str:
 
 
 def paired_text(stats: Dict[str, Any]) -> str:
-    """' (paired by seed: +0.88 ± 0.18 SE, 5 seeds)', or '' with fewer than two common seeds."""
+    """' (paired by seed: +0.88 ± 0.18 SE, 5 seeds)'; ' (paired with its seed's baseline: -0.22)' for one seed
+    (against the mean alone a seed whose baseline is strong or weak looks better or worse than it is)."""
     paired = stats.get('paired')
-    if not paired or paired['se'] is None:
+    if not paired:
         return ''
+    if paired['se'] is None:
+        return f" (paired with its seed's baseline: {signed(paired['gain'])})"
     return f" (paired by seed: {signed(paired['gain'])} ± {paired['se']:.2f} SE, {paired['n']} seeds)"
 
 
