@@ -183,7 +183,7 @@ def test_a_reference_row_is_measured_against_the_baseline_but_neither_gated_nor_
     assert rows['resnet18 x3 on caa views']['gain'] == pytest.approx(4.0)
     lines = [l for l in transfer_table(data, Commands()).splitlines() if l.startswith('| ') and '---' not in l][1:]
     assert [l.split(' | ')[0] for l in lines] == ['| resnet18', '| resnet18 x3 on caa views', '| caa_resnet18']
-    assert '| +4.00 | reference, no gate |' in lines[1]
+    assert "| +4.00 (paired with its seed's baseline: +5.00) | reference, no gate |" in lines[1]
     assert 'reference' not in summary_table([], data) and '59.00 (+3.00' in summary_table([], data)
 
 
