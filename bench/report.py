@@ -46,8 +46,12 @@ def main(argv=None) -> int:
                    help='exit 1 if bench/README.md, the README block or MODEL_CARDS.md is stale')
     p.add_argument('--print', dest='print_only', action='store_true', help='print the tables, write nothing')
     p.add_argument('--results-dir', default=str(RESULTS), help='where the JSON results are (default bench/results)')
-    p.add_argument('--include-quick', action='store_true', help='also show --quick smoke runs (with --print)')
+    p.add_argument('--include-quick', action='store_true', help='also show --quick smoke runs (--print only)')
     args = p.parse_args(argv)
+    committed = Path(args.results_dir).resolve() == RESULTS.resolve()
+    if not args.print_only and (not committed or args.include_quick):  # the repo's files show the committed runs
+        p.error('--results-dir (other than bench/results) and --include-quick are for --print: the READMEs show the '
+                'committed results only.')
     configs = load_hub_configs(REPO)
     block, full, short = render(load_results('throughput_*.json', args.results_dir, REPO),
                                 load_results('accuracy_*.json', args.results_dir, REPO), paper_top1(configs),
@@ -65,8 +69,7 @@ def main(argv=None) -> int:
             targets.append((readme, updated))
     else:
         print(f'No README.md: the tables (also in bench/README.md):\n\n{block}')
-    if Path(args.results_dir).resolve() == RESULTS.resolve():  # MODEL_CARDS.md shows the committed results only
-        targets.append((REPO / CARDS_FILE, render_model_cards(configs, load_bench_results(REPO))))
+    targets.append((REPO / CARDS_FILE, render_model_cards(configs, load_bench_results(REPO))))
     stale = [path for path, text in targets if not path.exists() or path.read_text() != text]
     if args.check:
         for path in stale:
