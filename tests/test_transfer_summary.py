@@ -526,3 +526,14 @@ def test_a_flag_the_chosen_suite_does_not_read_is_refused(capsys):
         parse_args(['--suites', 'transfer', '--crop-pct', '0.9'])  # the protocol's crop is fixed
     assert '--crop-pct apply to the cub / synthetic' in capsys.readouterr().err
     assert parse_args(['--suites', 'transfer', '--resume', '--label', 'x']).resume  # where they apply: accepted
+
+
+def test_the_report_writes_the_readmes_from_the_committed_results_only(tmp_path, capsys):
+    import report
+    readme = (BENCH / 'README.md').read_text()
+    for args in (['--results-dir', str(tmp_path)], ['--include-quick']):
+        with pytest.raises(SystemExit):
+            report.main(args)
+        assert 'are for --print' in capsys.readouterr().err
+    assert (BENCH / 'README.md').read_text() == readme
+    assert report.main(['--print', '--results-dir', str(tmp_path)]) == 0  # scratch results: printed only
