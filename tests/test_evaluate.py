@@ -243,3 +243,22 @@ def test_eval_names_what_it_scored_warns_on_a_held_out_draw_and_leaves_empty_cla
                  '--out', str(tmp_path / 'eval2')]) == 0
     lowest = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('lowest'))
     assert 'class_0' not in lowest and '1 class(es) with no image evaluated' in lowest
+
+
+def test_a_step_checkpoint_of_a_killed_run_loads_by_its_path_alone(tmp_path):
+    """A run killed before it finished has no results.json: its step checkpoint still loads as the run's model, with
+    its classes, class names and preprocessing (from run_config.json and the checkpoint's record of the data)."""
+    from timm_fgvc.inference import eval_transform
+    run = tmp_path / 'run'
+    train(parse_args(SMALL + ['--max-steps', '4', '--checkpoint-every', '2', '--test-img-size', '72',
+                              '--model-args', '{"max_peaks": 8}', '--output-dir', str(run)]))
+    step = sorted((run / 'checkpoints').glob('step_*'))[-1]
+    finished = load_model(checkpoint=step, device='cpu')  # read with the finished run's results.json
+    (run / 'results.json').unlink()
+    (run / 'model.safetensors').unlink()  # now as a run killed after that checkpoint
+    with pytest.warns(UserWarning, match='unfinished run'):
+        killed = load_model(checkpoint=step, device='cpu')
+    assert killed.name == finished.name == 's3n_tiny' and killed.label_names == finished.label_names
+    assert killed.model.max_peaks == 8 and eval_transform(killed)[1] == eval_transform(finished)[1]
+    x = torch.rand(2, 3, 72, 72)
+    assert torch.equal(killed.model(x), finished.model(x))

@@ -23,7 +23,7 @@ from . import models  # noqa: F401  (registers the methods with timm)
 from .engine.checkpoint import load_weights
 from .hub import run_create_args
 from .models._builder import create_model_or_explain
-from .runs import read_run, run_train_config
+from .runs import read_run, read_unfinished_run, run_train_config
 
 __all__ = ['LoadedModel', 'load_model', 'eval_transform', 'resolve_device']
 
@@ -86,6 +86,12 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
         run_dir = _run_folder(weights)
         if run_dir is not None:
             run = read_run(run_dir, weights=False)
+        else:  # a step checkpoint of a run killed before it finished
+            run = read_unfinished_run(weights.parent)
+            if run is not None:
+                warnings.warn(f'{weights.parent.name} of an unfinished run ({weights.parent.parent.parent}): its '
+                              'model, classes and preprocessing come from run_config.json and the checkpoint.',
+                              stacklevel=2)
     if name is None:
         if run is None:
             raise ValueError('Give --model (a registered name, hf-hub:<repo> or local-dir:<folder>), or a '

@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
-__all__ = ['read_run', 'run_device', 'run_data_config', 'run_train_config']
+__all__ = ['read_run', 'read_unfinished_run', 'run_device', 'run_data_config', 'run_train_config']
 
 _RESULTS_KEYS = ('model', 'num_classes')
 
@@ -35,6 +35,27 @@ def read_run(run_dir: Union[str, Path], weights: bool = True) -> Dict[str, Any]:
     missing = [k for k in _RESULTS_KEYS if k not in results]
     if missing:
         raise ValueError(f'{results_path} lacks {missing}; it was not written by train_fgvc.py.')
+    return results
+
+
+def read_unfinished_run(checkpoint_dir: Union[str, Path]) -> Optional[Dict[str, Any]]:
+    """For a step checkpoint of a run that did not finish (`<run>/checkpoints/step_N`, no results.json): what
+    results.json would say of its model, from the run's `run_config.json` and the checkpoint's record of the data
+    (model, model arguments, classes and names, the configuration); None when either is missing."""
+    from .engine.checkpoint import CHECKPOINT_INFO, RUN_CONFIG
+    from .engine.trainer import model_kwargs
+    checkpoint_dir = Path(checkpoint_dir)
+    run_dir = checkpoint_dir.parent.parent
+    if checkpoint_dir.parent.name != 'checkpoints':
+        return None
+    try:
+        config = json.loads((run_dir / RUN_CONFIG).read_text())['full_config']
+        classes = json.loads((checkpoint_dir / CHECKPOINT_INFO).read_text())['data']['classes']
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    results = {'model': config['model'], 'num_classes': len(classes), 'label_names': classes, 'config': config,
+               'unfinished': True}
+    results['model_args'] = model_kwargs(run_train_config(results))
     return results
 
 
