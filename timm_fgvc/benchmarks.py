@@ -223,7 +223,10 @@ def accuracy_tables(entries: List[dict], commands: Commands, paper: Dict[str, Di
         hit = '–' if not hr else (
             f"{fmt(hr.get('part_hit_rate'), 1)} / {fmt(hr.get('object_hit_rate'), 1)} "
             f"({fmt(hr.get('chance_part_hit_rate'), 1)} / {fmt(hr.get('chance_object_hit_rate'), 1)}); "
-            f"baseline CAM {fmt(base_hr.get('part_hit_rate'), 1)} / {fmt(base_hr.get('object_hit_rate'), 1)}")
+            f"baseline CAM {fmt(base_hr.get('part_hit_rate'), 1)} / {fmt(base_hr.get('object_hit_rate'), 1)}"
+            # the rates average the images that have peaks: say how many lack them (their chance counts all)
+            + (f"; {hr['images_without_peaks']:g} of {hr['images']:g} images without peaks"
+               if 0 < (hr.get('images_without_peaks') or 0) < (hr.get('images') or 0) else ''))
         rows.append(
             f"| {suite} | {METHODS.get(method, method)} | {backbone} | {fmt(row['top1']['mean'])} | "
             f"{fmt(base['top1']['mean'])} | {signed(gain.get('mean'))}{seeds} | "
