@@ -113,10 +113,12 @@ def build_fgvc_model(model_cls, variant: str, pretrained: bool = False, **kwargs
     # the heads and image readers of this instance (CAA's per-scale heads, a second backbone's stem), not the
     # variant's defaults: timm reads both when it loads weights for other classes or channels
     model.pretrained_cfg.update(classifier=model.classifier_names, first_conv=model.input_convs)
-    model._traits['first_conv'] = model.input_convs
+    if hasattr(model, '_traits'):  # timm >= 1.0.26 reads the stem from the model's traits first
+        model._traits['first_conv'] = model.input_convs
     if pretrained:
+        cache = {'cache_dir': kwargs['cache_dir']} if kwargs.get('cache_dir') else {}
         load_pretrained(model, pretrained_cfg=model.pretrained_cfg, num_classes=model.num_classes,
-                        in_chans=kwargs.get('in_chans', 3), cache_dir=kwargs.get('cache_dir'))
+                        in_chans=kwargs.get('in_chans', 3), **cache)
     model.init_args = init_args(model_cls, kwargs)
     return model
 
