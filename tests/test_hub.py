@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import timm
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 import timm_fgvc  # noqa: F401  (registers the methods)
@@ -216,6 +217,39 @@ def test_cli_export_and_its_errors(make_run, tmp_path, capsys):
     assert json.loads((tmp_path / 'export' / 'config.json').read_text())['label_names'] == LABELS
     assert cli_main(['export', '--run', str(tmp_path / 'missing'), '--out', str(tmp_path / 'x')]) == 2
     assert 'No training run folder' in capsys.readouterr().err
+    # an earlier export is exported over; a folder with anything else in it is refused, and left as it was
+    assert cli_main(['export', '--run', str(run), '--out', str(tmp_path / 'export')]) == 0
+    project = tmp_path / 'project'
+    project.mkdir()
+    (project / 'README.md').write_text('# my project')
+    (project / 'train.py').write_text('')
+    assert cli_main(['export', '--run', str(run), '--out', str(project)]) == 2
+    assert 'holds other files (train.py)' in capsys.readouterr().err
+    assert (project / 'README.md').read_text() == '# my project' and not (project / 'config.json').exists()
+    assert cli_main(['export', '--run', str(run), '--out', str(tmp_path / 'y'), '--repo-id', 'bad id!/x y']) == 2
+    assert 'is not a Hub repo id' in capsys.readouterr().err and not (tmp_path / 'y').exists()
+
+
+def test_a_run_on_a_local_folder_is_never_published_as_the_catalog_dataset_it_is_named_like(make_run, tmp_path,
+                                                                                             repo_root):
+    """A local folder at `tanganke/stanford_cars` is the user's data: the card names it by its folder name (not the
+    machine's path) and claims no catalog dataset; with a hub config it is credited only with --same-dataset."""
+    local = str(tmp_path / 'tanganke' / 'stanford_cars')
+    run = make_run(_random_model('resnet18'), label_names=LABELS, dataset='tanganke/stanford_cars',
+                   dataset_path=local)
+    folder = export_run(run, tmp_path / 'export')
+    text = (folder / 'README.md').read_text()
+    card = ModelCard.load(folder / 'README.md')
+    assert str(tmp_path) not in text and 'Stanford Cars' not in text and not card.data.datasets
+    assert {r.dataset_name for r in card.data.eval_results} == {'local folder stanford_cars'}  # top-1, top-5
+    assert 'tag' not in json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+    cub = make_run(timm.create_model('s3n_resnet18', num_classes=200, backbone='resnet18'), name='cub',
+                   dataset='bentrevett/caltech-ucsd-birds-200-2011', dataset_path='/data/cub')
+    config = repo_root / 'hub_configs' / 's3n_resnet18.cub200.yaml'
+    with pytest.raises(ValueError, match='local folder /data/cub.*--same-dataset'):
+        export_run(cub, tmp_path / 'cub_export', hub_config=config)
+    card = ModelCard.load(export_run(cub, tmp_path / 'cub_export', hub_config=config, same_dataset=True) / 'README.md')
+    assert card.data.datasets == ['bentrevett/caltech-ucsd-birds-200-2011']
 
 
 def test_push_refuses_incomplete_or_pickled_folders(make_run, tmp_path):

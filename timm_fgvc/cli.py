@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, help='the folder to write')
     p.add_argument('--hub-config', help='hub_configs/<model>.yaml of the model (repo id, paper, recipe)')
     p.add_argument('--repo-id', help='repo named in the card\'s usage snippet (default: the hub config\'s hub_id)')
+    p.add_argument('--same-dataset', action='store_true',
+                   help="the run's local folder is a copy of the hub config's dataset with its official split")
 
     p = sub.add_parser('push', help='upload an exported folder to the Hub (needs a token: HF_TOKEN or hf auth login)')
     p.add_argument('--folder', required=True)
@@ -125,7 +127,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.action == 'export':
             from .hub import export_run
-            folder = export_run(args.run, args.out, hub_config=args.hub_config, repo_id=args.repo_id)
+            folder = export_run(args.run, args.out, hub_config=args.hub_config, repo_id=args.repo_id,
+                                same_dataset=args.same_dataset)
             print(f'Exported {args.run} -> {folder} ({", ".join(sorted(p.name for p in folder.iterdir()))})')
         elif args.action == 'push':
             from .hub import push

@@ -24,7 +24,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import timm
 import torch.nn as nn
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._hub import save_for_hf
 
@@ -78,6 +79,42 @@ def _dataset_info(name: Optional[str]) -> Optional[DatasetInfo]:
     return DATASETS.get(name) or next((d for d in DATASETS.values() if d.hub_id == name), None)
 
 
+def validate_repo_id(repo_id: str) -> None:
+    """`owner/name` as the Hub accepts it, checked before any work (an export's card names it, push creates it)."""
+    try:
+        _hf_validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f'--repo-id {repo_id!r} is not a Hub repo id (<user or org>/<name>: letters, digits, '
+                         f"'-', '_', '.'): {e}") from e
+
+
+def _run_dataset_info(results: Optional[dict]) -> Optional[DatasetInfo]:
+    """The catalog dataset a run read: never for a local folder (`dataset_path`), even one named like a Hub id."""
+    if not results or results.get('dataset_path'):
+        return None
+    return _dataset_info(results.get('dataset'))
+
+
+def _run_dataset_name(results: dict) -> str:
+    """How a card names a run's data: the Hub id, or a local folder by its name (never the machine's path)."""
+    dataset = str(results.get('dataset'))
+    return f'local folder {Path(dataset).name}' if results.get('dataset_path') else dataset
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """An export writes into a new or empty folder, or over an earlier export (the same three files) of the same
+    architecture; anything else there is refused before any work, never overwritten."""
+    if _is_run_folder(out_dir):
+        raise ValueError(f'{out_dir} is a training run folder (results.json, checkpoints/): export to a new folder, '
+                         'so the run stays as it was and the export holds only what is uploaded.')
+    if not out_dir.is_dir():
+        return
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES)
+    if others:
+        raise ValueError(f'{out_dir} holds other files ({", ".join(others[:5])}): export to a new or empty folder, '
+                         'so nothing of yours is overwritten.')
+
+
 def _architecture(model: nn.Module) -> str:
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     if not cfg.get('architecture'):
@@ -102,26 +139,21 @@ def _base_model(model: nn.Module, run_config: Dict[str, Any]) -> Optional[str]:
 
 
 def _measured(results: Optional[dict], hub_config: Optional[dict]) -> Optional[Dict[str, Any]]:
-    """The measured accuracy of these weights: a run's final eval, else the hub config's `measured:`."""
+    """The measured accuracy of these weights: their run's final eval (None without a run)."""
     final = (results or {}).get('final') or {}
     top1 = final.get('eval_top1')
     if isinstance(top1, (int, float)) and math.isfinite(top1):
         config = results.get('config') or {}
         split = (results.get('data') or {}).get('eval_split') or config.get('eval_split')  # the one evaluated
-        info = _dataset_info(results.get('dataset'))
+        info = _run_dataset_info(results)
         top5 = final.get('eval_top5')
         return dict(
             top1=float(top1), top5=float(top5) if isinstance(top5, (int, float)) and math.isfinite(top5) else None,
-            dataset=info.hub_id if info and info.hub_id else str(results.get('dataset')),
-            dataset_title=info.title if info else str(results.get('dataset')),
+            dataset=info.hub_id if info and info.hub_id else _run_dataset_name(results),
+            dataset_title=info.title if info else _run_dataset_name(results),
             tag=info.tag if info else None, split=split, samples=final.get('eval_samples'),
             source='results.json of the training run', device=run_device(results))
-    if hub_config and hub_config['measured'].get('top1') is not None:
-        m, info = hub_config['measured'], DATASETS[hub_config['dataset']]
-        return dict(top1=float(m['top1']), top5=None, dataset=info.hub_id or info.tag, dataset_title=info.title,
-                    tag=info.tag, split=None, samples=None, device=m.get('device'), date=m.get('date'),
-                    command=m.get('command'), source=f'`measured:` in {CONFIG_DIR}/{hub_config["model"]}.yaml')
-    return None
+    return None  # a hub config's `measured:` is of its recorded run, not of weights exported without one
 
 
 def _md_list(values: Sequence) -> str:
@@ -146,7 +178,8 @@ def build_model_card(
     tag = pretrained_cfg.get('tag')
     name = hub_config['model'] if hub_config else (f'{arch}.{tag}' if tag else arch)
     repo_id = repo_id or (hub_config or {}).get('hub_id') or f'<your-hub-user>/{name}'
-    info = DATASETS[hub_config['dataset']] if hub_config else _dataset_info(tag or (results or {}).get('dataset'))
+    info = DATASETS[hub_config['dataset']] if hub_config else (_run_dataset_info(results) if results
+                                                                 else _dataset_info(tag))
     measured = _measured(results, hub_config)
     paper = dict((hub_config or {}).get('paper') or {})
     if not paper and pretrained_cfg.get('paper_name'):
@@ -291,6 +324,7 @@ def export_model(
         hub_config: Optional[Union[str, Path, Dict[str, Any]]] = None,
         data_config: Optional[Dict[str, Any]] = None,
         repo_id: Optional[str] = None,
+        same_dataset: bool = False,
 ) -> Path:
     """Write a Hub-ready folder for `model`: config.json + model.safetensors (timm's `save_for_hf`) + README.md.
 
@@ -298,12 +332,13 @@ def export_model(
     mean, std, interpolation, ...) is the preprocessing the weights expect; `results` is a run's results.json
     and `hub_config` a `hub_configs/*.yaml` (path or dict) for the card. Runtime-only model args
     (`RUNTIME_MODEL_ARGS`) are left out of config.json. `repo_id` names the repo in the card's usage snippet
-    (default: the hub config's `hub_id`).
+    (default: the hub config's `hub_id`). A run on a local folder is credited to the hub config's dataset only with
+    `same_dataset` (a local copy of it with its official split), as `timm-fgvc record` asks.
     """
     out_dir = Path(out_dir)
-    if _is_run_folder(out_dir):
-        raise ValueError(f'{out_dir} is a training run folder (results.json, checkpoints/): export to a new folder, '
-                         'so the run stays as it was and the export holds only what is uploaded.')
+    check_out_dir(out_dir)
+    if repo_id is not None:
+        validate_repo_id(repo_id)
     hub_config = load_hub_config(hub_config) if hub_config is not None else None
     arch = _architecture(model)
     num_classes = model.num_classes
@@ -323,6 +358,9 @@ def export_model(
         problem = run_mismatch(results, hub_config) if results else None
         if problem:
             raise ValueError(f'The run is not {hub_config["model"]!r} as its card would say: {problem}.')
+        if results and results.get('dataset_path') and not same_dataset:
+            raise ValueError(f'The run read the local folder {results["dataset_path"]}, not {info.title} from the '
+                             f'Hub: if it is a copy of {info.title} with its official split, pass --same-dataset.')
     if label_names is None:
         label_names = (model.pretrained_cfg or {}).get('label_names')
         if label_names is not None and len(label_names) != num_classes:
@@ -334,7 +372,7 @@ def export_model(
 
     # the dataset tag of these weights: the hub config's, else the run's (a tag left from the architecture's
     # default cfg, e.g. `a1_in1k` or `cub200`, would misdescribe fine-tuned weights)
-    results_info = _dataset_info((results or {}).get('dataset'))
+    results_info = _run_dataset_info(results)
     dataset_tag = hub_config['dataset'] if hub_config else (results_info.tag if results_info else None)
     if hub_config and results_info and results_info.tag != hub_config['dataset']:
         raise ValueError(f'The run was trained on {results_info.title} but hub config {hub_config["model"]!r} is '
@@ -373,6 +411,7 @@ def export_run(
         out_dir: Union[str, Path],
         hub_config: Optional[Union[str, Path, Dict[str, Any]]] = None,
         repo_id: Optional[str] = None,
+        same_dataset: bool = False,
 ) -> Path:
     """Rebuild a train_fgvc.py run's model from its results.json + model.safetensors and `export_model` it.
 
@@ -381,6 +420,7 @@ def export_run(
     """
     run_dir = Path(run_dir)
     results = read_run(run_dir)
+    check_out_dir(Path(out_dir))  # before the model is built
     name, kwargs = run_create_args(results)
     if ':' not in name:
         name = name.split('.')[0]  # the run's tag named its dataset, not these weights
@@ -392,7 +432,7 @@ def export_run(
         raise ValueError(f'{run_dir / "results.json"} has {len(label_names)} label names for '
                          f'{results["num_classes"]} classes.')
     return export_model(model, out_dir, label_names=label_names, results=results, hub_config=hub_config,
-                        data_config=run_data_config(results), repo_id=repo_id)
+                        data_config=run_data_config(results), repo_id=repo_id, same_dataset=same_dataset)
 
 
 # --- push ----------------------------------------------------------------------------------------
@@ -408,6 +448,7 @@ def push(
         commit_message: str = 'Upload timm-fgvc model (config.json, model.safetensors, model card)',
 ):
     """Upload an exported folder to `repo_id` (created if needed); returns the commit info. Needs a token."""
+    validate_repo_id(repo_id)
     folder = Path(folder)
     missing = [n for n in EXPORT_FILES if not (folder / n).is_file()]
     if missing:
