@@ -195,8 +195,9 @@ def _measured_cell(measured: Dict[str, Any]) -> str:
 
 
 def _backbone(cfg: Dict[str, Any]) -> str:
+    """The backbone the model is built with (`s3n_resnet50_authors` is S3N's authors' recipe on a resnet50)."""
     _, backbone, _ = split_model_name(cfg['model'])
-    return (cfg['train'].get('model_args') or {}).get('backbone', backbone)
+    return hub_model_backbone(cfg) or backbone
 
 
 def load_bench_results(root: Union[str, Path] = '.') -> Dict[str, List[dict]]:
