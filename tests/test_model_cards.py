@@ -180,6 +180,22 @@ def test_record_writes_measured_and_keeps_the_rest(repo_copy, make_run, cub_mode
     assert rows['s3n_resnet18.cub200']['Paper top-1'] == 'not reported'
 
 
+def test_record_writes_the_split_and_refuses_a_held_out_part_of_training(repo_copy, make_run, cub_model):
+    """A Hub test split with hidden labels is passed over and part of train held out instead: that number is not a
+    test-set number, so it is not recorded beside the paper's; a test split's is, with its name."""
+    path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
+    before = path.read_text()
+    held = make_run(cub_model, name='held', dataset='bentrevett/caltech-ucsd-birds-200-2011',
+                    data={'eval_split': "0.2 of 'train' held out (seed 0)", 'eval_held_out': True})
+    with pytest.raises(ValueError, match="held out.*not on a test split"):
+        record_measurement(held, path)
+    assert path.read_text() == before
+    test = make_run(cub_model, name='test', dataset='bentrevett/caltech-ucsd-birds-200-2011',
+                    data={'eval_split': 'test', 'eval_held_out': False})
+    record_measurement(test, path)
+    assert yaml.safe_load(path.read_text())['measured']['split'] == 'test'
+
+
 def test_record_refuses_a_run_of_another_dataset(repo_copy, make_run):
     path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
     before = path.read_text()

@@ -424,6 +424,11 @@ def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], 
     if (dataset not in known or results.get('dataset_path')) and not same_dataset:  # a folder named like the Hub id
         raise ValueError(f'Run {run_dir} was evaluated on {dataset!r}, not on {sorted(known)}. If that is a local '
                          f'copy of {info.title} with its official split, pass --same-dataset.')
+    data = results.get('data') or {}
+    split = data.get('eval_split')
+    if data.get('eval_held_out') or (split and 'held out' in split):  # older runs say it in the split's name only
+        raise ValueError(f'Run {run_dir} was evaluated on {split}, not on a test split of {info.title}: its number '
+                         "is not comparable with the paper's. Train with the dataset's test split (--eval-split).")
     if command is None:
         config_path = f'{CONFIG_DIR}/{path.name}'
         command = train_command(results.get('config') or {}, base=cfg['train'], base_path=config_path,
@@ -436,5 +441,7 @@ def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], 
         'date': datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).date().isoformat(),
         'device': device,
     }
+    if split:
+        measured['split'] = split
     update_measured(path, measured)
     return measured

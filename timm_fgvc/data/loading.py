@@ -58,7 +58,7 @@ class FGVCData:
         return {'train_split': self.train_split, 'eval_split': self.eval_split, 'image_column': self.image_column,
                 'label_column': self.label_column, 'train_samples': len(self.train),
                 'eval_samples': len(self.eval) if self.eval is not None else 0, 'num_classes': self.num_classes,
-                'unlabelled_splits_passed_over': self.unlabelled_splits}
+                'unlabelled_splits_passed_over': self.unlabelled_splits, 'eval_held_out': self.eval_held_out}
 
 
 def detect_columns(features: datasets.Features, image_column: Optional[str] = None,
