@@ -422,8 +422,9 @@ def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], 
     dataset = results.get('dataset')
     known = {info.hub_id, cfg['train'].get('dataset')} - {None}
     if (dataset not in known or results.get('dataset_path')) and not same_dataset:  # a folder named like the Hub id
-        raise ValueError(f'Run {run_dir} was evaluated on {dataset!r}, not on {sorted(known)}. If that is a local '
-                         f'copy of {info.title} with its official split, pass --same-dataset.')
+        read = (f'the local folder {results["dataset_path"]}' if results.get('dataset_path') else repr(dataset))
+        raise ValueError(f'Run {run_dir} was evaluated on {read}, not on {" or ".join(sorted(known))} from the Hub. '
+                         f'If that is a copy of {info.title} with its official split, pass --same-dataset.')
     data = results.get('data') or {}
     split = data.get('eval_split')
     if data.get('eval_held_out') or (split and 'held out' in split):  # older runs say it in the split's name only
