@@ -286,7 +286,9 @@ def build_model_card(
               'model-index metadata.', '',
               '| Dataset | Paper top-1 (reported) | Measured top-1 (timm-fgvc) | Measured top-5 | Measured on |',
               '|---|---|---|---|---|']
-    paper_top1 = format_number(paper['top1']) if paper.get('top1') is not None else 'not reported'
+    # without a hub config the paper's number is not at hand here: not the same as "not reported"
+    paper_top1 = (format_number(paper['top1']) if paper.get('top1') is not None else
+                  'not reported' if hub_config else 'see the paper (no hub config given)')
 
     def where(m: dict) -> str:
         parts = [p for p in (f'split `{m["split"]}`' if m.get('split') else None,
