@@ -324,3 +324,14 @@ def test_a_method_fine_tuned_from_an_export_takes_output_stride_and_reloads_and_
     with torch.no_grad():
         torch.testing.assert_close(timm.create_model(f'local-dir:{again}', pretrained=True).eval()(x), expected(x),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_fine_tuned_weights_keep_the_license_of_the_weights_they_started_from(make_run, tmp_path):
+    """torchvision's resnet18 weights are bsd-3-clause: a baseline fine-tuned from them is not apache-2.0 (the
+    architecture cfg's default) on its card."""
+    run = make_run(_random_model('resnet18'), label_names=LABELS,
+                   config={'model': 'resnet18.tv_in1k', 'pretrained': True})
+    card = ModelCard.load(export_run(run, tmp_path / 'export') / 'README.md')
+    assert card.data.base_model == 'timm/resnet18.tv_in1k' and card.data.license == 'bsd-3-clause'
+    scratch = make_run(_random_model('resnet18'), name='scratch', label_names=LABELS)
+    assert ModelCard.load(export_run(scratch, tmp_path / 'scratch_export') / 'README.md').data.license == 'apache-2.0'

@@ -88,6 +88,17 @@ def validate_repo_id(repo_id: str) -> None:
                          f"'-', '_', '.'): {e}") from e
 
 
+def _weights_license(pretrained_cfg: Dict[str, Any], base_model: Optional[str]) -> Optional[str]:
+    """Fine-tuned weights keep the license of the timm weights they started from (`resnet18.tv_in1k` is
+    bsd-3-clause, `resnet50.fb_swsl_ig1b_ft_in1k` cc-by-nc-4.0); else the architecture cfg's."""
+    if base_model and base_model.startswith('timm/'):
+        try:
+            return resolve_pretrained_cfg(base_model[len('timm/'):]).license or pretrained_cfg.get('license')
+        except (RuntimeError, KeyError, ValueError):
+            pass
+    return pretrained_cfg.get('license')
+
+
 def _run_dataset_info(results: Optional[dict]) -> Optional[DatasetInfo]:
     """The catalog dataset a run read: never for a local folder (`dataset_path`), even one named like a Hub id."""
     if not results or results.get('dataset_path'):
@@ -204,7 +215,7 @@ def build_model_card(
                 metric_value=round(measured['top5'], 2), verified=False))
     card_data = ModelCardData(
         library_name='timm', pipeline_tag='image-classification', tags=tags, datasets=datasets,
-        license=pretrained_cfg.get('license'), base_model=base_model, metrics=['accuracy'] if measured else None,
+        license=_weights_license(pretrained_cfg, base_model), base_model=base_model, metrics=['accuracy'] if measured else None,
         model_name=name if measured else None, eval_results=eval_results)
 
     num_classes = config['num_classes']
