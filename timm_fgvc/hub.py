@@ -113,8 +113,8 @@ def _run_dataset_name(results: dict) -> str:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """An export writes into a new or empty folder, or over an earlier export (the same three files) of the same
-    architecture; anything else there is refused before any work, never overwritten."""
+    """An export writes into a new or empty folder, or over an earlier export (its three files, replaced as a
+    re-export does); a folder holding anything else is refused before any work, never overwritten."""
     if _is_run_folder(out_dir):
         raise ValueError(f'{out_dir} is a training run folder (results.json, checkpoints/): export to a new folder, '
                          'so the run stays as it was and the export holds only what is uploaded.')

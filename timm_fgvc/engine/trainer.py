@@ -504,7 +504,7 @@ def train(cfg: TrainConfig) -> dict:
             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
     stages, stage_epochs = stages_to_run(model, cfg)
-    if len(stages) > 1 or not cfg.stage_epochs and stages[0].epochs is not None:
+    if len(stages) > 1 or (not cfg.stage_epochs and stages[0].epochs is not None):
         # a staged method's epochs are its paper's unless --stage-epochs sets them, whatever --epochs says
         fixed = not cfg.stage_epochs and all(s.epochs is not None for s in stages)
         accelerator.print('Stages: ' + ', '.join(f'{s.name} {e:g}' for s, e in zip(stages, stage_epochs))
