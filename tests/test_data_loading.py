@@ -75,7 +75,7 @@ def test_skipped_bad_images_are_counted_in_results(tmp_path):
     assert saved['files_ignored'] == 1  # labels.txt
     assert saved['data'] == {'train_split': 'train', 'eval_split': 'test', 'image_column': 'image',
                              'label_column': 'label', 'train_samples': 12, 'eval_samples': 12, 'num_classes': 3,
-                             'unlabelled_splits_passed_over': []}
+                             'unlabelled_splits_passed_over': [], 'eval_held_out': False}
     assert sorted(Path(entry.split(':')[0]).name for entry in saved['bad_images']) == ['empty.jpg', 'truncated.jpg']
     with pytest.raises(BadImagesError, match='truncated.jpg'):
         train(TrainConfig(**dict(cfg.to_dict(), skip_bad_images=False, output_dir=str(tmp_path / 'run2'))))
