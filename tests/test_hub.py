@@ -333,5 +333,7 @@ def test_fine_tuned_weights_keep_the_license_of_the_weights_they_started_from(ma
                    config={'model': 'resnet18.tv_in1k', 'pretrained': True})
     card = ModelCard.load(export_run(run, tmp_path / 'export') / 'README.md')
     assert card.data.base_model == 'timm/resnet18.tv_in1k' and card.data.license == 'bsd-3-clause'
+    assert 'fine-tuned on timm-fgvc synthetic parts' in card.text
     scratch = make_run(_random_model('resnet18'), name='scratch', label_names=LABELS)
-    assert ModelCard.load(export_run(scratch, tmp_path / 'scratch_export') / 'README.md').data.license == 'apache-2.0'
+    card = ModelCard.load(export_run(scratch, tmp_path / 'scratch_export') / 'README.md')
+    assert card.data.license == 'apache-2.0' and 'trained from scratch on timm-fgvc synthetic parts' in card.text

@@ -223,9 +223,12 @@ def build_model_card(
     what = (f'{method_name} ({paper.get("title")}) with a `{backbone}` backbone' if method_name
             else f'The plain timm `{arch}` (a baseline without an FGVC method)')
     lines = [f'# {name}', '']
+    recipe = (results or {}).get('config') or (hub_config or {}).get('train') or {}
+    from_weights = base_model or any(recipe.get(k) for k in ('pretrained', 'pretrained_backbone', 'pretrained_path',
+                                                             'initial_checkpoint'))
     lines.append(f'{what}, '
-                 + (f'fine-tuned on {info.title} ({num_classes} classes).' if info
-                    else f'for {num_classes} classes.')
+                 + (f'{"fine-tuned" if from_weights or not recipe else "trained from scratch"} on {info.title} '
+                    f'({num_classes} classes).' if info else f'for {num_classes} classes.')
                  + ' Packaged by timm-fgvc (`pip install timm-fgvc`), a model zoo of fine-grained classification '
                    'methods that load through `timm`.')
     lines += ['', '## Model details', '']
