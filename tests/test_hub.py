@@ -241,7 +241,8 @@ def test_a_run_on_a_local_folder_is_never_published_as_the_catalog_dataset_it_is
     text = (folder / 'README.md').read_text()
     card = ModelCard.load(folder / 'README.md')
     assert str(tmp_path) not in text and 'Stanford Cars' not in text and not card.data.datasets
-    assert {r.dataset_name for r in card.data.eval_results} == {'local folder stanford_cars'}  # top-1, top-5
+    assert [(r.dataset_name, r.metric_name) for r in card.data.eval_results] == [  # no top-5 of 5 classes: 100%
+        ('local folder stanford_cars', 'Top-1 accuracy')]
     assert 'tag' not in json.loads((folder / 'config.json').read_text())['pretrained_cfg']
     cub = make_run(timm.create_model('s3n_resnet18', num_classes=200, backbone='resnet18'), name='cub',
                    dataset='bentrevett/caltech-ucsd-birds-200-2011', dataset_path='/data/cub')
