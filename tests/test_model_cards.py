@@ -212,8 +212,9 @@ def test_record_refuses_a_run_of_another_dataset(repo_copy, make_run):
      '--same-dataset'),
 ])
 def test_record_and_export_refuse_a_run_that_is_not_the_hub_model(repo_copy, make_run, cub_model, case, backbone,
-                                                                  overrides, message):
-    """A number in MODEL_CARDS.md and a card's claims belong to the hub model: its backbone, trained through."""
+                                                                  overrides, message, monkeypatch):
+    """A number in MODEL_CARDS.md and a card's claims belong to the hub model: its backbone, trained through, on
+    its dataset (a local copy is credited only with --same-dataset). Export refuses before it builds the model."""
     path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
     before = path.read_text()
     model = timm.create_model('s3n_resnet18', num_classes=200, backbone=backbone) if backbone else cub_model
@@ -224,9 +225,13 @@ def test_record_and_export_refuse_a_run_that_is_not_the_hub_model(repo_copy, mak
     if backbone:  # exported without the hub config, its card names the backbone it has
         card = (export_run(run, repo_copy / 'plain_export') / 'README.md').read_text()
         assert f'with a `{backbone}` backbone' in card
-    if case != 'a local folder named like the Hub id':  # a local copy exports; the card names the Hub dataset
-        with pytest.raises(ValueError, match=message):
-            export_run(run, repo_copy / 'export', hub_config=path)
+    import timm_fgvc.hub as hub
+
+    def not_built(*args, **kwargs):
+        raise AssertionError('the model was built before the run was checked against the hub config')
+    monkeypatch.setattr(hub.timm, 'create_model', not_built)
+    with pytest.raises(ValueError, match=message):
+        export_run(run, repo_copy / 'export', hub_config=path)
 
 
 def test_every_hub_models_own_run_matches_it_and_one_with_another_backbone_does_not(repo_root):

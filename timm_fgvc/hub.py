@@ -331,6 +331,18 @@ def build_model_card(
 
 
 # --- export --------------------------------------------------------------------------------------
+def _check_run_fits(results: Dict[str, Any], hub_config: Dict[str, Any], same_dataset: bool) -> None:
+    """The run is the hub config's model (`run_mismatch`), trained on its dataset: a local folder only when the user
+    says it is a copy of that dataset with its official split (`same_dataset`)."""
+    problem = run_mismatch(results, hub_config)
+    if problem:
+        raise ValueError(f'The run is not {hub_config["model"]!r} as its card would say: {problem}.')
+    if results.get('dataset_path') and not same_dataset:
+        title = DATASETS[hub_config['dataset']].title
+        raise ValueError(f'The run read the local folder {results["dataset_path"]}, not {title} from the Hub: if it '
+                         f'is a copy of {title} with its official split, pass --same-dataset.')
+
+
 def export_model(
         model: nn.Module,
         out_dir: Union[str, Path],
@@ -371,12 +383,8 @@ def export_model(
         if backbone and expected_backbone and backbone != expected_backbone:
             raise ValueError(f'The model\'s backbone is {backbone!r} but {hub_config["model"]!r} has '
                              f'{expected_backbone!r}.')
-        problem = run_mismatch(results, hub_config) if results else None
-        if problem:
-            raise ValueError(f'The run is not {hub_config["model"]!r} as its card would say: {problem}.')
-        if results and results.get('dataset_path') and not same_dataset:
-            raise ValueError(f'The run read the local folder {results["dataset_path"]}, not {info.title} from the '
-                             f'Hub: if it is a copy of {info.title} with its official split, pass --same-dataset.')
+        if results:
+            _check_run_fits(results, hub_config, same_dataset)
     if label_names is None:
         label_names = (model.pretrained_cfg or {}).get('label_names')
         if label_names is not None and len(label_names) != num_classes:
@@ -436,7 +444,10 @@ def export_run(
     """
     run_dir = Path(run_dir)
     results = read_run(run_dir)
-    check_out_dir(Path(out_dir))  # before the model is built
+    check_out_dir(Path(out_dir))  # before the model is built, as the hub config's fit to the run
+    if hub_config is not None:
+        hub_config = load_hub_config(hub_config)
+        _check_run_fits(results, hub_config, same_dataset)
     name, kwargs = run_create_args(results)
     if ':' not in name:
         name = name.split('.')[0]  # the run's tag named its dataset, not these weights
