@@ -537,3 +537,10 @@ def test_the_report_writes_the_readmes_from_the_committed_results_only(tmp_path,
         assert 'are for --print' in capsys.readouterr().err
     assert (BENCH / 'README.md').read_text() == readme
     assert report.main(['--print', '--results-dir', str(tmp_path)]) == 0  # scratch results: printed only
+
+
+def test_hsms_wall_time_counts_its_step_1():
+    runs = [_run('resnet18', 0, 55.0, role='baseline'),
+            dict(_run('hsm_resnet18', 0, 56.0), wall_seconds=480.0, source_step={'wall_seconds': 240.0, 'lr': 0.02})]
+    row = transfer_summary({'recipe': 'sgd e12', 'runs': runs})['rows']['hsm_resnet18']
+    assert row['wall'] == 480.0 and row['step1_wall'] == 240.0  # the table shows '8 min + 4 min step 1'

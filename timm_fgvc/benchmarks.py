@@ -390,6 +390,8 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
                              f"{recipe!r}: record that row's runs, or drop 'yardstick' from this row's runs.")
         against = rows[yardstick] if yardstick is not None else base
         walls = [r['wall_seconds'] for r in row['runs'] if not r.get('resumed')]  # a resumed run's is only its end
+        step_walls = [r['source_step']['wall_seconds'] for r in row['runs']  # HSM's step 1 on the source classes
+                      if (r.get('source_step') or {}).get('wall_seconds') is not None]
         heads: Dict[str, List[float]] = {}
         for r in row['runs']:
             for k, v in r['per_head_top1'].items():
@@ -400,6 +402,7 @@ def transfer_summary(data: dict) -> Dict[str, Any]:
             heads={k: statistics.fmean(v) for k, v in heads.items()},
             compute=row['runs'][-1].get('compute_ratio'),
             wall=statistics.fmean(walls) if walls else None, command=row['runs'][-1]['command'],
+            step1_wall=statistics.fmean(step_walls) if step_walls else None,
             lr=row['runs'][-1].get('lr'), stage_epochs=row['runs'][-1].get('stage_epochs'),
             epochs_ratio=row['runs'][-1].get('epochs_ratio', 1.0),
             model_args=row['runs'][-1].get('model_args') or {}, date=max(r.get('date', '') for r in row['runs']))
@@ -686,7 +689,8 @@ def transfer_table(data: Optional[dict], commands: 'Commands') -> str:
             heads += ('; ' if heads else '') + 'saliency cells live ' + '/'.join(f'{a:.0%}' for a in row['saliency'])
         heads = heads or '–'
         stages = '/'.join(f'{e:.1f}' for e in row['stage_epochs']) if row['stage_epochs'] else 'one stage'
-        wall = f"{row['wall'] / 60:.0f} min" if row['wall'] is not None else '– (resumed runs only)'
+        wall = (f"{row['wall'] / 60:.0f} min" if row['wall'] is not None else '– (resumed runs only)') + (
+            f" + {row['step1_wall'] / 60:.0f} min step 1" if row.get('step1_wall') is not None else '')
         lines.append(
             f"| {row['label']} | {top1} | {signed(row['gain'])}{yardstick_text(row)}{paired_text(row)} | {verdict} | "
             f"{fmt(row['compute'])} | {heads} | {row['lr']:g}, {stages} | {wall} | "
