@@ -112,6 +112,8 @@ def test_a_checkpoint_loads_only_as_the_model_its_run_trained(tmp_path, run_and_
     assert 'must be a JSON object' in capsys.readouterr().err
     assert main(['predict', '--checkpoint', str(run), str(photos), '--device', 'gpu']) == 2
     assert "--device 'gpu' is not a device" in capsys.readouterr().err
+    assert main(['predict', '--model', f'local-dir:{run}', str(photos)]) == 2  # a run folder is not an export
+    assert f'load it with --checkpoint {run}' in capsys.readouterr().err
 
 
 def test_a_step_checkpoint_finds_its_run_and_loose_weights_say_what_they_lack(tmp_path, run_and_photos):

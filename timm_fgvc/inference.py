@@ -77,6 +77,10 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
     (model name, classes, model arguments, class names). Returns the model in eval mode on `device`.
     """
     run, weights = None, None
+    folder = Path(name[len('local-dir:'):]) if name and name.startswith('local-dir:') else None
+    if folder is not None and not (folder / 'config.json').is_file() and (folder / 'results.json').is_file():
+        raise ValueError(f'{folder} is a training run folder, not an export: load it with --checkpoint {folder} '
+                         '(Python: checkpoint=...), or export it first (timm-fgvc export).')
     if checkpoint is not None:
         weights = Path(checkpoint)
         if weights.is_dir():
