@@ -40,6 +40,7 @@ a different budget is added next to the earlier ones (the report shows the lates
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -361,7 +362,9 @@ def load_trained(name: str, num_classes: int, output_dir: Path, model_args: dict
 
 
 def run_one(name: str, base: dict, model_args: dict, workdir: Path, suite: str, seed: int, grid) -> dict:
-    output_dir = workdir / suite / f'seed{seed}' / name
+    # a folder per budget and model arguments: parallel jobs of other budgets never train or score in each other's
+    budget = hashlib.sha256(json.dumps([base, model_args], sort_keys=True, default=str).encode()).hexdigest()[:8]
+    output_dir = workdir / suite / budget / f'seed{seed}' / name
     method, _ = split_variant(name)
     if method in METHODS:
         # staged recipes (CAA, HSM, SSANet) share the baseline's epochs equally between their stages, so both
