@@ -102,6 +102,34 @@ def _split_layout(root: Path) -> Dict[str, Path]:
     return {split: _unwrap(folder, into_split=True) for folder, split in splits.items()}
 
 
+def _class_images(class_dir: Path, ignored: List[str]) -> List[str]:
+    """The image paths anywhere below a class folder (symlinks followed, each folder once); what is left out is
+    added to `ignored`. A class folder of files none of which is an image is an error."""
+    paths, others, seen = [], [], set()
+    for parent, dirs, files in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # a symlink loop or a folder linked twice: its images once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        for name in sorted(f for f in files if not _is_hidden(f)):
+            path = os.path.join(parent, name)
+            if _is_image(Path(name)):  # a broken link to an image is then a bad image, named
+                paths.append(path)
+            elif os.path.exists(path):
+                others.append(path)
+            else:  # a broken link to a folder
+                ignored.append(f'{path} (broken link)')
+    if others and not paths:
+        raise ValueError(f'Class folder {str(class_dir)!r} holds {len(others)} file(s) and none is an image '
+                         f'({Path(others[0]).name!r}, ...): convert them to JPEG/PNG or move the folder out.')
+    ignored += [f'{path} (not an image)' for path in others]
+    if not paths:
+        ignored.append(f'{class_dir} (empty class folder)')
+    return paths
+
+
 def read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
     """An image folder read as torchvision's ImageFolder reads it, with split folders: <root>/[<split>/]<class>/**/
     <image>. A class is a top-level folder (its subfolders are its images, not classes of their own), a split is
@@ -117,34 +145,8 @@ def read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
     for folder in sorted(levels):  # the root, wrapper and split folders: files outside a class folder, broken links
         ignored += [f'{p} (outside a class folder)' if p.is_file() else f'{p} (broken link)'
                     for p in sorted(folder.iterdir()) if not p.is_dir() and not _is_hidden(p.name)]
-    found = {}
-    for split, folder in layout.items():
-        images = {}
-        for class_dir in _visible_dirs(folder):
-            paths, others, seen = [], [], set()
-            for parent, dirs, files in os.walk(class_dir, followlinks=True):
-                real = os.path.realpath(parent)
-                if real in seen:  # a symlink loop or a folder linked twice: its images once
-                    dirs[:] = []
-                    continue
-                seen.add(real)
-                dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-                for name in sorted(f for f in files if not _is_hidden(f)):
-                    path = os.path.join(parent, name)
-                    if _is_image(Path(name)):  # a broken link to an image is then a bad image, named
-                        paths.append(path)
-                    elif os.path.exists(path):
-                        others.append(path)
-                    else:  # a broken link to a folder
-                        ignored.append(f'{path} (broken link)')
-            if others and not paths:
-                raise ValueError(f'Class folder {str(class_dir)!r} holds {len(others)} file(s) and none is an image '
-                                 f'({Path(others[0]).name!r}, ...): convert them to JPEG/PNG or move the folder out.')
-            ignored += [f'{path} (not an image)' for path in others]
-            if not paths:
-                ignored.append(f'{class_dir} (empty class folder)')
-            images[class_dir.name] = paths
-        found[split] = images
+    found = {split: {class_dir.name: _class_images(class_dir, ignored) for class_dir in _visible_dirs(folder)}
+             for split, folder in layout.items()}
     names = sorted(c for c, paths in found['train'].items() if paths)
     if not names:
         loose = _loose_images(layout['train'])
