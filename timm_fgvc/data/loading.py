@@ -271,12 +271,9 @@ def _encode_labels(split: datasets.Dataset, column: str, names: List[str], split
     if unknown:
         raise ValueError(f'The {split_name!r} split has label(s) {unknown[:10]} that the training split does not: '
                          'every class evaluated must be trained.')
-    features = split.features.copy()
-    features[column] = datasets.Value('string')
     if getattr(split.features[column], 'dtype', None) in ('bool', 'float16', 'float32', 'float64'):
         # Arrow writes True as 'true' and 3.0 as '3': the names are Python's, so map them (other types cast fast)
-        split = split.map(lambda batch: {column: [_label_text(v) for v in batch[column]]}, batched=True,
-                          features=features)
+        split = _labels_as_text(split, column, _label_text)
     return split.cast_column(column, datasets.Value('string')).cast_column(column, datasets.ClassLabel(names=names))
 
 
@@ -290,13 +287,17 @@ def _unlabelled_rows(split: datasets.Dataset, column: str) -> int:
     return sum(v is None or v != v or (hidden is not None and v == hidden) for v in values)  # v != v: NaN
 
 
+def _labels_as_text(split: datasets.Dataset, column: str, text_of: Callable[[Any], str]) -> datasets.Dataset:
+    """`split` with each value of its label column replaced by `text_of(value)`, as a string column."""
+    features = split.features.copy()
+    features[column] = datasets.Value('string')
+    return split.map(lambda batch: {column: [text_of(v) for v in batch[column]]}, batched=True, features=features)
+
+
 def _label_strings(split: datasets.Dataset, column: str) -> datasets.Dataset:
     """A ClassLabel column as its class names (another split's ClassLabel may order or name its classes
     differently: they are matched by name, never by index)."""
-    names = split.features[column].names
-    features = split.features.copy()
-    features[column] = datasets.Value('string')
-    return split.map(lambda batch: {column: [names[i] for i in batch[column]]}, batched=True, features=features)
+    return _labels_as_text(split, column, split.features[column].names.__getitem__)
 
 
 def load_fgvc_dataset(
