@@ -230,7 +230,8 @@ def test_eval_names_what_it_scored_warns_on_a_held_out_draw_and_leaves_empty_cla
         for c in classes:
             (split / name / f'class_{c}').mkdir(parents=True)
             for i in range(2):
-                render_sample(c + 2 * i, num_classes=2, image_size=48)['image'].save(split / name / f'class_{c}' / f'{i}.png')
+                image = render_sample(c + 2 * i, num_classes=2, image_size=48)['image']
+                image.save(split / name / f'class_{c}' / f'{i}.png')
     report = evaluate_model(loaded, dataset=str(split), device='cpu')
     assert report['split'] == 'test' and report['warnings'] == []
     assert [c['top1'] for c in report['per_class']][0] is None and report['per_class'][1]['top1'] is not None

@@ -303,7 +303,8 @@ def test_longer_schedules_compare_each_model_with_the_baseline_of_the_same_epoch
     data['recipe'] = gpu(12)
     data['runs'] = runs + [dict(_run('caa_resnet18', s, 60.0, recipe=gpu(12)), lr=0.04) for s in (1, 2)]
     line = next(l for l in summary_table([], data).splitlines() if l.startswith('| CAA'))
-    assert '59.00 (+3.00; gate +3: passes against the mean, below paired (+2.50); 3 seeds)' in line and '12 for both' not in line and '36 for both' in line
+    assert '59.00 (+3.00; gate +3: passes against the mean, below paired (+2.50); 3 seeds)' in line
+    assert '12 for both' not in line and '36 for both' in line
     # a family whose methods ran at one length only has no table
     assert schedule_summaries({'runs': [r for r in runs if r['recipe_id'] != gpu(36) or r['role'] == 'baseline']}) \
         == []
@@ -489,7 +490,8 @@ def test_runs_from_other_source_weights_or_data_are_never_filed_as_the_protocols
     protocol = 'sgd lr0.04/bb0.02 wd0.0001 cosine w1 e12 b32 bf16'
     assert len(runs) == 2 and {r['seed'] for r in runs} == {0}  # the second did not replace the first
     source = runs[0]['source_weights']['sha256'][:8]
-    assert [r['recipe_id'] for r in runs] == [f'{protocol} src{source}', f'{protocol} src{source} data:tiny_cub.tar:1234']
+    assert [r['recipe_id'] for r in runs] == [f'{protocol} src{source}',
+                                              f'{protocol} src{source} data:tiny_cub.tar:1234']
     with pytest.raises(SystemExit, match='apply to the methods'):
         run_transfer(_runner_args(tmp_path, label='x', model_args={'a': 1}), train, TrainConfig, str(tmp_path))
 

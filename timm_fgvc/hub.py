@@ -149,7 +149,7 @@ def _base_model(model: nn.Module, run_config: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _measured(results: Optional[dict], hub_config: Optional[dict]) -> Optional[Dict[str, Any]]:
+def _measured(results: Optional[dict]) -> Optional[Dict[str, Any]]:
     """The measured accuracy of these weights: their run's final eval (None without a run)."""
     final = (results or {}).get('final') or {}
     top1 = final.get('eval_top1')
@@ -191,7 +191,7 @@ def build_model_card(
     repo_id = repo_id or (hub_config or {}).get('hub_id') or f'<your-hub-user>/{name}'
     info = DATASETS[hub_config['dataset']] if hub_config else (_run_dataset_info(results) if results
                                                                  else _dataset_info(tag))
-    measured = _measured(results, hub_config)
+    measured = _measured(results)
     paper = dict((hub_config or {}).get('paper') or {})
     if not paper and pretrained_cfg.get('paper_name'):
         paper = dict(title=pretrained_cfg['paper_name'], venue=pretrained_cfg.get('paper_ids'),
@@ -215,7 +215,8 @@ def build_model_card(
                 metric_value=round(measured['top5'], 2), verified=False))
     card_data = ModelCardData(
         library_name='timm', pipeline_tag='image-classification', tags=tags, datasets=datasets,
-        license=_weights_license(pretrained_cfg, base_model), base_model=base_model, metrics=['accuracy'] if measured else None,
+        license=_weights_license(pretrained_cfg, base_model), base_model=base_model,
+        metrics=['accuracy'] if measured else None,
         model_name=name if measured else None, eval_results=eval_results)
 
     num_classes = config['num_classes']

@@ -100,9 +100,10 @@ class SaliencyModulation(nn.Module):
     l * (s + 1) (Eq. 2).
 
     The owning model sets `saliency` ([B, 1, h, w], any h, w: resized bilinearly to the features) for the duration
-    of one forward (with gradient checkpointing, until the next one); without it the block runs unmodulated. Features may be NCHW (CNNs), NHWC (`channels_last_fmt`,
-    e.g. Swin stages) or tokens `[B, N, C]` whose first `num_prefix_tokens` (class/register tokens) are left as
-    they are and whose rest is the patch grid (ViT; the grid's aspect is the image's, `image_size`).
+    of one forward (with gradient checkpointing, until the next one); without it the block runs unmodulated.
+    Features may be NCHW (CNNs), NHWC (`channels_last_fmt`, e.g. Swin stages) or tokens `[B, N, C]` whose first
+    `num_prefix_tokens` (class/register tokens) are left as they are and whose rest is the patch grid (ViT; the
+    grid's aspect is the image's, `image_size`).
     """
 
     def __init__(self, block: nn.Module, side: str = 'output', channels_last_fmt: bool = False,
