@@ -437,8 +437,8 @@ def _check_pooled_runs(runs: List[dict]) -> None:
     for field, default in ROW_SETTINGS.items():
         if field == 'model_args' and role == 'reference':
             continue
-        values = {json.dumps(_setting(r, field, default), sort_keys=True) for r in runs  # unrecorded by older
-                  if _setting(r, field, default) is not None}  # runs: not compared
+        settings = [_setting(r, field, default) for r in runs]  # None: unrecorded by an older run, not compared
+        values = {json.dumps(v, sort_keys=True) for v in settings if v is not None}
         if len(values) > 1:
             raise ValueError(f"Row {label!r} pools runs with different {field} ({', '.join(sorted(values))}): "
                              'give each setting its own --label.')

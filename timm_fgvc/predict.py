@@ -109,9 +109,9 @@ def format_predictions(predictions: Sequence[Prediction], top_k: Optional[int] =
     k = top_k or max((len(p.labels) for p in predictions), default=0)
     rows = [[f'{label} ({prob:.3f})' for label, prob in zip(p.labels, p.probabilities)] for p in predictions]
     widths = [max([len(f'top-{i + 1}')] + [len(r[i]) for r in rows if i < len(r)]) for i in range(k)]
-    lines = [f'{"file":<{width}}  ' + '  '.join(f'{f"top-{i + 1}":<{w}}' for i, w in enumerate(widths)).rstrip()]
+    lines = [f'{"file":<{width}}  ' + '  '.join(f'{f"top-{i + 1}":<{w}}' for i, w in enumerate(widths))]
     for p, cells in zip(predictions, rows):
-        row = '  '.join(f'{c:<{w}}' for c, w in zip(cells, widths)).rstrip()
+        row = '  '.join(f'{c:<{w}}' for c, w in zip(cells, widths))
         lines.append(f'{p.path:<{width}}  ' + (row if p.error is None else f'skipped: {p.error}'))
     return '\n'.join(line.rstrip() for line in lines)
 
