@@ -35,11 +35,13 @@ def test_low_precision_weights_run_and_agree_with_fp32(name, dtype):
     x = torch.randn(3, 3, 96, 96)
     with torch.no_grad():
         expected = reference(x)
-        logits = model(x.to(dtype)).float()
+        logits = model(x.to(dtype))
         maps = model.attention_maps(x.to(dtype))
         output = model.forward_train(x.to(dtype))
         losses = model.loss(output, torch.tensor([0, 1, 2]))
     assert logits.shape == expected.shape and torch.isfinite(logits).all()
+    assert logits.dtype == dtype, 'a model cast to a dtype answers in it, as a timm model does'
+    logits = logits.float()
     # same weights, rounded: the prediction must be the fp32 one up to the rounding (not merely finite)
     assert F.cosine_similarity(logits.flatten(), expected.flatten(), 0) > 0.98, (logits, expected)
     assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1

@@ -220,12 +220,12 @@ class CAA(FGVCModel):
                     view = crop_regions(x, box[:, None], (height, width))[:, 0]
         return scales
 
-    @staticmethod
-    def _combine(scales: List[Dict[str, torch.Tensor]]) -> torch.Tensor:
-        """Log of the mean over scales of the per-scale prediction (mean of object and local softmax)."""
+    def _combine(self, scales: List[Dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Log of the mean over scales of the per-scale prediction (mean of object and local softmax), computed in
+        float32 and returned in the heads' dtype (float32 under autocast, half for a `.half()` model)."""
         probs = [(s['object_logits'].float().softmax(-1) + s['local_logits'].float().softmax(-1)) / 2
                  for s in scales]
-        return torch.stack(probs).mean(0).clamp_min(1e-12).log()
+        return torch.stack(probs).mean(0).clamp_min(1e-12).log().to(self.heads['object_0'].weight.dtype)
 
     # --- timm surface ------------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
