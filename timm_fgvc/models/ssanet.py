@@ -151,8 +151,8 @@ class CirculantScaleHead(nn.Module):
 
     def forward(self, candidates: torch.Tensor) -> torch.Tensor:
         """candidates `[B, K, S, D']` -> logits `[B, C]`."""
-        per_part = circulant_alignment(candidates, self.weight, self.method)  # [B, K, C], Eq. 6-7
-        return per_part.sum(1) + self.bias
+        per_part = circulant_alignment(candidates, self.weight, self.method)  # [B, K, C], Eq. 6-7, in float32
+        return (per_part.sum(1) + self.bias).to(torch.promote_types(candidates.dtype, self.weight.dtype))
 
 
 def mac_loss(part_features: torch.Tensor, reduction: str = 'paper') -> torch.Tensor:
