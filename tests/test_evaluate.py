@@ -11,7 +11,7 @@ from timm_fgvc.cli import main
 from timm_fgvc.engine.config import parse_args
 from timm_fgvc.engine.trainer import train
 from timm_fgvc.evaluate import InputPerturbation, evaluate_model, robustness_table
-from timm_fgvc.inference import load_model
+from timm_fgvc.inference import eval_transform, load_model
 
 SMALL = ['--synthetic-classes', '4', '--synthetic-train-per-class', '8', '--synthetic-test-per-class', '5',
          '--synthetic-image-size', '64', '--batch-size', '8', '--eval-batch-size', '6', '--model', 's3n_tiny',
@@ -153,6 +153,10 @@ def test_eval_reports_and_uses_the_size_the_run_evaluated_at(tmp_path):
     from_export = evaluate_model(loaded, dataset='synthetic', split='test')
     at_80 = evaluate_model(loaded, dataset='synthetic', split='test', img_size=80)
     assert from_run['input_size'] == from_export['input_size'] == [3, 80, 80]
+    # predict's and explain's transform with its data config: both at the size evaluated, not the 64 px trained
+    for model in (load_model(checkpoint=run, device='cpu'), loaded):
+        transform, data_cfg = eval_transform(model)
+        assert tuple(data_cfg['input_size']) == (3, 80, 80) == tuple(transform(Image.new('RGB', (97, 71))).shape)
     assert from_run['loss'] == pytest.approx(results['final']['eval_loss'], rel=1e-5)
     assert from_export['loss'] == pytest.approx(at_80['loss'], rel=1e-6)  # not at the 64 px it trained at
 
@@ -249,7 +253,6 @@ def test_eval_names_what_it_scored_warns_on_a_held_out_draw_and_leaves_empty_cla
 def test_a_step_checkpoint_of_a_killed_run_loads_by_its_path_alone(tmp_path):
     """A run killed before it finished has no results.json: its step checkpoint still loads as the run's model, with
     its classes, class names and preprocessing (from run_config.json and the checkpoint's record of the data)."""
-    from timm_fgvc.inference import eval_transform
     run = tmp_path / 'run'
     train(parse_args(SMALL + ['--max-steps', '4', '--checkpoint-every', '2', '--test-img-size', '72',
                               '--model-args', '{"max_peaks": 8}', '--output-dir', str(run)]))

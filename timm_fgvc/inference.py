@@ -154,6 +154,8 @@ def eval_transform(loaded: LoadedModel, img_size: Optional[int] = None) -> Tuple
         if img_size:
             cfg.img_size, cfg.test_img_size = img_size, None
         _, transform, data_cfg = build_transforms(loaded.model, cfg)
+        if cfg.test_img_size:  # the size the transform gives (build_transforms' data config is training's)
+            data_cfg = {**data_cfg, 'input_size': (data_cfg['input_size'][0], cfg.test_img_size, cfg.test_img_size)}
         return transform, data_cfg
     overrides = {'input_size': (3, img_size, img_size)} if img_size else {}
     # an exported model's test size (`test_input_size`) is the size its run evaluated at
