@@ -241,6 +241,7 @@ def test_a_run_on_a_local_folder_is_never_published_as_the_catalog_dataset_it_is
     text = (folder / 'README.md').read_text()
     card = ModelCard.load(folder / 'README.md')
     assert str(tmp_path) not in text and 'Stanford Cars' not in text and not card.data.datasets
+    assert "**Training data:** a local folder stanford_cars: its own terms apply" in text
     assert [(r.dataset_name, r.metric_name) for r in card.data.eval_results] == [  # no top-5 of 5 classes: 100%
         ('local folder stanford_cars', 'Top-1 accuracy')]
     assert 'tag' not in json.loads((folder / 'config.json').read_text())['pretrained_cfg']
@@ -338,3 +339,15 @@ def test_fine_tuned_weights_keep_the_license_of_the_weights_they_started_from(ma
     scratch = make_run(_random_model('resnet18'), name='scratch', label_names=LABELS)
     card = ModelCard.load(export_run(scratch, tmp_path / 'scratch_export') / 'README.md')
     assert card.data.license == 'apache-2.0' and 'trained from scratch on timm-fgvc synthetic parts' in card.text
+    assert '**Training data:** timm-fgvc synthetic parts, apache-2.0' in card.text
+
+
+def test_a_card_names_the_terms_of_the_data_the_weights_were_trained_on(make_run, tmp_path):
+    """The card's license is the weights'; CUB-200-2011's own terms (not a license the card could claim) are named
+    with a link to its dataset card."""
+    run = make_run(_random_model_with('resnet18', 200), dataset='bentrevett/caltech-ucsd-birds-200-2011',
+                   config={'model': 'resnet18.tv_in1k', 'pretrained': True})
+    card = ModelCard.load(export_run(run, tmp_path / 'export') / 'README.md')
+    assert card.data.license == 'bsd-3-clause'
+    assert ('**Training data:** [CUB-200-2011](https://huggingface.co/datasets/bentrevett/caltech-ucsd-birds-200-2011)'
+            ', under its own terms of use (see its dataset card)') in card.text

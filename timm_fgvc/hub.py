@@ -236,6 +236,14 @@ def build_model_card(
     lines.append(f'- **Architecture:** `{arch}`' + (' (registered with timm by `import timm_fgvc`)' if method else ''))
     if base_model:
         lines.append(f'- **Initialised from:** [`{base_model}`](https://huggingface.co/{base_model})')
+    if info is not None:  # the card's license is the weights'; the data they were trained on has terms of its own
+        data = f'[{info.title}](https://huggingface.co/datasets/{info.hub_id})' if info.hub_id else info.title
+        lines.append(f'- **Training data:** {data}, ' + (f'{info.license}' if info.license != 'other' else
+                                                          "under its own terms of use (see its dataset card), which "
+                                                          "apply beside the weights' license"))
+    elif results and results.get('dataset_path'):
+        lines.append(f'- **Training data:** a {_run_dataset_name(results)}: its own terms apply beside the '
+                     "weights' license")
     lines.append(f'- **Classes:** {num_classes}' + (' (names in `model.pretrained_cfg["label_names"]`)'
                                                       if config.get('label_names') else ''))
     if num_params:
