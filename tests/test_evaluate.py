@@ -266,3 +266,33 @@ def test_a_step_checkpoint_of_a_killed_run_loads_by_its_path_alone(tmp_path):
     assert killed.model.max_peaks == 8 and eval_transform(killed)[1] == eval_transform(finished)[1]
     x = torch.rand(2, 3, 72, 72)
     assert torch.equal(killed.model(x), finished.model(x))
+
+
+def test_an_export_is_evaluated_on_the_images_its_run_held_out(tmp_path, capsys):
+    """A run on a folder without an eval split holds out a seeded draw of it; its export records that draw, so
+    `eval` of the export on the same folder scores those images (the run's own number, no warning), not a
+    seed-0 draw that would hold some of its training images. Another folder of another name still warns."""
+    from timm_fgvc.data.synthetic import render_sample
+    from timm_fgvc.hub import export_run
+    flat = tmp_path / 'birds'
+    for c in range(2):
+        (flat / f'class_{c}').mkdir(parents=True)
+        for i in range(10):
+            render_sample(c + 2 * i, num_classes=2, image_size=48)['image'].save(flat / f'class_{c}' / f'{i}.png')
+    run = tmp_path / 'run'
+    results = train(parse_args(['--dataset', str(flat), '--model', 's3n_tiny', '--img-size', '48', '--seed', '3',
+                                '--eval-fraction', '0.4', '--batch-size', '4', '--max-steps', '2', '--epochs', '1',
+                                '--output-dir', str(run)]))
+    exported = export_run(run, tmp_path / 'export')
+    record = json.loads((exported / 'config.json').read_text())['training_data']
+    assert record == {'dataset': 'local folder birds', 'train_split': 'train', 'eval_fraction': 0.4, 'seed': 3}
+    loaded = load_model(f'local-dir:{exported}', device='cpu')
+    report = evaluate_model(loaded, dataset=str(flat))
+    assert report['split'] == "0.4 of 'train' held out (seed 3)" and report['warnings'] == []
+    assert report['samples'] == results['final']['eval_samples'] == 8
+    assert report['top1'] == pytest.approx(results['final']['eval_top1'])
+    assert report['loss'] == pytest.approx(results['final']['eval_loss'], rel=1e-4)
+    import shutil
+    shutil.copytree(flat, tmp_path / 'other')
+    other = evaluate_model(loaded, dataset=str(tmp_path / 'other'))
+    assert other['split'] == "0.2 of 'train' held out (seed 0)" and 'training images' in other['warnings'][0]

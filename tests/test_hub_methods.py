@@ -42,6 +42,8 @@ RELOAD = textwrap.dedent("""
         cfg = model.pretrained_cfg
         cfgs[repo_id] = dict(label_names=list(cfg['label_names']), num_classes=model.num_classes,
                              input_size=list(cfg['input_size']), architecture=cfg['architecture'])
+    from timm_fgvc.inference import load_model  # its record of the run's data, read from the cached config.json
+    cfgs['training_data'] = load_model('hf-hub:' + repo_id + '@main', device='cpu').training_data
     save_file(outputs, sys.argv[2])
     print(json.dumps(cfgs))
 """)
@@ -70,6 +72,7 @@ def test_trained_caa_hsm_ssanet_export_and_reload_through_hf_hub_offline(tmp_pat
     cfgs, reloaded = run_offline(RELOAD, [tmp_path / 'input.safetensors', tmp_path / 'output.safetensors',
                                           json.dumps(list(runs))], hf_home)
 
+    assert cfgs.pop('training_data') == {'dataset': 'synthetic', 'train_split': 'train'}  # a test split: no draw
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the subprocess's thread count, so float sums run in the same order
     try:

@@ -91,6 +91,8 @@ def _eval_config(loaded: LoadedModel, dataset: Optional[str], split: Optional[st
                          "('synthetic', a Hub dataset id or an image folder).")
     else:
         cfg = TrainConfig(model=loaded.name, dataset=dataset, synthetic_classes=loaded.num_classes)
+        if (drawn := _run_draw(loaded, dataset)) is not None:  # hold out what the export's run held out
+            cfg.train_split, cfg.eval_fraction, cfg.seed = drawn['train_split'], drawn['eval_fraction'], drawn['seed']
         test_size = (getattr(loaded.model, 'pretrained_cfg', None) or {}).get('test_input_size')
         cfg.test_img_size = test_size[-1] if test_size else None  # the size its run evaluated at, as predict uses
     if dataset is not None and dataset != cfg.dataset:
@@ -103,6 +105,17 @@ def _eval_config(loaded: LoadedModel, dataset: Optional[str], split: Optional[st
     if img_size:
         cfg.test_img_size = None
     return cfg
+
+
+def _run_draw(loaded: LoadedModel, dataset: Optional[str]) -> Optional[Dict[str, Any]]:
+    """An export's record of the part of its training data its run held out (`training_data`), when `dataset`
+    names that data: its Hub id, or a folder of the same name as the run's."""
+    record = loaded.training_data or {}
+    if dataset is None or record.get('seed') is None:
+        return None
+    name, folder = record.get('dataset'), 'local folder '
+    same = dataset == name or (str(name).startswith(folder) and Path(dataset).name == name[len(folder):])
+    return record if same else None
 
 
 def _same_data(dataset: str, run: Dict[str, Any]) -> bool:
@@ -185,7 +198,7 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     caveats = []
     if cfg.eval_split == cfg.train_split:
         caveats.append(f'{cfg.eval_split!r} is the training split: a model trained on it scores its training images.')
-    if data.eval_held_out and loaded.run is None:
+    if data.eval_held_out and loaded.run is None and _run_draw(loaded, cfg.dataset) is None:
         caveats.append(f'{cfg.dataset!r} has no eval split, so {data.eval_split} was evaluated: if this model was '
                          'trained on this data with another seed or --eval-fraction, some of these images are its '
                          "training images. Evaluate with the run's checkpoint, which holds out what it held out, or "

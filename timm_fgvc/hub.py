@@ -112,6 +112,17 @@ def _run_dataset_name(results: dict) -> str:
     return f'local folder {Path(dataset).name}' if results.get('dataset_path') else dataset
 
 
+def run_training_data(results: dict) -> Dict[str, Any]:
+    """config.json's `training_data`: the data a run trained on (`_run_dataset_name`) and, when it held out part
+    of its training split for evaluation, that draw (split, fraction, seed), so `timm-fgvc eval` of the export
+    scores the images the run held out, not a draw that may hold its training images."""
+    data, cfg = results.get('data') or {}, results.get('config') or {}
+    record = {'dataset': _run_dataset_name(results), 'train_split': data.get('train_split', cfg.get('train_split'))}
+    if data.get('eval_held_out') or 'held out' in str(data.get('eval_split')):  # older runs: in the name only
+        record.update(eval_fraction=cfg.get('eval_fraction'), seed=cfg.get('seed'))
+    return record
+
+
 def check_out_dir(out_dir: Path) -> None:
     """An export writes into a new or empty folder, or over an earlier export (its three files, replaced as a
     re-export does); a folder holding anything else is refused before any work, never overwritten."""
@@ -427,6 +438,8 @@ def export_model(
         config['pretrained_cfg']['tag'] = dataset_tag
     else:
         config['pretrained_cfg'].pop('tag', None)
+    if results:
+        config['training_data'] = run_training_data(results)  # timm reads config.json's own keys only
     config_path.write_text(json.dumps(config, indent=2))
 
     run_config = dict((results or {}).get('config') or {})

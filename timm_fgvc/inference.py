@@ -6,10 +6,12 @@
 
 A checkpoint inside a run folder brings the run's `results.json`: the number of classes, the model arguments,
 the class names and the preprocessing the run evaluated with (so `--model` may be left out). A Hub or exported
-model carries the same in its `config.json` (`label_names`, `pretrained_cfg`).
+model carries the same in its `config.json` (`label_names`, `pretrained_cfg`), and its run's data
+(`training_data`: which images the run held out for evaluation).
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ class LoadedModel:
     label_names: Optional[List[str]] = None
     run: Optional[Dict[str, Any]] = None  # results.json of the run the weights come from
     checkpoint: Optional[str] = None
+    training_data: Optional[Dict[str, Any]] = None  # an export's record of its run's data (`run_training_data`)
 
     @property
     def final_weights(self) -> bool:
@@ -117,8 +120,8 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
         num_classes = int(run['num_classes'])
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    model = create_model_or_explain(build_name, shown_as=name,
-                                    pretrained=weights is None and name.startswith(_HUB_PREFIXES), **kwargs)
+    from_export = weights is None and name.startswith(_HUB_PREFIXES)
+    model = create_model_or_explain(build_name, shown_as=name, pretrained=from_export, **kwargs)
     if weights is not None:
         load_weights(model, weights)
     label_names = (run or {}).get('label_names') or (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
@@ -126,7 +129,20 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]
         label_names = None  # names of another head (e.g. before reset_classifier): show indices instead
     model.to(resolve_device(device)).eval()
     return LoadedModel(model=model, name=name, label_names=list(label_names) if label_names else None, run=run,
-                       checkpoint=str(weights) if weights else None)
+                       checkpoint=str(weights) if weights else None,
+                       training_data=_export_config(name).get('training_data') if from_export else None)
+
+
+def _export_config(name: str) -> Dict[str, Any]:
+    """The config.json of `local-dir:<folder>` or `hf-hub:<repo>[@revision]`, which timm has just read (from the
+    cache for the Hub, so this works offline)."""
+    if name.startswith('local-dir:'):
+        path = Path(name[len('local-dir:'):]) / 'config.json'
+    else:
+        from huggingface_hub import hf_hub_download
+        repo, _, revision = name[len('hf-hub:'):].partition('@')
+        path = Path(hf_hub_download(repo, 'config.json', revision=revision or None))
+    return json.loads(path.read_text())
 
 
 def _architecture(name: str) -> str:
