@@ -3,6 +3,7 @@
 `import timm_fgvc` registers every method with timm, so `timm.create_model('s3n_resnet50', ...)` works.
 """
 from . import layers, models
+from .catalog import register_method
 from .models import FGVCModel, FGVCOutput, TrainingStage
 
 __version__ = '0.1.0'

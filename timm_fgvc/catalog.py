@@ -5,10 +5,22 @@ them, so the imports point one way (hub -> cards -> benchmarks -> catalog).
 """
 from typing import Dict
 
-__all__ = ['METHODS', 'split_model_name']
+__all__ = ['METHODS', 'register_method', 'split_model_name']
 
-# method prefix -> display name
+# method prefix -> display name; a method outside this package adds itself with `register_method`
 METHODS: Dict[str, str] = {'s3n': 'S3N', 'lfd': 'LFD', 'caa': 'CAA', 'hsm': 'HSM', 'ssanet': 'SSANet'}
+
+
+def register_method(prefix: str, display_name: str) -> None:
+    """Make `<prefix>_*` models timm-fgvc methods: the engine trains them with their own loss and stages, and cards
+    and tables name them `display_name`. A method in this package is listed in `METHODS` above; a plugin calls this
+    next to its timm `@register_model` functions."""
+    if not (prefix.isidentifier() and prefix.islower() and '_' not in prefix):
+        raise ValueError(f'Method prefix {prefix!r}: use lowercase letters and digits without "_" (a model is named '
+                         '<prefix>_<backbone>).')
+    if METHODS.get(prefix, display_name) != display_name:
+        raise ValueError(f'Method prefix {prefix!r} is already {METHODS[prefix]!r}: choose another prefix.')
+    METHODS[prefix] = display_name
 
 
 def split_model_name(name: str) -> tuple:

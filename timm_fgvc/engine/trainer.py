@@ -34,6 +34,7 @@ from timm.models._hub import load_model_config_from_hf, load_model_config_from_p
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from ..catalog import split_model_name
 from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc_dataset
 from ..models._base import TrainingStage, slot_mean
 from ..models._builder import ModelBuildError, create_model_or_explain
@@ -171,11 +172,10 @@ def model_architecture(name: str) -> str:
 
 
 def is_fgvc_model(name: str) -> bool:
-    """True for a model registered by timm-fgvc (a method, also published on the Hub or exported to a folder),
-    False for timm's own models."""
+    """True for a method's model (one of `catalog.METHODS`, a plugin's too; also published on the Hub or exported
+    to a folder), False for timm's own models."""
     architecture = model_architecture(name)
-    return timm.models.is_model(architecture) and \
-        timm.models.model_entrypoint(architecture).__module__.startswith('timm_fgvc.')
+    return timm.models.is_model(architecture) and split_model_name(architecture)[0] is not None
 
 
 def source_config(model: nn.Module, name: str) -> Optional[Dict]:
