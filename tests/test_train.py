@@ -261,6 +261,25 @@ def test_a_stage_sums_its_loss_terms_with_the_model_loss_weights():
     assert losses['loss'].item() == pytest.approx(losses['loss_object_0'].item(), rel=1e-5)
 
 
+def test_a_misspelt_stage_fails_before_training_with_what_the_model_has(tmp_path, monkeypatch):
+    """A stage's trainable prefix that names no parameter (its part would stay frozen, silently) fails up front;
+    a loss term the model's loss does not return fails at the first step naming the terms it does return."""
+    from timm_fgvc.engine.trainer import TrainStep
+    from timm_fgvc.models import CAA
+    stages = CAA.training_stages
+    monkeypatch.setattr(CAA, 'training_stages', lambda self: [
+        TrainingStage('scale_0', trainable=('backbone.', 'heads.objet_0.'), loss_terms=('loss_object_0',))])
+    args = ['--model', 'caa_tiny', '--max-steps', '1', '--output-dir', str(tmp_path / 'run')]
+    with pytest.raises(ValueError, match=r"trains \['heads.objet_0.'\], which name no parameter.*'heads.'"):
+        train(parse_args(args))
+    assert not (tmp_path / 'run').exists()  # found before the output folder or the data were touched
+    monkeypatch.setattr(CAA, 'training_stages', stages)
+    step = TrainStep(timm.create_model('caa_tiny', num_classes=4)).train()
+    step.loss_terms = ('object_0',)
+    with pytest.raises(ValueError, match=r"loss terms \['object_0'\].*'loss_object_0'"):
+        step(torch.randn(2, 3, 96, 96), torch.tensor([0, 3]))
+
+
 def test_label_smoothing_reaches_a_plain_model_and_the_method_heads_without_their_own():
     """`--label-smoothing`: a plain model's cross-entropy, and every method head its recipe leaves unsmoothed."""
     import torch.nn.functional as F

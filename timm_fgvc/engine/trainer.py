@@ -87,6 +87,10 @@ class TrainStep(nn.Module):
                                                        label_smoothing=self.label_smoothing)}
                 losses['loss'] = losses['loss_main']
             if self.loss_terms is not None:  # the stage's terms, each times the model's loss_weights
+                missing = [k for k in self.loss_terms if k not in losses]
+                if missing:
+                    raise ValueError(f'The stage sums loss terms {missing}, which {type(self.model).__name__}.loss '
+                                     f'does not return (it returns {sorted(losses)}): fix training_stages().')
                 losses['loss'] = self.model.weighted_sum({k: losses[k] for k in self.loss_terms})
             result['losses'] = losses
         return result
@@ -271,10 +275,23 @@ def resolve_stage_epochs(stages: Sequence[TrainingStage], cfg: TrainConfig, mode
 def stages_to_run(model: nn.Module, cfg: TrainConfig) -> Tuple[List[TrainingStage], List[float]]:
     """The model's training stages from `--start-stage` on, with the epochs of each."""
     stages = model.training_stages() if hasattr(model, 'training_stages') else [TrainingStage('main')]
+    check_stage_prefixes(model, stages)
     if not 0 <= cfg.start_stage < len(stages):
         raise ValueError(f'--start-stage {cfg.start_stage} out of range: {cfg.model} has {len(stages)} stage(s) '
                          f'{[s.name for s in stages]}.')
     return stages[cfg.start_stage:], resolve_stage_epochs(stages, cfg, cfg.model)[cfg.start_stage:]
+
+
+def check_stage_prefixes(model: nn.Module, stages: Sequence[TrainingStage]) -> None:
+    """Every `trainable` prefix of every stage names parameters of the model: a misspelt one would leave its part
+    frozen through the stage, silently."""
+    names = [n for n, _ in model.named_parameters()]
+    for stage in stages:
+        unmatched = [p for p in stage.trainable if not any(n.startswith(p) for n in names)]
+        if unmatched:
+            tops = sorted({n.split('.')[0] + '.' for n in names})
+            raise ValueError(f'Stage {stage.name!r} of {type(model).__name__} trains {unmatched}, which name no '
+                             f'parameter (the model\'s start with {tops}): fix its training_stages().')
 
 
 def check_pretrained_path(cfg: TrainConfig) -> None:
