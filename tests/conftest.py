@@ -34,7 +34,7 @@ def make_run(tmp_path):
             'data_config': {'input_size': [3, 64, 64], 'interpolation': 'bilinear', 'mean': [0.5, 0.4, 0.3],
                             'std': [0.2, 0.25, 0.3], 'crop_pct': 0.9, 'crop_mode': 'center'},
             'config': cfg, 'history': [final], 'final': final if eval_top1 is not None else {},
-            'per_process_eval_top1': [eval_top1], 'num_processes': 1, 'train_seconds': 1.0, 'device': 'cpu',
+            'per_process_weights_checksum': [1.0], 'num_processes': 1, 'train_seconds': 1.0, 'device': 'cpu',
             'params': sum(p.numel() for p in model.parameters()), 'model_args': dict(cfg['model_args']),
             'init_args': getattr(model, 'init_args', None),
         }

@@ -42,9 +42,9 @@ def run_cli(args, launcher=(sys.executable,), timeout=600):
     return proc
 
 
-def independent_top1(run_dir: Path) -> float:
-    """Top-1 of the run's saved `model.safetensors` on the synthetic test split, computed here without the engine:
-    a fresh timm model, the images made again from the run's config, the run's mean/std, one batch."""
+def saved_model_and_test_split(run_dir: Path):
+    """The run's saved `model.safetensors` in a fresh timm model (eval mode), and its synthetic test split made again
+    from the run's config with the run's mean/std, as one batch: (model, images, labels), without the engine."""
     results = json.loads((run_dir / 'results.json').read_text())
     cfg = results['config']
     model = timm.create_model(results['model'], num_classes=results['num_classes'], **results['model_args'])
@@ -54,9 +54,21 @@ def independent_top1(run_dir: Path) -> float:
                                seed=cfg['seed'])['test']
     mean, std = results['data_config']['mean'], results['data_config']['std']
     images = torch.stack([normalize(to_tensor(image.convert('RGB')), mean, std) for image in test['image']])
+    return model.eval(), images, torch.tensor(test['label'])
+
+
+def independent_top1(run_dir: Path) -> float:
+    """Top-1 of the run's saved weights on its test split, computed here in one batch."""
+    model, images, labels = saved_model_and_test_split(run_dir)
     with torch.no_grad():
-        predicted = model.eval()(images).argmax(-1)
-    return 100.0 * (predicted == torch.tensor(test['label'])).float().mean().item()
+        return 100.0 * (model(images).argmax(-1) == labels).float().mean().item()
+
+
+def independent_loss(run_dir: Path) -> float:
+    """The run's eval loss recomputed in one batch of its whole test split (the mean over the images)."""
+    model, images, labels = saved_model_and_test_split(run_dir)
+    with torch.no_grad():
+        return model.loss(model.forward_train(images, labels), labels)['loss'].item()
 
 
 def test_cli_training_lowers_the_loss(tmp_path):
@@ -65,6 +77,12 @@ def test_cli_training_lowers_the_loss(tmp_path):
     results = json.loads((tmp_path / 'results.json').read_text())
     losses = [h['train_loss'] for h in results['history']]
     assert len(losses) == 5 and losses[-1] < 0.9 * losses[0], losses  # measured 5.91 -> 4.99
+    # each epoch records the lr its last step trained at (64 images, batch 8: steps 8, 16, ...), not the next one's
+    cfg = parse_args(SMALL + ['--epochs', '5', '--optimizer', 'adamw', '--lr', '3e-3'])
+    factor = stage_schedule([TrainingStage('main')], cfg, steps_per_epoch=8)[2]
+    assert [h['lr'] for h in results['history']] == pytest.approx([3e-3 * factor(8 * e - 1, 'new') for e in
+                                                                   range(1, 6)], rel=1e-6)
+    assert results['history'][-1]['lr'] > 0
     assert {'eval_top1', 'eval_top5', 'eval_top1_joint', 'eval_top1_original'} <= set(results['final'])
     assert results['final']['eval_samples'] == 12 and len(results['label_names']) == 4
     state = load_file(str(tmp_path / 'model.safetensors'))
@@ -114,12 +132,28 @@ def test_two_processes_agree_on_the_evaluated_accuracy(tmp_path):
                 '--mixed_precision', 'no', '--dynamo_backend', 'no')
     run_cli(SMALL + ['--max-steps', '2', '--output-dir', str(tmp_path)], launcher=launcher)
     results = json.loads((tmp_path / 'results.json').read_text())
-    assert results['num_processes'] == 2
-    top1 = results['per_process_eval_top1']
-    assert len(top1) == 2 and top1[0] == top1[1]
+    assert results['num_processes'] == 2 and results['effective_batch_size'] == 16
+    checksums = results['per_process_weights_checksum']
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert results['final']['eval_samples'] == 12  # every eval image counted once across the two shards
-    # and the number is what one process measures for the saved weights
-    assert independent_top1(tmp_path) == pytest.approx(top1[0], abs=1e-6)
+    # and the numbers are what one process measures for the saved weights: top-1, and the loss over the 12 images
+    # (the second process's last batch is 4 images padded with 4 repeats: they must not count)
+    assert independent_top1(tmp_path) == pytest.approx(results['final']['eval_top1'], abs=1e-6)
+    assert independent_loss(tmp_path) == pytest.approx(results['final']['eval_loss'], rel=1e-4)
+
+
+def test_two_processes_train_a_set_smaller_than_a_batch_per_process_and_agree_through_a_head_reinit(tmp_path):
+    """12 images, batch 8, 2 processes: a full round would need 16, so the round is padded (dropping it left each
+    process no batch, and the run evaluated epoch 0 forever). HSM re-initialises its head at step 2 on every
+    process alike, although each process draws its own random numbers: the weights agree at the end."""
+    launcher = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+                '--mixed_precision', 'no', '--dynamo_backend', 'no')
+    run_cli(SMALL + ['--model', 'hsm_tiny', '--shots', '3', '--stage-epochs', '1', '1', '--output-dir', str(tmp_path)],
+            launcher=launcher, timeout=240)
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert [(r['epoch'], r['stage']) for r in results['history']] == [(1, 'saliency'), (2, 'finetune')]
+    checksums = results['per_process_weights_checksum']
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
 
 
 def make_image_folder(root: Path, splits=('train', 'test'), classes=('a', 'b', 'c'), per_class=4):

@@ -198,7 +198,9 @@ def find_bad_images(dataset: datasets.Dataset, image_column: str, desc: str = 'c
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     dataset = dataset.select_columns([image_column])
     bad = []
-    with tqdm(total=len(dataset), desc=desc, unit='img', leave=False, mininterval=1.0) as progress:
+    # one bar per machine: in a distributed run every process checks, the local main one shows it
+    quiet = int(os.environ.get('LOCAL_RANK', '0')) != 0
+    with tqdm(total=len(dataset), desc=desc, unit='img', leave=False, mininterval=1.0, disable=quiet) as progress:
         for start in range(0, len(dataset), batch_size):
             for offset, value in enumerate(dataset[start:start + batch_size][image_column]):
                 problem = image_problem(value)

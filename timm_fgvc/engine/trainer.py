@@ -404,7 +404,8 @@ def _evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: Tra
             hits[f'top1_{name}'] = _accuracy_counts(logits, target, 1, out['masks'].get(name))
         for name, value in accelerator.gather_for_metrics(hits).items():
             correct.setdefault(name, []).append(value.float())
-        losses.append(accelerator.gather_for_metrics(out['losses']['loss'].detach().float().reshape(1)))
+        # per sample (its batch's mean), so the padding of a last uneven round is cut and batches weigh by size
+        losses.append(accelerator.gather_for_metrics(out['losses']['loss'].detach().float().expand(len(target))))
     metrics = {f'eval_{k}': 100.0 * torch.cat(v).mean().item() for k, v in correct.items()}
     metrics['eval_loss'] = torch.cat(losses).mean().item() if losses else float('nan')
     metrics['eval_samples'] = int(torch.cat(correct['top1']).numel()) if correct else 0
@@ -510,8 +511,11 @@ def train(cfg: TrainConfig) -> dict:
     train_tf = SeededTransform(train_tf, cfg.seed)
     train_set = attach_transform(data.train, train_tf, data.image_column, data.label_column)
     # loaders draw their worker base seed from their own generator, not the global RNG that the model uses
+    # an incomplete last round is dropped only when a full one exists: with fewer images than a batch per process,
+    # Accelerate pads the round (dropping it would leave every process with no batch)
     train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
+        train_set, batch_size=cfg.batch_size, shuffle=True,
+        drop_last=len(train_set) >= cfg.batch_size * accelerator.num_processes,
         collate_fn=collate, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     eval_loader = None
     if data.eval is not None and len(data.eval):
@@ -540,6 +544,9 @@ def train(cfg: TrainConfig) -> dict:
     step_module, optimizer, train_loader = accelerator.prepare(step_module, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
+    if accelerator.num_processes > 1:  # the processes hold the same weights now: from here on each draws its own
+        # model-internal random numbers (S3N's sampling, dropout); data order and augmentation are seeded apart
+        torch.manual_seed(cfg.seed + 1_000_003 * accelerator.process_index)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))
     bounds, stage_of, factor = stage_schedule(stages, cfg, steps_per_epoch, stage_epochs)
     total_steps = bounds[-1][1] if cfg.max_steps is None else min(bounds[-1][1], cfg.max_steps)
@@ -548,6 +555,11 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.register_for_checkpointing(scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
+
+    def trained_lr(group: str) -> float:
+        """The lr of `group` at the last optimizer step (the optimizer's is already the next step's)."""
+        index = next(i for i, g in enumerate(optimizer.param_groups) if g.get('name') == group)
+        return scheduler.base_lrs[index] * factor(state.step - 1, group)
 
     resume_warnings: List[str] = []
     signature = data_signature(data.train[data.label_column],
@@ -583,6 +595,7 @@ def train(cfg: TrainConfig) -> dict:
         train_loader.set_epoch(epoch)
         train_tf.epoch = epoch
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+        step_before = state.step
         for batch in loader:
             index = stage_of(state.step)
             if index != current_stage:
@@ -613,8 +626,12 @@ def train(cfg: TrainConfig) -> dict:
                 optimizer.step()
                 scheduler.step() if accelerator.sync_gradients else None
                 optimizer.zero_grad(set_to_none=True)
-            for name, value in out['losses'].items():
-                state.epoch_losses[name] = state.epoch_losses.get(name, 0.) + value.detach().float().item()
+            names = sorted(out['losses'])
+            values = torch.stack([out['losses'][k].detach().float() for k in names])
+            if accelerator.num_processes > 1:  # the whole step's loss, the same on every process (and checkpoint)
+                values = accelerator.reduce(values, reduction='mean')
+            for name, value in zip(names, values.tolist()):
+                state.epoch_losses[name] = state.epoch_losses.get(name, 0.) + value
             state.epoch_batches += 1
             if not accelerator.sync_gradients:
                 continue
@@ -629,13 +646,15 @@ def train(cfg: TrainConfig) -> dict:
             if epoch_end:
                 break
         progress.close()
+        if state.step == step_before:  # never loop on an epoch that cannot train
+            raise RuntimeError(f'Epoch {epoch + 1} gave no training step ({len(train_loader)} batches per process '
+                               f'from {len(train_set)} images, batch size {cfg.batch_size}).')
         epoch_done = state.step % steps_per_epoch == 0 or state.step >= total_steps
         if not epoch_done:
             continue
         record = {'epoch': math.ceil(state.step / steps_per_epoch), 'step': state.step,
                   'stage': stages[stage_of(state.step - 1)].name,
-                  'lr': next(g['lr'] for g in optimizer.param_groups if g.get('name') == 'new'),
-                  'lr_backbone': next(g['lr'] for g in optimizer.param_groups if g.get('name') == 'backbone')}
+                  'lr': trained_lr('new'), 'lr_backbone': trained_lr('backbone')}
         record.update({f'train_{k}': v / max(state.epoch_batches, 1) for k, v in state.epoch_losses.items()})
         # a --max-steps stop inside an epoch: its record holds the batches so far; the sums run on, so a resume
         # replaces the record once the epoch is whole (the history an uninterrupted run writes)
@@ -655,9 +674,12 @@ def train(cfg: TrainConfig) -> dict:
         save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints, signature)  # with its record
 
     final = dict(state.history[-1]) if state.history else {}
-    # every process computed the gathered metrics itself: collect them to show they agree
-    top1 = torch.tensor([final.get('eval_top1', float('nan'))], device=accelerator.device)
-    per_process = accelerator.gather(top1).tolist()
+    # the processes must end with the same weights (the gathered metrics agree by construction, so say nothing)
+    checksum = torch.stack([p.detach().double().sum() for p in inner.parameters()]).sum().reshape(1)
+    per_process = accelerator.gather(checksum.to(accelerator.device)).tolist()
+    if len(set(per_process)) > 1:
+        warn_loudly(f'The {accelerator.num_processes} processes ended with different weights (parameter sums '
+                    f'{per_process}): the saved weights are the main process\'s.', accelerator.print)
     results = {
         'model': cfg.model, 'dataset': cfg.dataset, 'num_classes': data.num_classes,
         # a local folder given by a relative path: where it was, so eval finds it from any working directory
@@ -665,7 +687,8 @@ def train(cfg: TrainConfig) -> dict:
         'label_names': data.label_names, 'data_config': {k: list(v) if isinstance(v, tuple) else v
                                                          for k, v in data_cfg.items()},
         'config': cfg.to_dict(), 'history': state.history, 'final': final,
-        'per_process_eval_top1': per_process, 'num_processes': accelerator.num_processes,
+        'per_process_weights_checksum': per_process, 'num_processes': accelerator.num_processes,
+        'effective_batch_size': cfg.batch_size * accelerator.num_processes * cfg.grad_accum_steps,
         'train_seconds': time.time() - start_time, 'device': str(accelerator.device),
         'params': sum(p.numel() for p in inner.parameters()),
         'model_args': model_kwargs(cfg),

@@ -273,6 +273,9 @@ class HSM(FGVCModel):
             dead_saliency_check_every: int = 50,
     ):
         super().__init__(backbone, num_classes, in_chans, pretrained_backbone, drop_rate, backbone_args)
+        # the seed of step 2's head re-initialisation: the one the model was built under (the run's), the same on
+        # every process even where each later draws from a stream of its own
+        self._reinit_seed = torch.initial_seed()
         if approach not in ('A', 'B'):
             raise ValueError(f"approach must be 'A' (saliency frozen in step 2) or 'B' (all trainable), got "
                              f'{approach!r}.')
@@ -394,10 +397,11 @@ class HSM(FGVCModel):
         The engine calls this at the first step of a stage, a resume exactly there included, so an interrupted run
         does what an uninterrupted one does. A run that starts at step 2 (`--start-stage 1` from a checkpoint)
         keeps the classifier it loaded. The re-initialisation is in place and draws from a generator seeded with
-        the run's seed, so every process of a distributed run agrees; the engine drops the head's optimiser state.
+        the seed the model was built under (the run's), so every process of a distributed run agrees; the engine
+        drops the head's optimiser state.
         """
         if stage.name == 'finetune' and previous is not None and previous.name == 'saliency':
-            self.reinit_classifier(torch.initial_seed())
+            self.reinit_classifier(self._reinit_seed)
             return [p for head in self.heads.values() for p in head.parameters()]
         return []
 
