@@ -242,6 +242,17 @@ def test_staged_method_trains_one_scale_after_another_through_the_engine(tmp_pat
     assert {'eval_top1_object_0', 'eval_top1_local_1', 'eval_top1_combined'} <= set(results['final'])
 
 
+def test_a_loss_term_of_one_stage_is_averaged_over_that_stages_batches(tmp_path):
+    """Two CAA scales of half an epoch each: scale 1's terms exist in the second half of the epoch only. Their record
+    is their mean over those batches: a fresh 4-class head near ln 4 = 1.39, not diluted to half by the first
+    stage's batches; the record's stage is the one the epoch ended in."""
+    cfg = small_config(tmp_path, model='caa_tiny', model_args={'num_scales': 2}, stage_epochs=[0.5, 0.5], epochs=1,
+                       lr=1e-4)
+    record = train(cfg)['history'][-1]
+    assert record['stage'] == 'scale_1'
+    assert 1.1 < record['train_loss_object_1'] < 1.7 and 1.1 < record['train_loss_object_0'] < 1.7, record
+
+
 def test_stage_epochs_override_the_papers_stage_lengths():
     stages = [TrainingStage('scale1', epochs=40), TrainingStage('scale2', epochs=40), TrainingStage('scale3')]
     assert resolve_stage_epochs(stages, TrainConfig(epochs=7)) == [40, 40, 7]

@@ -101,19 +101,23 @@ class TrainState:
     """Counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
     step: int = 0
     history: List[dict] = field(default_factory=list)
-    # the current epoch's summed losses and batch count: a resume mid-epoch averages the whole epoch
+    # the current epoch's summed losses and batch counts (all, and per loss term: a term of one stage is averaged
+    # over that stage's batches): a resume mid-epoch averages the whole epoch
     epoch_losses: Dict[str, float] = field(default_factory=dict)
     epoch_batches: int = 0
+    epoch_term_batches: Dict[str, int] = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return {'step': self.step, 'history': json.dumps(self.history),
-                'epoch_losses': json.dumps(self.epoch_losses), 'epoch_batches': self.epoch_batches}
+                'epoch_losses': json.dumps(self.epoch_losses), 'epoch_batches': self.epoch_batches,
+                'epoch_term_batches': json.dumps(self.epoch_term_batches)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state['step'])
         self.history = json.loads(state['history'])
         self.epoch_losses = json.loads(state.get('epoch_losses', '{}'))  # older checkpoints: from the resume on
         self.epoch_batches = int(state.get('epoch_batches', 0))
+        self.epoch_term_batches = json.loads(state.get('epoch_term_batches', '{}'))
 
 
 def model_kwargs(cfg: TrainConfig) -> Dict:
@@ -632,6 +636,7 @@ def train(cfg: TrainConfig) -> dict:
                 values = accelerator.reduce(values, reduction='mean')
             for name, value in zip(names, values.tolist()):
                 state.epoch_losses[name] = state.epoch_losses.get(name, 0.) + value
+                state.epoch_term_batches[name] = state.epoch_term_batches.get(name, 0) + 1
             state.epoch_batches += 1
             if not accelerator.sync_gradients:
                 continue
@@ -655,14 +660,15 @@ def train(cfg: TrainConfig) -> dict:
         record = {'epoch': math.ceil(state.step / steps_per_epoch), 'step': state.step,
                   'stage': stages[stage_of(state.step - 1)].name,
                   'lr': trained_lr('new'), 'lr_backbone': trained_lr('backbone')}
-        record.update({f'train_{k}': v / max(state.epoch_batches, 1) for k, v in state.epoch_losses.items()})
+        record.update({f'train_{k}': v / max(state.epoch_term_batches.get(k, state.epoch_batches), 1)
+                       for k, v in state.epoch_losses.items()})
         # a --max-steps stop inside an epoch: its record holds the batches so far; the sums run on, so a resume
         # replaces the record once the epoch is whole (the history an uninterrupted run writes)
         partial = state.step % steps_per_epoch != 0 and state.step < bounds[-1][1]
         if partial:
             record['partial_epoch'] = True
         else:
-            state.epoch_losses, state.epoch_batches = {}, 0
+            state.epoch_losses, state.epoch_batches, state.epoch_term_batches = {}, 0, {}
         is_last = state.step >= total_steps
         if eval_loader is not None and (is_last or record['epoch'] % max(cfg.eval_every, 1) == 0):
             record.update(evaluate(accelerator, step_module, eval_loader, cfg))
