@@ -7,6 +7,7 @@ from timm.optim import param_groups_layer_decay
 import timm_fgvc
 from timm_fgvc.engine.checkpoint import load_weights
 from timm_fgvc.models import FGVCModel
+from timm_fgvc.models._builder import ModelBuildError
 
 METHOD_PREFIXES = ('s3n_', 'lfd_', 'caa_', 'hsm_', 'ssanet_')
 TINY = dict(backbone='test_resnet')  # 0.4 M parameters: contract checks stay fast on CPU
@@ -248,3 +249,50 @@ def test_unshared_backbone_reads_only_the_views(name, view_backbone, own_heads, 
     assert not any(torch.allclose(before[k], after[k], atol=1e-3) for k in view_heads)
     shared = timm.create_model(name, num_classes=5)
     assert getattr(shared, view_backbone) is None and not any(k.startswith(view_backbone) for k in shared.state_dict())
+
+
+class _Minimal(FGVCModel):
+    """The smallest method the README describes: one head on the pooled backbone map, the base's timm surface and
+    class activation map. The flags each leave out one thing a new method must do."""
+
+    def __init__(self, head='main', use_add_head=True, set_num_features=True, pool_features=False, **kwargs):
+        super().__init__(**kwargs)
+        if use_add_head:
+            self.add_head(head, self.backbone_features)
+        else:
+            self.heads[head] = torch.nn.Linear(self.backbone_features, self.num_classes)
+        if set_num_features:
+            self.num_features = self.head_hidden_size = self.backbone_features
+        self.pool_features = pool_features
+
+    def forward_features(self, x):
+        features = super().forward_features(x)
+        return features.mean((2, 3), keepdim=True).flatten(1) if self.pool_features else features
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(head='joint'), "main_head is 'main', which names none of its heads \\['joint'\\]"),
+    (dict(use_add_head=False), "built heads \\['main'\\] without add_head"),
+    (dict(set_num_features=False), 'sets no num_features'),
+])
+def test_a_method_that_breaks_the_contract_fails_when_built_with_what_to_do(kwargs, match):
+    from timm_fgvc.models import build_fgvc_model
+    assert build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3).num_features == 96
+    with pytest.raises(ModelBuildError, match=match):
+        build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3, **kwargs)
+
+
+def test_the_base_attention_is_a_class_map_or_asks_to_be_overridden():
+    """The base gives a class activation map (in [0, 1], not constant); a method whose forward_features is not the
+    map its head reads gets an error, not a blank map."""
+    from timm_fgvc.models import build_fgvc_model
+    torch.manual_seed(0)
+    model = build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = model.attention_maps(x)
+    assert maps.shape == (1, 1, 64, 64) and maps.amax().item() == pytest.approx(1.0, abs=1e-5)
+    assert maps.amin().item() < 0.5
+    pooled = build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3, pool_features=True)
+    with pytest.raises(NotImplementedError, match='override attention_maps'):
+        pooled.attention_maps(x)

@@ -560,10 +560,16 @@ class FGVCModel(nn.Module):
     def attention_maps(self, x: torch.Tensor, return_details: bool = False):
         """`[B, K, H, W]` maps in input-image coordinates, in [0, 1]; methods override.
 
-        The base gives the class activation map of the predicted class from the main head.
+        The base gives the class activation map of the predicted class from the main head, on `forward_features`
+        when that is the `[B, D, h, w]` map the head reads; any other method must override this.
         """
         features = self.forward_features(x)
         head = self.heads[self.main_head]
+        if features.ndim != 4 or features.shape[1] != self._head_features[self.main_head]:
+            raise NotImplementedError(
+                f'{type(self).__name__}.attention_maps: forward_features gives {tuple(features.shape)}, not the '
+                f'[B, {self._head_features[self.main_head]}, h, w] map head {self.main_head!r} reads, so the base '
+                "class activation map does not apply: override attention_maps with the method's attention.")
         logits = head(features.mean((2, 3)))
         cam = maps_in_image(predicted_class_map(features.float(), head.weight.float(), logits).unsqueeze(1),
                             x.shape[-2:])

@@ -78,6 +78,22 @@ def tagged_cfgs(variant: str, tags: Sequence[str], **kwargs: Any) -> Dict[str, D
 _BACKBONE_KWARGS = ('drop_path_rate', 'drop_block_rate')
 
 
+def check_method_contract(model) -> None:
+    """What the engine, timm and export read from every method, checked when it is built (a new method's mistake
+    fails here, not at export or at the first reset_classifier)."""
+    name, heads = type(model).__name__, sorted(model.heads)
+    if model.main_head not in model.heads:
+        raise ModelBuildError(f'{name}.main_head is {model.main_head!r}, which names none of its heads {heads}: set it '
+                              'to the head whose weights give its attention and get_classifier().')
+    unlisted = sorted(set(model.heads) - set(model._head_features))
+    if unlisted:
+        raise ModelBuildError(f'{name} built heads {unlisted} without add_head: build every head with '
+                              'self.add_head(name, in_features), so reset_classifier can rebuild it.')
+    if not isinstance(getattr(model, 'num_features', None), int):
+        raise ModelBuildError(f'{name} sets no num_features: set self.num_features = self.head_hidden_size = the '
+                              'width of forward_head(..., pre_logits=True), which timm and export read.')
+
+
 def build_fgvc_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
     """`build_model_with_cfg` with a clear error for tags whose weights are not published yet; timm's backbone flags
     (`drop_path_rate`, `drop_block_rate`) go into `backbone_args`."""
@@ -110,6 +126,7 @@ def build_fgvc_model(model_cls, variant: str, pretrained: bool = False, **kwargs
                 'or export it (timm-fgvc export) and use "hf-hub:<your-repo>" / "local-dir:<folder>". '
                 'Use pretrained=False with pretrained_backbone=True for ImageNet backbone weights only.')
     model = build_model_with_cfg(model_cls, variant, False, **kwargs)
+    check_method_contract(model)
     # the heads and image readers of this instance (CAA's per-scale heads, a second backbone's stem), not the
     # variant's defaults: timm reads both when it loads weights for other classes or channels
     model.pretrained_cfg.update(classifier=model.classifier_names, first_conv=model.input_convs)
