@@ -27,23 +27,25 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 import timm  # noqa: E402
 import timm_fgvc  # noqa: E402,F401  (registers the methods with timm)
 
-# method prefix -> (display name, paper backbone, paper resolution); SPEC §6 and the papers' experiment sections
-METHODS: Dict[str, tuple] = {
-    's3n': ('S3N', 'resnet50', 448),
-    'lfd': ('LFD', 'resnet50', 448),
-    'caa': ('CAA', 'resnet50', 448),
-    'hsm': ('HSM', 'resnet152', 224),
-    'ssanet': ('SSANet', 'resnet50', 448),
+# method prefix -> (paper backbone, paper resolution), SPEC §6 and the papers' experiment sections: what the benches
+# need beside the method's display name (timm_fgvc.catalog.METHODS); a method the benches run is listed here
+PAPER_SETUP: Dict[str, tuple] = {
+    's3n': ('resnet50', 448),
+    'lfd': ('resnet50', 448),
+    'caa': ('resnet50', 448),
+    'hsm': ('resnet152', 224),
+    'ssanet': ('resnet50', 448),
 }
 SMALL_BACKBONE, SMALL_RESOLUTION = 'resnet18', 224
 
 
 def registered_variants(methods: Optional[Sequence[str]] = None) -> List[str]:
     """Every registered `<method>_<backbone>` (no tags) of the given method prefixes, from the timm registry."""
-    methods = list(methods) if methods else list(METHODS)
-    unknown = [m for m in methods if m not in METHODS]
+    methods = list(methods) if methods else list(PAPER_SETUP)
+    unknown = [m for m in methods if m not in PAPER_SETUP]
     if unknown:
-        raise SystemExit(f'Unknown method(s) {unknown}; known: {list(METHODS)}.')
+        raise SystemExit(f'Unknown method(s) {unknown}; known: {list(PAPER_SETUP)} (a new method needs its paper\'s '
+                         'backbone and resolution in bench/_common.py PAPER_SETUP).')
     return sorted(n for n in timm.list_models() if n.split('_')[0] in methods)
 
 

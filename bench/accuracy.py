@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (METHODS, REPO, RESULTS_DIR, locked, merge_results, registered_variants, run_metadata,  # noqa: E402
+from _common import (PAPER_SETUP, REPO, RESULTS_DIR, locked, merge_results, registered_variants, run_metadata,  # noqa: E402
                      split_variant)
 
 import timm  # noqa: E402
@@ -366,7 +366,7 @@ def run_one(name: str, base: dict, model_args: dict, workdir: Path, suite: str, 
     budget = hashlib.sha256(json.dumps([base, model_args], sort_keys=True, default=str).encode()).hexdigest()[:8]
     output_dir = workdir / suite / budget / f'seed{seed}' / name
     method, _ = split_variant(name)
-    if method in METHODS:
+    if method in PAPER_SETUP:
         # staged recipes (CAA, HSM, SSANet) share the baseline's epochs equally between their stages, so both
         # run the same number of optimiser steps (the stages' own paper epochs would not be the same budget)
         stages = timm.create_model(name, num_classes=2, **model_args).training_stages()
@@ -462,7 +462,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--suites', nargs='+', default=['synthetic'], choices=('synthetic', 'cub', 'transfer'))
-    p.add_argument('--methods', nargs='*', default=None, help=f'method prefixes (default: all of {list(METHODS)})')
+    p.add_argument('--methods', nargs='*', default=None, help=f'method prefixes (default: all of {list(PAPER_SETUP)})')
     p.add_argument('--backbone', default='resnet18',
                    help="timm backbone of the method variants (e.g. test_resnet for s3n_tiny); the baseline is "
                         "this plain timm model")

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (METHODS, RESULTS_DIR, SMALL_BACKBONE, SMALL_RESOLUTION, merge_results,  # noqa: E402
+from _common import (PAPER_SETUP, RESULTS_DIR, SMALL_BACKBONE, SMALL_RESOLUTION, merge_results,  # noqa: E402
                      registered_variants, run_metadata, split_variant)
 
 import timm  # noqa: E402
@@ -53,6 +53,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+from timm_fgvc.catalog import METHODS as CATALOG  # noqa: E402
 from timm_fgvc.models import create_backbone  # noqa: E402
 from timm_fgvc.models.hsm import SaliencyBranch  # noqa: E402
 
@@ -395,14 +396,14 @@ def bench_variant(name: str, size: int, args, device: torch.device) -> dict:
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, args.num_classes, (batch,), device=device)
     entry = {
-        'variant': name, 'method': method, 'method_name': METHODS[method][0], 'backbone': model.backbone_name,
+        'variant': name, 'method': method, 'method_name': CATALOG[method], 'backbone': model.backbone_name,
         'img_size': size, 'batch_size': batch, 'amp': args.amp, 'channels_last': args.channels_last,
         'compile': args.compile, 'num_classes': args.num_classes, 'warmup': args.warmup, 'iters': args.iters,
         'flush_denormal': bool(args.flush_denormal and device.type == 'cpu'), 'threads': torch.get_num_threads(),
         'params_m': sum(p.numel() for p in model.parameters()) / 1e6,
         'bound': {'definition': bound_text, 'passes': bound.describe(passes['training']),
                   **({'inference_passes': bound.describe()} if passes['inference'] != passes['training'] else {})},
-        'paper_variant': model.backbone_name == METHODS[method][1] and size == METHODS[method][2],
+        'paper_variant': (model.backbone_name, size) == PAPER_SETUP[method],
     }
     print(f'\n== {name} @ {size}px, batch {batch}, amp {args.amp}, channels_last {args.channels_last}, '
           f"compile {args.compile}; bound: {entry['bound']['passes']}"
@@ -516,7 +517,7 @@ def default_size(name: str) -> int:
     if backbone == SMALL_BACKBONE:
         return SMALL_RESOLUTION
     cfg = timm.models.get_pretrained_cfg(name)
-    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else METHODS[method][2]
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else PAPER_SETUP[method][1]
 
 
 def select_variants(args) -> List[tuple]:
@@ -528,7 +529,7 @@ def select_variants(args) -> List[tuple]:
         if item in ('paper', 'small', 'all'):
             for name in registered:
                 method, backbone = split_variant(name)
-                _, paper_backbone, paper_size = METHODS[method]
+                paper_backbone, paper_size = PAPER_SETUP[method]
                 if item in ('paper', 'all') and backbone == paper_backbone:
                     chosen.append((name, paper_size))
                 elif item in ('small', 'all') and backbone == SMALL_BACKBONE:
@@ -547,7 +548,7 @@ def select_variants(args) -> List[tuple]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--methods', nargs='*', default=None, help=f'method prefixes (default: all of {list(METHODS)})')
+    p.add_argument('--methods', nargs='*', default=None, help=f'method prefixes (default: all of {list(PAPER_SETUP)})')
     p.add_argument('--variants', nargs='*', default=['paper', 'small'],
                    help="'paper' (paper backbone at paper resolution), 'small' (resnet18 at 224), 'all', or names")
     p.add_argument('--img-size', type=int, default=None, help='override every variant\'s resolution')

@@ -24,12 +24,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 import yaml
 
-from _common import METHODS, REPO, locked, run_metadata, split_variant, write_atomic
+from _common import PAPER_SETUP, REPO, locked, run_metadata, split_variant, write_atomic
 from timm_fgvc.benchmarks import transfer_summary
 from timm_fgvc.engine.trainer import accelerator_type
 
@@ -65,7 +65,7 @@ def recipe_id(recipe: dict) -> str:
 
 def paper_recipe(method: str) -> dict:
     """The paper's new-layer / backbone lr ratio and stage epochs, from the method's paper-backbone hub config."""
-    backbone = METHODS[method][1]
+    backbone = PAPER_SETUP[method][0]
     path = REPO / 'hub_configs' / f'{method}_{backbone}.cub200.yaml'
     train = yaml.safe_load(path.read_text())['train']
     lr, backbone_lr = float(train['lr']), float(train.get('backbone_lr') or float(train['lr']) * 0.1)
@@ -159,7 +159,7 @@ def method_config(name: str, recipe: dict, model_args: dict) -> dict:
     """The method's lr and stage epochs under the transfer recipe (paper ratio and proportions)."""
     import timm
     method, _ = split_variant(name)
-    if method not in METHODS:
+    if method not in PAPER_SETUP:  # the plain baseline
         return {'lr': recipe['lr'], 'stage_epochs': []}
     paper = paper_recipe(method)
     model = timm.create_model(name, num_classes=2, **model_args)

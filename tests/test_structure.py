@@ -27,3 +27,6 @@ def test_method_catalogue_has_one_home():
     from timm_fgvc import benchmarks, cards, catalog, hub
     assert benchmarks.METHODS is catalog.METHODS and cards.METHODS is catalog.METHODS and hub.METHODS is catalog.METHODS
     assert "METHODS: Dict" not in (PACKAGE / 'cards.py').read_text()
+    # the benches keep only what the catalogue does not hold (the papers' backbone and resolution)
+    bench = (PACKAGE.parent / 'bench' / '_common.py').read_text()
+    assert 'PAPER_SETUP' in bench and not any(repr(name) in bench for name in catalog.METHODS.values())
