@@ -277,7 +277,11 @@ class _Minimal(FGVCModel):
 ])
 def test_a_method_that_breaks_the_contract_fails_when_built_with_what_to_do(kwargs, match):
     from timm_fgvc.models import build_fgvc_model
-    assert build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3).num_features == 96
+    model = build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3, drop_rate=0.1)
+    assert model.num_features == 96
+    # its **kwargs reach FGVCModel: their values are recorded too, so a reload does not depend on defaults
+    assert model.init_args == dict(head='main', use_add_head=True, set_num_features=True, pool_features=False,
+                                   backbone='test_resnet', in_chans=3, drop_rate=0.1, backbone_args=None)
     with pytest.raises(ModelBuildError, match=match):
         build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3, **kwargs)
 

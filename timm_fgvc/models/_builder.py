@@ -148,8 +148,8 @@ def init_args(model_cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Every constructor argument of `model_cls` as this build resolved it (given, else the default), JSON values
     only: a run records them, so a default changed later cannot change the model it reloads."""
     resolved = {}
-    for name, param in inspect.signature(model_cls.__init__).parameters.items():
-        if name in _NOT_RECORDED or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+    for name, param in _constructor_parameters(model_cls).items():
+        if name in _NOT_RECORDED:
             continue
         value = kwargs.get(name, param.default)
         try:
@@ -159,6 +159,24 @@ def init_args(model_cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         if value is not param.empty:
             resolved[name] = value
     return resolved
+
+
+def _constructor_parameters(model_cls) -> Dict[str, inspect.Parameter]:
+    """The named parameters of `model_cls.__init__` and, where it passes `**kwargs` on, of its bases' (a method
+    written as `__init__(self, threshold=0.5, **kwargs)` still records its backbone and drop rate)."""
+    found: Dict[str, inspect.Parameter] = {}
+    for cls in model_cls.__mro__:
+        if cls is nn.Module:
+            break
+        if '__init__' not in vars(cls):
+            continue
+        params = inspect.signature(vars(cls)['__init__']).parameters.values()
+        for param in params:
+            if param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD) and param.name != 'self':
+                found.setdefault(param.name, param)
+        if not any(param.kind == param.VAR_KEYWORD for param in params):
+            break
+    return found
 
 
 class ModelBuildError(ValueError):
