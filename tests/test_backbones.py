@@ -14,9 +14,10 @@ from timm.models import register_model
 from timm.optim import param_groups_layer_decay
 
 import timm_fgvc  # noqa: F401  (registers the methods)
+from method_variants import METHOD_PREFIXES
 from timm_fgvc.models._base import backbone_info, create_backbone
 
-METHODS = ('s3n', 'lfd', 'caa', 'hsm', 'ssanet')
+METHODS = METHOD_PREFIXES
 SWIN = 'swin_tiny_patch4_window7_224'
 VIT = 'vit_tiny_patch16_224'
 SMALL_SWIN = dict(embed_dim=24, depths=(2, 1, 1, 1), num_heads=(1, 1, 1, 1))  # 2 blocks: shifted windows too

@@ -11,6 +11,7 @@ import torch
 import timm_fgvc  # noqa: F401  (registers the models)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+from method_variants import TINY_VARIANTS  # noqa: E402
 from throughput import BOUNDS  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def _backbone_images(model, run) -> Counter:
     return seen
 
 
-@pytest.mark.parametrize('name', ['s3n_tiny', 'lfd_tiny', 'caa_tiny', 'hsm_tiny', 'ssanet_tiny'])
+@pytest.mark.parametrize('name', TINY_VARIANTS)
 def test_the_bound_counts_the_backbone_images_the_model_processes(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=4)

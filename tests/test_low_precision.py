@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import timm_fgvc  # noqa: F401
+from method_variants import TINY_VARIANTS
 
-METHODS = ('s3n_tiny', 'lfd_tiny', 'caa_tiny', 'hsm_tiny', 'ssanet_tiny')
+METHODS = TINY_VARIANTS
 
 
 def _cpu_runs(dtype: torch.dtype) -> bool:

@@ -8,13 +8,18 @@ import timm_fgvc
 from timm_fgvc.engine.checkpoint import load_weights
 from timm_fgvc.models import FGVCModel
 from timm_fgvc.models._builder import ModelBuildError
+from method_variants import METHOD_PREFIXES, TINY_VARIANTS
 
-METHOD_PREFIXES = ('s3n_', 'lfd_', 'caa_', 'hsm_', 'ssanet_')
+METHOD_NAME_STARTS = tuple(f'{prefix}_' for prefix in METHOD_PREFIXES)
 TINY = dict(backbone='test_resnet')  # 0.4 M parameters: contract checks stay fast on CPU
 
 
 def registered_methods():
-    return sorted(n for n in timm.list_models() if n.startswith(METHOD_PREFIXES))
+    return sorted(n for n in timm.list_models() if n.startswith(METHOD_NAME_STARTS))
+
+
+def test_every_catalogued_method_has_the_tiny_variant_the_generic_tests_run():
+    assert TINY_VARIANTS and all(timm.models.is_model(name) for name in TINY_VARIANTS), TINY_VARIANTS
 
 
 def test_import_registers_methods():
@@ -83,7 +88,7 @@ def test_num_classes_zero_gives_features_or_a_clear_error(name):
     assert model(torch.randn(1, 3, 96, 96)).shape == (1, model.num_features)
 
 
-@pytest.mark.parametrize('name, kwargs', [(f'{m}_tiny', {}) for m in ('s3n', 'lfd', 'caa', 'hsm', 'ssanet')]
+@pytest.mark.parametrize('name, kwargs', [(name, {}) for name in TINY_VARIANTS]
                          + [('lfd_tiny', dict(share_backbone=False))])
 def test_gradient_checkpointing_gives_the_same_step_on_every_backbone(name, kwargs):
     """`set_grad_checkpointing` recomputes every backbone's blocks in backward (CAA's per-scale backbones, a second
@@ -109,7 +114,7 @@ def test_gradient_checkpointing_gives_the_same_step_on_every_backbone(name, kwar
         assert torch.allclose(plain[n], checkpointed[n], atol=1e-5), n
 
 
-@pytest.mark.parametrize('name', [f'{m}_tiny' for m in ('s3n', 'lfd', 'caa', 'hsm', 'ssanet')])
+@pytest.mark.parametrize('name', TINY_VARIANTS)
 def test_drop_rate_drops_before_the_evaluated_head_in_training_only(name):
     """timm's `drop_rate`: dropout on the features of the head that makes the prediction, in training only."""
     plain = timm.create_model(name, num_classes=5).train()
@@ -125,7 +130,7 @@ def test_drop_rate_drops_before_the_evaluated_head_in_training_only(name):
     assert torch.equal(plain(x), dropped(x))
 
 
-@pytest.mark.parametrize('name', [f'{m}_tiny' for m in ('s3n', 'lfd', 'caa', 'hsm', 'ssanet')])
+@pytest.mark.parametrize('name', TINY_VARIANTS)
 def test_soft_targets_give_the_hard_label_loss_or_a_clear_error(name):
     """timm's Mixup / CutMix make soft targets `[B, C]`: one-hot ones give the loss of the class indices where every
     term is a cross-entropy; CAA's and SSANet's losses need the true class (local classifiers, the navigator's

@@ -7,10 +7,11 @@ import torch
 from safetensors.torch import save_file
 
 import timm_fgvc  # noqa: F401
+from method_variants import TINY_VARIANTS
 from timm_fgvc.engine.config import TrainConfig
 from timm_fgvc.engine.trainer import build_model, parameter_groups, resolve_backbone_lr
 
-METHODS = ('s3n_tiny', 'lfd_tiny', 'caa_tiny', 'hsm_tiny', 'ssanet_tiny')  # all on timm's test_resnet
+METHODS = TINY_VARIANTS  # all on timm's test_resnet
 
 
 @pytest.fixture(scope='module')

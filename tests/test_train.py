@@ -20,6 +20,7 @@ from timm_fgvc.data.loading import few_shot_indices, load_fgvc_dataset
 from timm_fgvc.engine.config import TrainConfig, parse_args
 from timm_fgvc.engine.trainer import apply_stage, resolve_stage_epochs, stage_schedule, train
 from timm_fgvc.models import TrainingStage
+from method_variants import TINY_VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ['--synthetic-classes', '4', '--synthetic-train-per-class', '16', '--synthetic-test-per-class', '3',
@@ -267,7 +268,7 @@ def test_stage_epochs_override_the_papers_stage_lengths():
     assert parse_args(['--stage-epochs', '1', '0.5', '2']).stage_epochs == [1.0, 0.5, 2.0]
 
 
-@pytest.mark.parametrize('name', ['s3n_tiny', 'lfd_tiny', 'caa_tiny', 'hsm_tiny', 'ssanet_tiny'])
+@pytest.mark.parametrize('name', TINY_VARIANTS)
 def test_every_method_loss_takes_its_heads_label_smoothing_and_loss_weights(name):
     """A method with its own `loss` (CAA, SSANet) smooths and weights its terms as the base loss does."""
     import torch.nn.functional as F
