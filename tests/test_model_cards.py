@@ -79,6 +79,14 @@ def test_load_hub_config_validates(repo_copy, field, value, message):
         load_hub_configs(repo_copy)
 
 
+def test_a_hub_config_of_an_uncatalogued_method_says_where_to_add_it(repo_copy):
+    data = yaml.safe_load((repo_copy / 'hub_configs' / 's3n_resnet50.cub200.yaml').read_text())
+    data.update(model='twoview_resnet50.cub200', hub_id='timm-fgvc/twoview_resnet50.cub200', method='twoview')
+    (repo_copy / 'hub_configs' / 'twoview_resnet50.cub200.yaml').write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="'twoview_resnet50.cub200' is not a catalogued method.*catalog.py"):
+        load_hub_configs(repo_copy)
+
+
 # --- MODEL_CARDS.md ------------------------------------------------------------------------------
 def test_model_cards_are_in_sync(repo_root):
     stream = io.StringIO()

@@ -83,6 +83,9 @@ def _validate(cfg: Any, name: str, source: str) -> Dict[str, Any]:
     if cfg['dataset'] not in DATASETS:
         raise ValueError(f'Hub config {source}: unknown dataset {cfg["dataset"]!r}; known: {sorted(DATASETS)}.')
     method, _, tag = split_model_name(model)
+    if method is None:
+        raise ValueError(f'Hub config {source}: {model!r} is not a catalogued method: add its prefix to '
+                         'timm_fgvc/catalog.py METHODS (a plugin: timm_fgvc.register_method).')
     if tag != cfg['dataset']:
         raise ValueError(f'Hub config {source}: the model tag {tag!r} must name its dataset {cfg["dataset"]!r}.')
     if method != cfg['method']:
