@@ -184,8 +184,25 @@ def test_record_writes_measured_and_keeps_the_rest(repo_copy, make_run, cub_mode
     assert not check_model_cards(repo_copy, stream=io.StringIO())
     write_model_cards(repo_copy)
     rows = {r['Model'].split('`')[1]: r for r in _table((repo_copy / 'MODEL_CARDS.md').read_text(), '| Model |')}
-    assert rows['s3n_resnet18.cub200']['Measured top-1'] == '71.23'
+    # the run left the recipe (64 px for 448, 2 epochs for 60...): the number says so where it is shown
+    assert 'img_size 64 (recipe: 448)' in data['measured']['recipe_changes']
+    assert 'epochs 2 (recipe: 60)' in data['measured']['recipe_changes']
+    assert rows['s3n_resnet18.cub200']['Measured top-1'] == '71.23 (off its recipe)'
     assert rows['s3n_resnet18.cub200']['Paper top-1'] == 'not reported'
+    assert '- Off its recipe: ' in (repo_copy / 'MODEL_CARDS.md').read_text()
+
+
+def test_record_of_a_run_that_followed_the_recipe_says_nothing_off_it(repo_copy, make_run, cub_model):
+    """The hub config's recipe on two processes with half the batch each is the same recipe (the same effective
+    batch); a run that followed it replaces an earlier record's changes."""
+    path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
+    recipe = yaml.safe_load(path.read_text())['train']
+    off = make_run(cub_model, name='off', dataset=recipe['dataset'], config=dict(recipe, img_size=64))
+    assert record_measurement(off, path)['recipe_changes'] == 'img_size 64 (recipe: 448)'
+    run = make_run(cub_model, dataset=recipe['dataset'], num_processes=2,
+                   config=dict(recipe, batch_size=recipe['batch_size'] // 2, seed=3, output_dir='elsewhere'))
+    assert record_measurement(run, path)['recipe_changes'] is None
+    assert yaml.safe_load(path.read_text())['measured']['recipe_changes'] is None
 
 
 def test_record_writes_the_split_and_refuses_a_held_out_part_of_training(repo_copy, make_run, cub_model):

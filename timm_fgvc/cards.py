@@ -53,6 +53,37 @@ _NOT_RECIPE = ('output_dir', 'checkpoint_every', 'keep_checkpoints', 'resume', '
                'eval_every', 'overwrite', 'verbose', 'check_images', 'skip_bad_images')
 
 
+# the fields of a hub config's `train:` recipe that make its protocol: a run that changes one measures another recipe
+# (the data's location, the seed, precision and run bookkeeping may differ; the batch counts as batch x processes x
+# accumulation steps)
+_PROTOCOL_KEYS = ('pretrained', 'pretrained_backbone', 'pretrained_path', 'output_stride', 'model_args',
+                  'initial_checkpoint', 'img_size', 'test_img_size', 'crop_pct', 'augment', 'epochs', 'optimizer', 'lr',
+                  'backbone_lr', 'momentum', 'weight_decay', 'scheduler', 'step_epochs', 'step_gamma', 'warmup_epochs',
+                  'label_smoothing', 'clip_grad', 'stage_epochs', 'start_stage')
+
+
+def recipe_changes(results: Dict[str, Any], recipe: Dict[str, Any]) -> List[str]:
+    """Where a run (results.json) left a hub config's `train:` recipe, as `field run-value (recipe: value)`."""
+    from .engine.config import TrainConfig
+
+    run = results.get('config') or {}
+    reference = dict(TrainConfig().to_dict(), **recipe)
+    changes = [f'{key} {_flag_value(run[key])} (recipe: {_flag_value(reference.get(key))})'
+               for key in _PROTOCOL_KEYS if key in run and not _same_value(run[key], reference.get(key))]
+    if 'batch_size' in run:
+        batch = run['batch_size'] * int(results.get('num_processes') or 1) * int(run.get('grad_accum_steps') or 1)
+        expected = reference['batch_size'] * int(reference.get('grad_accum_steps') or 1)
+        if batch != expected:
+            changes.append(f'effective batch {batch} (recipe: {expected})')
+    return changes
+
+
+def _same_value(value: Any, reference: Any) -> bool:
+    if isinstance(value, (list, tuple)) or isinstance(reference, (list, tuple)):
+        return list(value or []) == list(reference or [])
+    return value == reference
+
+
 def format_number(value: Optional[float]) -> str:
     """88.5 -> '88.5', 87.4321 -> '87.43'; None -> '–'."""
     if value is None:
@@ -173,9 +204,8 @@ def train_command(run_config: Dict[str, Any], base: Optional[Dict[str, Any]] = N
         if key in _NOT_RECIPE or key not in run_config:
             continue
         value = run_config[key]
-        ref = reference.get(key)
         always = base is None and key in ('model', 'dataset')
-        if not always and (value == ref or (isinstance(value, (list, tuple)) and list(value) == list(ref or []))):
+        if not always and _same_value(value, reference.get(key)):
             continue
         parts.append(f'--{key.replace("_", "-")} {_flag_value(value)}')
     return ' '.join(parts)
@@ -194,7 +224,9 @@ def _paper_cell(paper: Dict[str, Any]) -> str:
 
 
 def _measured_cell(measured: Dict[str, Any]) -> str:
-    return format_number(measured['top1']) if measured.get('top1') is not None else NOT_MEASURED
+    if measured.get('top1') is None:
+        return NOT_MEASURED
+    return format_number(measured['top1']) + (' (off its recipe)' if measured.get('recipe_changes') else '')
 
 
 def _backbone(cfg: Dict[str, Any]) -> str:
@@ -272,6 +304,8 @@ def render_model_cards(configs: Sequence[Dict[str, Any]], bench: Optional[Dict[s
             lines.append(f'- Measured top-1: {format_number(measured["top1"])}' + (f' ({details})' if details else ''))
             if measured.get('command'):
                 lines.append(f'- Measured with: `{measured["command"]}`')
+            if measured.get('recipe_changes'):
+                lines.append(f'- Off its recipe: {measured["recipe_changes"]}; not a measurement of the recipe below')
         lines.append(f'- Recipe (`train:`): {format_recipe(cfg["train"])}')
         for speed in speed_summary(throughput, cfg['model'].split('.')[0]):
             lines.append(f'- Speed measured here: {speed}')
@@ -447,5 +481,7 @@ def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], 
     }
     if split:
         measured['split'] = split
+    # a run off the recipe is recorded, with where it left it (its command shows the flags too)
+    measured['recipe_changes'] = '; '.join(recipe_changes(results, cfg['train'])) or None
     update_measured(path, measured)
     return measured

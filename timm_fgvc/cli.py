@@ -150,8 +150,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .cards import record_measurement
             measured = record_measurement(args.run, args.hub_config, command=args.command,
                                           same_dataset=args.same_dataset)
-            print(f'Recorded measured top-1 {measured["top1"]} in {args.hub_config}; run `timm-fgvc cards` to '
-                  'update MODEL_CARDS.md.')
+            print(f'Recorded measured top-1 {measured["top1"]} in {args.hub_config}'
+                  + (f', off its recipe: {measured["recipe_changes"]}' if measured['recipe_changes'] else '')
+                  + '; run `timm-fgvc cards` to update MODEL_CARDS.md.')
         elif args.action == 'predict':
             from .predict import format_predictions, predict, predictions_path, write_predictions
             if args.out:
