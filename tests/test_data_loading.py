@@ -289,6 +289,12 @@ def test_an_eval_split_with_its_own_class_list_is_matched_by_name_and_a_hidden_t
     datasets.DatasetDict({'train': train, 'test': hidden.remove_columns('label')}).save_to_disk(str(tmp_path / 'nolab'))
     data = load_fgvc_dataset(str(tmp_path / 'nolab'), eval_fraction=1 / 3, check_images=False)
     assert data.eval_split == "0.333333 of 'train' held out (seed 0)" and len(data.eval) == 3
+    # an empty test split is no eval split either: --eval-fraction is held out (it trained without evaluation)
+    no_test = dict(num_classes=3, train_per_class=3, test_per_class=0, image_size=32, seed=0)
+    data = load_fgvc_dataset('synthetic', eval_fraction=1 / 3, synthetic_args=no_test)
+    assert data.eval_split == "0.333333 of 'train' held out (seed 0)" and data.unlabelled_splits == ['test']
+    with pytest.raises(ValueError, match=r"The 'test' split of 'synthetic' is empty"):
+        load_fgvc_dataset('synthetic', eval_split='test', synthetic_args=no_test)
 
     extra = _labelled_split(['a', 'd'], [0, 1], 3)  # a class train does not have
     datasets.DatasetDict({'train': train, 'test': extra}).save_to_disk(str(tmp_path / 'extra'))

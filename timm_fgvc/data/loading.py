@@ -46,7 +46,7 @@ class FGVCData:
     ignored_files: List[str] = field(default_factory=list)  # 'path (why)' left out of an image folder
     train_split: str = 'train'
     eval_split: Optional[str] = None  # the split evaluated, or what was held out of training
-    unlabelled_splits: List[str] = field(default_factory=list)  # eval splits passed over: no labels (hidden)
+    unlabelled_splits: List[str] = field(default_factory=list)  # eval splits passed over: no labels (hidden), empty
     eval_held_out: bool = False  # the eval images are a seeded draw of the training split (no eval split)
 
     @property
@@ -336,6 +336,9 @@ def load_fgvc_dataset(
     image_column, label_column = detect_columns(train.features, image_column, label_column, source)
     if eval_split is not None and eval_split not in raw:
         raise ValueError(f'Dataset {source!r} has no split {eval_split!r}; splits found: {list(raw)}.')
+    if eval_split is not None and len(raw[eval_split]) == 0:
+        raise ValueError(f'The {eval_split!r} split of {source!r} is empty: name another --eval-split, or pass none '
+                         'to hold out --eval-fraction of training.')
     hidden = _unlabelled_rows(raw[eval_split], label_column) if eval_split is not None else 0
     if hidden:
         raise ValueError(f'{hidden} of {len(raw[eval_split])} rows of the '
@@ -344,7 +347,9 @@ def load_fgvc_dataset(
     unlabelled_splits = []
     if eval_split is None:  # the first labelled one; a Hub test split often hides its labels (-1 or no column)
         for candidate in (s for s in _EVAL_SPLITS if s in raw and s != train_split):
-            if _unlabelled_rows(raw[candidate], label_column):
+            if len(raw[candidate]) == 0:  # an empty split is no eval split: --eval-fraction is held out instead
+                unlabelled_splits.append(candidate)
+            elif _unlabelled_rows(raw[candidate], label_column):
                 unlabelled_splits.append(candidate)
             else:
                 eval_split = candidate

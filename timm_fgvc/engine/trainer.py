@@ -503,7 +503,7 @@ def train(cfg: TrainConfig) -> dict:
                          'no evaluation (no eval split, --eval-fraction 0)')
                       + f", {used['num_classes']} classes "
                       f"(columns {used['image_column']!r}, {used['label_column']!r})"
-                      + (f"; passed over unlabelled {used['unlabelled_splits_passed_over']}"
+                      + (f"; passed over {used['unlabelled_splits_passed_over']} (no labelled image)"
                          if used['unlabelled_splits_passed_over'] else ''))
     model = build_model(cfg, data.num_classes)
     if getattr(model, 'num_classes', data.num_classes) != data.num_classes:
