@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
@@ -680,10 +680,13 @@ def train(cfg: TrainConfig) -> dict:
         save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints, signature)  # with its record
 
     final = dict(state.history[-1]) if state.history else {}
-    # the processes must end with the same weights (the gathered metrics agree by construction, so say nothing)
-    checksum = torch.stack([p.detach().double().sum() for p in inner.parameters()]).sum().reshape(1)
-    per_process = accelerator.gather(checksum.to(accelerator.device)).tolist()
-    if len(set(per_process)) > 1:
+    # data-parallel processes must end with the same weights (the gathered metrics agree by construction, so they
+    # say nothing); sharded ones (FSDP, DeepSpeed) hold different parts by design
+    per_process = None
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        checksum = torch.stack([p.detach().double().sum() for p in inner.parameters()]).sum().reshape(1)
+        per_process = accelerator.gather(checksum.to(accelerator.device)).tolist()
+    if per_process and len(set(per_process)) > 1:
         warn_loudly(f'The {accelerator.num_processes} processes ended with different weights (parameter sums '
                     f'{per_process}): the saved weights are the main process\'s.', accelerator.print)
     results = {
