@@ -13,6 +13,7 @@ from timm_fgvc.cards import (NOT_MEASURED, check_model_cards, load_hub_config, l
                              record_measurement, render_model_cards, write_model_cards)
 from timm_fgvc.cli import main as cli_main
 from timm_fgvc.data.catalog import DATASETS
+from timm_fgvc.engine.config import TrainConfig
 from timm_fgvc.hub import export_model, export_run
 from timm_fgvc.models import HUB_ORG, PUBLISHED_WEIGHTS
 
@@ -196,7 +197,12 @@ def test_record_of_a_run_that_followed_the_recipe_says_nothing_off_it(repo_copy,
     """The hub config's recipe on two processes with half the batch each is the same recipe (the same effective
     batch); a run that followed it replaces an earlier record's changes."""
     path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
+    # a recipe as YAML reads it (`lr: 1e-3` is a string there, `stage_epochs: 2` a scalar) against the cast run
+    path.write_text(path.read_text().replace('  lr: 0.01\n', '  lr: 1e-2\n').replace('  epochs: 60\n',
+                                                                                        '  epochs: 60\n  stage_epochs: 60\n'))
     recipe = yaml.safe_load(path.read_text())['train']
+    assert recipe['lr'] == '1e-2' and recipe['stage_epochs'] == 60
+    recipe = TrainConfig(**recipe).to_dict()
     off = make_run(cub_model, name='off', dataset=recipe['dataset'], config=dict(recipe, img_size=64))
     assert record_measurement(off, path)['recipe_changes'] == 'img_size 64 (recipe: 448)'
     run = make_run(cub_model, dataset=recipe['dataset'], num_processes=2,

@@ -243,6 +243,19 @@ def test_staged_method_trains_one_scale_after_another_through_the_engine(tmp_pat
     assert {'eval_top1_object_0', 'eval_top1_local_1', 'eval_top1_combined'} <= set(results['final'])
 
 
+def test_a_checkpoint_from_before_per_term_counts_resumes_to_the_epochs_true_mean():
+    """An older checkpoint summed 5 batches of loss 2.0 and counted batches only: after 5 more batches of 2.0 the
+    epoch's mean is 2.0 (divided by 10 batches, not by the 5 after the resume)."""
+    from timm_fgvc.engine.trainer import TrainState
+    state = TrainState()
+    state.load_state_dict({'step': 5, 'history': '[]', 'epoch_losses': '{"loss": 10.0}', 'epoch_batches': 5})
+    for _ in range(5):  # as the training loop adds each batch
+        state.epoch_losses['loss'] += 2.0
+        state.epoch_term_batches['loss'] = state.epoch_term_batches.get('loss', 0) + 1
+        state.epoch_batches += 1
+    assert state.epoch_losses['loss'] / state.epoch_term_batches['loss'] == pytest.approx(2.0)
+
+
 def test_a_loss_term_of_one_stage_is_averaged_over_that_stages_batches(tmp_path):
     """Two CAA scales of half an epoch each: scale 1's terms exist in the second half of the epoch only. Their record
     is their mean over those batches: a fresh 4-class head near ln 4 = 1.39, not diluted to half by the first

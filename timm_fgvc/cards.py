@@ -67,7 +67,7 @@ def recipe_changes(results: Dict[str, Any], recipe: Dict[str, Any]) -> List[str]
     from .engine.config import TrainConfig
 
     run = results.get('config') or {}
-    reference = dict(TrainConfig().to_dict(), **recipe)
+    reference = TrainConfig(**recipe).to_dict()  # cast as the run's were (YAML reads `lr: 1e-3` as a string)
     changes = [f'{key} {_flag_value(run[key])} (recipe: {_flag_value(reference.get(key))})'
                for key in _PROTOCOL_KEYS if key in run and not _same_value(run[key], reference.get(key))]
     if 'batch_size' in run:
@@ -193,7 +193,7 @@ def train_command(run_config: Dict[str, Any], base: Optional[Dict[str, Any]] = N
     from .engine.config import TrainConfig
 
     defaults = TrainConfig().to_dict()
-    reference = dict(defaults, **(base or {}))
+    reference = TrainConfig(**base).to_dict() if base else defaults  # cast as the run's values were
     launch = 'accelerate launch'
     if num_processes > 1:
         launch += f' --multi_gpu --num_processes {num_processes}'

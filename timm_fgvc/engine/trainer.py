@@ -117,7 +117,9 @@ class TrainState:
         self.history = json.loads(state['history'])
         self.epoch_losses = json.loads(state.get('epoch_losses', '{}'))  # older checkpoints: from the resume on
         self.epoch_batches = int(state.get('epoch_batches', 0))
-        self.epoch_term_batches = json.loads(state.get('epoch_term_batches', '{}'))
+        # older checkpoints counted batches only: every term so far then ran in all of them
+        self.epoch_term_batches = json.loads(state.get('epoch_term_batches', 'null')) or {
+            name: self.epoch_batches for name in self.epoch_losses}
 
 
 def model_kwargs(cfg: TrainConfig) -> Dict:
