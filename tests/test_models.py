@@ -284,9 +284,15 @@ def test_a_method_that_breaks_the_contract_fails_when_built_with_what_to_do(kwar
     from timm_fgvc.models import build_fgvc_model
     model = build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3, drop_rate=0.1)
     assert model.num_features == 96
-    # its **kwargs reach FGVCModel: their values are recorded too, so a reload does not depend on defaults
+    # its **kwargs reach FGVCModel: the values given through them are recorded too (the backbone, the drop rate)
     assert model.init_args == dict(head='main', use_add_head=True, set_num_features=True, pool_features=False,
-                                   backbone='test_resnet', in_chans=3, drop_rate=0.1, backbone_args=None)
+                                   backbone='test_resnet', drop_rate=0.1)
+
+    class EightPeaks(timm_fgvc.models.S3N):  # fixes a base argument: not recorded, so it rebuilds from its record
+        def __init__(self, **kwargs):
+            super().__init__(max_peaks=8, **kwargs)
+    fixed = build_fgvc_model(EightPeaks, 'eight_peaks_tiny', backbone='test_resnet', num_classes=3)
+    assert fixed.init_args == {'backbone': 'test_resnet'} and EightPeaks(num_classes=3, **fixed.init_args).max_peaks == 8
     with pytest.raises(ModelBuildError, match=match):
         build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3, **kwargs)
 

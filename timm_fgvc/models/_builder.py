@@ -5,7 +5,7 @@ A method file declares `default_cfgs = generate_default_cfgs({...fgvc_cfg(...)..
 """
 import inspect
 import json
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import timm
 import torch.nn as nn
@@ -148,7 +148,8 @@ def init_args(model_cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Every constructor argument of `model_cls` as this build resolved it (given, else the default), JSON values
     only: a run records them, so a default changed later cannot change the model it reloads."""
     resolved = {}
-    for name, param in _constructor_parameters(model_cls).items():
+    own, passed_on = _constructor_parameters(model_cls)
+    for name, param in {**own, **{k: v for k, v in passed_on.items() if k in kwargs}}.items():
         if name in _NOT_RECORDED:
             continue
         value = kwargs.get(name, param.default)
@@ -161,10 +162,13 @@ def init_args(model_cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return resolved
 
 
-def _constructor_parameters(model_cls) -> Dict[str, inspect.Parameter]:
-    """The named parameters of `model_cls.__init__` and, where it passes `**kwargs` on, of its bases' (a method
-    written as `__init__(self, threshold=0.5, **kwargs)` still records its backbone and drop rate)."""
-    found: Dict[str, inspect.Parameter] = {}
+def _constructor_parameters(model_cls) -> Tuple[Dict[str, inspect.Parameter], Dict[str, inspect.Parameter]]:
+    """(the named parameters of `model_cls.__init__`, those of its bases' that its `**kwargs` pass on). Of the
+    second, only the given ones are recorded: a subclass may fix a base argument in its `super().__init__` call
+    (a method written as `__init__(self, threshold=0.5, **kwargs)` still records the backbone it was given)."""
+    own: Dict[str, inspect.Parameter] = {}
+    passed_on: Dict[str, inspect.Parameter] = {}
+    found = own  # the first constructor's parameters, then its bases'
     for cls in model_cls.__mro__:
         if cls is nn.Module:
             break
@@ -172,11 +176,12 @@ def _constructor_parameters(model_cls) -> Dict[str, inspect.Parameter]:
             continue
         params = inspect.signature(vars(cls)['__init__']).parameters.values()
         for param in params:
-            if param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD) and param.name != 'self':
+            if param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD) and param.name not in ('self', *own):
                 found.setdefault(param.name, param)
         if not any(param.kind == param.VAR_KEYWORD for param in params):
             break
-    return found
+        found = passed_on
+    return own, passed_on
 
 
 class ModelBuildError(ValueError):
