@@ -198,8 +198,8 @@ def test_record_of_a_run_that_followed_the_recipe_says_nothing_off_it(repo_copy,
     batch); a run that followed it replaces an earlier record's changes."""
     path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
     # a recipe as YAML reads it (`lr: 1e-3` is a string there, `stage_epochs: 2` a scalar) against the cast run
-    path.write_text(path.read_text().replace('  lr: 0.01\n', '  lr: 1e-2\n').replace('  epochs: 60\n',
-                                                                                        '  epochs: 60\n  stage_epochs: 60\n'))
+    text = path.read_text().replace('  lr: 0.01\n', '  lr: 1e-2\n')
+    path.write_text(text.replace('  epochs: 60\n', '  epochs: 60\n  stage_epochs: 60\n'))
     recipe = yaml.safe_load(path.read_text())['train']
     assert recipe['lr'] == '1e-2' and recipe['stage_epochs'] == 60
     recipe = TrainConfig(**recipe).to_dict()

@@ -292,7 +292,8 @@ def test_a_method_that_breaks_the_contract_fails_when_built_with_what_to_do(kwar
         def __init__(self, **kwargs):
             super().__init__(max_peaks=8, **kwargs)
     fixed = build_fgvc_model(EightPeaks, 'eight_peaks_tiny', backbone='test_resnet', num_classes=3)
-    assert fixed.init_args == {'backbone': 'test_resnet'} and EightPeaks(num_classes=3, **fixed.init_args).max_peaks == 8
+    assert fixed.init_args == {'backbone': 'test_resnet'}
+    assert EightPeaks(num_classes=3, **fixed.init_args).max_peaks == 8
     with pytest.raises(ModelBuildError, match=match):
         build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3, **kwargs)
 
