@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (PAPER_SETUP, REPO, RESULTS_DIR, locked, merge_results, registered_variants, run_metadata,  # noqa: E402
-                     split_variant)
+from _common import (PAPER_SETUP, REPO, RESULTS_DIR, locked, merge_results, registered_variants,  # noqa: E402
+                     run_metadata, split_variant)
 
 import timm  # noqa: E402
 import torch  # noqa: E402

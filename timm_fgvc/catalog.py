@@ -20,6 +20,12 @@ def register_method(prefix: str, display_name: str) -> None:
                          '<prefix>_<backbone>).')
     if METHODS.get(prefix, display_name) != display_name:
         raise ValueError(f'Method prefix {prefix!r} is already {METHODS[prefix]!r}: choose another prefix.')
+    import timm  # a prefix of timm's own models would make them methods
+    taken = [name for name in timm.list_models(f'{prefix}_*')
+             if timm.models.model_entrypoint(name).__module__.startswith('timm.')]
+    if taken:
+        raise ValueError(f'Method prefix {prefix!r} names timm models ({", ".join(taken[:3])}...): choose another '
+                         'prefix.')
     METHODS[prefix] = display_name
 
 

@@ -123,6 +123,13 @@ def run_training_data(results: dict) -> Dict[str, Any]:
     return record
 
 
+def _registering_package(arch: str) -> str:
+    """The package whose import registers `arch` with timm: timm_fgvc, or a plugin method's own."""
+    if timm.models.is_model(arch):
+        return timm.models.model_entrypoint(arch).__module__.split('.')[0]
+    return 'timm_fgvc'
+
+
 def check_out_dir(out_dir: Path) -> None:
     """An export writes into a new or empty folder, or over an earlier export (its three files, replaced as a
     re-export does); a folder holding anything else is refused before any work, never overwritten."""
@@ -244,7 +251,8 @@ def build_model_card(
                  + ' Packaged by timm-fgvc (`pip install timm-fgvc`), a model zoo of fine-grained classification '
                    'methods that load through `timm`.')
     lines += ['', '## Model details', '']
-    lines.append(f'- **Architecture:** `{arch}`' + (' (registered with timm by `import timm_fgvc`)' if method else ''))
+    package = _registering_package(arch) if method else None
+    lines.append(f'- **Architecture:** `{arch}`' + (f' (registered with timm by `import {package}`)' if method else ''))
     if base_model:
         lines.append(f'- **Initialised from:** [`{base_model}`](https://huggingface.co/{base_model})')
     if info is not None:  # the card's license is the weights'; the data they were trained on has terms of its own
@@ -274,7 +282,7 @@ def build_model_card(
 
     lines += ['', '## Usage', '', '```python', 'import timm', 'import torch']
     if method:
-        lines.append('import timm_fgvc  # registers the timm-fgvc architectures with timm')
+        lines.append(f'import {package}  # registers the {arch} architecture with timm')
     lines += [
         'from PIL import Image', '',
         f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
