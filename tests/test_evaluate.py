@@ -285,7 +285,8 @@ def test_an_export_is_evaluated_on_the_images_its_run_held_out(tmp_path, capsys)
                                 '--output-dir', str(run)]))
     exported = export_run(run, tmp_path / 'export')
     record = json.loads((exported / 'config.json').read_text())['training_data']
-    assert record == {'dataset': 'local folder birds', 'train_split': 'train', 'eval_fraction': 0.4, 'seed': 3}
+    assert record == {'dataset': 'local folder birds', 'folder': 'birds', 'train_split': 'train', 'eval_fraction': 0.4,
+                      'seed': 3, 'images': 20}
     loaded = load_model(f'local-dir:{exported}', device='cpu')
     report = evaluate_model(loaded, dataset=str(flat))
     assert report['split'] == "0.4 of 'train' held out (seed 3)" and report['warnings'] == []
@@ -296,3 +297,9 @@ def test_an_export_is_evaluated_on_the_images_its_run_held_out(tmp_path, capsys)
     shutil.copytree(flat, tmp_path / 'other')
     other = evaluate_model(loaded, dataset=str(tmp_path / 'other'))
     assert other['split'] == "0.2 of 'train' held out (seed 0)" and 'training images' in other['warnings'][0]
+    # a folder of the same name with other images: the run's draw is used, and said not to be the run's
+    (tmp_path / 'elsewhere').mkdir()
+    shutil.copytree(flat, tmp_path / 'elsewhere' / 'birds')
+    (tmp_path / 'elsewhere' / 'birds' / 'class_0' / '9.png').unlink()
+    changed = evaluate_model(loaded, dataset=str(tmp_path / 'elsewhere' / 'birds'))
+    assert len(changed['warnings']) == 1 and 'holds 19 images' in changed['warnings'][0]

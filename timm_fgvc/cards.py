@@ -30,7 +30,7 @@ from .benchmarks import (RESULTS_DIR, few_shot_summaries, headline_row, load_res
 from .catalog import METHODS, split_model_name
 from .data.catalog import DATASETS
 from .models._builder import HUB_ORG
-from .runs import read_run, run_device
+from .runs import read_run, run_device, run_held_out
 
 __all__ = [
     'METHODS', 'NOT_MEASURED', 'CARDS_FILE', 'CONFIG_DIR', 'split_model_name', 'load_hub_config',
@@ -464,7 +464,7 @@ def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], 
                          f'If that is a copy of {info.title} with its official split, pass --same-dataset.')
     data = results.get('data') or {}
     split = data.get('eval_split')
-    if data.get('eval_held_out') or (split and 'held out' in split):  # older runs say it in the split's name only
+    if run_held_out(results):
         raise ValueError(f'Run {run_dir} was evaluated on {split}, not on a test split of {info.title}: its number '
                          "is not comparable with the paper's. Train with the dataset's test split (--eval-split).")
     if command is None:

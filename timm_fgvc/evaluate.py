@@ -109,13 +109,14 @@ def _eval_config(loaded: LoadedModel, dataset: Optional[str], split: Optional[st
 
 def _run_draw(loaded: LoadedModel, dataset: Optional[str]) -> Optional[Dict[str, Any]]:
     """An export's record of the part of its training data its run held out (`training_data`), when `dataset`
-    names that data: its Hub id, or a folder of the same name as the run's."""
+    names that data: its Hub id, or a folder of the same name as the run's (its image count is checked once
+    loaded)."""
     record = loaded.training_data or {}
     if dataset is None or record.get('seed') is None:
         return None
-    name, folder = record.get('dataset'), 'local folder '
-    same = dataset == name or (str(name).startswith(folder) and Path(dataset).name == name[len(folder):])
-    return record if same else None
+    if record.get('folder'):
+        return record if Path(dataset).is_dir() and Path(dataset).resolve().name == record['folder'] else None
+    return record if dataset == record.get('dataset') else None
 
 
 def _same_data(dataset: str, run: Dict[str, Any]) -> bool:
@@ -198,7 +199,13 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     caveats = []
     if cfg.eval_split == cfg.train_split:
         caveats.append(f'{cfg.eval_split!r} is the training split: a model trained on it scores its training images.')
-    if data.eval_held_out and loaded.run is None and _run_draw(loaded, cfg.dataset) is None:
+    drawn = _run_draw(loaded, cfg.dataset) if loaded.run is None else None
+    found = len(data.train) + len(data.eval)
+    if drawn and drawn.get('images') and cfg.max_eval_samples is None and found != drawn['images']:
+        caveats.append(f"{cfg.dataset!r} holds {found} images in {cfg.train_split!r} but the data this model's run "
+                       f"held images out of had {drawn['images']}: other data, or changed since, so this is not the "
+                       'run\'s held-out draw and may hold images it trained on.')
+    elif data.eval_held_out and loaded.run is None and drawn is None:
         caveats.append(f'{cfg.dataset!r} has no eval split, so {data.eval_split} was evaluated: if this model was '
                          'trained on this data with another seed or --eval-fraction, some of these images are its '
                          "training images. Evaluate with the run's checkpoint, which holds out what it held out, or "

@@ -34,7 +34,7 @@ from .cards import (CONFIG_DIR, NOT_MEASURED, format_number, format_recipe, hub_
 from .catalog import METHODS, split_model_name
 from .data.catalog import DATASETS, DatasetInfo
 from .engine.checkpoint import load_weights
-from .runs import read_run, run_data_config, run_device
+from .runs import read_run, run_data_config, run_device, run_held_out
 
 __all__ = ['RUNTIME_MODEL_ARGS', 'EXPORT_FILES', 'export_model', 'export_run', 'read_run', 'build_model_card',
            'push', 'HubUploadError']
@@ -113,13 +113,19 @@ def _run_dataset_name(results: dict) -> str:
 
 
 def run_training_data(results: dict) -> Dict[str, Any]:
-    """config.json's `training_data`: the data a run trained on (`_run_dataset_name`) and, when it held out part
-    of its training split for evaluation, that draw (split, fraction, seed), so `timm-fgvc eval` of the export
-    scores the images the run held out, not a draw that may hold its training images."""
+    """config.json's `training_data`: the data a run trained on (`dataset` as its card names it; `folder`, the name
+    of a local one) and, when it held out part of its training split for evaluation, that draw (split, fraction,
+    seed, and the split's image count before it), so `timm-fgvc eval` of the export scores the images the run held
+    out, not a draw that may hold its training images."""
     data, cfg = results.get('data') or {}, results.get('config') or {}
     record = {'dataset': _run_dataset_name(results), 'train_split': data.get('train_split', cfg.get('train_split'))}
-    if data.get('eval_held_out') or 'held out' in str(data.get('eval_split')):  # older runs: in the name only
-        record.update(eval_fraction=cfg.get('eval_fraction'), seed=cfg.get('seed'))
+    if results.get('dataset_path'):
+        record['folder'] = Path(results['dataset_path']).name
+    if run_held_out(results):
+        whole = cfg.get('shots') is None and cfg.get('max_train_samples') is None and not results.get(
+            'bad_images_skipped')  # else the counts are of a draw, not of the split
+        record.update(eval_fraction=cfg.get('eval_fraction'), seed=cfg.get('seed'),
+                      images=int(data.get('train_samples', 0)) + int(data.get('eval_samples', 0)) if whole else None)
     return record
 
 

@@ -165,14 +165,12 @@ def eval_transform(loaded: LoadedModel, img_size: Optional[int] = None) -> Tuple
     """(transform, data config): the eval transform the run used (timm's, from the model's `pretrained_cfg` with
     the run's size overrides, via `build_transforms`), or the model's own when it has no run."""
     if loaded.run is not None:
-        from .engine.trainer import build_transforms
+        from .engine.trainer import build_transforms, eval_data_config
         cfg = run_train_config(loaded.run)
         if img_size:
             cfg.img_size, cfg.test_img_size = img_size, None
         _, transform, data_cfg = build_transforms(loaded.model, cfg)
-        if cfg.test_img_size:  # the size the transform gives (build_transforms' data config is training's)
-            data_cfg = {**data_cfg, 'input_size': (data_cfg['input_size'][0], cfg.test_img_size, cfg.test_img_size)}
-        return transform, data_cfg
+        return transform, eval_data_config(data_cfg, cfg)  # the size the transform gives, not training's
     overrides = {'input_size': (3, img_size, img_size)} if img_size else {}
     # an exported model's test size (`test_input_size`) is the size its run evaluated at
     data_cfg = resolve_data_config(overrides, model=loaded.model, use_test_size=not img_size)

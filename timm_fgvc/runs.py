@@ -9,9 +9,15 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-__all__ = ['read_run', 'read_unfinished_run', 'run_device', 'run_data_config', 'run_train_config']
+__all__ = ['read_run', 'read_unfinished_run', 'run_device', 'run_data_config', 'run_train_config', 'run_held_out']
 
 _RESULTS_KEYS = ('model', 'num_classes')
+
+
+def run_held_out(results: Dict[str, Any]) -> bool:
+    """The run evaluated a held-out part of its training split (no eval split), not a split of its own."""
+    data = results.get('data') or {}
+    return bool(data.get('eval_held_out') or 'held out' in str(data.get('eval_split')))  # older runs: the name only
 
 
 def read_run(run_dir: Union[str, Path], weights: bool = True) -> Dict[str, Any]:

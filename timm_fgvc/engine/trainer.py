@@ -223,10 +223,14 @@ def build_transforms(model: nn.Module, cfg: TrainConfig):
         ])
     else:
         train_tf = create_transform(**data_cfg, is_training=False)
-    eval_cfg = dict(data_cfg)
-    if cfg.test_img_size:
-        eval_cfg['input_size'] = (3, cfg.test_img_size, cfg.test_img_size)
-    return train_tf, create_transform(**eval_cfg, is_training=False), data_cfg
+    return train_tf, create_transform(**eval_data_config(data_cfg, cfg), is_training=False), data_cfg
+
+
+def eval_data_config(data_cfg: dict, cfg: TrainConfig) -> dict:
+    """The data config evaluation uses: training's, at `--test-img-size` where the run set one."""
+    if not cfg.test_img_size:
+        return dict(data_cfg)
+    return {**data_cfg, 'input_size': (data_cfg['input_size'][0], cfg.test_img_size, cfg.test_img_size)}
 
 
 def parameter_groups(model: nn.Module, lr: float, backbone_lr: float, weight_decay: float) -> List[dict]:
