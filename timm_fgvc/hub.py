@@ -263,7 +263,7 @@ def build_model_card(
         lines.append(f'- **Initialised from:** [`{base_model}`](https://huggingface.co/{base_model})')
     if info is not None:  # the card's license is the weights'; the data they were trained on has terms of its own
         data = f'[{info.title}](https://huggingface.co/datasets/{info.hub_id})' if info.hub_id else info.title
-        lines.append(f'- **Training data:** {data}, ' + (f'{info.license}' if info.license != 'other' else
+        lines.append(f'- **Training data:** {data}, ' + (info.license if info.license != 'other' else
                                                           "under its own terms of use (see its dataset card), which "
                                                           "apply beside the weights' license"))
     elif results and results.get('dataset_path'):
