@@ -312,3 +312,18 @@ def test_the_base_attention_is_a_class_map_or_asks_to_be_overridden():
     pooled = build_fgvc_model(_Minimal, 'minimal_tiny', backbone='test_resnet', num_classes=3, pool_features=True)
     with pytest.raises(NotImplementedError, match='override attention_maps'):
         pooled.attention_maps(x)
+
+
+@pytest.mark.parametrize('name', TINY_VARIANTS)
+def test_the_evaluated_prediction_is_forwards_in_every_stage(name):
+    """The engine scores `forward_train(x).logits[main]` at each epoch, `timm-fgvc eval` and users score `forward`:
+    in eval mode they must be the same prediction in every training stage, or a run stopped in a stage would record a
+    number its weights do not give."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=4).eval()
+    x = torch.randn(2, 3, 96, 96)
+    for stage in model.training_stages():
+        model.set_training_stage(stage)
+        with torch.no_grad():
+            output = model.forward_train(x)
+            torch.testing.assert_close(output.prediction, model(x), rtol=1e-4, atol=1e-4, msg=stage.name)
