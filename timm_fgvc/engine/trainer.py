@@ -666,8 +666,7 @@ def train(cfg: TrainConfig) -> dict:
         record = {'epoch': math.ceil(state.step / steps_per_epoch), 'step': state.step,
                   'stage': stages[stage_of(state.step - 1)].name,
                   'lr': trained_lr('new'), 'lr_backbone': trained_lr('backbone')}
-        record.update({f'train_{k}': v / max(state.epoch_term_batches.get(k, state.epoch_batches), 1)
-                       for k, v in state.epoch_losses.items()})
+        record.update({f'train_{k}': v / state.epoch_term_batches[k] for k, v in state.epoch_losses.items()})
         # a --max-steps stop inside an epoch: its record holds the batches so far; the sums run on, so a resume
         # replaces the record once the epoch is whole (the history an uninterrupted run writes)
         partial = state.step % steps_per_epoch != 0 and state.step < bounds[-1][1]
