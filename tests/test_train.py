@@ -226,6 +226,27 @@ def test_stages_switch_trainable_parts_and_learning_rates():
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize('name', TINY_VARIANTS)
+def test_every_stage_gives_each_parameter_it_trains_a_gradient(name):
+    """DDP looks for unused parameters only where a stage freezes some (`stages_freeze_parameters`): a trainable
+    parameter left without a gradient in any stage would hang or fail a multi-process run of a one-stage model."""
+    from timm_fgvc.engine.trainer import TrainStep, stages_freeze_parameters
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=4)
+    stages = model.training_stages() if hasattr(model, 'training_stages') else [TrainingStage('main')]
+    size = model.pretrained_cfg['input_size'][-1]
+    step, frozen_somewhere = TrainStep(model).train(), False
+    for stage in stages:
+        apply_stage(model, stage)
+        frozen_somewhere |= not all(p.requires_grad for p in model.parameters())
+        step.loss_terms = stage.loss_terms
+        model.zero_grad(set_to_none=True)
+        step(torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3]))['losses']['loss'].backward()
+        idle = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not idle, (stage.name, idle[:5])
+    assert stages_freeze_parameters(model, stages) == frozen_somewhere
+
+
 def test_staged_method_trains_one_scale_after_another_through_the_engine(tmp_path):
     """CAA with two scales, one epoch each: the second stage trains scale 1's parts and leaves scale 0's alone,
     weights and BatchNorm statistics."""

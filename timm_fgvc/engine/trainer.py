@@ -292,6 +292,15 @@ def stages_to_run(model: nn.Module, cfg: TrainConfig) -> Tuple[List[TrainingStag
     return stages[cfg.start_stage:], resolve_stage_epochs(stages, cfg, cfg.model)[cfg.start_stage:]
 
 
+def stages_freeze_parameters(model: nn.Module, stages: Sequence[TrainingStage]) -> bool:
+    """Whether a stage leaves some parameter without a gradient. DDP is built once with every parameter, so it
+    then has to look for unused ones in each step (`find_unused_parameters`, a graph walk per step that a model
+    trained whole in one stage is spared; within a stage every trainable parameter gets a gradient, which
+    tests/test_train.py checks for every method)."""
+    names = [n for n, _ in model.named_parameters()]
+    return any(not all(stage.is_trainable(n) for n in names) for stage in stages)
+
+
 def check_stage_prefixes(model: nn.Module, stages: Sequence[TrainingStage]) -> None:
     """Every `trainable` prefix of every stage names parameters of the model: a misspelt one would leave its part
     frozen through the stage, silently."""
@@ -472,6 +481,7 @@ def train(cfg: TrainConfig) -> dict:
                          '--eval-split out to hold out --eval-fraction of training.')
     check_model_up_front(cfg)
     distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
+    ddp_kwargs = DistributedDataParallelKwargs()  # find_unused_parameters is set once the stages are known
     if cfg.mixed_precision == 'fp16' and (cfg.cpu or not _has_accelerator()):
         raise ValueError('--mixed-precision fp16 needs a GPU (Accelerate ignores it on the CPU, so the run would be '
                          'fp32): use --mixed-precision bf16 or no on the CPU.')
@@ -482,7 +492,7 @@ def train(cfg: TrainConfig) -> dict:
         log_with=cfg.log_with or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / 'logs')),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[ddp_kwargs],
     )
     if accelerator.is_main_process:
         if cfg.overwrite:
@@ -551,6 +561,7 @@ def train(cfg: TrainConfig) -> dict:
 
     default_label_smoothing(model, cfg.label_smoothing)
     step_module = TrainStep(model, cfg.label_smoothing)
+    ddp_kwargs.find_unused_parameters = stages_freeze_parameters(model, stages)
     step_module, optimizer, train_loader = accelerator.prepare(step_module, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
