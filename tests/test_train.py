@@ -399,3 +399,20 @@ def test_a_user_error_is_one_line_with_exit_code_2_and_verbose_keeps_the_traceba
     proc = subprocess.run(args + ['--verbose', '--overwrite'], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1 and 'Traceback' in proc.stderr and 'FileNotFoundError' in proc.stderr
+
+
+def test_a_user_warning_shows_on_the_first_process_of_a_machine_only(monkeypatch):
+    import warnings
+    from timm_fgvc.engine.trainer import user_warnings_on_one_process_per_machine
+
+    def warnings_seen(local_rank: str) -> list:
+        monkeypatch.setenv('LOCAL_RANK', local_rank)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter('always')
+            with user_warnings_on_one_process_per_machine():
+                warnings.warn('a 1 x 1 feature map', UserWarning)  # the same on every process
+                warnings.warn('process 1 random state not restored', RuntimeWarning)  # the engine's, per process
+        return [(w.category, str(w.message)) for w in seen]
+
+    assert [c for c, _ in warnings_seen('0')] == [UserWarning, RuntimeWarning]
+    assert [c for c, _ in warnings_seen('1')] == [RuntimeWarning]

@@ -11,12 +11,14 @@ per epoch; `results.json`, `model.safetensors` and `curves.png` are written at t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -471,8 +473,24 @@ def new_accelerator(**kwargs) -> Accelerator:
     return Accelerator(**kwargs)
 
 
+@contextlib.contextmanager
+def user_warnings_on_one_process_per_machine():
+    """A model's or a library's `UserWarning` says the same on every process: only each machine's first process
+    (LOCAL_RANK 0) shows it. Warnings of another kind (the engine's own, e.g. a process's random state not restored
+    on resume, are `RuntimeWarning`s) still show on every process."""
+    with warnings.catch_warnings():
+        if int(os.environ.get('LOCAL_RANK', '0')) != 0:
+            warnings.filterwarnings('ignore', category=UserWarning)
+        yield
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run a whole training job; returns the results that are also written to `results.json`."""
+    with user_warnings_on_one_process_per_machine():
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict:
     output_dir = Path(cfg.output_dir)
     check_output_dir(cfg)  # before anything is written: one folder, one run
     if cfg.eval_split is not None and cfg.eval_split == cfg.train_split:  # `timm-fgvc eval --split` may score it
