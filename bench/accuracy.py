@@ -64,7 +64,7 @@ from safetensors.torch import load_file  # noqa: E402
 from timm_fgvc.data.synthetic import render_sample  # noqa: E402
 from timm_fgvc.engine.config import TrainConfig  # noqa: E402
 from timm_fgvc.engine.trainer import build_transforms, train  # noqa: E402
-from timm_fgvc.layers import predicted_class_map, propose_square_regions  # noqa: E402
+from timm_fgvc.layers import class_activation_map, propose_square_regions  # noqa: E402
 from transfer import SOURCE_STEP_EPOCHS, TRANSFER_DEFAULTS  # noqa: E402
 
 DEFAULT_CUB_TAR = REPO.parent / 'shared' / 'data' / 'cub200_s160.tar'
@@ -201,9 +201,7 @@ def attention_points(model, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor
         xy = torch.stack(((index % W).float() + 0.5, (index // W).float() + 0.5), -1)
         return xy.cpu(), (score > 0).cpu(), score.float().cpu(), 'attention-map maxima'
     features = model.forward_features(x)  # [B, D, h, w]
-    head = model.get_classifier()
-    logits = model.forward_head(features)
-    cam = predicted_class_map(features.float(), head.weight.float(), logits)
+    cam = class_activation_map(features, model.get_classifier(), model.forward_head(features))
     stride = x.shape[-1] / cam.shape[-1]
     regions = propose_square_regions(cam, tuple(x.shape[-2:]), round(CAM_REGION_CELLS * stride), TOP_K_POINTS,
                                      CAM_NMS_IOU)

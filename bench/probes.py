@@ -179,10 +179,9 @@ def probe_where(model, images):
 
     def maps(x):
         if not hasattr(model, 'attention_maps'):
-            from timm_fgvc.layers import predicted_class_map
-            features = model.forward_features(x).float()
-            cam = F.relu(predicted_class_map(features, model.get_classifier().weight.float(),
-                                             model.forward_head(features)))
+            from timm_fgvc.layers import class_activation_map
+            features = model.forward_features(x)
+            cam = F.relu(class_activation_map(features, model.get_classifier(), model.forward_head(features)))
             return cam, argmax_xy(cam)
         attention, details = model.attention_maps(x, return_details=True)
         attention = attention.float()

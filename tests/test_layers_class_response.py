@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from timm_fgvc.layers import class_response_maps, entropy_gated_response, min_max_normalize, predicted_class_map
+from timm_fgvc.layers import (class_activation_map, class_response_maps, entropy_gated_response, min_max_normalize,
+                              predicted_class_map)
 
 
 def _explicit_eq1(features, weight, bias):
@@ -52,6 +53,26 @@ def test_predicted_class_map_follows_each_images_prediction_to_its_planted_part(
     cam = predicted_class_map(features, weight, logits)
     torch.testing.assert_close(cam, class_response_maps(features, weight)[torch.arange(2), torch.tensor([1, 2])])
     assert [divmod(int(i), 5) for i in cam.flatten(1).argmax(1)] == [(1, 3), (4, 0)]
+
+
+def test_class_activation_map_is_float32_under_autocast_and_pools_to_the_top1_logit():
+    """The CAM of a linear head on pooled features: averaged over the grid it gives the top-1 logit less the bias;
+    under bf16 autocast it is still float32 and equal to the fp32 map (a bf16 einsum ties close cells). A head
+    the CAM does not apply to is a ValueError."""
+    torch.manual_seed(4)
+    features, fc = torch.randn(3, 16, 6, 6), torch.nn.Linear(16, 5)
+    logits = fc(features.mean((2, 3)))
+    cam = class_activation_map(features, fc)
+    top1 = logits.argmax(1)
+    torch.testing.assert_close(cam.mean((1, 2)), logits[torch.arange(3), top1] - fc.bias[top1], atol=1e-5, rtol=1e-5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        low = class_activation_map(features, fc, fc(features.mean((2, 3))))
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, cam, atol=1e-5, rtol=1e-5)
+    for bad_features, bad_head in ((features, torch.nn.Identity()), (features.flatten(2), fc),
+                                   (features[:, :8], fc)):
+        with pytest.raises(ValueError, match='linear classifier'):
+            class_activation_map(bad_features, bad_head)
 
 
 def test_min_max_normalize_any_leading_dims_and_constant_maps():

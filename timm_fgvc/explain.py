@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .data.loading import open_image
-from .layers.class_response import maps_in_image, predicted_class_map
+from .layers.class_response import class_activation_map, maps_in_image
 
 __all__ = ['denormalize', 'heat_overlay', 'explain_images', 'column_titles', 'prediction_lines',
            'render_explanation', 'explain_files']
@@ -64,13 +64,13 @@ def top1_class_activation_map(model: torch.nn.Module, images: torch.Tensor) -> T
     """(logits, CAM of each image's top-1 class `[B, 1, H, W]` in [0, 1] over the input) of a plain timm CNN whose
     head is a global pool and a linear classifier (Zhou et al., CVPR 2016; S3N Eq. 1)."""
     features = model.forward_features(images)
-    classifier = model.get_classifier()
-    if features.ndim != 4 or not isinstance(classifier, torch.nn.Linear):
-        raise ValueError(f'{type(model).__name__} is not a CNN with a linear classifier on pooled features: its '
-                         'class activation map is not defined. explain draws timm-fgvc methods and plain timm CNNs.')
     logits = model.forward_head(features)
-    cam = predicted_class_map(features.float(), classifier.weight.float(), logits).unsqueeze(1)
-    return logits, maps_in_image(cam, images.shape[-2:])
+    try:
+        cam = class_activation_map(features, model.get_classifier(), logits)
+    except ValueError as e:
+        raise ValueError(f'{type(model).__name__} is not a CNN with a linear classifier on pooled features ({e}): '
+                         'explain draws timm-fgvc methods and plain timm CNNs.') from e
+    return logits, maps_in_image(cam.unsqueeze(1), images.shape[-2:])
 
 
 def column_titles(explanation: Dict[str, torch.Tensor]) -> List[str]:

@@ -1,6 +1,6 @@
 """Shared FGVC building blocks: one concept per file, reused across methods."""
-from .class_response import (class_response_maps, entropy_gated_response, gaussian_smooth, maps_in_image,
-                             max_class_response, min_max_normalize, predicted_class_map)
+from .class_response import (class_activation_map, class_response_maps, entropy_gated_response, gaussian_smooth,
+                             maps_in_image, max_class_response, min_max_normalize, predicted_class_map)
 from .peaks import Peaks, find_peaks, local_maxima, peaks_to_image_coords, peaks_to_normalized_coords
 from .saliency_sampler import SaliencySampler, gaussian_kernel
 from .otsu import otsu_mask, otsu_threshold

@@ -13,10 +13,11 @@ import math
 from typing import Optional, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['class_response_maps', 'predicted_class_map', 'min_max_normalize', 'maps_in_image', 'entropy_gated_response',
+__all__ = ['class_response_maps', 'predicted_class_map', 'class_activation_map', 'min_max_normalize', 'maps_in_image', 'entropy_gated_response',
            'max_class_response', 'gaussian_smooth']
 
 
@@ -52,6 +53,23 @@ def predicted_class_map(features: Tensor, classifier_weight: Tensor, logits: Ten
         logits: the classifier's logits, [B, C]; their argmax picks each image's class.
     """
     return torch.einsum('bdhw,bd->bhw', features, classifier_weight[logits.argmax(-1)])
+
+
+def class_activation_map(features: Tensor, classifier: nn.Module, logits: Optional[Tensor] = None) -> Tensor:
+    """The CAM of each image's top-1 class, `[B, h, w]` on the feature grid, for a linear `classifier` that reads
+    `features` `[B, D, h, w]` average-pooled (a timm CNN's head, a method's main head); `logits` default to that
+    classifier on the pooled features. In float32 with autocast off: under autocast the einsum would run in bf16
+    whatever its inputs, and a bf16 map ties neighbouring cells. A ValueError says when the CAM is not defined."""
+    if not isinstance(classifier, nn.Linear) or features.ndim != 4 or features.shape[1] != classifier.in_features:
+        shape = tuple(features.shape)
+        raise ValueError(f'A class activation map needs a [B, D, h, w] feature map read by a linear classifier on its '
+                         f'average-pooled D channels; got features {shape} and a {type(classifier).__name__}'
+                         + (f' of {classifier.in_features} inputs' if isinstance(classifier, nn.Linear) else '') + '.')
+    with torch.autocast(features.device.type, enabled=False):
+        if logits is None:
+            logits = F.linear(features.float().mean((2, 3)), classifier.weight.float(),
+                              None if classifier.bias is None else classifier.bias.float())
+        return predicted_class_map(features.float(), classifier.weight.float(), logits)
 
 
 def min_max_normalize(maps: Tensor, eps: float = 1e-6) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.class_response import maps_in_image, predicted_class_map
+from ..layers.class_response import class_activation_map, maps_in_image
 from ._weights import load_backbone_weights
 
 __all__ = ['FGVCOutput', 'TrainingStage', 'FGVCModel', 'BackboneInfo', 'SpatialFeatures', 'create_backbone',
@@ -563,15 +563,12 @@ class FGVCModel(nn.Module):
         The base gives the class activation map of the predicted class from the main head, on `forward_features`
         when that is the `[B, D, h, w]` map the head reads; any other method must override this.
         """
-        features = self.forward_features(x)
-        head = self.heads[self.main_head]
-        if features.ndim != 4 or features.shape[1] != self._head_features[self.main_head]:
+        try:
+            cam = class_activation_map(self.forward_features(x), self.heads[self.main_head])
+        except ValueError as e:
             raise NotImplementedError(
-                f'{type(self).__name__}.attention_maps: forward_features gives {tuple(features.shape)}, not the '
-                f'[B, {self._head_features[self.main_head]}, h, w] map head {self.main_head!r} reads, so the base '
-                "class activation map does not apply: override attention_maps with the method's attention.")
-        logits = head(features.mean((2, 3)))
-        cam = maps_in_image(predicted_class_map(features.float(), head.weight.float(), logits).unsqueeze(1),
-                            x.shape[-2:])
+                f'{type(self).__name__}.attention_maps: the base class activation map of head {self.main_head!r} '
+                f"does not apply ({e}): override attention_maps with the method's attention.") from e
+        cam = maps_in_image(cam.unsqueeze(1), x.shape[-2:])
         return (cam, {}) if return_details else cam
 
