@@ -84,7 +84,7 @@ def test_padded_border_region_crops_zeros_outside_and_keeps_its_cell_at_the_cent
 
 def test_anchor_boxes_sizes_ratios_order_and_borders():
     """NTS-style anchors (SSANet): A = sizes x ratios boxes per cell, centred on it, width / height = ratio."""
-    boxes = anchor_boxes((3, 4), (96, 128), sizes=[16, 32], aspect_ratios=[0.5, 1, 2], keep_inside=False)
+    boxes = anchor_boxes((3, 4), (96, 128), sizes=[16, 32], aspect_ratios=[0.5, 1, 2], border='clip')
     assert boxes.shape == (3 * 4 * 6, 4)
     per_cell = boxes.view(3, 4, 2, 3, 4)
     centre = (per_cell[1, 2, ..., :2] + per_cell[1, 2, ..., 2:]) / 2  # cell (row 1, col 2): (80, 48) px
@@ -92,7 +92,7 @@ def test_anchor_boxes_sizes_ratios_order_and_borders():
     wh = per_cell[1, 2, ..., 2:] - per_cell[1, 2, ..., :2]
     assert torch.allclose(wh[..., 0] / wh[..., 1], torch.tensor([0.5, 1., 2.]).expand(2, 3))
     assert torch.allclose((wh[..., 0] * wh[..., 1]).sqrt(), torch.tensor([[16.], [32.]]).expand(2, 3))
-    clipped = anchor_boxes((2, 2), (100, 100), [60], keep_inside=False)
+    clipped = anchor_boxes((2, 2), (100, 100), [60], border='clip')
     assert torch.equal(clipped[0], torch.tensor([0., 0., 55., 55.]))  # centred at (25, 25), clipped at 0
     assert torch.equal(clipped[3], torch.tensor([45., 45., 100., 100.]))
     shifted = anchor_boxes((2, 2), (100, 100), [60])

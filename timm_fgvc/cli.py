@@ -1,4 +1,4 @@
-"""`timm-fgvc`: export, push, model cards and measurements (SPEC §5).
+"""`timm-fgvc`: use a trained model (predict, eval, explain) and publish it (export, push, record, cards; SPEC §5).
 
     timm-fgvc export --run output/s3n_resnet50.cub200 --out export/s3n_resnet50.cub200 \\
                      --hub-config hub_configs/s3n_resnet50.cub200.yaml
@@ -198,10 +198,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             paths = write_report(report, args.out, compare=others)
             print('Wrote ' + ', '.join(str(p) for p in paths.values()))
         elif args.action == 'explain':
-            from .explain import explain_files, sheet_path
-            sheet_path(args.out)  # a wrong file name stops here, before the model is loaded and run
-            if args.panel_size < 256:
-                raise ValueError(f'--panel-size {args.panel_size}: panels are at least 256 px, to stay readable.')
+            from .explain import MIN_PANEL_SIZE, explain_files, sheet_path
+            sheet_path(args.out)  # a wrong file name or panel size stops here, before the model is loaded and run
+            if args.panel_size < MIN_PANEL_SIZE:
+                raise ValueError(f'--panel-size {args.panel_size}: panels are at least {MIN_PANEL_SIZE} px, to stay '
+                                 'readable.')
             loaded = _load(args)
             written = explain_files(loaded, args.image, args.out, img_size=args.img_size, panel_size=args.panel_size)
             print(f'Wrote {written}')

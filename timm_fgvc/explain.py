@@ -29,6 +29,7 @@ _DISCRIMINATIVE, _COMPLEMENTARY, _PEAK = (230, 30, 30), (30, 90, 230), (250, 250
 _RANKS = ((230, 30, 30), (30, 200, 30), (30, 90, 230), (250, 250, 40))  # region top-1 .. top-4
 _MAX_REGION_IMAGES = 4
 PANEL_GAP = 6  # px between panels
+MIN_PANEL_SIZE = 256  # px a side: the titles and the top-5 text stay readable
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -105,11 +106,11 @@ def prediction_lines(probabilities: torch.Tensor, label_names: Optional[List[str
 
 def render_explanation(images: torch.Tensor, explanation: Dict[str, torch.Tensor], mean: Sequence[float],
                        std: Sequence[float], label_names: Optional[List[str]] = None,
-                       panel_size: int = 256) -> Image.Image:
+                       panel_size: int = MIN_PANEL_SIZE) -> Image.Image:
     """A PIL image: a title row, then one row per input with `panel_size` px panels (the input with its peaks,
     regions or zoom boxes, the attention overlay, the branch images if any) and the top-5 with probabilities."""
-    if panel_size < 64:
-        raise ValueError(f'panel_size must be at least 64 px, got {panel_size}.')
+    if panel_size < MIN_PANEL_SIZE:
+        raise ValueError(f'panel_size {panel_size}: panels are at least {MIN_PANEL_SIZE} px, to stay readable.')
     rgb = denormalize(images, mean, std)
     batch, height, width = rgb.shape[:3]
     sx, sy = panel_size / width, panel_size / height
@@ -196,7 +197,8 @@ def sheet_path(out: str) -> Path:
 
 
 def explain_files(model, paths: Sequence[str], out: str, img_size: Optional[int] = None,
-                  label_names: Optional[List[str]] = None, panel_size: int = 256, max_images: int = 16) -> Path:
+                  label_names: Optional[List[str]] = None, panel_size: int = MIN_PANEL_SIZE,
+                  max_images: int = 16) -> Path:
     """Load images (files, or every file under a folder) with the model's eval transform, explain the first
     `max_images` that can be read, and save the sheet (PNG, JPEG... by the suffix of `out`). Files that cannot
     be read are skipped with a warning naming them.

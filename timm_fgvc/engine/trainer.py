@@ -341,7 +341,9 @@ def check_model_up_front(cfg: TrainConfig) -> None:
 
 def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_epoch: int,
                    stage_epochs: Optional[Sequence[float]] = None):
-    """Per-stage step ranges and one LR-factor function per param group (backbone, new)."""
+    """`(bounds, stage_of, factor)`: each stage's `(first, end)` optimizer steps, the stage index of a step, and
+    `factor(step, group)`, the lr multiplier of a parameter group's base lr at a step (its stage's lr, warm-up
+    and schedule)."""
     bounds, start = [], 0
     stage_epochs = list(stage_epochs) if stage_epochs is not None else resolve_stage_epochs(stages, cfg)
     for epochs in stage_epochs:

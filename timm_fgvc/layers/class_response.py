@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['class_response_maps', 'predicted_class_map', 'class_activation_map', 'min_max_normalize', 'maps_in_image', 'entropy_gated_response',
-           'max_class_response', 'gaussian_smooth']
+__all__ = ['class_response_maps', 'predicted_class_map', 'class_activation_map', 'min_max_normalize',
+           'maps_in_image', 'entropy_gated_response', 'max_class_response', 'gaussian_smooth']
 
 
 def class_response_maps(

@@ -46,16 +46,16 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 
 def anchor_boxes(map_size: Size, image_size: Size, sizes: Sequence[float], aspect_ratios: Sequence[float] = (1.,),
-                 keep_inside: bool = True, device=None, border: Optional[str] = None) -> Tensor:
+                 device=None, border: str = 'shift') -> Tensor:
     """Anchors centred on every cell of an `h x w` map over the image: `[h * w * A, 4]`, A = sizes x ratios.
 
     Each cell (row-major, as `map.flatten(-2)`) gets one box per (size, aspect ratio): width size * sqrt(ratio),
     height size / sqrt(ratio) (ratio = w / h), in input pixels; index = cell * A + size_index * R + ratio_index.
     LFD's proposals are one 160 px square per cell; SSANet's (as NTS-Net) several sizes and ratios per cell.
-    A box that crosses the image border (`border`, default from `keep_inside`):
-    - 'shift' (`keep_inside=True`): moved inside, same size (so the zoom of its crop stays the same); a box larger
-      than the image is then clipped;
-    - 'clip' (`keep_inside=False`): cut at the border;
+    A box that crosses the image border (`border`):
+    - 'shift' (the default): moved inside, same size (so the zoom of its crop stays the same); a box larger than
+      the image is then clipped;
+    - 'clip': cut at the border;
     - 'pad': left as it is, centred on its cell and partly outside the image; `crop_regions` fills the outside
       with zeros (NTS-Net pads the image with zeros before cropping).
     """
@@ -68,7 +68,6 @@ def anchor_boxes(map_size: Size, image_size: Size, sizes: Sequence[float], aspec
     cy, cx = torch.meshgrid(cy, cx, indexing='ij')
     x1 = cx.reshape(-1, 1) - box_w / 2  # [h * w, A]
     y1 = cy.reshape(-1, 1) - box_h / 2
-    border = border or ('shift' if keep_inside else 'clip')
     if border not in ('shift', 'clip', 'pad'):
         raise ValueError(f"Unknown border {border!r}; use 'shift', 'clip' or 'pad'.")
     if border == 'pad':

@@ -21,19 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['SaliencySampler', 'gaussian_kernel', 'gaussian_kernel_1d']
+__all__ = ['SaliencySampler', 'gaussian_kernel_1d']
 
 
 def gaussian_kernel_1d(size: int, fwhm: float) -> Tensor:
     """Unnormalised 1-D Gaussian of the given full width at half maximum, [size], peak 1 at the centre."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     return torch.exp(-4 * math.log(2) * x ** 2 / fwhm ** 2).float()
-
-
-def gaussian_kernel(size: int, fwhm: float) -> Tensor:
-    """Unnormalised 2-D Gaussian of the given full width at half maximum, [size, size], peak 1 at the centre."""
-    g = gaussian_kernel_1d(size, fwhm).double()
-    return (g[:, None] * g[None, :]).float()
 
 
 def _padded_coords(grid_size: int, padding: int) -> Tensor:

@@ -112,7 +112,7 @@ class CAA(FGVCModel):
     """Attention from classifier activations: local classifiers, Otsu object masks, object heads, per scale.
 
     Args:
-        backbone: timm CNN name (any model whose `forward_features` is a spatial map).
+        backbone: timm model name: a CNN, or a ViT / Swin (read as a spatial map, see `create_backbone`).
         num_classes: L, the fine-grained classes (the local classifiers add a background class).
         num_scales: scales, each zooming into the previous one's attended box (3).
         num_classifiers: n local classifiers per scale (16).

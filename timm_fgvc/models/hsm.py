@@ -230,7 +230,7 @@ class HSM(FGVCModel):
     """Hallucinated saliency modulation of a timm backbone's features.
 
     Args:
-        backbone: timm CNN name.
+        backbone: timm model name: a CNN, or a ViT / Swin (read as a spatial map, see `create_backbone`).
         num_classes: classes of the classifier.
         fusion_block: the modulation follows this block, counted from the stem (None: `default_fusion_point`,
             which is the paper's fourth block on ResNet-34/50/101/152 and the third on ResNet-18).

@@ -57,7 +57,7 @@ class LFD(FGVCModel):
     """Learning to Focus and Discriminate: image, region and hybrid heads on one shared timm backbone.
 
     Args:
-        backbone: timm CNN name (any model whose `forward_features` is a spatial map).
+        backbone: timm model name: a CNN, or a ViT / Swin (read as a spatial map, see `create_backbone`).
         num_classes: classes of every head.
         num_regions: m, regions kept after NMS (6).
         num_hybrid_regions: l, top regions whose features join the hybrid feature (4).

@@ -174,7 +174,7 @@ class S3N(FGVCModel):
     """Selective Sparse Sampling Network: O, D, C branches through one shared timm backbone.
 
     Args:
-        backbone: timm CNN name (any model whose `forward_features` is a spatial map).
+        backbone: timm model name: a CNN, or a ViT / Swin (read as a spatial map, see `create_backbone`).
         num_classes: classes of every head.
         top_k, entropy_threshold: Eq. 2-3 (5 and delta = 0.2).
         peak_window: local-maximum window r (3).

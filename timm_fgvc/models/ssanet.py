@@ -200,7 +200,7 @@ class SSANet(FGVCModel):
     """Spatial-Scale Aligned Network: anchor parts, MAC, circulant scale alignment (DSM) and oriented pooling.
 
     Args:
-        backbone: timm CNN name.
+        backbone: timm model name: a CNN, or a ViT / Swin (read as a spatial map, see `create_backbone`).
         num_classes: classes of every head.
         num_parts: K parts (the top K proposals) for MAC, DSM and OP (4, the paper's and NTS-Net's CAT_NUM).
         num_proposals: proposals kept after NMS, classified by the part head and ranked by the navigator loss
