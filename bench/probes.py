@@ -334,7 +334,7 @@ def main(argv=None):
     if args.init or args.checkpoint:
         import timm
         from safetensors.torch import load_file
-        from timm_fgvc.hub import run_model_args
+        from timm_fgvc.runs import run_model_args
         results = json.loads((Path(args.run) / 'results.json').read_text())
         cfg = results['config']
         torch.manual_seed(cfg['seed'])

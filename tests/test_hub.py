@@ -156,7 +156,7 @@ def test_export_run_rebuilds_the_run(make_run, tmp_path):
 def test_a_run_reloads_with_the_arguments_it_was_trained_with_after_a_default_changes(make_run, tmp_path):
     """A run trained when `attention_from='probabilities'` was CAA's default recorded no model args; it must
     still reload (load_model, export_run, and the export through timm) with M from the probabilities."""
-    from timm_fgvc.hub import run_model_args
+    from timm_fgvc.runs import run_model_args
     from timm_fgvc.inference import load_model
     model = _random_model('caa_tiny', attention_from='probabilities')
     run = make_run(model, label_names=LABELS)  # results.json: model_args {} (it was the default), init_args

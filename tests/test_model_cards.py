@@ -12,7 +12,7 @@ import timm_fgvc  # noqa: F401  (registers the methods)
 from timm_fgvc.cards import (NOT_MEASURED, check_model_cards, load_hub_config, load_hub_configs,
                              record_measurement, render_model_cards, write_model_cards)
 from timm_fgvc.cli import main as cli_main
-from timm_fgvc.data.catalog import DATASETS
+from timm_fgvc.catalog import DATASETS
 from timm_fgvc.engine.config import TrainConfig
 from timm_fgvc.hub import export_model, export_run
 from timm_fgvc.models import HUB_ORG, PUBLISHED_WEIGHTS

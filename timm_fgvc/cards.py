@@ -28,7 +28,7 @@ import yaml
 from .benchmarks import (RESULTS_DIR, few_shot_summaries, headline_row, load_results, load_transfer, paper_top1, render,
                          speed_summary, transfer_summary)
 from .catalog import METHODS, split_model_name
-from .data.catalog import DATASETS
+from .catalog import DATASETS
 from .models._builder import HUB_ORG
 from .runs import read_run, run_device, run_held_out
 

@@ -1,11 +1,13 @@
-"""The method catalogue: method prefix -> display name (SPEC §3), and splitting a model name into its parts.
+"""The catalogue (SPEC §3): method prefix -> display name, the fine-grained datasets the model tags name, and
+splitting a model name into its parts.
 
-The lowest layer of the reporting modules: `benchmarks`, `cards` and `hub` import it and it imports none of
-them, so the imports point one way (hub -> cards -> benchmarks -> catalog).
+The lowest layer: `models` (a tag's classes), `benchmarks`, `cards` and `hub` import it and it imports none of
+them (timm only, lazily), so the imports point one way (hub -> cards -> benchmarks -> catalog).
 """
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, Optional
 
-__all__ = ['METHODS', 'register_method', 'split_model_name']
+__all__ = ['METHODS', 'register_method', 'split_model_name', 'DatasetInfo', 'DATASETS']
 
 # method prefix -> display name; a method outside this package adds itself with `register_method`
 METHODS: Dict[str, str] = {'s3n': 'S3N', 'lfd': 'LFD', 'caa': 'CAA', 'hsm': 'HSM', 'ssanet': 'SSANet'}
@@ -36,3 +38,22 @@ def split_model_name(name: str) -> tuple:
     if prefix in METHODS and rest:
         return prefix, rest, tag or None
     return None, arch, tag or None
+
+
+# tag -> the dataset a model fine-tuned on it was trained on, its classes and where to get it
+@dataclass(frozen=True)
+class DatasetInfo:
+    tag: str
+    title: str
+    num_classes: int
+    hub_id: Optional[str]  # a `datasets` id on the Hugging Face Hub
+    license: str = 'other'
+
+
+DATASETS: Dict[str, DatasetInfo] = {info.tag: info for info in (
+    DatasetInfo('cub200', 'CUB-200-2011', 200, 'bentrevett/caltech-ucsd-birds-200-2011'),
+    DatasetInfo('aircraft', 'FGVC-Aircraft', 100, 'HuggingFaceM4/FGVC-Aircraft'),
+    DatasetInfo('cars', 'Stanford Cars', 196, 'tanganke/stanford_cars'),
+    DatasetInfo('flowers102', 'Oxford Flowers-102', 102, 'nelorth/oxford-flowers'),
+    DatasetInfo('synthetic', 'timm-fgvc synthetic parts', 10, None, license='apache-2.0'),
+)}

@@ -31,18 +31,14 @@ from timm.models._hub import save_for_hf
 
 from .cards import (CONFIG_DIR, NOT_MEASURED, format_number, format_recipe, hub_model_backbone, load_hub_config,
                     run_mismatch, train_command)
-from .catalog import METHODS, split_model_name
-from .data.catalog import DATASETS, DatasetInfo
+from .catalog import DATASETS, METHODS, DatasetInfo, split_model_name
 from .engine.checkpoint import load_weights
-from .runs import read_run, run_data_config, run_device, run_held_out
+from .runs import (RUNTIME_MODEL_ARGS, read_run, run_create_args, run_data_config, run_device, run_held_out,
+                   run_model_args)
 
 __all__ = ['RUNTIME_MODEL_ARGS', 'EXPORT_FILES', 'export_model', 'export_run', 'read_run', 'build_model_card',
            'push', 'HubUploadError']
 
-# factory kwargs that act when the model is built, not what the weights are: never replayed by a Hub load
-# (`pretrained_backbone=True` would download the backbone's ImageNet weights under the fine-tuned ones)
-RUNTIME_MODEL_ARGS = ('pretrained_backbone', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay',
-                      'pretrained_strict', 'checkpoint_path', 'cache_dir')
 EXPORT_FILES = ('config.json', 'model.safetensors', 'README.md')
 _PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pkl', '.ckpt')
 _RECIPE_KEYS = ('model', 'pretrained', 'pretrained_backbone', 'pretrained_path', 'output_stride', 'model_args',
@@ -53,25 +49,6 @@ _RECIPE_KEYS = ('model', 'pretrained', 'pretrained_backbone', 'pretrained_path',
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def run_model_args(run: Dict[str, Any]) -> Dict[str, Any]:
-    """`timm.create_model` kwargs that rebuild a run's model: every constructor argument it recorded (`init_args`,
-    so a default changed since cannot change it; runs before it was recorded rebuild with today's defaults) under
-    the run's `model_args`, without the arguments that only load weights."""
-    args = {**(run.get('init_args') or {}), **(run.get('model_args') or {})}
-    return {k: v for k, v in args.items() if k not in RUNTIME_MODEL_ARGS}
-
-
-def run_create_args(run: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
-    """The `timm.create_model` name and kwargs (with pretrained=False) that rebuild a run's model for its weights.
-    A model fine-tuned from `hf-hub:` / `local-dir:` is rebuilt from what the run recorded of that source
-    (`source_config`), so the source need not be reachable (offline, or the folder moved)."""
-    source = run.get('source_config')
-    if not source:
-        return run['model'], run_model_args(run)
-    pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in source['pretrained_cfg'].items()}
-    return source['architecture'], {**source['model_args'], **run_model_args(run), 'pretrained_cfg': pretrained_cfg}
-
-
 def _dataset_info(name: Optional[str]) -> Optional[DatasetInfo]:
     """A catalog entry from a tag or a Hub dataset id."""
     if not name:

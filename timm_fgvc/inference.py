@@ -23,9 +23,8 @@ from timm.data import create_transform, resolve_data_config
 
 from . import models  # noqa: F401  (registers the methods with timm)
 from .engine.checkpoint import load_weights
-from .hub import run_create_args
 from .models._builder import create_model_or_explain
-from .runs import read_run, read_unfinished_run, run_train_config
+from .runs import read_run, read_unfinished_run, run_create_args, run_train_config
 
 __all__ = ['LoadedModel', 'load_model', 'eval_transform', 'resolve_device']
 

@@ -7,11 +7,36 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
-__all__ = ['read_run', 'read_unfinished_run', 'run_device', 'run_data_config', 'run_train_config', 'run_held_out']
+__all__ = ['read_run', 'read_unfinished_run', 'run_device', 'run_data_config', 'run_train_config', 'run_held_out',
+           'RUNTIME_MODEL_ARGS', 'run_model_args', 'run_create_args']
 
 _RESULTS_KEYS = ('model', 'num_classes')
+
+# factory kwargs that act when the model is built, not what the weights are: never replayed by a Hub load
+# (`pretrained_backbone=True` would download the backbone's ImageNet weights under the fine-tuned ones)
+RUNTIME_MODEL_ARGS = ('pretrained_backbone', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay',
+                      'pretrained_strict', 'checkpoint_path', 'cache_dir')
+
+
+def run_model_args(run: Dict[str, Any]) -> Dict[str, Any]:
+    """`timm.create_model` kwargs that rebuild a run's model: every constructor argument it recorded (`init_args`,
+    so a default changed since cannot change it; runs before it was recorded rebuild with today's defaults) under
+    the run's `model_args`, without the arguments that only load weights."""
+    args = {**(run.get('init_args') or {}), **(run.get('model_args') or {})}
+    return {k: v for k, v in args.items() if k not in RUNTIME_MODEL_ARGS}
+
+
+def run_create_args(run: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """The `timm.create_model` name and kwargs (with pretrained=False) that rebuild a run's model for its weights.
+    A model fine-tuned from `hf-hub:` / `local-dir:` is rebuilt from what the run recorded of that source
+    (`source_config`), so the source need not be reachable (offline, or the folder moved)."""
+    source = run.get('source_config')
+    if not source:
+        return run['model'], run_model_args(run)
+    pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in source['pretrained_cfg'].items()}
+    return source['architecture'], {**source['model_args'], **run_model_args(run), 'pretrained_cfg': pretrained_cfg}
 
 
 def run_held_out(results: Dict[str, Any]) -> bool:

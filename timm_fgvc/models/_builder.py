@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, load_pretrained
 from timm.models._builder import resolve_pretrained_cfg
 
-from ..data.catalog import DATASETS
+from ..catalog import DATASETS
 
 __all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'fgvc_cfg', 'tagged_cfgs', 'build_fgvc_model', 'init_args',
            'UnpublishedWeightsError', 'ModelBuildError', 'create_model_or_explain']
