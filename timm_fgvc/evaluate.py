@@ -23,7 +23,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw, ImageFont
 from torchvision import transforms as T
 
-from .data.loading import attach_transform, collate, load_fgvc_dataset
+from .data.loading import load_fgvc_dataset
 from .engine.config import TrainConfig
 from .inference import LoadedModel
 from .runs import run_train_config
@@ -142,7 +142,7 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     columns: predicted), samples; with `robustness`, `robustness` = {'rotation': {angle: top1}, 'scale':
     {scale: top1}, 'pad': pad}.
     """
-    from .engine.trainer import TrainStep, build_transforms, evaluate, new_accelerator
+    from .engine.trainer import TrainStep, build_transforms, eval_data_loader, evaluate, new_accelerator
 
     if pad not in ('black', 'mean'):
         raise ValueError(f"pad must be 'black' or 'mean', got {pad!r}.")
@@ -182,12 +182,8 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     _, eval_tf, data_cfg = build_transforms(model, cfg)
 
     def run(transform) -> Dict[str, float]:
-        dataset_ = attach_transform(data.eval, transform, data.image_column, data.label_column)
-        loader = torch.utils.data.DataLoader(
-            dataset_, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, collate_fn=collate,
-            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
         recorder.logits.clear(), recorder.targets.clear()
-        return evaluate(accelerator, recorder, accelerator.prepare(loader), cfg)
+        return evaluate(accelerator, recorder, accelerator.prepare(eval_data_loader(data, transform, cfg)), cfg)
 
     metrics = run(eval_tf)
     logits, targets = torch.cat(recorder.logits), torch.cat(recorder.targets)

@@ -475,6 +475,108 @@ def new_accelerator(**kwargs) -> Accelerator:
     return Accelerator(**kwargs)
 
 
+def print_data_summary(data, print_fn) -> dict:
+    """Print what was left out of the data and what is used; returns `data.description()`."""
+    for left_out, what in ((data.bad_images, 'image(s) that cannot be read (--skip-bad-images)'),
+                           (data.ignored_files, 'file(s) of the image folder')):
+        if left_out:
+            print_fn(f'Left out {len(left_out)} {what}: ' + '; '.join(left_out[:5]) + (' ...' if len(left_out) > 5
+                                                                                       else ''))
+    used = data.description()
+    print_fn(f"Data: {used['train_samples']} training images of {used['train_split']!r}, "
+             + (f"{used['eval_samples']} evaluated of {used['eval_split']!r}" if used['eval_split'] else
+                'no evaluation (no eval split, --eval-fraction 0)')
+             + f", {used['num_classes']} classes (columns {used['image_column']!r}, {used['label_column']!r})"
+             + (f"; passed over {used['unlabelled_splits_passed_over']} (no labelled image)"
+                if used['unlabelled_splits_passed_over'] else ''))
+    return used
+
+
+def train_data_loader(data, transform, cfg: TrainConfig, num_processes: int) -> torch.utils.data.DataLoader:
+    """The shuffled training loader. Its worker base seed comes from its own generator, not the global RNG the model
+    uses. An incomplete last round is dropped only when a full one exists: with fewer images than a batch per
+    process, Accelerate pads the round (dropping it would leave every process with no batch)."""
+    train_set = attach_transform(data.train, transform, data.image_column, data.label_column)
+    return torch.utils.data.DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size * num_processes,
+        collate_fn=collate, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def eval_data_loader(data, transform, cfg: TrainConfig) -> torch.utils.data.DataLoader:
+    """The evaluation loader of `data.eval`, in order (training's evaluation and `timm-fgvc eval` alike)."""
+    eval_set = attach_transform(data.eval, transform, data.image_column, data.label_column)
+    return torch.utils.data.DataLoader(
+        eval_set, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, collate_fn=collate,
+        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """`--optimizer` over the model's parameter groups (`parameter_groups`: backbone, new, per-prefix rules)."""
+    groups = parameter_groups(model, cfg.lr, resolve_backbone_lr(cfg), cfg.weight_decay)
+    if cfg.optimizer == 'sgd':
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == 'adamw':
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adamw'.")
+
+
+def resume_state(accelerator: Accelerator, cfg: TrainConfig, signature: dict) -> Tuple[Path, List[str]]:
+    """Load the checkpoint `--resume` names (after checking it belongs to this run and data) into every registered
+    object; returns its path and the warnings shown, a process's random state not restored among them."""
+    path, messages = find_checkpoint(Path(cfg.output_dir), cfg.resume)
+    check_checkpoint_config(path, cfg, accelerator.num_processes, data=signature)
+    accelerator.load_state(str(path))
+    rng_problem = rng_restore_problem(path, accelerator.process_index)
+    if rng_problem:
+        messages.append(f'The random state of process {accelerator.process_index} was not restored from {path} '
+                        f'({rng_problem}): the resumed run will not repeat the interrupted one exactly.')
+    for message in messages:
+        warn_loudly(message, accelerator.print)
+    return path, messages
+
+
+def enter_stage(step_module: TrainStep, optimizer, stages: Sequence[TrainingStage], index: int,
+                begins: bool) -> None:
+    """Switch the unwrapped `step_module` to stage `index`: what trains, the loss terms, the frozen BatchNorm layers.
+    Where the stage `begins` (a first run, or a resume exactly at its start) the model's one-off initialisation
+    runs too, and the optimizer forgets the state of the parameters it re-initialised."""
+    model, stage = step_module.model, stages[index]
+    frozen_norms = apply_stage(model, stage)
+    if begins and hasattr(model, 'start_training_stage'):
+        fresh = model.start_training_stage(stage, stages[index - 1] if index > 0 else None)
+        optimizer_state = getattr(optimizer, 'optimizer', optimizer).state
+        for param in fresh or []:
+            optimizer_state.pop(param, None)
+    step_module.loss_terms, step_module.frozen_norms = stage.loss_terms, frozen_norms
+
+
+def per_process_weights_checksum(accelerator: Accelerator, model: nn.Module) -> Optional[List[float]]:
+    """Each process's sum of its weights, gathered (a loud warning when they differ): data-parallel processes must
+    end with the same weights, and the gathered metrics agree by construction, so they say nothing. None for
+    FSDP / DeepSpeed, whose processes hold different shards by design."""
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    per_process = accelerator.gather(checksum.to(accelerator.device)).tolist()
+    if len(set(per_process)) > 1:
+        warn_loudly(f'The {accelerator.num_processes} processes ended with different weights (parameter sums '
+                    f"{per_process}): the saved weights are the main process's.", accelerator.print)
+    return per_process
+
+
+def write_run_outputs(output_dir: Path, model: nn.Module, results: dict, title: str) -> None:
+    """model.safetensors, results.json and curves.png of a finished run. Each file is whole or absent: a kill here
+    never leaves new weights next to old results, or a torn file."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    weights_tmp, results_tmp = output_dir / 'model.safetensors.tmp', output_dir / 'results.json.tmp'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights_tmp))
+    results_tmp.write_text(json.dumps(results, indent=2))
+    (output_dir / 'results.json').unlink(missing_ok=True)  # no results.json beside weights of another run
+    os.replace(weights_tmp, output_dir / 'model.safetensors')
+    os.replace(results_tmp, output_dir / 'results.json')
+    plot_curves(results['history'], output_dir / 'curves.png', title=title)
+
+
 @contextlib.contextmanager
 def user_warnings_on_one_process_per_machine():
     """A model's or a library's `UserWarning` says the same on every process: only each machine's first process
@@ -528,19 +630,7 @@ def _train(cfg: TrainConfig) -> dict:
             cfg.dataset, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.image_column, cfg.label_column,
             cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples, cfg.max_eval_samples, synthetic_args,
             check_images=cfg.check_images, skip_bad_images=cfg.skip_bad_images)
-    for left_out, what in ((data.bad_images, 'image(s) that cannot be read (--skip-bad-images)'),
-                           (data.ignored_files, 'file(s) of the image folder')):
-        if left_out:
-            accelerator.print(f'Left out {len(left_out)} {what}: ' + '; '.join(left_out[:5])
-                              + (' ...' if len(left_out) > 5 else ''))
-    used = data.description()
-    accelerator.print(f"Data: {used['train_samples']} training images of {used['train_split']!r}, "
-                      + (f"{used['eval_samples']} evaluated of {used['eval_split']!r}" if used['eval_split'] else
-                         'no evaluation (no eval split, --eval-fraction 0)')
-                      + f", {used['num_classes']} classes "
-                      f"(columns {used['image_column']!r}, {used['label_column']!r})"
-                      + (f"; passed over {used['unlabelled_splits_passed_over']} (no labelled image)"
-                         if used['unlabelled_splits_passed_over'] else ''))
+    used = print_data_summary(data, accelerator.print)
     model = build_model(cfg, data.num_classes)
     if getattr(model, 'num_classes', data.num_classes) != data.num_classes:
         raise ValueError(f'Model {cfg.model} has {model.num_classes} classes but dataset {cfg.dataset!r} has '
@@ -549,20 +639,8 @@ def _train(cfg: TrainConfig) -> dict:
         model = model.to(memory_format=torch.channels_last)
     train_tf, eval_tf, data_cfg = build_transforms(model, cfg)
     train_tf = SeededTransform(train_tf, cfg.seed)
-    train_set = attach_transform(data.train, train_tf, data.image_column, data.label_column)
-    # loaders draw their worker base seed from their own generator, not the global RNG that the model uses
-    # an incomplete last round is dropped only when a full one exists: with fewer images than a batch per process,
-    # Accelerate pads the round (dropping it would leave every process with no batch)
-    train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True,
-        drop_last=len(train_set) >= cfg.batch_size * accelerator.num_processes,
-        collate_fn=collate, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
-    eval_loader = None
-    if data.eval is not None and len(data.eval):
-        eval_set = attach_transform(data.eval, eval_tf, data.image_column, data.label_column)
-        eval_loader = torch.utils.data.DataLoader(
-            eval_set, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, collate_fn=collate,
-            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    train_loader = train_data_loader(data, train_tf, cfg, accelerator.num_processes)
+    eval_loader = eval_data_loader(data, eval_tf, cfg) if data.eval is not None and len(data.eval) else None
 
     stages, stage_epochs = stages_to_run(model, cfg)
     if len(stages) > 1 or (not cfg.stage_epochs and stages[0].epochs is not None):
@@ -571,14 +649,8 @@ def _train(cfg: TrainConfig) -> dict:
         accelerator.print('Stages: ' + ', '.join(f'{s.name} {e:g}' for s, e in zip(stages, stage_epochs))
                           + ' epochs' + (f' (the paper\'s; --epochs {cfg.epochs} does not apply: set them with '
                                          '--stage-epochs)' if fixed else ''))
-    groups = parameter_groups(model, cfg.lr, resolve_backbone_lr(cfg), cfg.weight_decay)
-    if cfg.optimizer == 'sgd':
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == 'adamw':
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adamw'.")
-
+    optimizer = build_optimizer(model, cfg)
+    group_names = [g['name'] for g in optimizer.param_groups]
     default_label_smoothing(model, cfg.label_smoothing)
     step_module = TrainStep(model, cfg.label_smoothing)
     ddp_kwargs.find_unused_parameters = stages_freeze_parameters(model, stages)
@@ -592,30 +664,19 @@ def _train(cfg: TrainConfig) -> dict:
     bounds, stage_of, factor = stage_schedule(stages, cfg, steps_per_epoch, stage_epochs)
     total_steps = bounds[-1][1] if cfg.max_steps is None else min(bounds[-1][1], cfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [lambda s, g=g['name']: factor(s, g) for g in groups])
+        optimizer, [lambda s, g=g: factor(s, g) for g in group_names])
     accelerator.register_for_checkpointing(scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
 
     def trained_lr(group: str) -> float:
         """The lr of `group` at the last optimizer step (the optimizer's is already the next step's)."""
-        index = next(i for i, g in enumerate(optimizer.param_groups) if g.get('name') == group)
-        return scheduler.base_lrs[index] * factor(state.step - 1, group)
+        return scheduler.base_lrs[group_names.index(group)] * factor(state.step - 1, group)
 
-    resume_warnings: List[str] = []
     signature = data_signature(data.train[data.label_column],
                                data.eval[data.label_column] if data.eval is not None else None, data.label_names)
-    if cfg.resume:
-        resume_path, resume_warnings = find_checkpoint(output_dir, cfg.resume)
-        check_checkpoint_config(resume_path, cfg, accelerator.num_processes, data=signature)
-        accelerator.load_state(str(resume_path))
-        rng_problem = rng_restore_problem(resume_path, accelerator.process_index)
-        if rng_problem:
-            resume_warnings.append(f'The random state of process {accelerator.process_index} was not restored from '
-                                   f'{resume_path} ({rng_problem}): the resumed run will not repeat the '
-                                   'interrupted one exactly.')
-        for message in resume_warnings:
-            warn_loudly(message, accelerator.print)
+    resume_path, resume_warnings = resume_state(accelerator, cfg, signature) if cfg.resume else (None, [])
+    if resume_path is not None:
         accelerator.print(f'Resumed from {resume_path} at step {state.step}')
 
     run_config = cfg.to_dict() | {'num_classes': data.num_classes, 'stages': [s.name for s in stages]}
@@ -640,15 +701,8 @@ def _train(cfg: TrainConfig) -> dict:
         for batch in loader:
             index = stage_of(state.step)
             if index != current_stage:
-                frozen_norms = apply_stage(inner, stages[index])
-                if state.step == bounds[index][0] and hasattr(inner, 'start_training_stage'):
-                    # the stage begins here (first run or a resume exactly at its start): one-off initialisation
-                    fresh = inner.start_training_stage(stages[index], stages[index - 1] if index > 0 else None)
-                    optimizer_state = getattr(optimizer, 'optimizer', optimizer).state
-                    for param in fresh or []:
-                        optimizer_state.pop(param, None)
-                unwrapped = accelerator.unwrap_model(step_module)
-                unwrapped.loss_terms, unwrapped.frozen_norms = stages[index].loss_terms, frozen_norms
+                enter_stage(accelerator.unwrap_model(step_module), optimizer, stages, index,
+                            begins=state.step == bounds[index][0])
                 step_module.train()
                 current_stage = index
             images = batch['pixel_values']
@@ -690,7 +744,7 @@ def _train(cfg: TrainConfig) -> dict:
         progress.close()
         if state.step == step_before:  # never loop on an epoch that cannot train
             raise RuntimeError(f'Epoch {epoch + 1} gave no training step ({len(train_loader)} batches per process '
-                               f'from {len(train_set)} images, batch size {cfg.batch_size}).')
+                               f'from {len(data.train)} images, batch size {cfg.batch_size}).')
         epoch_done = state.step % steps_per_epoch == 0 or state.step >= total_steps
         if not epoch_done:
             continue
@@ -716,15 +770,7 @@ def _train(cfg: TrainConfig) -> dict:
         save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints, signature)  # with its record
 
     final = dict(state.history[-1]) if state.history else {}
-    # data-parallel processes must end with the same weights (the gathered metrics agree by construction, so they
-    # say nothing); sharded ones (FSDP, DeepSpeed) hold different parts by design
-    per_process = None
-    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        checksum = torch.stack([p.detach().double().sum() for p in inner.parameters()]).sum().reshape(1)
-        per_process = accelerator.gather(checksum.to(accelerator.device)).tolist()
-    if per_process and len(set(per_process)) > 1:
-        warn_loudly(f'The {accelerator.num_processes} processes ended with different weights (parameter sums '
-                    f'{per_process}): the saved weights are the main process\'s.', accelerator.print)
+    per_process = per_process_weights_checksum(accelerator, inner)
     results = {
         'model': cfg.model, 'dataset': cfg.dataset, 'num_classes': data.num_classes,
         # a local folder given by a relative path: where it was, so eval finds it from any working directory
@@ -743,19 +789,11 @@ def _train(cfg: TrainConfig) -> dict:
         'data': used,  # the splits and columns used (a Hub dataset's may have been detected)
         'bad_images_skipped': len(data.bad_images), 'bad_images': data.bad_images,
         'files_ignored': len(data.ignored_files), 'ignored_files': data.ignored_files[:100],  # of an image folder
-        'resume_warnings': resume_warnings, 'resumed_from': str(resume_path) if cfg.resume else None,
+        'resume_warnings': resume_warnings, 'resumed_from': str(resume_path) if resume_path else None,
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        # each file whole or not at all: a kill here never leaves new weights next to old results or a torn file
-        weights_tmp, results_tmp = output_dir / 'model.safetensors.tmp', output_dir / 'results.json.tmp'
-        save_file({k: v.contiguous() for k, v in inner.state_dict().items()}, str(weights_tmp))
-        results_tmp.write_text(json.dumps(results, indent=2))
-        (output_dir / 'results.json').unlink(missing_ok=True)  # no results.json beside weights of another run
-        os.replace(weights_tmp, output_dir / 'model.safetensors')
-        os.replace(results_tmp, output_dir / 'results.json')
-        plot_curves(state.history, output_dir / 'curves.png', title=f'{cfg.model} on {cfg.dataset}')
+        write_run_outputs(output_dir, inner, results, title=f'{cfg.model} on {cfg.dataset}')
         accelerator.print((f"Final eval top-1 {final['eval_top1']:.2f}%" if 'eval_top1' in final else
                            f"Final train loss {final.get('train_loss', float('nan')):.4f} (no evaluation)")
                           + f' -> {output_dir}/results.json')
