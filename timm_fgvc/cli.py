@@ -122,94 +122,126 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _export(args: argparse.Namespace) -> int:
+    """Export a finished run as a Hub-ready folder."""
+    from .hub import export_run
+    folder = export_run(args.run, args.out, hub_config=args.hub_config, repo_id=args.repo_id,
+                        same_dataset=args.same_dataset)
+    print(f'Exported {args.run} -> {folder} ({", ".join(sorted(p.name for p in folder.iterdir()))})')
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    """Upload an exported folder to the Hub."""
+    from .hub import push
+    info = push(args.folder, args.repo_id, token=args.token, private=args.private,
+                commit_message=args.commit_message)
+    url = getattr(info, 'commit_url', info)
+    print(f'Pushed {args.folder} -> https://huggingface.co/{args.repo_id} ({url})')
+    print('If this is a timm-fgvc release: set `published: true` in its hub config, add the repo to '
+          'PUBLISHED_WEIGHTS (timm_fgvc/models/_builder.py) and run `timm-fgvc cards`.')
+    return 0
+
+
+def _cards(args: argparse.Namespace) -> int:
+    """Regenerate MODEL_CARDS.md from hub_configs/, or check it is in sync."""
+    from .cards import check_model_cards, write_model_cards
+    if args.check:
+        if not check_model_cards(args.root):
+            return 1
+        print('MODEL_CARDS.md is up to date.')
+    else:
+        print(f'Wrote {write_model_cards(args.root)}')
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    """Record a run's measured top-1 in its hub config."""
+    from .cards import record_measurement
+    measured = record_measurement(args.run, args.hub_config, command=args.command,
+                                  same_dataset=args.same_dataset)
+    print(f'Recorded measured top-1 {measured["top1"]} in {args.hub_config}'
+          + (f', off its recipe: {measured["recipe_changes"]}' if measured['recipe_changes'] else '')
+          + '; run `timm-fgvc cards` to update MODEL_CARDS.md.')
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Top-k class names of image files and folders."""
+    from .predict import format_predictions, predict, predictions_path, write_predictions
+    if args.out:
+        predictions_path(args.out)  # a wrong file name stops here, not after every image is predicted
+    predictions = predict(_load(args), args.paths, top_k=args.top_k, batch_size=args.batch_size,
+                          num_workers=args.num_workers, img_size=args.img_size)
+    print(format_predictions(predictions))
+    skipped = [p for p in predictions if p.error]
+    for p in skipped:
+        print(f'timm-fgvc predict: skipped {p.path}: {p.error}', file=sys.stderr)
+    if args.out:
+        print(f'Wrote {write_predictions(predictions, args.out)}')
+    print(f'{len(predictions) - len(skipped)} file(s) predicted, {len(skipped)} skipped.')
+    if predictions and len(skipped) == len(predictions):
+        print('timm-fgvc predict: error: no file could be read as an image.', file=sys.stderr)
+        return 2
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """The evaluation report of a model on its run's data or other data."""
+    from .evaluate import evaluate_model, read_reports, robustness_table, write_report
+    others = read_reports(args.compare)
+    report = evaluate_model(
+        _load(args), dataset=args.dataset, split=args.split, batch_size=args.batch_size, device=args.device,
+        robustness=args.robustness, pad=args.pad, max_samples=args.max_samples, img_size=args.img_size,
+        dataset_config=args.dataset_config, image_column=args.image_column, label_column=args.label_column,
+        skip_bad_images=args.skip_bad_images)
+    if report['bad_images_skipped']:
+        print(f"{report['bad_images_skipped']} image(s) that cannot be read were left out "
+              f"(--skip-bad-images): {', '.join(report['bad_images'][:5])}")
+    if report['files_ignored']:
+        print(f"Left out {report['files_ignored']} file(s) of the image folder: "
+              f"{'; '.join(report['ignored_files'][:5])}")
+    for warning in report['warnings']:
+        print(f'timm-fgvc eval: warning: {warning}', file=sys.stderr)
+    heads = ', '.join(f'{k} {v:.2f}' for k, v in report['top1_per_head'].items())
+    print(f"{report['model']} on {report['dataset']}, {report['split']} ({report['samples']} images): top-1 "
+          f"{report['top1']:.2f}%, top-5 {report['top5']:.2f}%; top-1 per head: {heads}")
+    scored = [c for c in report['per_class'] if c['top1'] is not None]
+    worst = sorted(scored, key=lambda c: c['top1'])[:5]
+    print('lowest per-class top-1: ' + ', '.join(f"{c['label']} {c['top1']:.1f}" for c in worst)
+          + (f"; {len(report['per_class']) - len(scored)} class(es) with no image evaluated"
+             if len(scored) < len(report['per_class']) else ''))
+    if 'robustness' in report:
+        print(robustness_table(others + [report]))
+    paths = write_report(report, args.out, compare=others)
+    print('Wrote ' + ', '.join(str(p) for p in paths.values()))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Draw where the model attends on some images."""
+    from .explain import MIN_PANEL_SIZE, explain_files, sheet_path
+    sheet_path(args.out)  # a wrong file name or panel size stops here, before the model is loaded and run
+    if args.panel_size < MIN_PANEL_SIZE:
+        raise ValueError(f'--panel-size {args.panel_size}: panels are at least {MIN_PANEL_SIZE} px, to stay '
+                         'readable.')
+    loaded = _load(args)
+    written = explain_files(loaded, args.image, args.out, img_size=args.img_size, panel_size=args.panel_size)
+    print(f'Wrote {written}')
+    return 0
+
+
+_ACTIONS = {'export': _export, 'push': _push, 'cards': _cards, 'record': _record, 'predict': _predict,
+            'eval': _eval, 'explain': _explain}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.action == 'export':
-            from .hub import export_run
-            folder = export_run(args.run, args.out, hub_config=args.hub_config, repo_id=args.repo_id,
-                                same_dataset=args.same_dataset)
-            print(f'Exported {args.run} -> {folder} ({", ".join(sorted(p.name for p in folder.iterdir()))})')
-        elif args.action == 'push':
-            from .hub import push
-            info = push(args.folder, args.repo_id, token=args.token, private=args.private,
-                        commit_message=args.commit_message)
-            url = getattr(info, 'commit_url', info)
-            print(f'Pushed {args.folder} -> https://huggingface.co/{args.repo_id} ({url})')
-            print('If this is a timm-fgvc release: set `published: true` in its hub config, add the repo to '
-                  'PUBLISHED_WEIGHTS (timm_fgvc/models/_builder.py) and run `timm-fgvc cards`.')
-        elif args.action == 'cards':
-            from .cards import check_model_cards, write_model_cards
-            if args.check:
-                if not check_model_cards(args.root):
-                    return 1
-                print('MODEL_CARDS.md is up to date.')
-            else:
-                print(f'Wrote {write_model_cards(args.root)}')
-        elif args.action == 'record':
-            from .cards import record_measurement
-            measured = record_measurement(args.run, args.hub_config, command=args.command,
-                                          same_dataset=args.same_dataset)
-            print(f'Recorded measured top-1 {measured["top1"]} in {args.hub_config}'
-                  + (f', off its recipe: {measured["recipe_changes"]}' if measured['recipe_changes'] else '')
-                  + '; run `timm-fgvc cards` to update MODEL_CARDS.md.')
-        elif args.action == 'predict':
-            from .predict import format_predictions, predict, predictions_path, write_predictions
-            if args.out:
-                predictions_path(args.out)  # a wrong file name stops here, not after every image is predicted
-            predictions = predict(_load(args), args.paths, top_k=args.top_k, batch_size=args.batch_size,
-                                  num_workers=args.num_workers, img_size=args.img_size)
-            print(format_predictions(predictions))
-            skipped = [p for p in predictions if p.error]
-            for p in skipped:
-                print(f'timm-fgvc predict: skipped {p.path}: {p.error}', file=sys.stderr)
-            if args.out:
-                print(f'Wrote {write_predictions(predictions, args.out)}')
-            print(f'{len(predictions) - len(skipped)} file(s) predicted, {len(skipped)} skipped.')
-            if predictions and len(skipped) == len(predictions):
-                print('timm-fgvc predict: error: no file could be read as an image.', file=sys.stderr)
-                return 2
-        elif args.action == 'eval':
-            from .evaluate import evaluate_model, read_reports, robustness_table, write_report
-            others = read_reports(args.compare)
-            report = evaluate_model(
-                _load(args), dataset=args.dataset, split=args.split, batch_size=args.batch_size, device=args.device,
-                robustness=args.robustness, pad=args.pad, max_samples=args.max_samples, img_size=args.img_size,
-                dataset_config=args.dataset_config, image_column=args.image_column, label_column=args.label_column,
-                skip_bad_images=args.skip_bad_images)
-            if report['bad_images_skipped']:
-                print(f"{report['bad_images_skipped']} image(s) that cannot be read were left out "
-                      f"(--skip-bad-images): {', '.join(report['bad_images'][:5])}")
-            if report['files_ignored']:
-                print(f"Left out {report['files_ignored']} file(s) of the image folder: "
-                      f"{'; '.join(report['ignored_files'][:5])}")
-            for warning in report['warnings']:
-                print(f'timm-fgvc eval: warning: {warning}', file=sys.stderr)
-            heads = ', '.join(f'{k} {v:.2f}' for k, v in report['top1_per_head'].items())
-            print(f"{report['model']} on {report['dataset']}, {report['split']} ({report['samples']} images): top-1 "
-                  f"{report['top1']:.2f}%, top-5 {report['top5']:.2f}%; top-1 per head: {heads}")
-            scored = [c for c in report['per_class'] if c['top1'] is not None]
-            worst = sorted(scored, key=lambda c: c['top1'])[:5]
-            print('lowest per-class top-1: ' + ', '.join(f"{c['label']} {c['top1']:.1f}" for c in worst)
-                  + (f"; {len(report['per_class']) - len(scored)} class(es) with no image evaluated"
-                     if len(scored) < len(report['per_class']) else ''))
-            if 'robustness' in report:
-                print(robustness_table(others + [report]))
-            paths = write_report(report, args.out, compare=others)
-            print('Wrote ' + ', '.join(str(p) for p in paths.values()))
-        elif args.action == 'explain':
-            from .explain import MIN_PANEL_SIZE, explain_files, sheet_path
-            sheet_path(args.out)  # a wrong file name or panel size stops here, before the model is loaded and run
-            if args.panel_size < MIN_PANEL_SIZE:
-                raise ValueError(f'--panel-size {args.panel_size}: panels are at least {MIN_PANEL_SIZE} px, to stay '
-                                 'readable.')
-            loaded = _load(args)
-            written = explain_files(loaded, args.image, args.out, img_size=args.img_size, panel_size=args.panel_size)
-            print(f'Wrote {written}')
+        return _ACTIONS[args.action](args)
     except (OSError, ValueError) as e:  # a missing file, bad input, the Hub unreachable: one line, exit 2
         print(f'timm-fgvc {args.action}: error: {e}', file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == '__main__':
