@@ -14,7 +14,7 @@ from timm.models._builder import resolve_pretrained_cfg
 
 from ..catalog import DATASETS
 
-__all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'fgvc_cfg', 'tagged_cfgs', 'build_fgvc_model', 'init_args',
+__all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'VIT_BACKBONE_CFG', 'SWIN_BACKBONE_CFG', 'fgvc_cfg', 'tagged_cfgs', 'build_fgvc_model', 'init_args',
            'UnpublishedWeightsError', 'ModelBuildError', 'create_model_or_explain']
 
 HUB_ORG = 'timm-fgvc'
@@ -25,6 +25,10 @@ PUBLISHED_WEIGHTS: frozenset = frozenset()
 
 _PAPER_MEAN = (0.485, 0.456, 0.406)
 _PAPER_STD = (0.229, 0.224, 0.225)
+
+# a variant on a transformer backbone reads the image with its patch embedding, preprocessed as timm's weights were
+SWIN_BACKBONE_CFG = dict(first_conv='backbone.patch_embed.proj', interpolation='bicubic')
+VIT_BACKBONE_CFG = dict(SWIN_BACKBONE_CFG, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 class UnpublishedWeightsError(RuntimeError):

@@ -59,7 +59,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import crop_regions, mask_bounding_box, min_max_normalize, otsu_mask
 from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images, class_indices
-from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
+from ._builder import SWIN_BACKBONE_CFG, build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['CAA', 'LocalClassifiers', 'local_loss']
 
@@ -379,8 +379,7 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('caa_resnet50', ('cub200', 'aircraft', 'cars'), crop_pct=1.0, test_input_size=448, **_PAPER),
     **tagged_cfgs('caa_resnet18', ('cub200',), crop_pct=1.0, test_input_size=448, **_PAPER),
     'caa_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
-    **tagged_cfgs('caa_swin_tiny', ('cub200',), **_PAPER,
-                  first_conv='backbone.patch_embed.proj', interpolation='bicubic'),
+    **tagged_cfgs('caa_swin_tiny', ('cub200',), **_PAPER, **SWIN_BACKBONE_CFG),
 })
 
 

@@ -52,7 +52,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import maps_in_image
 from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
-from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
+from ._builder import VIT_BACKBONE_CFG, build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['HSM', 'DeadSaliencyWarning', 'SaliencyBranch', 'SaliencyModulation', 'residual_block_paths',
            'default_fusion_point']
@@ -431,9 +431,7 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('hsm_resnet152', ('flowers102', 'cars', 'cub200'), input_size=224, crop_pct=0.875, **_PAPER),
     **tagged_cfgs('hsm_resnet18', ('cub200',), input_size=224, crop_pct=0.875, **_PAPER),
     'hsm_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
-    **tagged_cfgs('hsm_vit_small', ('cub200',), input_size=224, crop_pct=0.875, **_PAPER,
-                  first_conv='backbone.patch_embed.proj', interpolation='bicubic',
-                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    **tagged_cfgs('hsm_vit_small', ('cub200',), input_size=224, crop_pct=0.875, **_PAPER, **VIT_BACKBONE_CFG),
 })
 
 

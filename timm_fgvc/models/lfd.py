@@ -48,7 +48,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import crop_regions, gaussian_smooth, maps_in_image, max_class_response, propose_square_regions
 from ._base import FGVCModel, FGVCOutput, check_images
-from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
+from ._builder import VIT_BACKBONE_CFG, build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['LFD']
 
@@ -248,9 +248,7 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('lfd_resnet50', ('cub200', 'aircraft', 'cars'), **_PAPER),
     **tagged_cfgs('lfd_resnet18', ('cub200',), **_PAPER),
     'lfd_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),  # 12 x 12 cells at stride 8
-    **tagged_cfgs('lfd_vit_small', ('cub200',), **_PAPER,
-                  first_conv='backbone.patch_embed.proj', interpolation='bicubic',
-                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    **tagged_cfgs('lfd_vit_small', ('cub200',), **_PAPER, **VIT_BACKBONE_CFG),
 })
 
 

@@ -51,7 +51,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..layers import (SaliencySampler, class_response_maps, entropy_gated_response, find_peaks,
                       peaks_to_image_coords)
 from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images
-from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
+from ._builder import VIT_BACKBONE_CFG, build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['S3N', 'BranchBuffer', 'sparse_attention', 'sparse_attention_factors', 'sampling_map',
            'selective_partition']
@@ -146,9 +146,13 @@ def sparse_attention(
     Discriminative peaks get amplitude R and squared width R * beta1^2; complementary ones amplitude 1 / R and
     squared width R * beta2^2 (distances in image-side units).
     """
-    amplitude, along_y, along_x = sparse_attention_factors(
-        centers, scores, discriminative, complementary, beta1, beta2, size)
-    return amplitude[..., None, None] * along_y[..., :, None] * along_x[..., None, :]  # Eq. 5
+    return attention_from_factors(*sparse_attention_factors(
+        centers, scores, discriminative, complementary, beta1, beta2, size))  # Eq. 5
+
+
+def attention_from_factors(amplitude: torch.Tensor, along_y: torch.Tensor, along_x: torch.Tensor) -> torch.Tensor:
+    """The per-peak maps `[B, K, H, W]` of Eq. 5 from its separable factors (`sparse_attention_factors`)."""
+    return amplitude[..., None, None] * along_y[..., :, None] * along_x[..., None, :]
 
 
 def sampling_map(amplitude: torch.Tensor, along_y: torch.Tensor, along_x: torch.Tensor, members: torch.Tensor,
@@ -342,7 +346,7 @@ class S3N(FGVCModel):
             q_complementary=sampling_map(amplitude, along_y, along_x, complementary, self.base_level),  # Eq. 6
         )
         if return_attention:
-            out['attention'] = amplitude[..., None, None] * along_y[..., :, None] * along_x[..., None, :]
+            out['attention'] = attention_from_factors(amplitude, along_y, along_x)  # Eq. 5
         return out
 
     def _attend_and_resample(self, x: torch.Tensor, size: Tuple[int, int], resample: bool = True,
@@ -453,9 +457,7 @@ default_cfgs = generate_default_cfgs({
     # the authors' test transform: resize to 600, centre crop 448
     **tagged_cfgs('s3n_resnet50_authors', ('cub200',), **dict(_PAPER, crop_pct=448 / 600)),
     's3n_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
-    **tagged_cfgs('s3n_vit_small', ('cub200',), **_PAPER,
-                  first_conv='backbone.patch_embed.proj', interpolation='bicubic',
-                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    **tagged_cfgs('s3n_vit_small', ('cub200',), **_PAPER, **VIT_BACKBONE_CFG),
 })
 
 

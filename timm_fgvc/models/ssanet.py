@@ -93,7 +93,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..layers import (anchor_boxes, circulant_alignment, crop_regions, nms_top_k, oriented_pooling,
                       scale_candidates)
 from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images, class_indices
-from ._builder import build_fgvc_model, fgvc_cfg, tagged_cfgs
+from ._builder import SWIN_BACKBONE_CFG, build_fgvc_model, fgvc_cfg, tagged_cfgs
 
 __all__ = ['SSANet', 'Navigator', 'CirculantScaleHead', 'anchor_sizes', 'mac_loss', 'ranking_loss']
 
@@ -585,8 +585,7 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('ssanet_resnet101', ('cub200',), **_PAPER),
     **tagged_cfgs('ssanet_resnet18', ('cub200',), **_PAPER),
     'ssanet_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
-    **tagged_cfgs('ssanet_swin_tiny', ('cub200',), **_PAPER,
-                  first_conv='backbone.patch_embed.proj', interpolation='bicubic'),
+    **tagged_cfgs('ssanet_swin_tiny', ('cub200',), **_PAPER, **SWIN_BACKBONE_CFG),
 })
 
 
