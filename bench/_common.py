@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 
 import timm  # noqa: E402
 import timm_fgvc  # noqa: E402,F401  (registers the methods with timm)
+from timm_fgvc.catalog import split_model_name  # noqa: E402
 
 # method prefix -> (paper backbone, paper resolution), SPEC §6 and the papers' experiment sections: what the benches
 # need beside the method's display name (timm_fgvc.catalog.METHODS); a method the benches run is listed here
@@ -50,9 +51,8 @@ def registered_variants(methods: Optional[Sequence[str]] = None) -> List[str]:
 
 
 def split_variant(name: str) -> tuple:
-    """`'s3n_resnet50'` -> `('s3n', 'resnet50')`."""
-    method, _, backbone = name.partition('_')
-    return method, backbone
+    """`'s3n_resnet50'` -> `('s3n', 'resnet50')` (the catalogue's `split_model_name` without the tag)."""
+    return split_model_name(name)[:2]
 
 
 def device_name(device: torch.device) -> str:

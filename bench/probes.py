@@ -94,13 +94,12 @@ def probe_lfd(model, images, labels):
 def probe_caa(model, images, labels):
     """The paper's combination, head and scale subsets, with the Otsu masks and with attention off (every cell in
     the mask: the object heads pool the whole map and every scale sees the whole image)."""
-    import timm_fgvc.models.caa as caa
-    otsu = caa.otsu_mask
-    every_cell = lambda a, bins=256: torch.ones_like(a, dtype=torch.bool)  # noqa: E731
-    for name, mask_fn in [('trained (Otsu masks)', otsu), ('attention off (mask = every cell)', every_cell)]:
-        caa.otsu_mask = mask_fn
+    every_cell = lambda attention: torch.ones_like(attention, dtype=torch.bool)  # noqa: E731
+    for name, mask_fn in [('trained (Otsu masks)', None), ('attention off (mask = every cell)', every_cell)]:
+        if mask_fn is not None:
+            model.object_mask = mask_fn  # on this instance only
         outs = batched(lambda x: model.forward_train(x).logits, images)
-        caa.otsu_mask = otsu
+        model.__dict__.pop('object_mask', None)
         logits = {k: torch.cat([o[k].float() for o in outs]) for k in outs[0]}
         probs = {k: v.softmax(-1) for k, v in logits.items() if k != 'combined'}
         scales = sum(k.startswith('object_') for k in logits)

@@ -246,12 +246,9 @@ def source_step_stages(args, recipe: dict) -> List[float]:
 
 def source_weights(path: Path) -> dict:
     """What a run started from: the file's name and SHA-256, and whether it is the protocol's fixture."""
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return {'file': path.name, 'sha256': digest.hexdigest(), 'fixture': digest.hexdigest() == SOURCE_SHA256}
+    from timm_fgvc.engine.checkpoint import sha256_file
+    digest = sha256_file(path)
+    return {'file': path.name, 'sha256': digest, 'fixture': digest == SOURCE_SHA256}
 
 
 def source_step_key(name: str, step_args: dict, recipe: dict, lr: float, seed: int, epochs: float, weights: Path,

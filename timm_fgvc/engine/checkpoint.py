@@ -23,8 +23,8 @@ from accelerate.utils import load as accelerate_load
 from ..models._weights import classifier_names, model_state, read_state_dict
 from .config import TrainConfig, config_differences
 
-__all__ = ['read_state_dict', 'load_weights', 'save_checkpoint', 'list_checkpoints', 'checkpoint_problems',
-           'find_checkpoint', 'check_checkpoint_config', 'check_output_dir', 'clear_run_outputs',
+__all__ = ['sha256_file', 'read_state_dict', 'load_weights', 'save_checkpoint', 'list_checkpoints',
+           'checkpoint_problems', 'find_checkpoint', 'check_checkpoint_config', 'check_output_dir', 'clear_run_outputs',
            'write_run_config', 'rng_restore_problem', 'data_signature', 'CHECKPOINT_INFO', 'RUN_CONFIG']
 
 CHECKPOINT_INFO = 'checkpoint.json'
@@ -61,7 +61,8 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
 
 
 # --- saving -------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256 hex digest, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -112,7 +113,7 @@ def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, cfg: T
         files = {}
         for path in sorted(p for p in tmp.iterdir() if p.is_file()):
             _fsync(path)
-            files[path.name] = {'bytes': path.stat().st_size, 'sha256': _sha256(path)}
+            files[path.name] = {'bytes': path.stat().st_size, 'sha256': sha256_file(path)}
         info = {'step': step, 'num_processes': accelerator.num_processes, 'fingerprint': cfg.fingerprint(),
                 'config': cfg.fingerprinted(), 'data': data, 'files': files}
         (tmp / CHECKPOINT_INFO).write_text(json.dumps(info, indent=1))
@@ -155,7 +156,7 @@ def checkpoint_problems(path: Union[str, Path]) -> Dict[str, str]:
             problems[name] = 'missing'
         elif file.stat().st_size != expected['bytes']:
             problems[name] = f'{file.stat().st_size} bytes, {expected["bytes"]} when saved (truncated or damaged)'
-        elif _sha256(file) != expected['sha256']:
+        elif sha256_file(file) != expected['sha256']:
             problems[name] = 'content changed since it was saved (sha256 differs)'
     return problems
 

@@ -180,6 +180,10 @@ class CAA(FGVCModel):
         return self.backbone if scale == 0 or self.share_backbone else self.zoom_backbones[scale - 1]
 
     # --- one scale ---------------------------------------------------------------------------------------------
+    def object_mask(self, attention: torch.Tensor) -> torch.Tensor:
+        """M_b: the cells of attention M `[B, h, w]` above its Otsu threshold (Sec. 4.3), `[B, h, w]` bool."""
+        return otsu_mask(attention, self.otsu_bins)
+
     def attend(self, scale: int, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Backbone, local classifiers (Eq. 1), attention M, Otsu mask M_b and the object head (Eq. 5)."""
         feature_map = self.scale_backbone(scale).forward_features(x)
@@ -187,7 +191,7 @@ class CAA(FGVCModel):
         activations = self.heads[f'local_{scale}'](feature_map)  # A, [B, L + 1, h, w]
         scores = activations.float().softmax(1) if self.attention_from == 'probabilities' else activations
         attention = scores[:, :-1].amax(1)  # M: max over the non-background channels (Sec. 4.3)
-        object_mask = otsu_mask(attention.detach(), self.otsu_bins)  # M_b
+        object_mask = self.object_mask(attention.detach())  # M_b
         pool_mask = object_mask | ~object_mask.flatten(1).any(1)[:, None, None]  # empty M_b: the whole map
         object_feature = feature_map.masked_fill(~pool_mask[:, None], float('-inf')).amax((2, 3))
         return dict(activations=activations, attention=attention, object_mask=object_mask,
