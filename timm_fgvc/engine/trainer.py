@@ -403,6 +403,15 @@ def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int,
     return (logits.topk(k, -1).indices == target[:, None]).any(-1)
 
 
+def forward_batch(accelerator: Accelerator, step_module: nn.Module, batch: dict, cfg: TrainConfig) -> dict:
+    """`step_module` on a loader batch, in the run's memory format and under its autocast."""
+    images = batch['pixel_values']
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with accelerator.autocast():
+        return step_module(images, batch['labels'])
+
+
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: TrainConfig) -> dict:
     """Top-1/top-5 of the main logits and top-1 of every head, gathered over processes."""
@@ -415,11 +424,7 @@ def _evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: Tra
     correct: Dict[str, List[torch.Tensor]] = {}
     losses = []
     for batch in tqdm(loader, desc='eval', leave=False, disable=not accelerator.is_local_main_process):
-        images = batch['pixel_values']
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with accelerator.autocast():
-            out = step_module(images, batch['labels'])
+        out = forward_batch(accelerator, step_module, batch, cfg)
         target = batch['labels']
         hits = {'top1': _accuracy_counts(out['logits'][out['main']], target, 1),
                 'top5': _accuracy_counts(out['logits'][out['main']], target, 5)}
@@ -705,12 +710,8 @@ def _train(cfg: TrainConfig) -> dict:
                             begins=state.step == bounds[index][0])
                 step_module.train()
                 current_stage = index
-            images = batch['pixel_values']
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(step_module):
-                with accelerator.autocast():
-                    out = step_module(images, batch['labels'])
+                out = forward_batch(accelerator, step_module, batch, cfg)
                 loss = out['losses']['loss']
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f'Loss is {loss.item()} at step {state.step}; lower --lr or use '
