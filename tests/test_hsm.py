@@ -1,4 +1,6 @@
 """HSM: saliency modulation with a skip connection (Eq. 2-3), the fusion point, the two training steps."""
+import copy
+import threading
 import warnings
 
 import pytest
@@ -21,16 +23,65 @@ def test_modulation_scales_features_by_saliency_plus_one_eq2_and_its_gradient_eq
     features = torch.randn(2, 4, 6, 6, requires_grad=True)
     saliency = torch.zeros(2, 1, 3, 3)
     saliency[0, 0, 0, 0] = 2.0  # top-left cell: the top-left 2 x 2 of the 6 x 6 map, bilinearly
-    block.saliency = saliency
-    out = block(features)
+    with block.modulating(saliency):
+        out = block(features)
     resized = torch.nn.functional.interpolate(saliency, size=(6, 6), mode='bilinear', align_corners=False)
     assert torch.allclose(out, features * (resized + 1))  # Eq. 2
     assert torch.allclose(out[1], features[1])  # s = 0: the skip connection passes l unchanged
     upstream = torch.randn_like(out)
     out.backward(upstream)
     assert torch.allclose(features.grad, upstream * (resized + 1))  # Eq. 3
-    block.saliency = None
-    assert torch.equal(block(features), features)
+    assert torch.equal(block(features), features)  # outside `modulating`: the block as it is
+
+
+def test_threads_sharing_one_model_each_modulate_with_their_own_saliency():
+    """Two threads predict with one model, both inside the backbone at once (held at its stem): each result is the
+    one-thread result. With the map stored on the fusion block, one thread modulated with the other's map."""
+    model = tiny_hsm().eval()
+    images = [torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)]
+    with torch.no_grad():
+        expected = [model(x) for x in images]
+        unmodulated = model.forward_head(model.backbone.forward_features(images[0]))
+    assert (unmodulated - expected[0]).abs().max() > 1e-3  # the saliency changes the prediction
+    barrier, results = threading.Barrier(2, timeout=60), [None, None]
+
+    def predict(i):
+        with torch.no_grad():
+            results[i] = model(images[i])
+
+    def hold(*_):  # both threads past setting their map, neither at the fusion block yet
+        barrier.wait()
+
+    hook = model.backbone.conv1.register_forward_hook(hold)
+    threads = [threading.Thread(target=predict, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    hook.remove()
+    for got, want in zip(results, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_recomputes_each_forward_with_its_own_saliency():
+    """Two forwards, one backward (two views in one loss): with gradient checkpointing backward recomputes the
+    fusion block of each forward with that forward's map, so the gradients are those without checkpointing; the
+    model keeps no map of a finished step, so it can be copied (an EMA, a best-model copy)."""
+    torch.manual_seed(0)
+    model = tiny_hsm().train()
+    images = [torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)]
+
+    def gradients(checkpointing: bool):
+        model.set_grad_checkpointing(checkpointing)
+        model.zero_grad(set_to_none=True)
+        sum(model(x).logsumexp(1).sum() for x in images).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys() and any(n.startswith('saliency.') for n in plain)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    copy.deepcopy(model)
 
 
 def test_fusion_point_per_backbone_reaches_an_identity_shortcut():
@@ -65,8 +116,8 @@ def test_isotropic_backbones_fuse_after_the_first_quarter_of_their_blocks():
     assert default_fusion_point(vit) == ('blocks.2', 'input')  # 8 blocks: the input of the third
     block = SaliencyModulation(torch.nn.Identity(), 'input', num_prefix_tokens=1)
     tokens = torch.randn(2, 1 + 4 * 4, 3)
-    block.saliency, block.image_size = torch.full((2, 1, 2, 2), 2.0), (64, 64)
-    out = block(tokens)
+    with block.modulating(torch.full((2, 1, 2, 2), 2.0), (64, 64)):
+        out = block(tokens)
     assert torch.allclose(out[:, 0], tokens[:, 0])  # the class token is not a place in the image
     assert torch.allclose(out[:, 1:], 3 * tokens[:, 1:])  # Eq. 2 on every patch token
 

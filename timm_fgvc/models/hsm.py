@@ -41,8 +41,11 @@ Choices where the paper is open (SPEC §6):
   `saliency_lr_scale=0.05` (the branch at 1e-3 in both steps) keeps it live to the end (94-98% live cells, 3 seeds).
 - The few-shot protocol (k images per class, 3 seeds) is the engine's `--shots k --seed s`.
 """
+import contextlib
 import re
+import threading
 import warnings
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -99,8 +102,11 @@ class SaliencyModulation(nn.Module):
     """Wraps the backbone module at the fusion point: its output l (or, with `side='input'`, its input) becomes
     l * (s + 1) (Eq. 2).
 
-    The owning model sets `saliency` ([B, 1, h, w], any h, w: resized bilinearly to the features) for the duration
-    of one forward (with gradient checkpointing, until the next one); without it the block runs unmodulated.
+    The owning model gives the map s (`[B, 1, h, w]`, any h, w: resized bilinearly to the features) for one forward
+    with `modulating(s)`; outside it the block runs unmodulated. The map is held per thread, so threads sharing the
+    model each modulate with their own. With `keep_for_recompute` (gradient checkpointing) it is also kept, by the
+    block's input, for backward's recomputation of the block: two forwards before one backward each recompute with
+    their own map, and nothing is kept once backward has freed the input.
     Features may be NCHW (CNNs), NHWC (`channels_last_fmt`, e.g. Swin stages) or tokens `[B, N, C]` whose first
     `num_prefix_tokens` (class/register tokens) are left as they are and whose rest is the patch grid (ViT; the
     grid's aspect is the image's, `image_size`).
@@ -115,34 +121,74 @@ class SaliencyModulation(nn.Module):
         self.side = side
         self.channels_last_fmt = channels_last_fmt
         self.num_prefix_tokens = num_prefix_tokens
-        self.saliency: Optional[torch.Tensor] = None
-        self.image_size: Optional[Tuple[int, int]] = None
+        self._clear_maps()
 
-    def modulate(self, features: torch.Tensor) -> torch.Tensor:
+    def _clear_maps(self) -> None:
+        self._this_call = threading.local()  # .map: (s, image size, keep for recompute) of this thread's forward
+        self._for_recompute: Dict[int, tuple] = {}  # id(block input) -> (weak reference to it, s, image size)
+
+    def __getstate__(self):  # copies and pickles carry no map of a forward in flight (a thread-local cannot be)
+        state = dict(super().__getstate__())
+        state.pop('_this_call', None), state.pop('_for_recompute', None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._clear_maps()
+
+    @contextlib.contextmanager
+    def modulating(self, saliency: torch.Tensor, image_size: Optional[Tuple[int, int]] = None,
+                   keep_for_recompute: bool = False):
+        """Modulate this thread's forwards inside the block with `saliency`."""
+        previous = getattr(self._this_call, 'map', None)
+        self._this_call.map = (saliency, image_size, keep_for_recompute)
+        try:
+            yield
+        finally:
+            self._this_call.map = previous
+
+    def _map_for(self, x: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[Tuple[int, int]]]:
+        call = getattr(self._this_call, 'map', None)
+        if call is not None:
+            saliency, image_size, keep = call
+            if keep:  # backward recomputes the block outside this call, maybe in another thread: find s by input
+                for key in [k for k, (ref, *_) in self._for_recompute.items() if ref() is None]:
+                    del self._for_recompute[key]
+                self._for_recompute[id(x)] = (weakref.ref(x), saliency, image_size)
+            return saliency, image_size
+        kept = self._for_recompute.get(id(x))
+        if kept is not None and kept[0]() is x:
+            return kept[1], kept[2]
+        return None, None
+
+    def modulate(self, features: torch.Tensor, saliency: torch.Tensor,
+                 image_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         if features.ndim == 3:  # tokens [B, N, C]: prefix tokens, then the patch grid row by row
             prefix, patches = features[:, :self.num_prefix_tokens], features[:, self.num_prefix_tokens:]
-            image_h, image_w = self.image_size or self.saliency.shape[-2:]
+            image_h, image_w = image_size or saliency.shape[-2:]
             grid_h = max(1, round((patches.shape[1] * image_h / image_w) ** 0.5))
             grid_w = patches.shape[1] // grid_h
             if grid_h * grid_w != patches.shape[1]:
                 raise ValueError(f'Cannot lay {patches.shape[1]} tokens out as a patch grid for a {image_h}x{image_w}'
                                  ' image; pass fusion_module= a module with a spatial output.')
-            saliency = self._resized((grid_h, grid_w), patches.dtype).flatten(2).transpose(1, 2)  # [B, hw, 1]
-            return torch.cat([prefix, patches * (saliency + 1)], 1)  # Eq. 2
+            resized = _resized(saliency, (grid_h, grid_w), patches.dtype).flatten(2).transpose(1, 2)  # [B, hw, 1]
+            return torch.cat([prefix, patches * (resized + 1)], 1)  # Eq. 2
         if self.channels_last_fmt:  # NHWC
-            return features * (self._resized(features.shape[1:3], features.dtype).permute(0, 2, 3, 1) + 1)  # Eq. 2
-        return features * (self._resized(features.shape[-2:], features.dtype) + 1)  # Eq. 2
-
-    def _resized(self, size, dtype: torch.dtype) -> torch.Tensor:
-        size = tuple(int(v) for v in size)
-        return F.interpolate(self.saliency, size=size, mode='bilinear', align_corners=False).to(dtype)
+            return features * (_resized(saliency, features.shape[1:3], features.dtype).permute(0, 2, 3, 1) + 1)
+        return features * (_resized(saliency, features.shape[-2:], features.dtype) + 1)  # Eq. 2
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.saliency is None:
+        saliency, image_size = self._map_for(x)
+        if saliency is None:
             return self.block(x, *args, **kwargs)
         if self.side == 'input':
-            return self.block(self.modulate(x), *args, **kwargs)
-        return self.modulate(self.block(x, *args, **kwargs))
+            return self.block(self.modulate(x, saliency, image_size), *args, **kwargs)
+        return self.modulate(self.block(x, *args, **kwargs), saliency, image_size)
+
+
+def _resized(saliency: torch.Tensor, size, dtype: torch.dtype) -> torch.Tensor:
+    size = tuple(int(v) for v in size)
+    return F.interpolate(saliency, size=size, mode='bilinear', align_corners=False).to(dtype)
 
 
 def residual_block_paths(backbone: nn.Module) -> List[str]:
@@ -337,14 +383,9 @@ class HSM(FGVCModel):
         check_images(x, self.in_chans, self.min_input_size)
         saliency = self.saliency_map(x)
         fusion = self.backbone.get_submodule(self.fusion_module)
-        fusion.saliency, fusion.image_size = saliency, tuple(x.shape[-2:])
-        # with gradient checkpointing backward runs the fusion block again, so the map stays until the next forward
-        recomputed = self.grad_checkpointing and torch.is_grad_enabled()
-        try:
+        # with gradient checkpointing, backward runs the fusion block again and needs the map then too
+        with fusion.modulating(saliency, tuple(x.shape[-2:]), self.grad_checkpointing and torch.is_grad_enabled()):
             feature_map = self.backbone.forward_features(x)
-        finally:
-            if not recomputed:
-                fusion.saliency = None
         return dict(saliency=saliency, feature_map=feature_map)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
