@@ -217,7 +217,7 @@ def test_step_two_reinitialises_the_classifier_only_after_step_one_in_the_same_r
 def test_step_one_keeps_a_live_saliency_map_and_warns_when_it_dies():
     """A few AdamW steps of step 1 through the engine's parameter groups (trained-looking BN statistics, frozen):
     with a zero score bias and weight decay on the score, every cell died within three steps at lr 1e-4."""
-    from timm_fgvc.engine.trainer import parameter_groups
+    from timm_fgvc import parameter_groups
     from torchvision.transforms.functional import to_tensor
 
     from timm_fgvc.data.synthetic import make_synthetic_fgvc
@@ -294,7 +294,7 @@ def test_step_one_norm_stats_mode_is_checked():
 
 
 def test_saliency_lr_scale_puts_the_whole_branch_in_its_own_slower_groups():
-    from timm_fgvc.engine.trainer import parameter_groups
+    from timm_fgvc import parameter_groups
     model = tiny_hsm(num_classes=3, saliency_lr_scale=0.05)
     groups = {g['name']: g for g in parameter_groups(model, 0.02, 0.01, weight_decay=1e-4)}
     saliency = {id(p) for p in model.saliency.parameters()}

@@ -327,3 +327,30 @@ def test_the_evaluated_prediction_is_forwards_in_every_stage(name):
         with torch.no_grad():
             output = model.forward_train(x)
             torch.testing.assert_close(output.prediction, model(x), rtol=1e-4, atol=1e-4, msg=stage.name)
+
+
+@pytest.mark.parametrize('name', TINY_VARIANTS)
+def test_a_plain_model_x_training_loop_is_warned_of_the_parts_it_leaves_untrained(name):
+    """timm's loop, Lightning's or one's own trains `model(x)`: the parts only `forward_train` reaches (declared in
+    `trained_by_forward_train_only`) get no gradient, and training that way warns; `parameter_groups` gives every
+    parameter an optimizer group at its paper's lr (S3N's widths, SSANet's DSM / OP heads at their own rates)."""
+    import warnings
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=4).train()
+    size = model.pretrained_cfg['input_size'][-1]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        model(torch.randn(2, 3, size, size)).float().logsumexp(1).sum().backward()
+    untrained = {n for n, p in model.named_parameters() if p.grad is None}
+    declared = {n for n, _ in model.named_parameters() if n.startswith(model.trained_by_forward_train_only)}
+    assert untrained == declared
+    warned = [w for w in seen if 'training through model(x)' in str(w.message)]
+    assert bool(warned) == bool(declared)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model(torch.randn(2, 3, size, size))  # an evaluation pass in training mode is not training
+    groups = timm_fgvc.parameter_groups(model, lr=0.1, backbone_lr=0.01)
+    assert sorted(id(p) for g in groups for p in g['params']) == sorted(id(p) for p in model.parameters())
+    for prefix, rule in model.param_group_rules.items():
+        group = next(g for g in groups if g['name'] == f'new:{prefix}')
+        assert group['lr'] == pytest.approx(0.1 * rule.get('lr_scale', 1.0))

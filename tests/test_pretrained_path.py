@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 import timm_fgvc  # noqa: F401
 from method_variants import TINY_VARIANTS
 from timm_fgvc.engine.config import TrainConfig
-from timm_fgvc.engine.trainer import build_model, parameter_groups, resolve_backbone_lr
+from timm_fgvc import parameter_groups
+from timm_fgvc.engine.trainer import build_model, resolve_backbone_lr
 
 METHODS = TINY_VARIANTS  # all on timm's test_resnet
 

@@ -127,7 +127,7 @@ def test_short_training_lowers_all_four_losses_and_learns_beta(short_training):
 def test_beta_has_its_own_small_lr_group_without_weight_decay_and_is_logged():
     """In the new-layer group (lr 1e-2, weight decay) one SGD step moved beta1 by ~60% of its value; in its own
     group (2e-5 x the new-layer lr, no decay: the authors' 1e-4 x base lr for r = beta / sqrt(2)) it barely moves."""
-    from timm_fgvc.engine.trainer import parameter_groups
+    from timm_fgvc import parameter_groups
     model = tiny_s3n(num_classes=4)
     groups = parameter_groups(model, lr=1e-2, backbone_lr=1e-3, weight_decay=1e-4)
     beta_groups = [g for g in groups if any(p is model.beta1 for p in g['params'])]
@@ -214,7 +214,7 @@ def _features_and_logits(model, batch):
 
 def test_authors_recipe_smooths_o_and_c_labels_and_buffers_the_branches():
     import torch.nn.functional as F
-    from timm_fgvc.engine.trainer import parameter_groups
+    from timm_fgvc import parameter_groups
     model = timm.create_model('s3n_resnet50_authors', num_classes=5, **TINY).eval()
     epsilon = 0.15 * 5 / 4  # 0.85 on the true class, 0.15 spread over the 4 others (multi_smooth_loss)
     assert set(model.label_smoothing) == {'original', 'complementary'}

@@ -332,7 +332,7 @@ def test_short_stage_training_lowers_each_stages_losses(short_training):
 
 def _dsm_losses(flat_head_lr, steps=8):
     """DSM cross-entropy over SGD steps (lr 0.05, stage 1) on one fixed batch of 4 x 4 candidate maps."""
-    from timm_fgvc.engine.trainer import parameter_groups
+    from timm_fgvc import parameter_groups
     torch.manual_seed(0)
     model = timm.create_model('ssanet_resnet50', num_classes=5, backbone='test_resnet', dsm_pool_size=4,
                               flat_head_lr=flat_head_lr)

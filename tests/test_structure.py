@@ -30,3 +30,37 @@ def test_method_catalogue_has_one_home():
     # the benches keep only what the catalogue does not hold (the papers' backbone and resolution)
     bench = (PACKAGE.parent / 'bench' / '_common.py').read_text()
     assert 'PAPER_SETUP' in bench and not any(repr(name) in bench for name in catalog.METHODS.values())
+
+
+# the package's units bottom-up: a unit imports only units of lower tiers (layers -> models -> engine -> cli)
+TIERS = [{'layers', 'catalog'}, {'models', 'optim', 'data'}, {'engine'}, {'runs', 'benchmarks'},
+         {'inference', 'cards'}, {'hub', 'predict'}, {'evaluate', 'explain'}, {'cli'}]
+
+
+def unit_imports() -> dict:
+    """unit (a top-level module or subpackage of timm_fgvc) -> the other units its files import."""
+    import importlib.util
+    imports = {}
+    for path in PACKAGE.rglob('*.py'):
+        parts = path.relative_to(PACKAGE).with_suffix('').parts
+        if parts == ('__init__',):
+            continue
+        package = '.'.join(('timm_fgvc',) + parts[:-1])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = importlib.util.resolve_name('.' * node.level + (node.module or ''), package)
+                names = [base] if node.module else [f'{base}.{a.name}' for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('timm_fgvc.'):
+                names = [node.module]
+            else:
+                continue
+            imports.setdefault(parts[0], set()).update(n.split('.')[1] for n in names if n.count('.') >= 1)
+    return {unit: found - {unit} for unit, found in imports.items()}
+
+
+def test_package_units_import_only_lower_tiers():
+    tier = {unit: i for i, units in enumerate(TIERS) for unit in units}
+    imports = unit_imports()
+    assert set(imports) <= set(tier), set(imports) - set(tier)  # a new unit takes its place in TIERS
+    upward = {(unit, other) for unit, found in imports.items() for other in found if tier[other] >= tier[unit]}
+    assert not upward, upward

@@ -5,5 +5,6 @@
 from . import layers, models
 from .catalog import register_method
 from .models import FGVCModel, FGVCOutput, TrainingStage
+from .optim import parameter_groups
 
 __version__ = '0.1.0'

@@ -40,6 +40,7 @@ from ..catalog import split_model_name
 from ..data.loading import SeededTransform, attach_transform, collate, load_fgvc_dataset
 from ..models._base import TrainingStage, slot_mean
 from ..models._builder import ModelBuildError, create_model_or_explain
+from ..optim import parameter_groups
 from ..models._weights import (is_method_state, load_backbone_weights, load_fine_tune_weights,
                                state_dict_keys)
 from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_outputs, data_signature,
@@ -233,32 +234,6 @@ def eval_data_config(data_cfg: dict, cfg: TrainConfig) -> dict:
     if not cfg.test_img_size:
         return dict(data_cfg)
     return {**data_cfg, 'input_size': (data_cfg['input_size'][0], cfg.test_img_size, cfg.test_img_size)}
-
-
-def parameter_groups(model: nn.Module, lr: float, backbone_lr: float, weight_decay: float) -> List[dict]:
-    """Pretrained backbone parameters (backbone_lr) and the method's new parameters (lr), plus one group per
-    `model.param_group_rules` prefix (its own lr scale of the new-layer lr and weight decay)."""
-    if hasattr(model, 'pretrained_parameter_names'):
-        pretrained = set(model.pretrained_parameter_names())
-    else:
-        heads = model.pretrained_cfg.get('classifier') or ()
-        heads = (heads,) if isinstance(heads, str) else tuple(heads)
-        pretrained = {n for n, _ in model.named_parameters() if not any(n.startswith(h + '.') for h in heads)}
-    rules = dict(getattr(model, 'param_group_rules', {}) or {})
-    named = list(model.named_parameters())
-    rule_of = {n: next((prefix for prefix in rules if n.startswith(prefix)), None) for n, _ in named}
-    groups = [
-        {'params': [p for n, p in named if n in pretrained and rule_of[n] is None], 'lr': backbone_lr,
-         'weight_decay': weight_decay, 'name': 'backbone'},
-        {'params': [p for n, p in named if n not in pretrained and rule_of[n] is None], 'lr': lr,
-         'weight_decay': weight_decay, 'name': 'new'},
-    ]
-    for prefix, rule in rules.items():
-        params = [p for n, p in named if rule_of[n] == prefix]
-        if params:
-            groups.append({'params': params, 'lr': lr * rule.get('lr_scale', 1.0),
-                           'weight_decay': rule.get('weight_decay', weight_decay), 'name': f'new:{prefix}'})
-    return groups
 
 
 def resolve_backbone_lr(cfg: TrainConfig) -> float:

@@ -350,6 +350,8 @@ class FGVCModel(nn.Module):
     min_input_size: int = 32
     # methods whose attention or prediction is built from their classifiers cannot drop them (num_classes=0)
     needs_classifier: bool = False
+    # parameter-name prefixes that only `forward_train` + `loss` train (the prediction `forward` does not read them)
+    trained_by_forward_train_only: Tuple[str, ...] = ()
 
     def __init__(
             self,
@@ -488,7 +490,20 @@ class FGVCModel(nn.Module):
         return pooled if pre_logits else self.heads[self.main_head](pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.trained_by_forward_train_only and torch.is_grad_enabled():
+            self.warn_prediction_trains_only_part()
         return self.forward_head(self.forward_features(x))
+
+    def warn_prediction_trains_only_part(self) -> None:
+        """A training loop on `model(x)` (timm's, Lightning's, one's own) trains only what the prediction reads:
+        the parts that build the method's attention or parts get no gradient (warned once per method class)."""
+        if torch.compiler.is_compiling():
+            return
+        warnings.warn(
+            f'{type(self).__name__} is training through model(x), which trains only what its prediction reads: '
+            f'{", ".join(p.rstrip(".") for p in self.trained_by_forward_train_only)} get no gradient. Train it with '
+            '`out = model.forward_train(x, y); model.loss(out, y)["loss"].backward()` and an optimizer over '
+            '`timm_fgvc.parameter_groups(model, lr, backbone_lr)`, or with train_fgvc.py.', UserWarning, stacklevel=3)
 
     def forward_train(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> FGVCOutput:
         return FGVCOutput(logits={self.main_head: self.forward(x)}, main=self.main_head)

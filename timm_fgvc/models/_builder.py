@@ -14,7 +14,8 @@ from timm.models._builder import resolve_pretrained_cfg
 
 from ..catalog import DATASETS
 
-__all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'VIT_BACKBONE_CFG', 'SWIN_BACKBONE_CFG', 'fgvc_cfg', 'tagged_cfgs', 'build_fgvc_model', 'init_args',
+__all__ = ['HUB_ORG', 'PUBLISHED_WEIGHTS', 'VIT_BACKBONE_CFG', 'SWIN_BACKBONE_CFG', 'fgvc_cfg', 'tagged_cfgs',
+           'build_fgvc_model', 'init_args',
            'UnpublishedWeightsError', 'ModelBuildError', 'create_model_or_explain']
 
 HUB_ORG = 'timm-fgvc'

@@ -75,6 +75,7 @@ class LFD(FGVCModel):
             ablation outside the paper.
     """
     main_head = 'hybrid'
+    trained_by_forward_train_only = ('heads.image.', 'heads.region.')  # the attention M's source, the region head
     needs_classifier = True
 
     def __init__(

@@ -207,6 +207,8 @@ class S3N(FGVCModel):
             stacked call; differs only in training, where BatchNorm's batch statistics are then per branch.
     """
     main_head = 'joint'
+    # the class peaks' source and the D and C heads: only forward_train trains them
+    trained_by_forward_train_only = ('heads.original.', 'heads.discriminative.', 'heads.complementary.')
     needs_classifier = True
     branches = ('original', 'discriminative', 'complementary')
 

@@ -252,6 +252,7 @@ class SSANet(FGVCModel):
             -0.7 +- 1.4 SE: at 128 px the navigator's placement adds nothing measurable.
     """
     main_head = 'dsm'
+    trained_by_forward_train_only = ('navigator.', 'heads.part.')  # the navigator and the part head
     needs_classifier = True
 
     def __init__(
