@@ -241,6 +241,8 @@ def test_record_refuses_a_run_of_another_dataset(repo_copy, make_run):
     ('cut short', None, dict(config={'max_steps': 2, 'max_eval_samples': 16}), 'max_steps=2, max_eval_samples=16'),
     ('a local folder named like the Hub id', None, dict(dataset_path='/data/bentrevett/caltech-ucsd-birds-200-2011'),
      '--same-dataset'),
+    ('another Hub dataset of as many classes', None, dict(dataset='someone/birds-200'),  # export took it as CUB
+     "read 'someone/birds-200'.*--same-dataset"),
 ])
 def test_record_and_export_refuse_a_run_that_is_not_the_hub_model(repo_copy, make_run, cub_model, case, backbone,
                                                                   overrides, message, monkeypatch):
@@ -249,7 +251,7 @@ def test_record_and_export_refuse_a_run_that_is_not_the_hub_model(repo_copy, mak
     path = repo_copy / 'hub_configs' / 's3n_resnet18.cub200.yaml'
     before = path.read_text()
     model = timm.create_model('s3n_resnet18', num_classes=200, backbone=backbone) if backbone else cub_model
-    run = make_run(model, dataset='bentrevett/caltech-ucsd-birds-200-2011', **overrides)
+    run = make_run(model, **{'dataset': 'bentrevett/caltech-ucsd-birds-200-2011', **overrides})
     with pytest.raises(ValueError, match=message):
         record_measurement(run, path)
     assert path.read_text() == before
@@ -273,6 +275,7 @@ def test_every_hub_models_own_run_matches_it_and_one_with_another_backbone_does_
         with torch.device('meta'):
             model = timm.create_model(cfg['model'].split('.')[0], **(cfg['train'].get('model_args') or {}))
         results = dict(model=cfg['train']['model'], num_classes=DATASETS[cfg['dataset']].num_classes,
+                       dataset=cfg['train'].get('dataset', DATASETS[cfg['dataset']].hub_id),
                        init_args=getattr(model, 'init_args', None), model_args=cfg['train'].get('model_args'),
                        config=dict(cfg['train']))
         assert run_mismatch(results, cfg) is None, cfg['model']

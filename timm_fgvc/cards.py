@@ -414,10 +414,11 @@ def _built_backbone(architecture: str, model_args: str) -> Optional[str]:
     return (getattr(model, 'init_args', None) or {}).get('backbone')
 
 
-def run_mismatch(results: Dict[str, Any], cfg: Dict[str, Any]) -> Optional[str]:
+def run_mismatch(results: Dict[str, Any], cfg: Dict[str, Any], same_dataset: bool = False) -> Optional[str]:
     """Why a run's results.json is not the hub config `cfg`'s model trained on its dataset (None when it is): another
     architecture (for a run fine-tuned from `hf-hub:` / `local-dir:`, the one it built) or backbone, another
-    number of classes, or a run cut short (max_steps, max_*_samples, shots)."""
+    number of classes, a run cut short (max_steps, max_*_samples, shots), or other data: another Hub dataset, or a
+    local folder the user does not say is a copy of the dataset with its official split (`same_dataset`)."""
     arch = (results.get('source_config') or {}).get('architecture') or results['model'].split('.')[0]
     expected = cfg['model'].split('.')[0]
     if arch != expected:
@@ -434,6 +435,12 @@ def run_mismatch(results: Dict[str, Any], cfg: Dict[str, Any]) -> Optional[str]:
            if run_cfg.get(k) is not None]
     if cut:
         return f'it was cut short ({", ".join(cut)}); train the whole recipe'
+    known = {info.hub_id, (cfg.get('train') or {}).get('dataset')} - {None}
+    if (results.get('dataset') not in known or results.get('dataset_path')) and not same_dataset:
+        read = f'the local folder {results["dataset_path"]}' if results.get('dataset_path') else repr(
+            results.get('dataset'))  # a folder may be named like the Hub id
+        return (f'it read {read}, not {" or ".join(sorted(known))} from the Hub; if that is a copy of {info.title} '
+                'with its official split, pass --same-dataset')
     return None
 
 
@@ -452,16 +459,10 @@ def record_measurement(run_dir: Union[str, Path], hub_config: Union[str, Path], 
     if not _is_number(top1):
         raise ValueError(f'Run {run_dir} has no measured eval_top1 in results.json (final: '
                          f'{results.get("final")!r}); train with an eval split before recording.')
-    problem = run_mismatch(results, cfg)
+    problem = run_mismatch(results, cfg, same_dataset)
     if problem:
         raise ValueError(f'Run {run_dir} is not a measurement of {cfg["model"]} ({path}): {problem}.')
     info = DATASETS[cfg['dataset']]
-    dataset = results.get('dataset')
-    known = {info.hub_id, cfg['train'].get('dataset')} - {None}
-    if (dataset not in known or results.get('dataset_path')) and not same_dataset:  # a folder named like the Hub id
-        read = (f'the local folder {results["dataset_path"]}' if results.get('dataset_path') else repr(dataset))
-        raise ValueError(f'Run {run_dir} was evaluated on {read}, not on {" or ".join(sorted(known))} from the Hub. '
-                         f'If that is a copy of {info.title} with its official split, pass --same-dataset.')
     data = results.get('data') or {}
     split = data.get('eval_split')
     if run_held_out(results):

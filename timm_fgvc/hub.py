@@ -343,15 +343,10 @@ def build_model_card(
 
 # --- export --------------------------------------------------------------------------------------
 def _check_run_fits(results: Dict[str, Any], hub_config: Dict[str, Any], same_dataset: bool) -> None:
-    """The run is the hub config's model (`run_mismatch`), trained on its dataset: a local folder only when the user
-    says it is a copy of that dataset with its official split (`same_dataset`)."""
-    problem = run_mismatch(results, hub_config)
+    """The run is the hub config's model trained on its dataset (`run_mismatch`, as `timm-fgvc record` checks)."""
+    problem = run_mismatch(results, hub_config, same_dataset)
     if problem:
         raise ValueError(f'The run is not {hub_config["model"]!r} as its card would say: {problem}.')
-    if results.get('dataset_path') and not same_dataset:
-        title = DATASETS[hub_config['dataset']].title
-        raise ValueError(f'The run read the local folder {results["dataset_path"]}, not {title} from the Hub: if it '
-                         f'is a copy of {title} with its official split, pass --same-dataset.')
 
 
 def export_model(
