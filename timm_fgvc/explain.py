@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .data.loading import open_image
-from .layers.class_response import class_activation_map, maps_in_image
+from .layers import class_activation_map, maps_in_image
 
 __all__ = ['denormalize', 'heat_overlay', 'explain_images', 'column_titles', 'prediction_lines',
            'render_explanation', 'explain_files']

@@ -1,6 +1,7 @@
 """Shared FGVC building blocks: one concept per file, reused across methods."""
-from .class_response import (class_activation_map, class_response_maps, entropy_gated_response, gaussian_smooth,
-                             maps_in_image, max_class_response, min_max_normalize, predicted_class_map)
+from .maps import gaussian_smooth, maps_in_image, min_max_normalize
+from .class_response import (class_activation_map, class_response_maps, entropy_gated_response, max_class_response,
+                             predicted_class_map)
 from .peaks import Peaks, find_peaks, local_maxima, peaks_to_image_coords, peaks_to_normalized_coords
 from .saliency_sampler import SaliencySampler, gaussian_kernel_1d
 from .otsu import otsu_mask, otsu_threshold

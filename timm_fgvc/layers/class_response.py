@@ -9,7 +9,6 @@ Sec. 3.1-3.2, Eq. 1-3.
 The functions are differentiable; S3N computes its response maps without gradient, which is the
 caller's choice (`torch.no_grad()` or `.detach()`).
 """
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -17,8 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['class_response_maps', 'predicted_class_map', 'class_activation_map', 'min_max_normalize',
-           'maps_in_image', 'entropy_gated_response', 'max_class_response', 'gaussian_smooth']
+from .maps import min_max_normalize
+
+__all__ = ['class_response_maps', 'predicted_class_map', 'class_activation_map', 'entropy_gated_response',
+           'max_class_response']
 
 
 def class_response_maps(
@@ -72,24 +73,6 @@ def class_activation_map(features: Tensor, classifier: nn.Module, logits: Option
         return predicted_class_map(features.float(), classifier.weight.float(), logits)
 
 
-def min_max_normalize(maps: Tensor, eps: float = 1e-6) -> Tensor:
-    """Min-max normalise each map to [0, 1] over its last two (spatial) dims.
-
-    Any leading dims are kept. A constant map becomes all zeros; a map whose range is below `eps`
-    is divided by `eps` instead of its range.
-    """
-    flat = maps.flatten(-2)
-    lo = flat.amin(dim=-1, keepdim=True).unsqueeze(-1)
-    hi = flat.amax(dim=-1, keepdim=True).unsqueeze(-1)
-    return (maps - lo) / (hi - lo).clamp_min(eps)
-
-
-def maps_in_image(maps: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Maps `[B, K, h, w]` resized bilinearly to the input's `size` and min-max normalised each to [0, 1] (the
-    `attention_maps` convention)."""
-    return min_max_normalize(F.interpolate(maps, size=tuple(size), mode='bilinear', align_corners=False))
-
-
 def entropy_gated_response(
         class_maps: Tensor,
         logits: Tensor,
@@ -129,18 +112,3 @@ def max_class_response(features: Tensor, classifier_weight: Tensor) -> Tensor:
     where the model looks. One einsum and a max over classes.
     """
     return class_response_maps(features, classifier_weight).amax(1)  # Eq. 2
-
-
-def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
-    """Gaussian smoothing of maps `[B, H, W]` with standard deviation `sigma` (in cells), separable, with
-    replicate padding so border cells are not pulled towards zero. `sigma <= 0` returns the maps unchanged."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, math.ceil(2 * sigma))
-    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
-    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    kernel = (kernel / kernel.sum()).to(maps.dtype)
-    out = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode='replicate')
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
-    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
-    return out.squeeze(1)

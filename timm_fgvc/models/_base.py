@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.class_response import class_activation_map, maps_in_image
+from ..layers import class_activation_map, maps_in_image
 from ._weights import load_backbone_weights
 
 __all__ = ['FGVCOutput', 'TrainingStage', 'FGVCModel', 'BackboneInfo', 'SpatialFeatures', 'create_backbone',
