@@ -392,3 +392,52 @@ def test_shots_are_drawn_from_the_readable_images(tmp_path):
     few = make_image_folder(tmp_path / 'few', per_class=2)
     with pytest.raises(ValueError, match=r"Class 'a' \(index 0\) has only 2 training images, fewer than --shots 3"):
         load_fgvc_dataset(str(few), shots=3)
+
+
+def test_an_image_file_in_two_splits_or_classes_is_refused_and_dunder_and_decomposed_class_names_are_classes(tmp_path):
+    """A `test` folder linked to `train` would score training images; a file linked under two classes trains two
+    answers: both refused, by the file itself (symlinks and hard links). A `__background__` class is a class, as
+    in torchvision's ImageFolder (it vanished, uncounted), and `café` spelt decomposed (macOS) in one split and
+    composed in another is one class."""
+    import unicodedata
+    linked = make_image_folder(tmp_path / 'linked', splits=('train',))
+    os.symlink(linked / 'train', linked / 'test', target_is_directory=True)
+    with pytest.raises(ValueError, match=r'12 image file\(s\) are in more than one split or class'):
+        load_fgvc_dataset(str(linked), check_images=False)
+    two_classes = make_image_folder(tmp_path / 'two_classes')
+    os.link(two_classes / 'train' / 'a' / '0.png', two_classes / 'train' / 'b' / 'also_a.png')
+    with pytest.raises(ValueError, match=r'(?s)1 image file\(s\).*train/a.*train/b'):
+        load_fgvc_dataset(str(two_classes), check_images=False)
+
+    nfd, nfc = unicodedata.normalize('NFD', 'café'), unicodedata.normalize('NFC', 'café')
+    root = make_image_folder(tmp_path / 'names', splits=('train',), classes=('__background__', nfd, 'z'))
+    make_image_folder(root, splits=('test',), classes=('__background__', nfc, 'z'))
+    data = load_fgvc_dataset(str(root), check_images=False)
+    assert data.label_names == ['__background__', nfc, 'z'] and len(data.train) == 12 and len(data.eval) == 12
+    assert data.ignored_files == []
+
+
+def test_saved_splits_named_dev_or_eval_are_evaluated_and_negative_or_untrained_labels_are_caught(tmp_path):
+    """A saved `dev` split is the eval split (a fifth of training was held out instead, silently). A plain integer
+    -1 (pandas, metadata.csv) is a missing label as a ClassLabel's -1 is: refused in training, passed over in a test
+    split. A ClassLabel class with no training image but test images is refused (its images all scored wrong)."""
+    train = _labelled_split(['a', 'b', 'c'], [0, 1, 2] * 3, 0)
+    dev = _labelled_split(['a', 'b', 'c'], [2, 1, 0], 1)
+    datasets.DatasetDict({'train': train, 'dev': dev}).save_to_disk(str(tmp_path / 'dev'))
+    data = load_fgvc_dataset(str(tmp_path / 'dev'), check_images=False)
+    assert data.eval_split == 'dev' and len(data.train) == 9 and len(data.eval) == 3
+
+    def plain(labels):
+        return datasets.Dataset.from_dict({'image': [Image.new('RGB', (8, 8))] * len(labels), 'label': labels})
+
+    datasets.DatasetDict({'train': plain([0, 1, -1, 0, 1])}).save_to_disk(str(tmp_path / 'minus_train'))
+    with pytest.raises(ValueError, match=r"1 of 5 rows of the 'train' split .* -1"):
+        load_fgvc_dataset(str(tmp_path / 'minus_train'), check_images=False)
+    datasets.DatasetDict({'train': plain([0, 1] * 4), 'test': plain([-1, -1])}).save_to_disk(str(tmp_path / 'hidden'))
+    data = load_fgvc_dataset(str(tmp_path / 'hidden'), eval_fraction=0.25, check_images=False)
+    assert data.unlabelled_splits == ['test'] and data.label_names == ['0', '1'] and len(data.eval) == 2
+
+    untrained = _labelled_split(['a', 'b', 'c'], [0, 1] * 3, 0)  # no 'c' in training
+    datasets.DatasetDict({'train': untrained, 'test': dev}).save_to_disk(str(tmp_path / 'untrained'))
+    with pytest.raises(ValueError, match=r"class\(es\) \['c'\] that the 'train' split has none of"):
+        load_fgvc_dataset(str(tmp_path / 'untrained'), check_images=False)

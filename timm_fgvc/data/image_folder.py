@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -34,8 +35,9 @@ _SPLIT_NAME = {split: re.compile(r'^(?:.*[-._ 0-9])?(?:' + '|'.join(words) + r')
 
 
 def _is_hidden(name: str) -> bool:
-    """Hidden (`.git`, macOS `._x.jpg`), special (`__MACOSX`) and file-browser names, which are not data."""
-    return name.startswith('.') or name.startswith('__') or name.lower() in _OS_FILES
+    """Hidden (`.git`, macOS `._x.jpg`), macOS archive (`__MACOSX`) and file-browser names, which are not data (a
+    `__background__` class is: torchvision's ImageFolder reads it too)."""
+    return name.startswith('.') or name == '__MACOSX' or name.lower() in _OS_FILES
 
 
 def _visible_dirs(folder: Path) -> List[Path]:
@@ -130,13 +132,43 @@ def _class_images(class_dir: Path, ignored: List[str]) -> List[str]:
     return paths
 
 
+def _split_classes(folder: Path, ignored: List[str]) -> Dict[str, List[str]]:
+    """{class name: image paths} of one split folder. A name is taken in Unicode's composed form (NFC): a folder
+    copied from macOS spells `café` decomposed, and it is the same class as the composed `café` of another split."""
+    classes: Dict[str, List[str]] = {}
+    for class_dir in _visible_dirs(folder):
+        classes.setdefault(unicodedata.normalize('NFC', class_dir.name), []).extend(
+            _class_images(class_dir, ignored))
+    return classes
+
+
+def _check_each_file_once(found: Dict[str, Dict[str, List[str]]]) -> None:
+    """An image file (through symlinks and hard links: the same device and inode) in two splits or two classes is
+    an error: a test split linked to the training one would score training images, a file under two classes
+    trains two answers."""
+    places = collections.defaultdict(list)
+    for split, classes in found.items():
+        for name, paths in classes.items():
+            for path in paths:
+                try:
+                    info = os.stat(path)
+                except OSError:  # a broken link: a bad image, named when the images are checked
+                    continue
+                places[(info.st_dev, info.st_ino)].append((split, name, path))
+    repeated = [p for p in places.values() if len({(split, name) for split, name, _ in p}) > 1]
+    if repeated:
+        shown = '; '.join(' = '.join(f'{path} ({split}/{name})' for split, name, path in p) for p in repeated[:3])
+        raise ValueError(f'{len(repeated)} image file(s) are in more than one split or class (a linked or copied '
+                         f'folder?): {shown}. Each image belongs to one class of one split.')
+
+
 def read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
     """An image folder read as torchvision's ImageFolder reads it, with split folders: <root>/[<split>/]<class>/**/
     <image>. A class is a top-level folder (its subfolders are its images, not classes of their own), a split is
     a top-level folder named like one that holds class folders, single wrapper folders are looked through,
     symlinks are followed (each folder once), and hidden files and folders are not data. Returns the splits and
     what was left out, each named: files that are not images or lie outside a class folder, broken links and
-    empty class folders."""
+    empty class folders. A file in two splits or classes is an error."""
     top = root
     root = _unwrap(top, into_split=False)
     layout = _split_layout(root)
@@ -145,8 +177,8 @@ def read_image_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
     for folder in sorted(levels):  # the root, wrapper and split folders: files outside a class folder, broken links
         ignored += [f'{p} (outside a class folder)' if p.is_file() else f'{p} (broken link)'
                     for p in sorted(folder.iterdir()) if not p.is_dir() and not _is_hidden(p.name)]
-    found = {split: {class_dir.name: _class_images(class_dir, ignored) for class_dir in _visible_dirs(folder)}
-             for split, folder in layout.items()}
+    found = {split: _split_classes(folder, ignored) for split, folder in layout.items()}
+    _check_each_file_once(found)
     names = sorted(c for c, paths in found['train'].items() if paths)
     if not names:
         loose = _loose_images(layout['train'])

@@ -31,7 +31,8 @@ __all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices'
 
 _IMAGE_NAMES = ('image', 'img', 'images', 'picture', 'pixel_values')
 _LABEL_NAMES = ('label', 'labels', 'class', 'fine_label', 'category', 'target')
-_EVAL_SPLITS = ('test', 'validation', 'valid', 'val')
+# eval split names in order of preference, as the image-folder reader and `datasets` name splits
+_EVAL_SPLITS = ('test', 'testing', 'eval', 'evaluation', 'validation', 'valid', 'val', 'dev')
 
 
 @dataclass
@@ -280,13 +281,12 @@ def _encode_labels(split: datasets.Dataset, column: str, names: List[str], split
 
 
 def _unlabelled_rows(split: datasets.Dataset, column: str) -> int:
-    """Rows without a label: the column missing, None, NaN (pandas' missing value), or a ClassLabel's -1 (a Hub test
-    split's hidden labels)."""
+    """Rows without a label: the column missing, None, NaN (pandas' missing value), or a negative number (a
+    ClassLabel's -1 hides a Hub test split's labels; pandas and metadata.csv write the same -1 as a plain integer)."""
     if column not in split.features:
         return len(split)
-    values = split[column]
-    hidden = -1 if isinstance(split.features[column], datasets.ClassLabel) else None
-    return sum(v is None or v != v or (hidden is not None and v == hidden) for v in values)  # v != v: NaN
+    return sum(v is None or v != v or (isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0)
+               for v in split[column])  # v != v: NaN
 
 
 def _labels_as_text(split: datasets.Dataset, column: str, text_of: Callable[[Any], str]) -> datasets.Dataset:
@@ -359,7 +359,8 @@ def load_fgvc_dataset(
     missing = _unlabelled_rows(train, label_column)
     if missing:
         raise ValueError(f'{missing} of {len(train)} rows of the {train_split!r} split of {source!r} have no '
-                         f'{label_column!r} label: remove them or name another --label-column.')
+                         f'{label_column!r} label (none, or a negative number such as -1): remove them or name '
+                         'another --label-column.')
     if not isinstance(train.features[label_column], datasets.ClassLabel):
         train = _encode_labels(train, label_column, _label_names(train, label_column, train_split), train_split)
     label_feature = train.features[label_column]
@@ -385,6 +386,12 @@ def load_fgvc_dataset(
         if isinstance(evaluation.features[label_column], datasets.ClassLabel):
             evaluation = _label_strings(evaluation, label_column)
         evaluation = _encode_labels(evaluation, label_column, label_feature.names, eval_split)  # train's indices
+    if evaluation is not None and not held_out:
+        untrained = sorted(set(evaluation.unique(label_column)) - set(train.unique(label_column)))
+        if untrained:  # a ClassLabel names classes the training rows may not hold
+            raise ValueError(f'The {eval_split!r} split has images of class(es) '
+                             f'{[label_feature.names[i] for i in untrained][:10]} that the {train_split!r} split has '
+                             'none of: every class evaluated must be trained.')
     def draw_train(split: datasets.Dataset) -> datasets.Dataset:
         if shots is not None:
             split = split.select(few_shot_indices(split[label_column], shots, seed, label_feature.names))
