@@ -1,6 +1,7 @@
 """`timm-fgvc predict`: top-k class names and probabilities for files and folders; bad files skipped by name."""
 import csv
 import json
+import os
 
 import pytest
 import timm
@@ -152,3 +153,18 @@ def test_the_table_columns_line_up_with_their_headers():
         assert header.index(column) == first.index(cell)
     assert header.index('top-2') == second.index('Laysan')
     assert skipped.endswith('skipped: not a readable image')
+
+
+def test_a_folder_is_searched_through_its_symlinked_folders_once_each(tmp_path):
+    """Training follows symlinked class folders; predicting a folder does too (Path.rglob did not, and their images
+    were neither predicted nor listed as skipped). A loop is walked once; hidden files are not images."""
+    from timm_fgvc.predict import find_files
+    (tmp_path / 'elsewhere').mkdir()
+    (tmp_path / 'photos' / 'own').mkdir(parents=True)
+    for folder, name in (('elsewhere', 'linked.png'), ('photos/own', 'a.png'), ('photos', 'top.png')):
+        Image.new('RGB', (8, 8)).save(tmp_path / folder / name)
+    (tmp_path / 'photos' / '.DS_Store').write_bytes(b'')
+    os.symlink(tmp_path / 'elsewhere', tmp_path / 'photos' / 'link', target_is_directory=True)
+    os.symlink(tmp_path / 'photos', tmp_path / 'photos' / 'own' / 'loop', target_is_directory=True)
+    found = [p.relative_to(tmp_path / 'photos').as_posix() for p in find_files([tmp_path / 'photos'])]
+    assert found == ['link/linked.png', 'own/a.png', 'top.png']

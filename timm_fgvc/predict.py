@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,12 +37,21 @@ class Prediction:
 
 
 def find_files(paths: Sequence[Union[str, Path]]) -> List[Path]:
-    """Files as given and every file under the given folders (recursively, sorted, hidden names skipped)."""
+    """Files as given and every file under the given folders (recursively, sorted, hidden names skipped; symlinked
+    folders are followed, each folder once, as training reads an image folder)."""
     found: List[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob('*') if p.is_file()
-                            and not any(part.startswith('.') for part in p.relative_to(path).parts))
+            below, seen = [], set()
+            for parent, dirs, files in os.walk(path, followlinks=True):
+                if os.path.realpath(parent) in seen:  # a symlink loop, or a folder linked twice
+                    dirs[:] = []
+                    continue
+                seen.add(os.path.realpath(parent))
+                dirs[:] = [d for d in dirs if not d.startswith('.')]
+                below += [Path(parent, name) for name in files
+                          if not name.startswith('.') and Path(parent, name).is_file()]
+            found += sorted(below)
         elif path.is_file():
             found.append(path)
         else:
