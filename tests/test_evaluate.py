@@ -303,3 +303,23 @@ def test_an_export_is_evaluated_on_the_images_its_run_held_out(tmp_path, capsys)
     (tmp_path / 'elsewhere' / 'birds' / 'class_0' / '9.png').unlink()
     changed = evaluate_model(loaded, dataset=str(tmp_path / 'elsewhere' / 'birds'))
     assert len(changed['warnings']) == 1 and 'holds 19 images' in changed['warnings'][0]
+
+
+def test_a_runs_own_held_out_images_are_evaluated_only_while_its_data_is_as_it_was(tmp_path):
+    """A run held half of a folder out. Images added since would move the draw (6 of 11 scored images were training
+    images, silently): eval of the run refuses, as resume does. The folder as it was evaluates as the run did."""
+    from timm_fgvc.data.synthetic import render_sample
+    birds = tmp_path / 'birds'
+    for c in range(2):
+        (birds / f'class_{c}').mkdir(parents=True)
+        for i in range(4):
+            render_sample(c + 2 * i, num_classes=2, image_size=48)['image'].save(birds / f'class_{c}' / f'{i}.png')
+    results = train(parse_args(['--dataset', str(birds), '--model', 's3n_tiny', '--img-size', '48', '--batch-size',
+                                '2', '--max-steps', '1', '--eval-fraction', '0.5',
+                                '--output-dir', str(tmp_path / 'run')]))
+    report = evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))
+    assert report['samples'] == 4 and report['top1'] == pytest.approx(results['final']['eval_top1'], abs=1e-9)
+    for i in range(4, 8):
+        render_sample(2 * i, num_classes=2, image_size=48)['image'].save(birds / 'class_0' / f'{i}.png')
+    with pytest.raises(ValueError, match=r"(?s)data changed since it trained.*eval images 4 then, 6 now.*trained on"):
+        evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))

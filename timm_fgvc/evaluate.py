@@ -119,6 +119,23 @@ def _run_draw(loaded: LoadedModel, dataset: Optional[str]) -> Optional[Dict[str,
     return record if dataset == record.get('dataset') else None
 
 
+def _check_run_eval_set(run: Dict[str, Any], data) -> None:
+    """The run's own data, evaluated as the run did, must give the run's eval set (its recorded `data_signature`):
+    images added or removed since would move a held-out draw onto images the run trained on."""
+    from .engine.checkpoint import data_signature
+    recorded = run.get('data_signature')
+    if not recorded:  # a run from before the signature was recorded
+        return
+    now = data_signature(data.train[data.label_column], data.eval[data.label_column], data.label_names)
+    changed = [k for k in ('classes', 'eval_images', 'eval_labels') if now[k] != recorded.get(k)]
+    if changed:
+        held_out = ('its eval images are drawn from its training split again, and the draw may now hold images it '
+                    'trained on' if data.eval_held_out else 'this is not the eval set it was measured on')
+        raise ValueError(f"The run's data changed since it trained ({', '.join(changed)} differ: eval images "
+                         f"{recorded.get('eval_images')} then, {now['eval_images']} now): {held_out}. Restore the "
+                         'data as it was, or evaluate on a test split of other data (--dataset, --split).')
+
+
 def _same_data(dataset: str, run: Dict[str, Any]) -> bool:
     """`dataset` names the run's data: its id, or its local folder however spelled (`./birds`, an absolute path)."""
     if dataset == run.get('dataset'):
@@ -163,6 +180,8 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     if data.num_classes != loaded.num_classes:
         raise ValueError(f'The model has {loaded.num_classes} classes but dataset {cfg.dataset!r} has '
                          f'{data.num_classes}: evaluate it on the data it was trained for.')
+    if loaded.run is not None and dataset is None and split is None and max_samples is None:
+        _check_run_eval_set(loaded.run, data)
     if loaded.label_names and list(loaded.label_names) != list(data.label_names):
         raise ValueError(f'The model\'s class names ({loaded.label_names[:3]}...) are not those of dataset '
                          f'{cfg.dataset!r} ({data.label_names[:3]}...), in the same order.')

@@ -763,6 +763,7 @@ def _train(cfg: TrainConfig) -> dict:
         'source_config': source_config(inner, cfg.model),  # a Hub / folder source: reloads need not reach it
         'config_fingerprint': cfg.fingerprint(),
         'data': used,  # the splits and columns used (a Hub dataset's may have been detected)
+        'data_signature': signature,  # what `timm-fgvc eval` of these weights checks its data against
         'bad_images_skipped': len(data.bad_images), 'bad_images': data.bad_images,
         'files_ignored': len(data.ignored_files), 'ignored_files': data.ignored_files[:100],  # of an image folder
         'resume_warnings': resume_warnings, 'resumed_from': str(resume_path) if resume_path else None,
