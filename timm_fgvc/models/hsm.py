@@ -104,9 +104,12 @@ class SaliencyModulation(nn.Module):
 
     The owning model gives the map s (`[B, 1, h, w]`, any h, w: resized bilinearly to the features) for one forward
     with `modulating(s)`; outside it the block runs unmodulated. The map is held per thread, so threads sharing the
-    model each modulate with their own. With `keep_for_recompute` (gradient checkpointing) it is also kept, by the
-    block's input, for backward's recomputation of the block: two forwards before one backward each recompute with
-    their own map, and nothing is kept once backward has freed the input.
+    model each modulate with their own. With `keep_for_recompute` (gradient checkpointing) it is also kept for
+    backward's recomputation of the block, which runs outside the forward: found by the block's input where the
+    recomputation passes the same tensor (timm's default, non-reentrant checkpointing of the block as a segment of
+    its own), so two forwards before one backward each recompute with their own map; else the last forward's map
+    (reentrant checkpointing, a block inside a longer segment: one forward per backward). A kept map stays until
+    the next forward.
     Features may be NCHW (CNNs), NHWC (`channels_last_fmt`, e.g. Swin stages) or tokens `[B, N, C]` whose first
     `num_prefix_tokens` (class/register tokens) are left as they are and whose rest is the patch grid (ViT; the
     grid's aspect is the image's, `image_size`).
@@ -126,10 +129,13 @@ class SaliencyModulation(nn.Module):
     def _clear_maps(self) -> None:
         self._this_call = threading.local()  # .map: (s, image size, keep for recompute) of this thread's forward
         self._for_recompute: Dict[int, tuple] = {}  # id(block input) -> (weak reference to it, s, image size)
+        self._last_kept: Optional[tuple] = None  # (s, image size) of the last forward that kept its map
+        self._kept_lock = threading.Lock()  # the kept maps are shared by threads (and DataParallel replicas)
 
     def __getstate__(self):  # copies and pickles carry no map of a forward in flight (a thread-local cannot be)
         state = dict(super().__getstate__())
-        state.pop('_this_call', None), state.pop('_for_recompute', None)
+        for name in ('_this_call', '_for_recompute', '_last_kept', '_kept_lock'):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state):
@@ -151,15 +157,18 @@ class SaliencyModulation(nn.Module):
         call = getattr(self._this_call, 'map', None)
         if call is not None:
             saliency, image_size, keep = call
-            if keep:  # backward recomputes the block outside this call, maybe in another thread: find s by input
-                for key in [k for k, (ref, *_) in self._for_recompute.items() if ref() is None]:
-                    del self._for_recompute[key]
-                self._for_recompute[id(x)] = (weakref.ref(x), saliency, image_size)
+            if keep:  # backward recomputes the block outside this call, maybe in another thread
+                with self._kept_lock:
+                    for key in [k for k, (ref, *_) in self._for_recompute.items() if ref() is None]:
+                        del self._for_recompute[key]
+                    self._for_recompute[id(x)] = (weakref.ref(x), saliency, image_size)
+                    self._last_kept = (saliency, image_size)
             return saliency, image_size
-        kept = self._for_recompute.get(id(x))
-        if kept is not None and kept[0]() is x:
-            return kept[1], kept[2]
-        return None, None
+        with self._kept_lock:
+            kept = self._for_recompute.get(id(x))
+            if kept is not None and kept[0]() is x:
+                return kept[1], kept[2]
+            return self._last_kept or (None, None)
 
     def modulate(self, features: torch.Tensor, saliency: torch.Tensor,
                  image_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
