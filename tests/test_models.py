@@ -346,6 +346,12 @@ def test_a_plain_model_x_training_loop_is_warned_of_the_parts_it_leaves_untraine
     assert untrained == declared
     warned = [w for w in seen if 'training through model(x)' in str(w.message)]
     assert bool(warned) == bool(declared)
+    assert all(w.filename == __file__ for w in warned)  # the line of the training loop, not a torch frame
+    for param_name, param in model.named_parameters():  # a linear probe: only the evaluated head trains
+        param.requires_grad_(param_name.startswith(f'heads.{model.main_head}.'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model(torch.randn(2, 3, size, size))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('error')
         model(torch.randn(2, 3, size, size))  # an evaluation pass in training mode is not training

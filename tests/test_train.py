@@ -228,9 +228,9 @@ def test_stages_switch_trainable_parts_and_learning_rates():
 
 @pytest.mark.parametrize('name', TINY_VARIANTS)
 def test_every_stage_gives_each_parameter_it_trains_a_gradient(name):
-    """DDP looks for unused parameters only where a stage freezes some (`stages_freeze_parameters`): a trainable
+    """DDP looks for unused parameters only where a stage freezes some (`any_stage_freezes_parameters`): a trainable
     parameter left without a gradient in any stage would hang or fail a multi-process run of a one-stage model."""
-    from timm_fgvc.engine.trainer import TrainStep, stages_freeze_parameters
+    from timm_fgvc.engine.trainer import TrainStep, any_stage_freezes_parameters
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=4)
     stages = model.training_stages() if hasattr(model, 'training_stages') else [TrainingStage('main')]
@@ -244,7 +244,7 @@ def test_every_stage_gives_each_parameter_it_trains_a_gradient(name):
         step(torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3]))['losses']['loss'].backward()
         idle = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not idle, (stage.name, idle[:5])
-    assert stages_freeze_parameters(model, stages) == frozen_somewhere
+    assert any_stage_freezes_parameters(model, stages) == frozen_somewhere
 
 
 def test_staged_method_trains_one_scale_after_another_through_the_engine(tmp_path):

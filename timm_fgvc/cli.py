@@ -220,11 +220,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     """Draw where the model attends on some images."""
-    from .explain import MIN_PANEL_SIZE, explain_files, sheet_path
+    from .explain import check_panel_size, explain_files, sheet_path
     sheet_path(args.out)  # a wrong file name or panel size stops here, before the model is loaded and run
-    if args.panel_size < MIN_PANEL_SIZE:
-        raise ValueError(f'--panel-size {args.panel_size}: panels are at least {MIN_PANEL_SIZE} px, to stay '
-                         'readable.')
+    check_panel_size(args.panel_size)
     loaded = _load(args)
     written = explain_files(loaded, args.image, args.out, img_size=args.img_size, panel_size=args.panel_size)
     print(f'Wrote {written}')

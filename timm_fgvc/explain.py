@@ -32,6 +32,11 @@ PANEL_GAP = 6  # px between panels
 MIN_PANEL_SIZE = 256  # px a side: the titles and the top-5 text stay readable
 
 
+def check_panel_size(panel_size: int) -> None:
+    if panel_size < MIN_PANEL_SIZE:
+        raise ValueError(f'Panel size {panel_size}: panels are at least {MIN_PANEL_SIZE} px, to stay readable.')
+
+
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Model inputs `[B, 3, H, W]` back to uint8 RGB `[B, H, W, 3]`."""
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -109,8 +114,7 @@ def render_explanation(images: torch.Tensor, explanation: Dict[str, torch.Tensor
                        panel_size: int = MIN_PANEL_SIZE) -> Image.Image:
     """A PIL image: a title row, then one row per input with `panel_size` px panels (the input with its peaks,
     regions or zoom boxes, the attention overlay, the branch images if any) and the top-5 with probabilities."""
-    if panel_size < MIN_PANEL_SIZE:
-        raise ValueError(f'panel_size {panel_size}: panels are at least {MIN_PANEL_SIZE} px, to stay readable.')
+    check_panel_size(panel_size)
     rgb = denormalize(images, mean, std)
     batch, height, width = rgb.shape[:3]
     sx, sy = panel_size / width, panel_size / height

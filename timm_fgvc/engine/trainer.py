@@ -269,7 +269,7 @@ def stages_to_run(model: nn.Module, cfg: TrainConfig) -> Tuple[List[TrainingStag
     return stages[cfg.start_stage:], resolve_stage_epochs(stages, cfg, cfg.model)[cfg.start_stage:]
 
 
-def stages_freeze_parameters(model: nn.Module, stages: Sequence[TrainingStage]) -> bool:
+def any_stage_freezes_parameters(model: nn.Module, stages: Sequence[TrainingStage]) -> bool:
     """Whether a stage leaves some parameter without a gradient. DDP is built once with every parameter, so it
     then has to look for unused ones in each step (`find_unused_parameters`, a graph walk per step that a model
     trained whole in one stage is spared; within a stage every trainable parameter gets a gradient, which
@@ -633,7 +633,7 @@ def _train(cfg: TrainConfig) -> dict:
     group_names = [g['name'] for g in optimizer.param_groups]
     default_label_smoothing(model, cfg.label_smoothing)
     step_module = TrainStep(model, cfg.label_smoothing)
-    ddp_kwargs.find_unused_parameters = stages_freeze_parameters(model, stages)
+    ddp_kwargs.find_unused_parameters = any_stage_freezes_parameters(model, stages)
     step_module, optimizer, train_loader = accelerator.prepare(step_module, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)

@@ -8,7 +8,9 @@ surface (`forward_features`, `forward_head`, `get_classifier`, `reset_classifier
 from __future__ import annotations
 
 import copyreg
+import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
@@ -339,6 +341,16 @@ def backbone_info(backbone: nn.Module) -> BackboneInfo:
     return info
 
 
+def _caller_stacklevel() -> int:
+    """The `stacklevel` of a warning raised here that points at the first frame outside timm-fgvc and torch: the
+    user's line that called the model, however many torch frames lie between."""
+    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1  # stacklevel 1: the function that calls this (and warnings.warn)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class FGVCModel(nn.Module):
     """Base of every method: a timm backbone, named heads in `self.heads`, and the timm surface.
 
@@ -499,11 +511,14 @@ class FGVCModel(nn.Module):
         the parts that build the method's attention or parts get no gradient (warned once per method class)."""
         if torch.compiler.is_compiling():
             return
-        warnings.warn(
-            f'{type(self).__name__} is training through model(x), which trains only what its prediction reads: '
-            f'{", ".join(p.rstrip(".") for p in self.trained_by_forward_train_only)} get no gradient. Train it with '
-            '`out = model.forward_train(x, y); model.loss(out, y)["loss"].backward()` and an optimizer over '
-            '`timm_fgvc.parameter_groups(model, lr, backbone_lr)`, or with train_fgvc.py.', UserWarning, stacklevel=3)
+        untrained = sorted({prefix.rstrip('.') for name, param in self.named_parameters() if param.requires_grad
+                            for prefix in self.trained_by_forward_train_only if name.startswith(prefix)})
+        if untrained:  # (parts frozen on purpose, e.g. a linear probe of the main head, are not missed)
+            warnings.warn(
+                f'{type(self).__name__} is training through model(x), which trains only what its prediction reads: '
+                f'{", ".join(untrained)} get no gradient. Train it with `out = model.forward_train(x, y); '
+                'model.loss(out, y)["loss"].backward()` and an optimizer over `timm_fgvc.parameter_groups(model, '
+                'lr, backbone_lr)`, or with train_fgvc.py.', UserWarning, stacklevel=_caller_stacklevel())
 
     def forward_train(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> FGVCOutput:
         return FGVCOutput(logits={self.main_head: self.forward(x)}, main=self.main_head)

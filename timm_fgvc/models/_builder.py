@@ -28,8 +28,9 @@ _PAPER_MEAN = (0.485, 0.456, 0.406)
 _PAPER_STD = (0.229, 0.224, 0.225)
 
 # a variant on a transformer backbone reads the image with its patch embedding, preprocessed as timm's weights were
-SWIN_BACKBONE_CFG = dict(first_conv='backbone.patch_embed.proj', interpolation='bicubic')
-VIT_BACKBONE_CFG = dict(SWIN_BACKBONE_CFG, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_PATCH_EMBED_CFG = dict(first_conv='backbone.patch_embed.proj', interpolation='bicubic')
+SWIN_BACKBONE_CFG = dict(_PATCH_EMBED_CFG)  # ImageNet mean and std
+VIT_BACKBONE_CFG = dict(_PATCH_EMBED_CFG, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 class UnpublishedWeightsError(RuntimeError):
