@@ -207,7 +207,7 @@ def test_eval_checks_only_the_images_it_evaluates_and_counts_those_it_leaves_out
     assert main(args + ['--skip-bad-images']) == 0
     printed = capsys.readouterr().out
     assert '1 image(s) that cannot be read were left out' in printed
-    assert 'Left out 1 file(s) of the image folder: ' in printed and 'notes.txt (not an image)' in printed
+    assert 'Left out 1 file(s) of the dataset folder: ' in printed and 'notes.txt (not an image)' in printed
     saved = json.loads((tmp_path / 'eval' / 'report.json').read_text())
     assert saved['bad_images_skipped'] == 1 and saved['samples'] == 6 and saved['files_ignored'] == 1
 

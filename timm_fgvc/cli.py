@@ -199,7 +199,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{report['bad_images_skipped']} image(s) that cannot be read were left out "
               f"(--skip-bad-images): {', '.join(report['bad_images'][:5])}")
     if report['files_ignored']:
-        print(f"Left out {report['files_ignored']} file(s) of the image folder: "
+        print(f"Left out {report['files_ignored']} file(s) of the dataset folder: "
               f"{'; '.join(report['ignored_files'][:5])}")
     for warning in report['warnings']:
         print(f'timm-fgvc eval: warning: {warning}', file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import datasets
 from PIL import Image
 
-__all__ = ['read_image_folder', 'has_metadata_file']
+__all__ = ['read_image_folder', 'has_metadata_file', 'holds_images']
 
 Image.init()
 # what PIL opens (a file PIL cannot decode after all is then a bad image, named, not dropped), without its
@@ -208,3 +208,8 @@ def has_metadata_file(root: Path) -> bool:
     tops = dict.fromkeys([root, _unwrap(root, into_split=False)])
     folders = [*tops, *(p for top in tops for p in _visible_dirs(top) if _split_named(p))]
     return any((folder / name).is_file() for folder in folders for name in _METADATA_FILES)
+
+
+def holds_images(root: Path) -> bool:
+    """Any image file below `root` (an image folder with a parquet file of its own, e.g. annotations, stays one)."""
+    return any(_is_image(p) and p.is_file() for p in root.rglob('*'))

@@ -23,7 +23,7 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from .image_folder import has_metadata_file, read_image_folder
+from .image_folder import has_metadata_file, holds_images, read_image_folder
 
 __all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices', 'attach_transform',
            'SeededTransform', 'collate', 'open_image', 'to_rgb', 'image_problem', 'find_bad_images',
@@ -112,6 +112,18 @@ def _is_saved_dataset(root: Path) -> bool:
     return (root / 'dataset_dict.json').is_file() or (root / 'state.json').is_file()
 
 
+def _load_parquet_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
+    """A folder of parquet files, split by their names as `datasets` splits a Hub repository; a file named like no
+    split (when others are) is not read: it is listed, where `datasets` would drop it unsaid."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+    files = DataFilesDict.from_patterns(get_data_patterns(str(root)), base_path=str(root),
+                                        allowed_extensions=['.parquet'])
+    read = {os.path.realpath(f) for split in files.values() for f in split}
+    left_out = [f'{p} (a parquet file named like no split: name it train-*.parquet, test-*.parquet, ... or move it '
+                'out)' for p in sorted(root.rglob('*.parquet')) if os.path.realpath(p) not in read]
+    return datasets.load_dataset('parquet', data_files={str(k): list(v) for k, v in files.items()}), left_out
+
+
 def _load_raw(source: str, config_name: Optional[str],
               synthetic_args: Optional[dict]) -> Tuple[datasets.DatasetDict, List[str]]:
     """The dataset's splits, and what an image folder left out ('path (why)')."""
@@ -122,8 +134,8 @@ def _load_raw(source: str, config_name: Optional[str],
     if root.is_dir() and _is_saved_dataset(root):  # written by Dataset(Dict).save_to_disk
         loaded = datasets.load_from_disk(source)
         return (loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({'train': loaded})), []
-    if root.is_dir() and any(root.rglob('*.parquet')):  # split from file or folder names, as on the Hub
-        return datasets.load_dataset('parquet', data_dir=source), []
+    if root.is_dir() and any(root.rglob('*.parquet')) and not holds_images(root):  # split by names, as on the Hub
+        return _load_parquet_folder(root)
     if root.is_file() and root.suffix == '.parquet':
         return datasets.load_dataset('parquet', data_files={'train': source}), []
     if root.is_dir() and has_metadata_file(root):

@@ -458,7 +458,7 @@ def new_accelerator(**kwargs) -> Accelerator:
 def print_data_summary(data, print_fn) -> dict:
     """Print what was left out of the data and what is used; returns `data.description()`."""
     for left_out, what in ((data.bad_images, 'image(s) that cannot be read (--skip-bad-images)'),
-                           (data.ignored_files, 'file(s) of the image folder')):
+                           (data.ignored_files, 'file(s) of the dataset folder')):
         if left_out:
             print_fn(f'Left out {len(left_out)} {what}: ' + '; '.join(left_out[:5]) + (' ...' if len(left_out) > 5
                                                                                        else ''))
