@@ -323,3 +323,31 @@ def test_a_runs_own_held_out_images_are_evaluated_only_while_its_data_is_as_it_w
         render_sample(2 * i, num_classes=2, image_size=48)['image'].save(birds / 'class_0' / f'{i}.png')
     with pytest.raises(ValueError, match=r"(?s)data changed since it trained.*eval images 4 then, 6 now.*trained on"):
         evaluate_model(load_model(checkpoint=tmp_path / 'run', device='cpu'))
+
+
+def test_eval_on_other_data_matches_classes_by_name(tmp_path, make_run):
+    """A model whose classes come in a Hub order (c, a, b) is evaluated on a folder (classes listed a, b, c) and on
+    a test folder of two of its classes: the labels follow the names (both were refused: 'not in the same
+    order', 'the model has 3 classes'); a class the model does not know is refused by name."""
+    import timm
+    model = timm.create_model('s3n_tiny', num_classes=3)
+    run = make_run(model, label_names=['c', 'a', 'b'])
+    loaded = load_model(checkpoint=run, device='cpu')
+    for classes in (('a', 'b', 'c'), ('a', 'c')):
+        folder = tmp_path / ''.join(classes)
+        for name in classes:
+            (folder / 'test' / name).mkdir(parents=True)
+            (folder / 'train' / name).mkdir(parents=True)
+            for i in range('abc'.index(name) + 1):  # a: 1 image, b: 2, c: 3, so each class is told by its count
+                for split in ('train', 'test'):
+                    Image.new('RGB', (64, 64), (i, 0, 0)).save(folder / split / name / f'{i}.png')
+        report = evaluate_model(loaded, dataset=str(folder))
+        assert report['label_names'] == ['c', 'a', 'b']
+        assert {c['label']: c['samples'] for c in report['per_class']} == {
+            name: 'abc'.index(name) + 1 if name in classes else 0 for name in ('c', 'a', 'b')}
+    (tmp_path / 'abc' / 'test' / 'd').mkdir()
+    (tmp_path / 'abc' / 'train' / 'd').mkdir()
+    for split in ('train', 'test'):
+        Image.new('RGB', (64, 64)).save(tmp_path / 'abc' / split / 'd' / '0.png')
+    with pytest.raises(ValueError, match=r"1 class\(es\) the model was not trained on \(\['d'\]"):
+        evaluate_model(loaded, dataset=str(tmp_path / 'abc'))

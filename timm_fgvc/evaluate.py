@@ -119,6 +119,27 @@ def _run_draw(loaded: LoadedModel, dataset: Optional[str]) -> Optional[Dict[str,
     return record if dataset == record.get('dataset') else None
 
 
+def _in_model_classes(data, names: List[str], dataset: str):
+    """`data` with its eval images labelled by the model's classes, matched by name (a folder lists its classes
+    alphabetically, a Hub dataset in its own order; a test set may hold some of the classes only). A class the
+    model does not know is an error."""
+    import dataclasses
+    import datasets
+    column, index = data.label_column, {name: i for i, name in enumerate(names)}
+    present = [data.label_names[i] for i in sorted(set(data.eval[column]))]
+    unknown = [name for name in present if name not in index]
+    if unknown:
+        raise ValueError(f'Dataset {dataset!r} has images of {len(unknown)} class(es) the model was not trained on '
+                         f'({unknown[:5]}; the model\'s classes: {names[:5]}{"..." if len(names) > 5 else ""}): '
+                         'evaluate it on images of its classes.')
+    to_model = [index.get(name, -1) for name in data.label_names]
+    features = data.eval.features.copy()
+    features[column] = datasets.ClassLabel(names=names)
+    evaluation = data.eval.map(lambda labels: {column: [to_model[v] for v in labels]}, input_columns=[column],
+                               batched=True, features=features)
+    return dataclasses.replace(data, eval=evaluation, label_names=list(names))
+
+
 def _check_run_eval_set(run: Dict[str, Any], data) -> None:
     """The run's own data, evaluated as the run did, must give the run's eval set (its recorded `data_signature`):
     images added or removed since would move a held-out draw onto images the run trained on."""
@@ -177,14 +198,13 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
         raise ValueError(f'Dataset {cfg.dataset!r} has no evaluation images (no eval split, and --eval-fraction 0 '
                          f'{"in its run" if loaded.run else "given"}): name a split other than {cfg.train_split!r} '
                          'with --split, or other data with --dataset.')
-    if data.num_classes != loaded.num_classes:
-        raise ValueError(f'The model has {loaded.num_classes} classes but dataset {cfg.dataset!r} has '
-                         f'{data.num_classes}: evaluate it on the data it was trained for.')
     if loaded.run is not None and dataset is None and split is None and max_samples is None:
         _check_run_eval_set(loaded.run, data)
     if loaded.label_names and list(loaded.label_names) != list(data.label_names):
-        raise ValueError(f'The model\'s class names ({loaded.label_names[:3]}...) are not those of dataset '
-                         f'{cfg.dataset!r} ({data.label_names[:3]}...), in the same order.')
+        data = _in_model_classes(data, list(loaded.label_names), cfg.dataset)
+    elif data.num_classes != loaded.num_classes:
+        raise ValueError(f'The model has {loaded.num_classes} classes but dataset {cfg.dataset!r} has '
+                         f'{data.num_classes}: evaluate it on the data it was trained for.')
 
     if device is not None and (torch.device(device).type not in ('cpu', 'cuda') or torch.device(device).index):
         raise ValueError(f'--device {device}: eval runs on cpu or cuda, the first visible GPU (pick another with '
