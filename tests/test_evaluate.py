@@ -351,3 +351,17 @@ def test_eval_on_other_data_matches_classes_by_name(tmp_path, make_run):
         Image.new('RGB', (64, 64)).save(tmp_path / 'abc' / split / 'd' / '0.png')
     with pytest.raises(ValueError, match=r"1 class\(es\) the model was not trained on \(\['d'\]"):
         evaluate_model(loaded, dataset=str(tmp_path / 'abc'))
+
+
+def test_eval_of_a_run_on_a_folder_it_never_saw_scores_every_image(tmp_path, make_run):
+    """A run held a fraction of its own data out; a new folder without split folders is all test images: it is
+    scored whole (it was cut to the run's --eval-fraction), without the caveat that they are training images."""
+    import timm
+    run = make_run(timm.create_model('s3n_tiny', num_classes=2), label_names=['a', 'b'], dataset='synthetic',
+                   config={'eval_fraction': 0.5, 'shots': 3})
+    for name in ('a', 'b'):
+        (tmp_path / 'new' / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new('RGB', (64, 64), (i * 60, 0, 0)).save(tmp_path / 'new' / name / f'{i}.png')
+    report = evaluate_model(load_model(checkpoint=run, device='cpu'), dataset=str(tmp_path / 'new'))
+    assert report['samples'] == 8 and report['split'] == 'train' and report['warnings'] == []

@@ -189,11 +189,23 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     synthetic_args = dict(num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
                           test_per_class=cfg.synthetic_test_per_class, image_size=cfg.synthetic_image_size,
                           seed=cfg.seed)
-    data = load_fgvc_dataset(cfg.dataset, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.image_column,
-                             cfg.label_column, cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples,
-                             cfg.max_eval_samples, synthetic_args, check_images=cfg.check_images,
-                             skip_bad_images=cfg.skip_bad_images if skip_bad_images is None else skip_bad_images,
-                             check_splits=('eval',))
+    other_data = loaded.run is not None and dataset is not None and not _same_data(dataset, loaded.run)
+    if other_data:  # data the run did not train on: no few-shot or capped draw of its training split
+        cfg.shots = cfg.max_train_samples = None
+        if split is None:  # its eval split, else all of its images
+            cfg.eval_fraction = 0.
+
+    def load():
+        return load_fgvc_dataset(
+            cfg.dataset, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.image_column, cfg.label_column,
+            cfg.eval_fraction, cfg.shots, cfg.seed, cfg.max_train_samples, cfg.max_eval_samples, synthetic_args,
+            check_images=cfg.check_images, check_splits=('eval',),
+            skip_bad_images=cfg.skip_bad_images if skip_bad_images is None else skip_bad_images)
+
+    data = load()
+    if other_data and split is None and data.eval is None:
+        cfg.eval_split = cfg.train_split
+        data = load()
     if data.eval is None or not len(data.eval):
         raise ValueError(f'Dataset {cfg.dataset!r} has no evaluation images (no eval split, and --eval-fraction 0 '
                          f'{"in its run" if loaded.run else "given"}): name a split other than {cfg.train_split!r} '
@@ -232,7 +244,7 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
                       top1=100.0 * float(confusion[c, c]) / int(confusion[c].sum()) if confusion[c].sum() else None)
                  for c in range(n)]  # None: no image of the class was evaluated
     caveats = []
-    if cfg.eval_split == cfg.train_split:
+    if cfg.eval_split == cfg.train_split and not other_data:
         caveats.append(f'{cfg.eval_split!r} is the training split: a model trained on it scores its training images.')
     drawn = _run_draw(loaded, cfg.dataset) if loaded.run is None else None
     found = len(data.train) + len(data.eval)
