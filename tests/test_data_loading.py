@@ -380,6 +380,11 @@ def test_a_class_too_small_to_hold_out_from_is_named_with_what_to_do(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)smallest class is 'lonely' with 1 image.*--eval-fraction 0"):
         load_fgvc_dataset(str(root))
     assert load_fgvc_dataset(str(root), eval_fraction=0).eval is None
+    # 10 images in 4 classes: 0.2 holds out 2, too few for a test image per class; 0.9 leaves 1 to train on
+    with pytest.raises(ValueError, match='a larger --eval-fraction'):
+        load_fgvc_dataset(str(root), eval_fraction=0.2)
+    with pytest.raises(ValueError, match='a smaller --eval-fraction'):
+        load_fgvc_dataset(str(root), eval_fraction=0.9)
 
 
 def test_shots_are_drawn_from_the_readable_images(tmp_path):

@@ -267,11 +267,11 @@ def build_model_card(
     if method:
         lines.append(f'import {package}  # registers the {arch} architecture with timm')
     lines += [
-        'from PIL import Image', '',
+        'from PIL import Image, ImageOps', '',
         f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
         'data_config = timm.data.resolve_model_data_config(model, use_test_size=True)  # the size it was measured at',
         'transform = timm.data.create_transform(**data_config, is_training=False)', '',
-        "image = Image.open('image.jpg').convert('RGB')",
+        "image = ImageOps.exif_transpose(Image.open('image.jpg')).convert('RGB')  # upright, as the model trained",
         'with torch.no_grad():',
         '    probabilities = model(transform(image).unsqueeze(0)).softmax(-1)',
         f'top = probabilities.topk({min(5, int(num_classes))})  # the {min(5, int(num_classes))} most likely classes',

@@ -387,11 +387,13 @@ def load_fgvc_dataset(
         except ValueError as e:  # a class too small to hold out from, or fewer held-out images than classes
             counts = collections.Counter(train[label_column])
             smallest = min(counts, key=counts.get)
+            # both parts need an image of every class: too few held out, or too few left to train on
+            direction = 'larger' if eval_fraction * len(train) < len(counts) else 'smaller'
             raise ValueError(f'{source!r} has no eval split, and holding out --eval-fraction {eval_fraction:g} of '
                              f'each class fails ({e}). Its smallest class is {label_feature.names[smallest]!r} with '
                              f'{counts[smallest]} image(s) of {len(train)} in {len(counts)} classes: add a test split '
-                             '(<dir>/test/<class>/...), more images, a larger --eval-fraction, or --eval-fraction 0 '
-                             'to train without evaluation.') from e
+                             f'(<dir>/test/<class>/...), more images, a {direction} --eval-fraction, or '
+                             '--eval-fraction 0 to train without evaluation.') from e
         train, evaluation = parts['train'], parts['test']
         eval_split = f'{eval_fraction:g} of {train_split!r} held out (seed {seed})'
     elif evaluation is not None and evaluation.features[label_column] != label_feature:
