@@ -252,8 +252,10 @@ def test_an_image_folder_with_a_metadata_file_takes_its_labels_from_it(tmp_path)
         Image.new('RGB', (8, 8), (label * 20, 0, 0)).save(root / f'{label}.png')
         lines.append(f'{label}.png,{label}')
     (root / 'metadata.csv').write_text('\n'.join(lines) + '\n')
+    Image.new('RGB', (8, 8)).save(root / 'not_listed.png')  # datasets drops it unsaid: it is listed as left out
     data = load_fgvc_dataset(str(root), eval_fraction=0, check_images=False)
-    assert data.label_names == [str(c) for c in range(12)]
+    assert data.label_names == [str(c) for c in range(12)] and len(data.train) == 12
+    assert [Path(f.split(' (')[0]).name for f in data.ignored_files] == ['not_listed.png']
     assert all(data.label_names[row['label']] == str(row['image'].getpixel((0, 0))[0] // 20) for row in data.train)
     in_a_class = make_image_folder(tmp_path / 'in_a_class', splits=('',), classes=('a', 'b'), per_class=2)
     (in_a_class / 'a' / 'metadata.csv').write_text('file_name,author\n0.png,x\n')  # a class's own file

@@ -16,12 +16,12 @@ from typing import Dict, List, Optional, Tuple
 import datasets
 from PIL import Image
 
-__all__ = ['read_image_folder', 'has_metadata_file', 'holds_images']
+__all__ = ['IMAGE_SUFFIXES', 'read_image_folder', 'has_metadata_file', 'holds_images']
 
 Image.init()
 # what PIL opens (a file PIL cannot decode after all is then a bad image, named, not dropped), without its
 # identify-only stubs and video; HEIC/HEIF need a plugin: listed so that they fail loudly rather than vanish
-_IMAGE_SUFFIXES = frozenset(
+IMAGE_SUFFIXES = frozenset(
     {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
     - {'.h5', '.hdf', '.bufr', '.grib', '.mpg', '.mpeg', '.eps', '.ps'}) | {'.heic', '.heif'}
 _OS_FILES = ('thumbs.db', 'desktop.ini')  # written by file browsers, not data
@@ -45,7 +45,7 @@ def _visible_dirs(folder: Path) -> List[Path]:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in _IMAGE_SUFFIXES
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _loose_images(folder: Path) -> List[Path]:

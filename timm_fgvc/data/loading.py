@@ -23,7 +23,7 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from .image_folder import has_metadata_file, holds_images, read_image_folder
+from .image_folder import IMAGE_SUFFIXES, has_metadata_file, holds_images, read_image_folder
 
 __all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices', 'attach_transform',
            'SeededTransform', 'collate', 'open_image', 'to_rgb', 'image_problem', 'find_bad_images',
@@ -112,6 +112,19 @@ def _is_saved_dataset(root: Path) -> bool:
     return (root / 'dataset_dict.json').is_file() or (root / 'state.json').is_file()
 
 
+def _images_not_in(loaded: datasets.DatasetDict, root: Path) -> List[str]:
+    """The image files below `root` that no split of `loaded` reads (a folder with a metadata file reads only the
+    files the file lists, and `datasets` drops the others unsaid)."""
+    read = set()
+    for split in loaded.values():
+        for column, feature in split.features.items():
+            if isinstance(feature, datasets.Image):
+                read.update(os.path.realpath(item['path']) for item in
+                            split.cast_column(column, datasets.Image(decode=False))[column] if item.get('path'))
+    return [f'{path} (not in the metadata file)' for path in sorted(p for p in root.rglob('*') if p.is_file()
+            and not p.name.startswith('.') and p.suffix.lower() in IMAGE_SUFFIXES and os.path.realpath(p) not in read)]
+
+
 def _load_parquet_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
     """A folder of parquet files, split by their names as `datasets` splits a Hub repository; a file named like no
     split (when others are) is not read: it is listed, where `datasets` would drop it unsaid."""
@@ -140,9 +153,10 @@ def _load_raw(source: str, config_name: Optional[str],
         return datasets.load_dataset('parquet', data_files={'train': source}), []
     if root.is_dir() and has_metadata_file(root):
         try:
-            return datasets.load_dataset('imagefolder', data_dir=source), []
+            loaded = datasets.load_dataset('imagefolder', data_dir=source)
         except Exception as e:  # datasets raises many types (IndexError for a malformed csv): name the folder
             raise ValueError(f'Could not read the image folder with its metadata file at {source!r} ({e}).') from e
+        return loaded, _images_not_in(loaded, root)
     if root.is_dir():
         return read_image_folder(root)
     if root.exists():
