@@ -387,6 +387,8 @@ def test_a_class_too_small_to_hold_out_from_is_named_with_what_to_do(tmp_path):
         load_fgvc_dataset(str(root), eval_fraction=0.2)
     with pytest.raises(ValueError, match='a smaller --eval-fraction'):
         load_fgvc_dataset(str(root), eval_fraction=0.9)
+    with pytest.warns(UserWarning, match=r'--max-train-samples 2 keeps training images of [12] of the 4 classes'):
+        load_fgvc_dataset(str(root), eval_fraction=0, max_train_samples=2)
 
 
 def test_shots_are_drawn_from_the_readable_images(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -425,6 +426,10 @@ def load_fgvc_dataset(
             split = split.select(few_shot_indices(split[label_column], shots, seed, label_feature.names))
         if max_train_samples is not None:
             split = split.shuffle(seed=seed).select(range(min(max_train_samples, len(split))))
+            kept = len(set(split[label_column]))
+            if kept < len(label_feature.names):
+                warnings.warn(f'--max-train-samples {max_train_samples} keeps training images of {kept} of the '
+                              f'{len(label_feature.names)} classes: the others are evaluated untrained.')
         return split
 
     # k shots are drawn from the readable images (every training image is checked first), so a class keeps k
