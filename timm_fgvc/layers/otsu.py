@@ -1,7 +1,7 @@
 """ Otsu's threshold, batched in torch
 
 N. Otsu, "A threshold selection method from gray-level histograms", IEEE Trans. SMC 9(1), 1979: the threshold
-that maximises the between-class variance of a map's histogram. CAA (Sec. 3.2) binarises its attention map M
+that maximises the between-class variance of a map's histogram. CAA (Sec. 4.3) binarises its attention map M
 with it per image to get the object mask M_b.
 
 One histogram per map via `scatter_add` over `bins` bins spanning the map's own [min, max]; no loop over images,

@@ -3,7 +3,7 @@
 Shared by the methods that look at image regions:
 - LFD (Sec. 3.2): every cell of the attention map proposes a fixed square region centred on it (160 px on a
   448 px image); rank by the map, NMS at IoU 0.25, keep m = 6; crop and zoom each to 224 px.
-- CAA (Sec. 3.3): the bounding box of the Otsu mask, cropped and zoomed to the input size for the next scale.
+- CAA (Sec. 4.4): the bounding box of the Otsu mask, cropped and zoomed to the input size for the next scale.
 - SSANet: anchors scored by a navigator, NMS, top K = 4 parts, and their scale candidates (Sec. 3.2).
 
 Everything is batched and fixed-shape: NMS returns exactly K regions per image (padded, with a mask, when fewer
@@ -114,7 +114,8 @@ def propose_square_regions(attention: Tensor, image_size: Size, box_size: Size, 
                            iou_threshold: float, border: str = 'pad') -> Regions:
     """LFD Sec. 3.2: each cell of `attention` `[B, h, w]` proposes a `box_size` square centred on it ("each pixel
     in M corresponds to a region"), scored by its attention value; greedy NMS keeps the k most discriminative.
-    Border regions stay centred on their cell and reach outside the image (`border='pad'`, see `anchor_boxes`)."""
+    A border region reaches outside the image by default (`border='pad'`, NTS-Net's) or is moved inside it
+    (`'shift'`, LFD's default) or cut (`'clip'`), see `anchor_boxes`."""
     box_h, box_w = _pair(box_size)
     boxes = anchor_boxes(attention.shape[-2:], image_size, [(box_h * box_w) ** 0.5], [box_w / box_h],
                          device=attention.device, border=border)

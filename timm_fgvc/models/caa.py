@@ -49,6 +49,15 @@ Choices where the paper is open (SPEC §6):
 - Otsu uses a 256-bin histogram of each image's M; the next scale's crop is the bounding box of M_b's cells. The
   paper crops "recursively": scale k + 1's box is nested in scale k's, and its view is that box cut from the input
   image once (one interpolation, not a zoom of a zoom; 5.8% more fine detail at scale 2, measured session 17).
+  The box keeps M_b's aspect and is resized to the (square) input size, so an elongated box is stretched along its
+  short side: the paper says "cropping and amplifying" and gives no aspect rule.
+- The averaged local prediction is softmax of the spatial mean of A's L class channels (A read as logits, as for
+  M), not the mean over cells of each cell's softmax with its background renormalised away; the paper says only
+  that the local classifiers' predictions are averaged (Sec. 4.4.3).
+- Under autocast A and M are in the autocast dtype: the local classifiers (1x1 convs to 16 (L + 1) channels, about
+  a third of ResNet-50's FLOPs at L = 200) stay in bf16 with the backbone. A bf16 M moves M_b by about one cell of
+  a 14 x 14 map in some images (0.86 cells in 22 of 50 synthetic maps, session 28's review); LFD, whose NMS ranks
+  close regions, builds its M in float32.
 """
 from typing import Dict, List, Optional, Tuple, Union
 
