@@ -17,6 +17,13 @@ Training has three stages (Sec. 3.4): (1) backbone, navigator, part head and DSM
 (3) the part network (backbone, navigator, part head) with DSM and OP fixed.
 
 Choices where the paper is open (SPEC §6):
+- Not as the paper, stated here (session 28's review): OP reads each navigator part's own map, not "the proposals
+  with the aligned scale" (Sec. 3, 3.4): which scale candidate DSM aligns depends on the class (the arg-max shift
+  of Eq. 7 per class), and no reading of it is implemented. The DSM and OP heads learn at lr / (their input cells)
+  by default (`flat_head_lr='fan_in'`, see its argument), where Sec. 4.1 gives 1e-3 "for all training
+  parameters". Sec. 4.1's stage-2 "3 times lower" lr of the "global fully-connected classifier" (SSANet has none:
+  parts only) and Cars' lr step after 30 epochs of the OP stage are not implemented: every stage takes the run's
+  schedule.
 - The paper does not say how the proposal scorer learns: the navigator is trained as in NTS-Net's released code
   (github.com/yangze0930/NTS-Net, `core/model.py`): it scores the detached backbone map
   (`proposal_net(rpn_feature.detach())`), so only its own ranking (hinge) loss trains it and that loss never
