@@ -1,7 +1,7 @@
 """SSANet's alignment layers: circulant scale alignment (Eq. 6-7), oriented pooling (Eq. 9-13), scale candidates."""
 import torch
 
-from timm_fgvc.layers import circulant_alignment, oriented_pooling, scale_candidates
+from timm_fgvc.layers import circulant_alignment, circulant_shifts, oriented_pooling, scale_candidates
 
 
 def test_circulant_alignment_equals_the_circulant_matrices_of_eq6_and_eq7():
@@ -19,6 +19,16 @@ def test_circulant_alignment_equals_the_circulant_matrices_of_eq6_and_eq7():
                     circulant = torch.stack([torch.roll(phi[b, i, :, k], -r) for r in range(scales)])
                     total += circulant @ weight[i, c, :, k]
                 expected[b, i, c] = total.max()  # Eq. 7
+    expected_shift = torch.zeros(batch, parts, classes, dtype=torch.long)
+    for b in range(batch):
+        for i in range(parts):
+            for c in range(classes):
+                responses = [sum(weight[i, c, n] @ phi[b, i, (n + r) % scales] for n in range(scales))
+                             for r in range(scales)]
+                expected_shift[b, i, c] = int(torch.stack(responses).argmax())
+    assert torch.equal(circulant_shifts(phi, weight), expected_shift)  # slot n reads candidate (n + r) mod S
+    # candidates rolled by 2 scales are read two slots on: the best shift moves by 2
+    assert torch.equal(circulant_shifts(torch.roll(phi, 2, dims=2), weight), (expected_shift + 2) % scales)
     for method in ('direct', 'fft'):
         assert torch.allclose(circulant_alignment(phi, weight, method), expected, atol=1e-4), method
         # scale alignment: a cyclic shift of the candidates' scales leaves the response unchanged

@@ -356,3 +356,35 @@ def test_flattened_map_heads_learn_at_a_fan_in_scaled_lr_and_diverge_without_it(
     same, scaled = _dsm_losses('same'), _dsm_losses('fan_in')
     assert max(same) > 3 * same[0]
     assert max(scaled) < 1.5 * scaled[0] and min(scaled[-3:]) < scaled[0]
+
+
+def test_aligned_op_input_pools_the_candidate_that_dsm_reads_as_the_parts_own_scale():
+    """`op_input='aligned'` (Sec. 3 and 3.4: "the proposals with the aligned scale are further input the OP
+    module"): per part, OP pools the candidate that Eq. 7's best shift, for the class DSM predicts, puts in the middle
+    filter slot. Checked against that definition, shift by shift; the default pools the part itself."""
+    from timm_fgvc.layers import oriented_pooling
+    torch.manual_seed(0)
+    model = timm.create_model('ssanet_tiny', num_classes=4, op_input='aligned').eval()
+    head, scales, middle = model.heads['dsm'], model.num_scales, model.num_scales // 2
+    with torch.no_grad():
+        head.weight.normal_()  # a trained-looking bank: shifts other than 0 win
+        x = torch.randn(3, 3, 96, 96)
+        out = model._forward_parts(x)
+        _, _, candidate_maps = model._zoomed_feature_maps(x, out['proposal_boxes'][:, :model.num_parts],
+                                                          out['candidates'])
+        features = out['candidate_features']
+        predicted = model.heads['dsm'](features).argmax(-1)
+        chosen = []
+        for b in range(3):
+            for i in range(model.num_parts):
+                c = int(predicted[b])
+                responses = [sum(head.weight[i, c, n] @ features[b, i, (n + r) % scales] for n in range(scales))
+                             for r in range(scales)]
+                chosen.append((middle + int(torch.stack(responses).argmax())) % scales)
+        maps = torch.stack([candidate_maps[k // model.num_parts, k % model.num_parts, j] for k, j in enumerate(chosen)])
+        maps = torch.nn.functional.interpolate(maps, size=(7, 7), mode='bilinear', align_corners=False)
+        expected = oriented_pooling(maps, 3, 3).view(3, model.num_parts, 4, -1)
+    assert set(chosen) != {middle}  # some part is read at another candidate than itself
+    torch.testing.assert_close(out['oriented'], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs candidate_features='crops'"):
+        timm.create_model('ssanet_tiny', num_classes=4, op_input='aligned', candidate_features='roi_align')

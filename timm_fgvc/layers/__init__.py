@@ -7,4 +7,4 @@ from .saliency_sampler import SaliencySampler, gaussian_kernel_1d
 from .otsu import otsu_mask, otsu_threshold
 from .regions import (Regions, anchor_boxes, box_iou, crop_regions, mask_bounding_box, nms_top_k,
                       propose_square_regions, scale_candidates)
-from .alignment import circulant_alignment, oriented_pooling
+from .alignment import circulant_alignment, circulant_shifts, oriented_pooling

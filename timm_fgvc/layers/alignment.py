@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['circulant_alignment', 'oriented_pooling']
+__all__ = ['circulant_alignment', 'circulant_shifts', 'oriented_pooling']
 
 
 def circulant_alignment(candidates: Tensor, weight: Tensor, method: str = 'direct') -> Tensor:
     """Eq. 6-7: `max_r sum_k sum_n w[c, n, k] * phi[(n + r) mod S, k]` for every class c.
 
     candidates: `[B, K, S, D]` features of the S scale candidates (phi^n) of K parts; weight: `[K, C, S, D]`, one
-    filter bank per part. Returns `[B, K, C]`.
+    filter bank per part. Returns `[B, K, C]` (`circulant_shifts` gives the arg-max shift r).
 
     `method='direct'` takes every product <w[c, n], phi[m]> of a filter slot and a candidate in one batched matmul
     and sums, for each shift r, the S products on the rows of the circulant matrix C_k (Eq. 6: slot n meets
@@ -35,6 +35,17 @@ def circulant_alignment(candidates: Tensor, weight: Tensor, method: str = 'direc
         return _circulant_alignment_fft(candidates, weight)
     if method != 'direct':
         raise ValueError(f"method must be 'direct' or 'fft', got {method!r}.")
+    return _shift_responses(candidates, weight).amax(-1)  # Eq. 7: the best shift
+
+
+def circulant_shifts(candidates: Tensor, weight: Tensor) -> Tensor:
+    """The shift r of Eq. 7's max for every part and class, `[B, K, C]` long: filter slot n meets candidate
+    (n + r) mod S, so candidate (n + r) mod S is the one the classifier reads as scale n."""
+    return _shift_responses(candidates, weight).argmax(-1)
+
+
+def _shift_responses(candidates: Tensor, weight: Tensor) -> Tensor:
+    """`sum_k sum_n w[c, n, k] * phi[(n + r) mod S, k]` for every shift r: `[B, K, C, S]`."""
     batch, parts, scales, dim = candidates.shape
     classes = weight.shape[1]
     phi = candidates.float().transpose(0, 1).reshape(parts, batch * scales, dim)  # [K, B m, D]
@@ -43,7 +54,7 @@ def circulant_alignment(candidates: Tensor, weight: Tensor, method: str = 'direc
     shift = torch.arange(scales, device=candidates.device)
     partner = ((shift[:, None] + shift[None, :]) % scales).view(1, 1, scales, 1, scales)  # [n, r] -> (n + r) mod S
     rows = products.gather(4, partner.expand(parts, classes, scales, batch, scales))  # [K, C, n, B, r]
-    return rows.sum(2).amax(-1).permute(2, 0, 1)  # Eq. 7: sum over n, max over the shifts r -> [B, K, C]
+    return rows.sum(2).permute(2, 0, 1, 3)  # Eq. 6-7's sum over n for every shift r -> [B, K, C, r]
 
 
 def _circulant_alignment_fft(candidates: Tensor, weight: Tensor) -> Tensor:

@@ -17,13 +17,13 @@ Training has three stages (Sec. 3.4): (1) backbone, navigator, part head and DSM
 (3) the part network (backbone, navigator, part head) with DSM and OP fixed.
 
 Choices where the paper is open (SPEC §6):
-- Not as the paper, stated here (session 28's review): OP reads each navigator part's own map, not "the proposals
-  with the aligned scale" (Sec. 3, 3.4): which scale candidate DSM aligns depends on the class (the arg-max shift
-  of Eq. 7 per class), and no reading of it is implemented. The DSM and OP heads learn at lr / (their input cells)
-  by default (`flat_head_lr='fan_in'`, see its argument), where Sec. 4.1 gives 1e-3 "for all training
-  parameters". Sec. 4.1's stage-2 "3 times lower" lr of the "global fully-connected classifier" (SSANet has none:
-  parts only) and Cars' lr step after 30 epochs of the OP stage are not implemented: every stage takes the run's
-  schedule.
+- Not as the paper, stated here (session 28's review): OP reads each navigator part's own map by default, not "the
+  proposals with the aligned scale" (Sec. 3, 3.4); which scale candidate DSM aligns depends on the class (the
+  arg-max shift of Eq. 7 per class): `op_input='aligned'` reads it for the class DSM predicts. The DSM and OP
+  heads learn at lr / (their input cells) by default (`flat_head_lr='fan_in'`, see its argument), where Sec. 4.1
+  gives 1e-3 "for all training parameters". Sec. 4.1's stage-2 "3 times lower" lr of the "global fully-connected
+  classifier" (SSANet has none: parts only) and Cars' lr step after 30 epochs of the OP stage are not implemented:
+  every stage takes the run's schedule.
 - The paper does not say how the proposal scorer learns: the navigator is trained as in NTS-Net's released code
   (github.com/yangze0930/NTS-Net, `core/model.py`): it scores the detached backbone map
   (`proposal_net(rpn_feature.detach())`), so only its own ranking (hinge) loss trains it and that loss never
@@ -97,8 +97,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import (anchor_boxes, circulant_alignment, crop_regions, nms_top_k, oriented_pooling,
-                      scale_candidates)
+from ..layers import (anchor_boxes, circulant_alignment, circulant_shifts, crop_regions, nms_top_k,
+                      oriented_pooling, scale_candidates)
 from ._base import FGVCModel, FGVCOutput, TrainingStage, check_images, class_indices
 from ._builder import SWIN_BACKBONE_CFG, build_fgvc_model, fgvc_cfg, tagged_cfgs
 
@@ -257,6 +257,9 @@ class SSANet(FGVCModel):
             classifies these K). None (default): the navigator's parts. Measured (transfer protocol, seeds 0-2):
             the seed-0 model's modal layout for every image scores 45.1% against the navigator's 45.8%, paired
             -0.7 +- 1.4 SE: at 128 px the navigator's placement adds nothing measurable.
+        op_input: what OP pools: 'part' (default: each navigator part's own map) or 'aligned' ("the proposals with
+            the aligned scale are further input the OP module", Sec. 3 and 3.4: per part the scale candidate that
+            Eq. 7's best shift, for the class DSM predicts, puts in the middle filter slot; with crops only).
     """
     main_head = 'dsm'
     trained_by_forward_train_only = ('navigator.', 'heads.part.')  # the navigator and the part head
@@ -285,9 +288,15 @@ class SSANet(FGVCModel):
             flat_head_lr: str = 'fan_in',
             heads_on_frozen_backbone: bool = False,
             fixed_parts: Optional[Sequence[Sequence[float]]] = None,
+            op_input: str = 'part',
     ):
         if flat_head_lr not in ('fan_in', 'same'):
             raise ValueError(f"flat_head_lr must be 'fan_in' or 'same', got {flat_head_lr!r}.")
+        if op_input not in ('part', 'aligned'):
+            raise ValueError(f"op_input must be 'part' or 'aligned', got {op_input!r}.")
+        if op_input == 'aligned' and candidate_features != 'crops':
+            raise ValueError("op_input='aligned' reads the aligned candidate's own map: it needs "
+                             "candidate_features='crops'.")
         if candidate_features not in ('roi_align', 'crops'):
             raise ValueError(f"candidate_features must be 'roi_align' or 'crops', got {candidate_features!r}.")
         if mac_reduction not in ('paper', 'mean'):
@@ -322,6 +331,7 @@ class SSANet(FGVCModel):
         self.mac_weight = mac_weight
         self.mac_reduction = mac_reduction
         self.candidate_features = candidate_features
+        self.op_input = op_input
         self.dsm_pool_size = dsm_pool_size
         self.dsm_method = dsm_method
         self.part_scale = part_scale
@@ -447,7 +457,10 @@ class SSANet(FGVCModel):
                                                                           candidates)
         proposal_features = proposal_maps.mean((-2, -1))  # [B, P, D]
         candidate_features = self._candidate_features(x, feature_map, candidates, candidate_maps)
-        part_maps = proposal_maps[:, :self.num_parts].flatten(0, 1)
+        part_maps = proposal_maps[:, :self.num_parts]
+        if self.op_input == 'aligned':
+            part_maps = self._aligned_candidate_maps(candidate_features, candidate_maps)
+        part_maps = part_maps.flatten(0, 1)
         if part_maps.shape[-1] != _OP_MAP or part_maps.shape[-2] != _OP_MAP:
             part_maps = F.interpolate(part_maps, size=(_OP_MAP, _OP_MAP), mode='bilinear', align_corners=False)
         oriented = oriented_pooling(part_maps, _OP_PATCH, _OP_GRID).view(batch, self.num_parts, 4, -1)
@@ -456,6 +469,22 @@ class SSANet(FGVCModel):
                    candidates=candidates, candidate_features=candidate_features, oriented=oriented,
                    zoomed_parts=zoomed)
         return out
+
+    def _aligned_candidate_maps(self, candidate_features: torch.Tensor,
+                                candidate_maps: torch.Tensor) -> torch.Tensor:
+        """Per part, the map of the scale candidate DSM aligns with its middle filter slot (the part's own scale):
+        `[B, K, D, h, w]`. The shift of Eq. 7 is the one of the class DSM predicts (its arg-max over the summed
+        parts), so training and evaluation choose alike; the choice takes no gradient."""
+        with torch.no_grad():
+            head = self.heads['dsm']
+            shifts = circulant_shifts(candidate_features, head.weight)  # [B, K, C]
+            predicted = (circulant_alignment(candidate_features, head.weight, head.method).sum(1)
+                         + head.bias).argmax(-1)  # [B]
+            batch, parts = shifts.shape[:2]
+            shift = shifts.gather(2, predicted[:, None, None].expand(batch, parts, 1))[..., 0]  # [B, K]
+            chosen = (self.num_scales // 2 + shift) % self.num_scales
+        rows = torch.arange(batch, device=chosen.device)[:, None]
+        return candidate_maps[rows, torch.arange(parts, device=chosen.device)[None], chosen]
 
     def _op_logits(self, oriented: torch.Tensor) -> torch.Tensor:
         """Eq. 13 per part (max over the four orientations), summed over parts: `[B, K, 4, F] -> [B, C]`."""
