@@ -13,10 +13,12 @@ the default) or `pad='mean'` (the normalisation mean, a zero model input).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import datasets
 import torch
 import torch.nn as nn
 import torchvision.transforms.functional as TF
@@ -24,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision import transforms as T
 
 from .data.loading import load_fgvc_dataset
+from .engine.checkpoint import data_signature
 from .engine.config import TrainConfig
 from .inference import LoadedModel
 from .runs import run_train_config
@@ -123,8 +126,6 @@ def _in_model_classes(data, names: List[str], dataset: str):
     """`data` with its eval images labelled by the model's classes, matched by name (a folder lists its classes
     alphabetically, a Hub dataset in its own order; a test set may hold some of the classes only). A class the
     model does not know is an error."""
-    import dataclasses
-    import datasets
     column, index = data.label_column, {name: i for i, name in enumerate(names)}
     present = [data.label_names[i] for i in sorted(set(data.eval[column]))]
     unknown = [name for name in present if name not in index]
@@ -143,7 +144,6 @@ def _in_model_classes(data, names: List[str], dataset: str):
 def _check_run_eval_set(run: Dict[str, Any], data) -> None:
     """The run's own data, evaluated as the run did, must give the run's eval set (its recorded `data_signature`):
     images added or removed since would move a held-out draw onto images the run trained on."""
-    from .engine.checkpoint import data_signature
     recorded = run.get('data_signature')
     if not recorded:  # a run from before the signature was recorded
         return
