@@ -334,7 +334,7 @@ def main(argv=None):
         import timm
         from safetensors.torch import load_file
         from timm_fgvc.runs import run_model_args
-        results = json.loads((Path(args.run) / 'results.json').read_text())
+        results = loaded.run  # results.json, read and checked by load_model
         cfg = results['config']
         torch.manual_seed(cfg['seed'])
         model_args = run_model_args(results)  # with the run's output stride in backbone_args
