@@ -74,7 +74,8 @@ class _ImageFiles(torch.utils.data.Dataset):
         try:  # open_image: any mode to RGB (16-bit scaled, not clipped), a damaged file named
             return self.transform(open_image(self.files[index])), index, None
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError... per format
-            return None, index, f'not a readable image ({type(e).__name__}: {e})'
+            cause = e.__cause__ or e  # open_image's ValueError names the file, which the report names already
+            return None, index, f'not a readable image ({type(cause).__name__}: {cause})'
 
 
 def _collate(rows):
