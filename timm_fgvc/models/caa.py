@@ -392,7 +392,7 @@ default_cfgs = generate_default_cfgs({
     **tagged_cfgs('caa_resnet50', ('cub200', 'aircraft', 'cars'), crop_pct=1.0, test_input_size=448, **_PAPER),
     **tagged_cfgs('caa_resnet18', ('cub200',), crop_pct=1.0, test_input_size=448, **_PAPER),
     'caa_tiny': fgvc_cfg(input_size=96, crop_pct=1.0, num_classes=10, **_PAPER),
-    **tagged_cfgs('caa_swin_tiny', ('cub200',), **_PAPER, **SWIN_BACKBONE_CFG),
+    **tagged_cfgs('caa_swin_tiny', ('cub200',), crop_pct=1.0, test_input_size=448, **_PAPER, **SWIN_BACKBONE_CFG),
 })
 
 
