@@ -344,7 +344,8 @@ def backbone_info(backbone: nn.Module) -> BackboneInfo:
 def _caller_stacklevel() -> int:
     """The `stacklevel` of a warning raised here that points at the first frame outside timm-fgvc and torch: the
     user's line that called the model, however many torch frames lie between."""
-    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__))
+    inside = tuple(os.path.join(os.path.dirname(path), '') for path in  # the package folders, with a separator
+                   (os.path.dirname(os.path.abspath(__file__)), torch.__file__))
     frame, level = sys._getframe(1), 1  # stacklevel 1: the function that calls this (and warnings.warn)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
         frame, level = frame.f_back, level + 1
