@@ -253,6 +253,8 @@ def test_an_image_folder_with_a_metadata_file_takes_its_labels_from_it(tmp_path)
         lines.append(f'{label}.png,{label}')
     (root / 'metadata.csv').write_text('\n'.join(lines) + '\n')
     Image.new('RGB', (8, 8)).save(root / 'not_listed.png')  # datasets drops it unsaid: it is listed as left out
+    (root / '__MACOSX').mkdir()  # a zip's macOS copies are not data, as in a folder without a metadata file
+    Image.new('RGB', (8, 8)).save(root / '__MACOSX' / '0.png')
     data = load_fgvc_dataset(str(root), eval_fraction=0, check_images=False)
     assert data.label_names == [str(c) for c in range(12)] and len(data.train) == 12
     assert [Path(f.split(' (')[0]).name for f in data.ignored_files] == ['not_listed.png']

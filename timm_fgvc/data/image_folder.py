@@ -48,6 +48,11 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def is_data_file(path: Path, root: Path) -> bool:
+    """An image file below `root` that is data: neither it nor a folder between it and `root` is hidden."""
+    return _is_image(path) and not any(_is_hidden(part) for part in path.relative_to(root).parts)
+
+
 def _loose_images(folder: Path) -> List[Path]:
     """The images directly in a folder, outside any subfolder."""
     return [p for p in folder.iterdir() if p.is_file() and not _is_hidden(p.name) and _is_image(p)]

@@ -24,7 +24,7 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from .image_folder import IMAGE_SUFFIXES, has_metadata_file, holds_images, read_image_folder
+from .image_folder import has_metadata_file, holds_images, is_data_file, read_image_folder
 
 __all__ = ['FGVCData', 'load_fgvc_dataset', 'detect_columns', 'few_shot_indices', 'attach_transform',
            'SeededTransform', 'collate', 'open_image', 'to_rgb', 'image_problem', 'find_bad_images',
@@ -123,7 +123,7 @@ def _images_not_in(loaded: datasets.DatasetDict, root: Path) -> List[str]:
                 read.update(os.path.realpath(item['path']) for item in
                             split.cast_column(column, datasets.Image(decode=False))[column] if item.get('path'))
     return [f'{path} (not in the metadata file)' for path in sorted(p for p in root.rglob('*') if p.is_file()
-            and not p.name.startswith('.') and p.suffix.lower() in IMAGE_SUFFIXES and os.path.realpath(p) not in read)]
+            and is_data_file(p, root) and os.path.realpath(p) not in read)]
 
 
 def _load_parquet_folder(root: Path) -> Tuple[datasets.DatasetDict, List[str]]:
