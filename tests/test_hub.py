@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import timm
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file, save_file
 
 import timm_fgvc  # noqa: F401  (registers the methods)
@@ -267,19 +267,10 @@ def test_push_refuses_incomplete_or_pickled_folders(make_run, tmp_path):
         export_run(run, run)
 
 
-def test_push_uploads_only_the_export_and_fails_in_one_line_without_a_token_or_the_hub(make_run, tmp_path):
+def test_push_fails_in_one_line_without_a_token_or_the_hub(make_run, tmp_path):
     """Through the CLI in a fresh process with an empty HF_HOME: no token is a clear error before any Hub call;
-    with a token but the Hub unreachable (offline), one line and exit 2, not a traceback. What is uploaded is
-    selected by huggingface_hub's own filter with push's patterns: the export's three files, nothing beside them."""
-    from huggingface_hub.utils import filter_repo_objects
-
-    from timm_fgvc.hub import EXPORT_FILES
+    with a token but the Hub unreachable (offline), one line and exit 2, not a traceback."""
     folder = export_run(make_run(_random_model('resnet18')), tmp_path / 'export', repo_id='someone/model')
-    (folder / 'notes').mkdir()
-    (folder / 'notes' / 'optimizer.pkl').write_bytes(b'pickle')
-    (folder / 'results_copy.json').write_text('{"dataset_path": "/home/me"}')
-    every_file = [str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file()]
-    assert sorted(filter_repo_objects(every_file, allow_patterns=list(EXPORT_FILES))) == sorted(EXPORT_FILES)
 
     def push_cli(**env):
         environment = {k: v for k, v in offline_env(tmp_path / 'hf_home').items() if k != 'HF_TOKEN'}
@@ -291,6 +282,42 @@ def test_push_uploads_only_the_export_and_fails_in_one_line_without_a_token_or_t
     offline = push_cli(HF_TOKEN='hf_not_a_real_token')
     assert offline.returncode == 2 and 'Traceback' not in offline.stderr
     assert 'someone/model failed' in offline.stderr and 'HF_HUB_OFFLINE' in offline.stderr
+
+
+class _HubWithoutNetwork(HfApi):
+    """huggingface_hub's own client with only its HTTP calls replaced (recorded): `upload_folder` still picks the
+    files to send with its real folder walk and filters (its single-commit path)."""
+    calls: list = []
+
+    def _validate_yaml(self, content, *args, **kwargs):  # the Hub checks a model card's metadata before upload
+        assert content.startswith('---')
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(('create_repo', repo_id, kwargs))
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self.calls.append(('create_commit', repo_id, sorted(op.path_in_repo for op in operations), kwargs))
+        return 'commit'
+
+
+def test_push_sends_the_three_export_files_through_huggingface_hubs_upload(make_run, tmp_path, monkeypatch):
+    """Files beside the export (an optimizer pickle in a subfolder, a copied results file with a home path) stay on
+    the machine: `upload_folder`'s own selection with push's patterns sends the export's three files, to a repo
+    created private when asked, with the token and commit message given."""
+    import huggingface_hub.hf_api
+
+    from timm_fgvc.hub import EXPORT_FILES
+    folder = export_run(make_run(_random_model('resnet18')), tmp_path / 'export', repo_id='someone/model')
+    (folder / 'notes').mkdir()
+    (folder / 'notes' / 'optimizer.pkl').write_bytes(b'pickle')
+    (folder / 'results_copy.json').write_text('{"dataset_path": "/home/me"}')
+    monkeypatch.setattr(huggingface_hub.hf_api, 'is_xet_available', lambda: False)  # the single-commit path
+    monkeypatch.setattr('timm_fgvc.hub.HfApi', _HubWithoutNetwork)
+    monkeypatch.setattr(_HubWithoutNetwork, 'calls', [])
+    assert push(folder, 'someone/model', token='hf_x', private=True, commit_message='v1') == 'commit'
+    (_, repo, repo_args), (_, commit_repo, sent, commit_args) = _HubWithoutNetwork.calls
+    assert repo == commit_repo == 'someone/model' and repo_args == {'private': True, 'exist_ok': True}
+    assert sent == sorted(EXPORT_FILES) and commit_args['commit_message'] == 'v1'
 
 
 def test_a_method_fine_tuned_from_an_export_takes_output_stride_and_reloads_and_exports_without_the_export(tmp_path):
