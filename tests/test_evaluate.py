@@ -1,5 +1,6 @@
 """`timm-fgvc eval`: the training script's final eval numbers for the same weights and data, per-class and per-head
 accuracy, a confusion matrix, and SSANet's rotated / reduced-input robustness evaluations."""
+import collections
 import json
 
 import pytest
@@ -44,13 +45,30 @@ def test_eval_equals_the_training_scripts_final_eval(trained_run):
         assert row['top1'] == pytest.approx(100 * confusion[c, c].item() / row['samples'])
 
 
-def test_robustness_at_angle_0_and_scale_1_equals_the_plain_eval(trained_run):
+def test_robustness_evaluates_every_image_rotated_and_shrunk_with_the_pad_asked_for(trained_run, monkeypatch):
+    """SSANet's Tables 1-2: each angle and scale is one pass over the eval images, each image perturbed as named;
+    a reduced image's border is black (zero pixels in model units) or the normalisation mean (0) with pad='mean'.
+    At angle 0 and scale 1 the numbers are the plain eval's."""
     run, _ = trained_run
     loaded = load_model(checkpoint=run, device='cpu')
-    report = evaluate_model(loaded, robustness=True, rotations=(0.0, 45.0), scales=(1.0, 0.5))
+    seen = []
+    perturb = InputPerturbation.__call__
+
+    def recording(self, x):
+        out = perturb(self, x)
+        seen.append((self.angle, self.scale, out[:, 0, 0].tolist()))  # a corner pixel: fill once rotated or shrunk
+        return out
+    monkeypatch.setattr(InputPerturbation, '__call__', recording)
+    mean, std = loaded.run['data_config']['mean'], loaded.run['data_config']['std']
+    for pad, fill in (('black', [-m / s for m, s in zip(mean, std)]), ('mean', [0.0] * 3)):
+        seen.clear()
+        report = evaluate_model(loaded, robustness=True, rotations=(0.0, 45.0), scales=(1.0, 0.5), pad=pad)
+        assert report['robustness']['rotation']['0'] == report['top1']
+        assert report['robustness']['scale']['1'] == report['top1']
+        assert collections.Counter((a, s) for a, s, _ in seen) == {
+            (0.0, 1.0): 2 * report['samples'], (45.0, 1.0): report['samples'], (0.0, 0.5): report['samples']}
+        assert all(corner == pytest.approx(fill, abs=1e-5) for a, s, corner in seen if (a, s) != (0.0, 1.0))
     assert not loaded.model.training  # still usable for prediction afterwards
-    assert report['robustness']['rotation']['0'] == report['top1']
-    assert report['robustness']['scale']['1'] == report['top1']
     table = robustness_table([report, dict(report, model='other')])
     assert table.count('\n') == 3 and 'Rotated ±45°' in table and 'Reduced ×0.5' in table
 

@@ -416,3 +416,18 @@ def test_a_user_warning_shows_on_the_first_process_of_a_machine_only(monkeypatch
 
     assert [c for c, _ in warnings_seen('0')] == [UserWarning, RuntimeWarning]
     assert [c for c, _ in warnings_seen('1')] == [RuntimeWarning]
+
+
+def test_top5_counts_a_hit_up_to_the_fifth_ranked_class_and_per_region_logits_over_their_mask():
+    """With 10 classes, targets ranked 1st, 3rd, 5th and 6th give top-1 1/4 and top-5 3/4; `[B, K, C]` logits (a
+    region per slot) count the share of the masked slots that have the target."""
+    from timm_fgvc.engine.trainer import _accuracy_counts
+    ranked = torch.arange(10, 0, -1).float()  # class c ranked c + 1
+    logits, target = ranked.expand(4, 10), torch.tensor([0, 2, 4, 5])
+    assert _accuracy_counts(logits, target, 1).tolist() == [True, False, False, False]
+    assert _accuracy_counts(logits, target, 5).tolist() == [True, True, True, False]
+    per_slot = torch.stack([ranked, ranked.roll(-1), ranked.roll(3)])[None]  # target 2 ranked 3rd, 4th, 10th
+    mask = torch.tensor([[True, False, True]])
+    assert _accuracy_counts(per_slot, torch.tensor([2]), 5, mask).tolist() == pytest.approx([0.5])
+    assert _accuracy_counts(per_slot, torch.tensor([2]), 5).tolist() == pytest.approx([2 / 3])
+    assert _accuracy_counts(per_slot, torch.tensor([2]), 1, mask).tolist() == pytest.approx([0.0])
