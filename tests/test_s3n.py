@@ -53,6 +53,22 @@ def test_sparse_attention_matches_eq5():
     assert unused.abs().max() == 0
 
 
+def test_a_peak_in_both_sets_enters_each_sampling_map_in_that_sets_form_of_eq5():
+    """Table 4's 'All', the authors' warm-up and one peak under 'extremes' put a peak in T_d and T_c: Q^d gets
+    R e^(-d^2 / R beta1^2), Q^c (1 / R) e^(-d^2 / R beta2^2) (Eq. 5), so the two resampled images differ."""
+    model = timm.create_model('s3n_tiny', num_classes=4, partition='all').train()
+    peaks = dict(peak_centers=torch.tensor([[[0.3, 0.6]]]), peak_scores=torch.tensor([[0.5]]),
+                 peak_mask=torch.tensor([[True]]))
+    size = 20
+    maps = model.sampling_maps(peaks, (size, size), return_attention=False)
+    assert maps['discriminative'].all() and maps['complementary'].all()
+    xs = (torch.arange(size) + 0.5) / size
+    d2 = (xs[None, :] - 0.3) ** 2 + (xs[:, None] - 0.6) ** 2
+    for key, amplitude, beta in (('q_discriminative', 0.5, model.beta1), ('q_complementary', 2.0, model.beta2)):
+        expected = model.base_level + amplitude * torch.exp(-d2 / (0.5 * beta.detach() ** 2))
+        assert torch.allclose(maps[key][0], expected, atol=1e-5), key
+
+
 def test_sampling_maps_sum_the_member_attention_eq6():
     """Eq. 6 from the separable factors (one matmul) equals base + the sum of the members' Eq. 5 maps."""
     torch.manual_seed(0)

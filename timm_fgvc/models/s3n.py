@@ -341,11 +341,15 @@ class S3N(FGVCModel):
             self.eval_rule)
         amplitude, along_y, along_x = sparse_attention_factors(
             peaks['peak_centers'], peaks['peak_scores'], discriminative, complementary,
-            self.beta1, self.beta2, size)  # Eq. 5
+            self.beta1, self.beta2, size)  # Eq. 5, a peak in both sets in its T_d form
+        # Eq. 5's T_c form for Q^c: a peak in both sets ('all', the authors' warm-up, one peak under 'extremes')
+        # adds R e^(..beta1) to Q^d and (1 / R) e^(..beta2) to Q^c, as the authors' generate_map does
+        c_form = sparse_attention_factors(peaks['peak_centers'], peaks['peak_scores'],
+                                          torch.zeros_like(complementary), complementary, self.beta1, self.beta2, size)
         out = dict(
             discriminative=discriminative, complementary=complementary,
             q_discriminative=sampling_map(amplitude, along_y, along_x, discriminative, self.base_level),  # Eq. 6
-            q_complementary=sampling_map(amplitude, along_y, along_x, complementary, self.base_level),  # Eq. 6
+            q_complementary=sampling_map(*c_form, complementary, self.base_level),  # Eq. 6
         )
         if return_attention:
             out['attention'] = attention_from_factors(amplitude, along_y, along_x)  # Eq. 5
