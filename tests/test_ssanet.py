@@ -1,4 +1,6 @@
 """SSANet: MAC loss (Eq. 1-2), navigator ranking (NTS-Net), proposals and parts, DSM + OP, the three stages."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 import timm_fgvc  # noqa: F401
 from timm_fgvc.engine.trainer import apply_stage
 from timm_fgvc.layers import box_iou, crop_regions
-from timm_fgvc.models.ssanet import mac_loss, ranking_loss
+from timm_fgvc.models.ssanet import Navigator, mac_loss, ranking_loss
 
 
 def tiny_ssanet(num_classes=5, **kwargs):
@@ -388,3 +390,22 @@ def test_aligned_op_input_pools_the_candidate_that_dsm_reads_as_the_parts_own_sc
     torch.testing.assert_close(out['oriented'], expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="needs candidate_features='crops'"):
         timm.create_model('ssanet_tiny', num_classes=4, op_input='aligned', candidate_features='roi_align')
+
+
+def test_navigator_scores_anchors_in_float32_under_autocast_and_with_half_weights():
+    """bf16 anchor scores tie and reorder (NMS and the ranking then pick other parts): under autocast, and with the
+    model cast to bf16, the navigator scores as float32 does from the same feature map and weights."""
+    torch.manual_seed(0)
+    navigator = Navigator(32, [6, 6, 9]).eval()
+    feature_map = torch.randn(2, 32, 8, 8).bfloat16().float()  # values a bf16 backbone can give
+    with torch.no_grad():
+        reference = navigator(feature_map)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            autocast = navigator(feature_map)
+        rounded = copy.deepcopy(navigator).bfloat16().float()  # the bf16 model's weights, in float32
+        expected_half = rounded(feature_map)
+        half = navigator.bfloat16()(feature_map.bfloat16())
+    for got, want in ((autocast, reference), (half, expected_half)):
+        for level, expected in zip(got, want):
+            assert level.dtype == torch.float32 and torch.allclose(level, expected, atol=1e-5, rtol=1e-5)
+    assert len(torch.cat([s.flatten() for s in half]).unique()) == sum(s.numel() for s in half)  # no ties

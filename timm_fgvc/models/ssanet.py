@@ -135,12 +135,20 @@ class Navigator(nn.Module):
 
     def forward(self, feature_map: torch.Tensor) -> List[torch.Tensor]:
         """Per level, the anchor scores `[B, A, h, w]` (A anchors per cell; `propose` flattens them cell-major,
-        in `anchor_boxes` order)."""
-        scores, x = [], feature_map
-        for down, score in zip(self.down, self.score):
-            x = F.relu(down(x))
-            scores.append(score(x))
+        in `anchor_boxes` order). In float32 with autocast off, also with half weights: bf16 scores tie (about
+        one in seven of 240 anchors) and NMS and the ranking then pick other parts than float32 does."""
+        scores = []
+        with torch.autocast(feature_map.device.type, enabled=False):
+            x = feature_map.float()
+            for down, score in zip(self.down, self.score):
+                x = F.relu(_conv_float32(down, x))
+                scores.append(_conv_float32(score, x))
         return scores
+
+
+def _conv_float32(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    bias = None if conv.bias is None else conv.bias.float()
+    return F.conv2d(x, conv.weight.float(), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class CirculantScaleHead(nn.Module):
