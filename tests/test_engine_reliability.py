@@ -167,6 +167,47 @@ def test_a_random_state_that_cannot_be_restored_is_said_loudly(tiny_run, tmp_pat
 
 
 
+class _RunsCode:
+    """A pickle that runs code when loaded (what a checkpoint shared or downloaded could hold)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), 'ran'))
+
+
+def _rehash(checkpoint: Path) -> None:
+    """Rewrite the manifest as whoever edits a checkpoint can: it proves completeness, not trust."""
+    from timm_fgvc.engine.checkpoint import sha256_file
+    info = json.loads((checkpoint / CHECKPOINT_INFO).read_text())
+    info['files'] = {p.name: {'bytes': p.stat().st_size, 'sha256': sha256_file(p)}
+                     for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != CHECKPOINT_INFO}
+    (checkpoint / CHECKPOINT_INFO).write_text(json.dumps(info))
+
+
+def test_a_resume_unpickles_nothing_that_runs_code_and_reads_older_checkpoints_plain_state(tiny_run, tmp_path):
+    """The step counter and lr schedule are JSON; an older checkpoint's pickles of them are read with
+    weights_only=True: plain numbers resume as before, a pickle that would run code is refused unrun."""
+    run = copy_run(tiny_run, tmp_path)
+    checkpoint = run / 'checkpoints' / 'step_00000002'
+    saved = json.loads((checkpoint / 'training_state.json').read_text())
+    assert saved['train_state']['step'] == 2 and not list(checkpoint.glob('custom_checkpoint_*'))
+    (checkpoint / 'training_state.json').unlink()  # as the engine saved before: Accelerate's custom pickles
+    torch.save(saved['scheduler'], checkpoint / 'custom_checkpoint_0.pkl')
+    torch.save(saved['train_state'], checkpoint / 'custom_checkpoint_1.pkl')
+    _rehash(checkpoint)
+    resumed = train(tiny_config(tmp_path / 'resumed', max_steps=3, resume=str(checkpoint)))
+    assert [h['step'] for h in resumed['history']] == [3]
+    assert resumed['history'][0]['train_loss'] == pytest.approx(tiny_run[1]['history'][0]['train_loss'], rel=1e-5)
+    marker = tmp_path / 'ran.txt'
+    torch.save(_RunsCode(marker), checkpoint / 'custom_checkpoint_1.pkl')
+    _rehash(checkpoint)
+    with pytest.raises(ValueError, match='custom_checkpoint_1.pkl holds more than plain numbers'):
+        train(tiny_config(tmp_path / 'refused', max_steps=3, resume=str(checkpoint)))
+    assert not marker.exists()
+
+
 def test_the_benchmark_runner_resumes_a_killed_run_from_its_last_complete_checkpoint(tiny_run, tmp_path, capsys):
     """`bench/accuracy.py --suites transfer --resume`: a run killed after step 2 (step 3's checkpoint torn, no
     results) continues from step 2 and ends where the uninterrupted run ended; a folder without a complete

@@ -2,16 +2,20 @@
 
 A checkpoint is Accelerate's `save_state` folder written under a temporary name and renamed to `step_<N>` only
 when complete, with a `checkpoint.json` manifest (size and sha256 of every file, the step, and the run's
-configuration). `latest` is the newest checkpoint whose manifest holds; a damaged one is named and skipped.
+configuration) and the engine's own state (step counter, history, lr schedule) as JSON in `training_state.json`:
+nothing in a checkpoint is unpickled beyond what `torch.load(weights_only=True)` allows. `latest` is the newest
+checkpoint whose manifest holds; a damaged one is named and skipped.
 An output folder holds one run: `run_config.json` records its configuration, and another configuration is
 refused there unless `--overwrite` is given.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -25,9 +29,15 @@ from .config import TrainConfig, config_differences
 
 __all__ = ['sha256_file', 'read_state_dict', 'load_weights', 'save_checkpoint', 'list_checkpoints',
            'checkpoint_problems', 'find_checkpoint', 'check_checkpoint_config', 'check_output_dir', 'clear_run_outputs',
-           'write_run_config', 'rng_restore_problem', 'data_signature', 'CHECKPOINT_INFO', 'RUN_CONFIG']
+           'write_run_config', 'rng_restore_problem', 'data_signature', 'read_training_state',
+           'accelerate_state_folder', 'CHECKPOINT_INFO',
+           'RUN_CONFIG', 'TRAINING_STATE']
 
 CHECKPOINT_INFO = 'checkpoint.json'
+TRAINING_STATE = 'training_state.json'
+# where checkpoints before `training_state.json` kept the lr scheduler's and the step counter's state dicts (Accelerate
+# `register_for_checkpointing`, which unpickles them with weights_only=False)
+_LEGACY_STATE_FILES = {'scheduler': 'custom_checkpoint_0.pkl', 'train_state': 'custom_checkpoint_1.pkl'}
 RUN_CONFIG = 'run_config.json'
 _TMP_PREFIX = '.tmp_step_'
 # what a run writes into its output folder (`--overwrite` removes exactly these)
@@ -94,8 +104,9 @@ def list_checkpoints(output_dir: Union[str, Path]) -> List[Path]:
 
 
 def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, cfg: TrainConfig, keep: int,
-                    data: Optional[dict] = None) -> Path:
-    """`accelerator.save_state` into a temporary folder, a manifest, then an atomic rename to `step_<step>`; the
+                    data: Optional[dict] = None, training_state: Optional[dict] = None) -> Path:
+    """`accelerator.save_state` into a temporary folder, `training_state` (JSON: the engine's counters and lr
+    schedule, `read_training_state`), a manifest, then an atomic rename to `step_<step>`; the
     oldest checkpoints beyond `keep` are removed, and so are checkpoints of later steps (left by a trajectory the run
     went back from: a resume from an older or fallback checkpoint), so `latest` is always this trajectory's newest.
     `data` (`data_signature`) is recorded so that a resume can tell the data changed. Every process calls this (each
@@ -110,6 +121,8 @@ def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, cfg: T
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if training_state is not None:
+            (tmp / TRAINING_STATE).write_text(json.dumps(training_state))
         files = {}
         for path in sorted(p for p in tmp.iterdir() if p.is_file()):
             _fsync(path)
@@ -236,6 +249,43 @@ def check_checkpoint_config(path: Union[str, Path], cfg: TrainConfig, num_proces
         raise ValueError(f'Checkpoint {path} belongs to another run configuration; it differs in: '
                          + '; '.join(differences) + '. Resume with the same settings, or start this run in a new '
                          '--output-dir.')
+
+
+def read_training_state(path: Union[str, Path]) -> dict:
+    """The engine's state saved with a checkpoint: `{'scheduler': ..., 'train_state': ...}` state dicts, from
+    `training_state.json`, or from an older checkpoint's pickles read with `weights_only=True` (plain numbers and
+    strings; a pickle that needs more is refused, never run)."""
+    path = Path(path)
+    if (path / TRAINING_STATE).is_file():
+        return json.loads((path / TRAINING_STATE).read_text())
+    if not all((path / name).is_file() for name in _LEGACY_STATE_FILES.values()):
+        raise ValueError(f'Checkpoint {path} holds no {TRAINING_STATE} (the step counter and lr schedule): it cannot '
+                         'be resumed. Start a new run from its weights with --initial-checkpoint.')
+    state = {}
+    for key, name in _LEGACY_STATE_FILES.items():
+        try:
+            state[key] = accelerate_load(path / name, map_location='cpu', weights_only=True)
+        except Exception as e:  # torch's UnpicklingError for anything beyond plain data
+            raise ValueError(f'Checkpoint {path / name} holds more than plain numbers ({type(e).__name__}); it is '
+                             'not loaded (unpickling runs code). Start a new run from the checkpoint\'s weights '
+                             'with --initial-checkpoint.') from e
+    return state
+
+
+@contextlib.contextmanager
+def accelerate_state_folder(path: Union[str, Path]):
+    """`path` for `accelerator.load_state`, or for an older checkpoint a temporary folder linking every file but the
+    custom-state pickles: Accelerate would unpickle those with weights_only=False (`read_training_state` reads them
+    safely instead)."""
+    path = Path(path)
+    if not any((path / name).exists() for name in _LEGACY_STATE_FILES.values()):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix='timm_fgvc_resume_') as folder:
+        for file in path.iterdir():
+            if file.name not in _LEGACY_STATE_FILES.values():
+                os.symlink(file.resolve(), Path(folder) / file.name)
+        yield Path(folder)
 
 
 def rng_restore_problem(path: Union[str, Path], process_index: int) -> Optional[str]:

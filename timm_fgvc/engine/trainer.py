@@ -43,9 +43,9 @@ from ..models._builder import ModelBuildError, create_model_or_explain
 from ..optim import parameter_groups
 from ..models._weights import (is_method_state, load_backbone_weights, load_fine_tune_weights,
                                state_dict_keys)
-from .checkpoint import (check_checkpoint_config, check_output_dir, clear_run_outputs, data_signature,
-                         find_checkpoint, load_weights, rng_restore_problem, save_checkpoint, warn_loudly,
-                         write_run_config)
+from .checkpoint import (accelerate_state_folder, check_checkpoint_config, check_output_dir, clear_run_outputs,
+                         data_signature, find_checkpoint, load_weights, read_training_state, rng_restore_problem,
+                         save_checkpoint, warn_loudly, write_run_config)
 from .config import TrainConfig
 from .curves import plot_curves
 
@@ -101,7 +101,7 @@ class TrainStep(nn.Module):
 
 @dataclass
 class TrainState:
-    """Counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+    """Counters saved with every checkpoint (in its `training_state.json`)."""
     step: int = 0
     history: List[dict] = field(default_factory=list)
     # the current epoch's summed losses and batch counts (all, and per loss term: a term of one stage is averaged
@@ -123,6 +123,11 @@ class TrainState:
         # older checkpoints counted batches only: every term so far then ran in all of them
         self.epoch_term_batches = json.loads(state.get('epoch_term_batches', 'null')) or {
             name: self.epoch_batches for name in self.epoch_losses}
+
+
+def training_state(scheduler, state: TrainState) -> dict:
+    """What a checkpoint saves beside Accelerate's state (`read_training_state` reads it back), as JSON."""
+    return {'scheduler': scheduler.state_dict(), 'train_state': state.state_dict()}  # lr_lambdas: None each
 
 
 def model_kwargs(cfg: TrainConfig) -> Dict:
@@ -500,12 +505,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adamw'.")
 
 
-def resume_state(accelerator: Accelerator, cfg: TrainConfig, signature: dict) -> Tuple[Path, List[str]]:
-    """Load the checkpoint `--resume` names (after checking it belongs to this run and data) into every registered
-    object; returns its path and the warnings shown, a process's random state not restored among them."""
+def resume_state(accelerator: Accelerator, cfg: TrainConfig, signature: dict, scheduler,
+                 state: TrainState) -> Tuple[Path, List[str]]:
+    """Load the checkpoint `--resume` names (after checking it belongs to this run and data) into the prepared
+    objects, the lr `scheduler` and the `state` counters; returns its path and the warnings shown, a process's
+    random state not restored among them."""
     path, messages = find_checkpoint(Path(cfg.output_dir), cfg.resume)
     check_checkpoint_config(path, cfg, accelerator.num_processes, data=signature)
-    accelerator.load_state(str(path))
+    saved = read_training_state(path)  # before any weight is loaded: a checkpoint that cannot resume fails here
+    with accelerate_state_folder(path) as folder:
+        accelerator.load_state(str(folder))
+    scheduler.load_state_dict(saved['scheduler'])
+    state.load_state_dict(saved['train_state'])
     rng_problem = rng_restore_problem(path, accelerator.process_index)
     if rng_problem:
         messages.append(f'The random state of process {accelerator.process_index} was not restored from {path} '
@@ -645,9 +656,7 @@ def _train(cfg: TrainConfig) -> dict:
     total_steps = bounds[-1][1] if cfg.max_steps is None else min(bounds[-1][1], cfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [lambda s, g=g: factor(s, g) for g in group_names])
-    accelerator.register_for_checkpointing(scheduler)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
 
     def trained_lr(group: str) -> float:
         """The lr of `group` at the last optimizer step (the optimizer's is already the next step's)."""
@@ -655,7 +664,8 @@ def _train(cfg: TrainConfig) -> dict:
 
     signature = data_signature(data.train[data.label_column],
                                data.eval[data.label_column] if data.eval is not None else None, data.label_names)
-    resume_path, resume_warnings = resume_state(accelerator, cfg, signature) if cfg.resume else (None, [])
+    resume_path, resume_warnings = (resume_state(accelerator, cfg, signature, scheduler, state) if cfg.resume
+                                    else (None, []))
     if resume_path is not None:
         accelerator.print(f'Resumed from {resume_path} at step {state.step}')
 
@@ -714,7 +724,8 @@ def _train(cfg: TrainConfig) -> dict:
             epoch_end = state.step >= total_steps or state.step % steps_per_epoch == 0
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not epoch_end:
                 # (an epoch's end saves below, with its record)
-                save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints, signature)
+                save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints, signature,
+                                training_state(scheduler, state))
             if epoch_end:
                 break
         progress.close()
@@ -743,7 +754,8 @@ def _train(cfg: TrainConfig) -> dict:
         state.history.append(record)
         accelerator.log(record, step=state.step)
         accelerator.print(format_record(record, total_epochs))
-        save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints, signature)  # with its record
+        save_checkpoint(accelerator, output_dir, state.step, cfg, cfg.keep_checkpoints, signature,
+                        training_state(scheduler, state))  # with its record
 
     final = dict(state.history[-1]) if state.history else {}
     per_process = per_process_weights_checksum(accelerator, inner)
