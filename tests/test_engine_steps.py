@@ -151,6 +151,14 @@ def test_schedule_and_warmup_restart_at_a_stage_that_sets_its_own_lrs(tmp_path, 
 
 
 # --- gradient accumulation --------------------------------------------------------------------------------
+def test_step_schedule_drops_at_whole_multiples_of_its_interval_in_steps():
+    """--step-epochs 0.14 at 50 steps per epoch is a drop every 7 steps (0.14 * 50 is 7.000000000000001 in floating
+    point: dividing by it dropped the lr a step late, at 8, 15, ...)."""
+    cfg = TrainConfig(scheduler='step', step_epochs=0.14, step_gamma=0.1, warmup_epochs=0, epochs=1)
+    factor = trainer.stage_schedule([trainer.TrainingStage('main')], cfg, steps_per_epoch=50)[2]
+    assert [factor(t, 'new') for t in (0, 6, 7, 13, 14)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
 def test_two_accumulated_batches_of_4_make_the_update_of_one_batch_of_8(tmp_path, monkeypatch):
     """16 images, 1 epoch, cosine: batches of 8 give 2 optimizer steps; batches of 4 accumulated in pairs also give 2
     (the epoch and the schedule count optimizer steps, not batches), at the same lrs, to the same weights."""

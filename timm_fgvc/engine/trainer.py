@@ -332,6 +332,7 @@ def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_
         start += length
     backbone_lr = resolve_backbone_lr(cfg)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    step_interval = max(1, int(round(cfg.step_epochs * steps_per_epoch)))  # whole steps, as the stage bounds
 
     def stage_of(step: int) -> int:
         return next((i for i, (a, b) in enumerate(bounds) if step < b), len(bounds) - 1)
@@ -343,7 +344,7 @@ def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_
         if cfg.scheduler == 'cosine':
             value = 0.5 * (1 + math.cos(math.pi * min(local / (b - a), 1.0)))
         elif cfg.scheduler == 'step':
-            value = cfg.step_gamma ** int(local / (cfg.step_epochs * steps_per_epoch))
+            value = cfg.step_gamma ** (local // step_interval)
         elif cfg.scheduler in ('none', 'constant'):
             value = 1.0
         else:
