@@ -2,6 +2,7 @@
 failures, typed configs, --help, and clear errors. One tiny run (s3n_tiny, 3 steps) is shared by the tests that
 read checkpoints; a test that damages files works on a copy."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -81,11 +82,68 @@ def test_a_wrong_model_or_schedule_fails_before_overwrite_clears_the_old_run(tin
                                (dict(model_args={'not_an_argument': 1}), 'cannot be built with'),
                                (dict(stage_epochs=[1.0, 2.0]), '--stage-epochs gives 2 values'),
                                (dict(start_stage=3), '--start-stage 3 out of range'),
-                               (dict(pretrained_path=str(tmp_path / 'missing.safetensors')), 'no such file')):
+                               (dict(pretrained_path=str(tmp_path / 'missing.safetensors')), 'no such file'),
+                               (dict(), 'No local folder or file')):  # only the data is wrong: read before clearing
         with pytest.raises((ValueError, FileNotFoundError), match=message):
             train(tiny_config(run, lr=0.05, max_steps=2, overwrite=True, dataset=str(tmp_path / 'no_such_folder'),
                               **overrides))
     assert sorted(str(p.relative_to(run)) for p in run.rglob('*')) == before
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_a_file_is_not_a_folder(tiny_run, tmp_path):
+    """Two runs in one folder would delete and overwrite each other's checkpoints and results (each then credited
+    with the other's top-1): the folder is locked while a run trains in it, and freed when it ends."""
+    from timm_fgvc.engine.checkpoint import run_folder_lock
+    folder = tmp_path / 'busy'
+    with run_folder_lock(folder):
+        with pytest.raises(ValueError, match=rf'Another process \(pid {os.getpid()}\) is training in --output-dir'):
+            train(tiny_config(folder, max_steps=1))
+    assert not _holds_any_run_output(folder)
+    train(tiny_config(folder, max_steps=1))  # freed
+    (tmp_path / 'a_file').write_text('')
+    with pytest.raises(ValueError, match='is a file: name a folder'):
+        train(tiny_config(tmp_path / 'a_file', max_steps=1))
+
+
+def _holds_any_run_output(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ('checkpoints', 'results.json', 'model.safetensors',
+                                                      'run_config.json'))
+
+
+def test_a_resume_that_cannot_run_is_refused_before_the_data_is_read_and_leaves_nothing(tiny_run, tmp_path,
+                                                                                      monkeypatch):
+    """No checkpoint, another configuration's, or one past --max-steps (nothing would train, and results.json
+    would file step-3 weights under a 2-step run): refused up front, with no run_config.json left to block the
+    right resume."""
+    import timm_fgvc.engine.trainer as trainer
+    run = copy_run(tiny_run, tmp_path)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError('the data was read before the resume was checked')
+    monkeypatch.setattr(trainer, 'load_fgvc_dataset', no_data)
+    with pytest.raises(FileNotFoundError, match='No checkpoint to resume from'):
+        train(tiny_config(tmp_path / 'empty', resume='latest'))
+    assert not _holds_any_run_output(tmp_path / 'empty')
+    with pytest.raises(ValueError, match=r'step_00000003 is at step 3, past --max-steps 2'):
+        train(tiny_config(run, max_steps=2, resume='latest'))
+    with pytest.raises(ValueError, match=r'another run configuration.*lr: 0\.02 there, 0\.5 here'):
+        train(tiny_config(tmp_path / 'other', lr=0.5, resume=str(run / 'checkpoints' / 'step_00000002')))
+    assert not _holds_any_run_output(tmp_path / 'other')
+
+
+def test_a_diverged_model_gets_no_top1_and_a_one_line_error(tmp_path, capsys):
+    """A step that sends the weights to inf leaves every prediction NaN: the run stops with what to do, instead of
+    reporting the top-1 of an argmax over NaN (a number `timm-fgvc record` would publish)."""
+    from timm_fgvc.engine.trainer import main
+    with pytest.raises(FloatingPointError, match=r'non-finite outputs for 6 of 6 eval images.*Lower --lr'):
+        train(tiny_config(tmp_path / 'run', lr=1e12, max_steps=1))
+    with pytest.raises(SystemExit) as stopped:
+        main(['--model', 's3n_tiny', '--synthetic-classes', '3', '--synthetic-train-per-class', '8',
+              '--synthetic-test-per-class', '2', '--synthetic-image-size', '64', '--batch-size', '8',
+              '--optimizer', 'sgd', '--lr', '1e12', '--max-steps', '1', '--check-images', 'false',
+              '--output-dir', str(tmp_path / 'cli')])
+    assert stopped.value.code == 2 and 'Traceback' not in capsys.readouterr().err
+    assert not (tmp_path / 'cli' / 'results.json').exists()
 
 
 # --- atomic checkpoints and fallback ---------------------------------------------------------------------

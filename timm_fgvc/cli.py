@@ -237,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _ACTIONS[args.action](args)
-    except (OSError, ValueError) as e:  # a missing file, bad input, the Hub unreachable: one line, exit 2
+    except (OSError, ValueError, FloatingPointError) as e:  # bad input, the Hub unreachable, a diverged model
         print(f'timm-fgvc {args.action}: error: {e}', file=sys.stderr)
         return 2
 

@@ -30,7 +30,7 @@ from .config import TrainConfig, config_differences
 __all__ = ['sha256_file', 'read_state_dict', 'load_weights', 'save_checkpoint', 'list_checkpoints',
            'checkpoint_problems', 'find_checkpoint', 'check_checkpoint_config', 'check_output_dir', 'clear_run_outputs',
            'write_run_config', 'rng_restore_problem', 'data_signature', 'read_training_state',
-           'accelerate_state_folder', 'CHECKPOINT_INFO',
+           'accelerate_state_folder', 'run_folder_lock', 'check_resume_steps', 'CHECKPOINT_INFO',
            'RUN_CONFIG', 'TRAINING_STATE']
 
 CHECKPOINT_INFO = 'checkpoint.json'
@@ -39,6 +39,7 @@ TRAINING_STATE = 'training_state.json'
 # `register_for_checkpointing`, which unpickles them with weights_only=False)
 _LEGACY_STATE_FILES = {'scheduler': 'custom_checkpoint_0.pkl', 'train_state': 'custom_checkpoint_1.pkl'}
 RUN_CONFIG = 'run_config.json'
+LOCK_FILE = '.timm_fgvc.lock'  # held by the process training in the folder (`run_folder_lock`)
 _TMP_PREFIX = '.tmp_step_'
 # what a run writes into its output folder (`--overwrite` removes exactly these)
 _RUN_OUTPUTS = ('checkpoints', 'results.json', 'model.safetensors', 'curves.png', RUN_CONFIG, 'logs')
@@ -349,6 +350,47 @@ def check_output_dir(cfg: TrainConfig) -> None:
                          '--output-dir, or pass --overwrite to replace that run.')
     raise ValueError(f'--output-dir {output_dir} already holds a run of this configuration{where}. Pass --resume '
                      'latest to continue it, or --overwrite to start again.')
+
+
+@contextlib.contextmanager
+def run_folder_lock(output_dir: Union[str, Path]):
+    """Hold `output_dir` for one training process: a second run started into it is refused at once (two runs would
+    delete and overwrite each other's checkpoints and results). The lock goes with its process: a killed run holds
+    none, so its resume is not blocked."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f'--output-dir {output_dir} is a file: name a folder (a new one, or a run\'s).')
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on Windows
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / LOCK_FILE, 'a+') as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or '?'
+            raise ValueError(f'Another process (pid {holder}) is training in --output-dir {output_dir}: wait for it '
+                             'to finish, or use another --output-dir.') from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_resume_steps(saved: dict, cfg: TrainConfig, path: Union[str, Path]) -> None:
+    """A checkpoint past `--max-steps` would train nothing and record its weights under the shorter run's
+    configuration."""
+    step = int(saved['train_state']['step'])
+    if cfg.max_steps is not None and step > cfg.max_steps:
+        raise ValueError(f'Checkpoint {path} is at step {step}, past --max-steps {cfg.max_steps}: nothing would '
+                         'train. Resume with a larger --max-steps, or name an earlier checkpoint folder with --resume.')
 
 
 def clear_run_outputs(output_dir: Union[str, Path]) -> None:

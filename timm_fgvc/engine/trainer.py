@@ -43,9 +43,9 @@ from ..models._builder import ModelBuildError, create_model_or_explain
 from ..optim import parameter_groups
 from ..models._weights import (is_method_state, load_backbone_weights, load_fine_tune_weights,
                                state_dict_keys)
-from .checkpoint import (accelerate_state_folder, check_checkpoint_config, check_output_dir, clear_run_outputs,
-                         data_signature, find_checkpoint, load_weights, read_training_state, rng_restore_problem,
-                         save_checkpoint, warn_loudly, write_run_config)
+from .checkpoint import (accelerate_state_folder, check_checkpoint_config, check_output_dir, check_resume_steps,
+                         clear_run_outputs, data_signature, find_checkpoint, load_weights, read_training_state,
+                         rng_restore_problem, run_folder_lock, save_checkpoint, warn_loudly, write_run_config)
 from .config import TrainConfig
 from .curves import plot_curves
 
@@ -403,7 +403,7 @@ def evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: Trai
 def _evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: TrainConfig) -> dict:
     step_module.eval()
     correct: Dict[str, List[torch.Tensor]] = {}
-    losses = []
+    losses, diverged = [], []
     for batch in tqdm(loader, desc='eval', leave=False, disable=not accelerator.is_local_main_process):
         out = forward_batch(accelerator, step_module, batch, cfg)
         target = batch['labels']
@@ -413,10 +413,18 @@ def _evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: Tra
             hits[f'top1_{name}'] = _accuracy_counts(logits, target, 1, out['masks'].get(name))
         for name, value in accelerator.gather_for_metrics(hits).items():
             correct.setdefault(name, []).append(value.float())
+        main_logits = out['logits'][out['main']].detach()
+        diverged.append(accelerator.gather_for_metrics(~torch.isfinite(main_logits).flatten(1).all(1)))
         # per sample (its batch's mean), so the padding of a last uneven round is cut and batches weigh by size
         losses.append(accelerator.gather_for_metrics(out['losses']['loss'].detach().float().expand(len(target))))
     metrics = {f'eval_{k}': 100.0 * torch.cat(v).mean().item() for k, v in correct.items()}
     metrics['eval_loss'] = torch.cat(losses).mean().item() if losses else float('nan')
+    if correct and (torch.cat(diverged).any() or not math.isfinite(metrics['eval_loss'])):
+        step_module.train()
+        raise FloatingPointError(f'The model gives non-finite outputs for {int(torch.cat(diverged).sum())} of '
+                                 f'{len(torch.cat(diverged))} eval images (loss {metrics["eval_loss"]}): its '
+                                 'weights diverged, and a top-1 of them would mean nothing. Lower --lr and train '
+                                 'again, or evaluate an earlier checkpoint.')
     metrics['eval_samples'] = int(torch.cat(correct['top1']).numel()) if correct else 0
     step_module.train()
     return metrics
@@ -582,13 +590,19 @@ def user_warnings_on_one_process_per_machine():
 
 def train(cfg: TrainConfig) -> dict:
     """Run a whole training job; returns the results that are also written to `results.json`."""
-    with user_warnings_on_one_process_per_machine():
+    first_process = int(os.environ.get('RANK', '0')) == 0
+    with user_warnings_on_one_process_per_machine(), (run_folder_lock(cfg.output_dir) if first_process
+                                                      else contextlib.nullcontext()):
         return _train(cfg)
 
 
 def _train(cfg: TrainConfig) -> dict:
     output_dir = Path(cfg.output_dir)
     check_output_dir(cfg)  # before anything is written: one folder, one run
+    if cfg.resume:  # before the data work: the checkpoint exists, belongs to this configuration and can resume
+        path, _ = find_checkpoint(output_dir, cfg.resume)
+        check_checkpoint_config(path, cfg, int(os.environ.get('WORLD_SIZE', '1')))
+        check_resume_steps(read_training_state(path), cfg, path)
     if cfg.eval_split is not None and cfg.eval_split == cfg.train_split:  # `timm-fgvc eval --split` may score it
         raise ValueError(f'--eval-split {cfg.eval_split!r} is the training split: its top-1 would score images the '
                          'model trained on and be reported as its accuracy. Name another split, or leave '
@@ -608,11 +622,6 @@ def _train(cfg: TrainConfig) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[ddp_kwargs],
     )
-    if accelerator.is_main_process:
-        if cfg.overwrite:
-            clear_run_outputs(output_dir)
-        write_run_config(cfg)
-    accelerator.wait_for_everyone()
     set_seed(cfg.seed)
     synthetic_args = dict(num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
                           test_per_class=cfg.synthetic_test_per_class, image_size=cfg.synthetic_image_size,
@@ -669,6 +678,11 @@ def _train(cfg: TrainConfig) -> dict:
                                     else (None, []))
     if resume_path is not None:
         accelerator.print(f'Resumed from {resume_path} at step {state.step}')
+    if accelerator.is_main_process:  # only now, with the data, model and any resume accepted: a typo in a flag
+        if cfg.overwrite:  # leaves the old run whole
+            clear_run_outputs(output_dir)
+        write_run_config(cfg)
+    accelerator.wait_for_everyone()
 
     run_config = cfg.to_dict() | {'num_classes': data.num_classes, 'stages': [s.name for s in stages]}
     accelerator.init_trackers('timm-fgvc', config={k: v for k, v in run_config.items()
@@ -700,8 +714,10 @@ def _train(cfg: TrainConfig) -> dict:
                 out = forward_batch(accelerator, step_module, batch, cfg)
                 loss = out['losses']['loss']
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f'Loss is {loss.item()} at step {state.step}; lower --lr or use '
-                                             '--mixed-precision no.')
+                    raise FloatingPointError(f'Loss is {loss.item()} at step {state.step}: the run diverged. Lower '
+                                             '--lr' + (' or use --mixed-precision no' if cfg.mixed_precision != 'no'
+                                                       else '') + ', and start again (--overwrite), or resume '
+                                             'from an earlier checkpoint with --resume <its folder>.')
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.clip_grad:
                     accelerator.clip_grad_norm_(step_module.parameters(), cfg.clip_grad)
@@ -803,7 +819,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
             datasets.disable_progress_bars()
             datasets.logging.set_verbosity_warning()
         return train(cfg)
-    except (ValueError, OSError) as e:  # bad input: the message says what to do; --verbose keeps the traceback
+    except (ValueError, OSError, FloatingPointError) as e:  # bad input or a diverged run: the message says what to
+        # do; --verbose keeps the traceback
         if cfg is not None and cfg.verbose:
             raise
         print(f'train_fgvc.py: error: {e}', file=sys.stderr)
