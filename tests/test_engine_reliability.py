@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import timm_fgvc  # noqa: F401  (registers the methods)
 from timm_fgvc.engine.checkpoint import (CHECKPOINT_INFO, find_checkpoint, list_checkpoints, load_weights,
@@ -304,6 +304,30 @@ def test_initial_checkpoint_can_be_a_checkpoint_folder(tiny_run):
     other = timm.create_model('s3n_tiny', num_classes=5)
     with pytest.raises(ValueError, match='trained for 3 classes'):
         load_weights(other, checkpoint)
+
+
+def test_weights_of_an_unfinished_or_damaged_checkpoint_are_refused_by_eval_and_initial_checkpoint(tiny_run,
+                                                                                                   tmp_path):
+    """The manifest a resume checks guards eval, predict and --initial-checkpoint too: a killed save's
+    `.tmp_step_*` folder or changed weights are refused, naming the newest complete checkpoint."""
+    from timm_fgvc.inference import load_model
+    run = copy_run(tiny_run, tmp_path)
+    checkpoints = run / 'checkpoints'
+    unfinished = checkpoints / '.tmp_step_00000004'
+    shutil.copytree(checkpoints / 'step_00000003', unfinished)
+    (unfinished / CHECKPOINT_INFO).unlink()
+    with pytest.raises(ValueError, match=r'save did not finish.*newest complete checkpoint there is .*step_00000003'):
+        load_model(checkpoint=unfinished, device='cpu')
+    weights = checkpoints / 'step_00000003' / 'model.safetensors'
+    state = load_file(str(weights))
+    state = {k: v + 1 if k.endswith('heads.joint.bias') else v for k, v in state.items()}
+    save_file(state, str(weights), metadata={'format': 'pt'})  # as Accelerate saves it: the same size, other values
+    for load in (lambda: load_model(checkpoint=weights, device='cpu'),
+                 lambda: build_model(TrainConfig(model='s3n_tiny', initial_checkpoint=str(weights.parent)), 3)):
+        with pytest.raises(ValueError, match=r'damaged checkpoint .*step_00000003: model.safetensors content changed'
+                                             r'.*newest complete checkpoint there is .*step_00000002'):
+            load()
+    assert load_model(checkpoint=checkpoints / 'step_00000002', device='cpu').run is not None  # intact: loads
 
 
 def test_yaml_values_are_cast_by_field_type_and_errors_name_the_field(tmp_path):

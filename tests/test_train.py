@@ -197,6 +197,8 @@ def test_bad_data_fails_with_what_to_do(tmp_path):
     with pytest.raises(ValueError, match=r"--eval-split 'train' is the training split"):
         train(small_config(tmp_path / 'self_eval', eval_split='train'))
     assert not (tmp_path / 'self_eval').exists()  # refused before the run wrote anything
+    with pytest.raises(ValueError, match='--skip-bad-images leaves out.*--check-images false turns that check off'):
+        train(small_config(tmp_path / 'unchecked', check_images=False, skip_bad_images=True))
     with pytest.raises(ValueError, match="--model-args sets 'num_classes'.*dataset's classes"):
         train(small_config(tmp_path / 'classes', model_args={'num_classes': 5}))
 
@@ -431,3 +433,12 @@ def test_top5_counts_a_hit_up_to_the_fifth_ranked_class_and_per_region_logits_ov
     assert _accuracy_counts(per_slot, torch.tensor([2]), 5, mask).tolist() == pytest.approx([0.5])
     assert _accuracy_counts(per_slot, torch.tensor([2]), 5).tolist() == pytest.approx([2 / 3])
     assert _accuracy_counts(per_slot, torch.tensor([2]), 1, mask).tolist() == pytest.approx([0.0])
+
+
+def test_a_synthetic_run_records_no_local_folder_named_synthetic(tmp_path, monkeypatch):
+    """'synthetic' is the embedded set even beside a folder of that name: the run must not record the folder as
+    its data (eval from elsewhere would then open it)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'synthetic').mkdir()
+    results = train(small_config(tmp_path / 'run', max_steps=1))
+    assert results['dataset'] == 'synthetic' and results['dataset_path'] is None

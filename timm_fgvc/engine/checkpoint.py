@@ -30,7 +30,8 @@ from .config import TrainConfig, config_differences
 __all__ = ['sha256_file', 'read_state_dict', 'load_weights', 'save_checkpoint', 'list_checkpoints',
            'checkpoint_problems', 'find_checkpoint', 'check_checkpoint_config', 'check_output_dir', 'clear_run_outputs',
            'write_run_config', 'rng_restore_problem', 'data_signature', 'read_training_state',
-           'accelerate_state_folder', 'run_folder_lock', 'check_resume_steps', 'CHECKPOINT_INFO',
+           'accelerate_state_folder', 'run_folder_lock', 'check_resume_steps', 'check_checkpoint_weights',
+           'CHECKPOINT_INFO',
            'RUN_CONFIG', 'TRAINING_STATE']
 
 CHECKPOINT_INFO = 'checkpoint.json'
@@ -53,6 +54,7 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
     `path` may be a weights file, an exported folder, or a run's `checkpoints/step_*` folder (whose keys carry the
     training wrapper's `model.` prefix).
     """
+    check_checkpoint_weights(path)
     state = model_state(read_state_dict(path), model)  # a train_fgvc.py checkpoint: TrainStep.model's keys
     own = model.state_dict()
     heads = classifier_names(model)
@@ -154,8 +156,9 @@ def _read_info(path: Path) -> Optional[dict]:
         return None
 
 
-def checkpoint_problems(path: Union[str, Path]) -> Dict[str, str]:
-    """`{file name: what is wrong}` for a checkpoint folder; empty when every file is as it was saved."""
+def checkpoint_problems(path: Union[str, Path], only: Optional[Sequence[str]] = None) -> Dict[str, str]:
+    """`{file name: what is wrong}` for a checkpoint folder (of the files named in `only`, else all); empty when
+    every file is as it was saved."""
     path = Path(path)
     if not path.is_dir():
         return {str(path): 'no such checkpoint folder'}
@@ -166,6 +169,8 @@ def checkpoint_problems(path: Union[str, Path]) -> Dict[str, str]:
     problems = {}
     for name, expected in info['files'].items():
         file = path / name
+        if only is not None and name not in only:
+            continue
         if not file.is_file():
             problems[name] = 'missing'
         elif file.stat().st_size != expected['bytes']:
@@ -173,6 +178,28 @@ def checkpoint_problems(path: Union[str, Path]) -> Dict[str, str]:
         elif sha256_file(file) != expected['sha256']:
             problems[name] = 'content changed since it was saved (sha256 differs)'
     return problems
+
+
+def check_checkpoint_weights(path: Union[str, Path]) -> None:
+    """Weights read from a run's `checkpoints/` folder (eval, predict, --initial-checkpoint) must be a checkpoint
+    whose save finished, as saved (its manifest): a killed save's `.tmp_step_*` or a damaged file is refused, a
+    folder without a manifest is warned of."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if folder.parent.name != 'checkpoints' or not folder.name.startswith(('step_', _TMP_PREFIX)):
+        return
+    complete = [p for p in list_checkpoints(folder.parent.parent)
+                if not checkpoint_problems(p, only=['model.safetensors'])]
+    hint = f' The newest complete checkpoint there is {complete[-1]}.' if complete else ''
+    if folder.name.startswith(_TMP_PREFIX):
+        raise ValueError(f'{folder} is a checkpoint whose save did not finish (the run was stopped while saving): '
+                         f'its weights may be partial.{hint}')
+    problems = checkpoint_problems(folder, only=['model.safetensors'])
+    if CHECKPOINT_INFO in problems:  # copied by hand, or saved before checkpoints had manifests
+        warnings.warn(f'{folder} has no {CHECKPOINT_INFO}: its weights cannot be checked against what was saved (a '
+                      f'killed save leaves none).{hint}', stacklevel=3)
+    elif problems:
+        raise ValueError(f'Cannot load the weights of damaged checkpoint {_describe(folder, problems)}.{hint}')
 
 
 def _describe(path: Path, problems: Dict[str, str]) -> str:
@@ -365,6 +392,7 @@ def run_folder_lock(output_dir: Union[str, Path]):
     except ImportError:  # no advisory locks on Windows
         yield
         return
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / LOCK_FILE, 'a+') as handle:
         try:
@@ -381,6 +409,9 @@ def run_folder_lock(output_dir: Union[str, Path]):
         try:
             yield
         finally:
+            if created and [p.name for p in output_dir.iterdir()] == [LOCK_FILE]:  # refused before it wrote anything
+                (output_dir / LOCK_FILE).unlink()
+                output_dir.rmdir()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

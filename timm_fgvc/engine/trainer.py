@@ -607,6 +607,9 @@ def _train(cfg: TrainConfig) -> dict:
         raise ValueError(f'--eval-split {cfg.eval_split!r} is the training split: its top-1 would score images the '
                          'model trained on and be reported as its accuracy. Name another split, or leave '
                          '--eval-split out to hold out --eval-fraction of training.')
+    if cfg.skip_bad_images and not cfg.check_images:
+        raise ValueError('--skip-bad-images leaves out the images the load-time check finds, and --check-images '
+                         'false turns that check off (a bad image would then stop the run mid-epoch): drop one.')
     check_model_up_front(cfg)
     distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
     ddp_kwargs = DistributedDataParallelKwargs()  # find_unused_parameters is set once the stages are known
@@ -779,7 +782,8 @@ def _train(cfg: TrainConfig) -> dict:
     results = {
         'model': cfg.model, 'dataset': cfg.dataset, 'num_classes': data.num_classes,
         # a local folder given by a relative path: where it was, so eval finds it from any working directory
-        'dataset_path': str(Path(cfg.dataset).resolve()) if Path(cfg.dataset).exists() else None,
+        'dataset_path': (str(Path(cfg.dataset).resolve())  # 'synthetic' is the embedded set, whatever folder is here
+                         if cfg.dataset != 'synthetic' and Path(cfg.dataset).exists() else None),
         'label_names': data.label_names, 'data_config': {k: list(v) if isinstance(v, tuple) else v
                                                          for k, v in data_cfg.items()},
         'config': cfg.to_dict(), 'history': state.history, 'final': final,
