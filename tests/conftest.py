@@ -8,6 +8,24 @@ from safetensors.torch import save_file
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _same_random_state_for_every_test():
+    """Each test starts from seed 0 whatever ran before it in its worker (xdist deals tests out differently from run
+    to run, and in-process training reseeds the global generators); the state is put back afterwards."""
+    import random
+
+    import numpy as np
+    import torch
+    saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    yield
+    torch.set_rng_state(saved[0])
+    random.setstate(saved[1])
+    np.random.set_state(saved[2])
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT

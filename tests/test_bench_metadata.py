@@ -41,6 +41,7 @@ def test_a_run_is_credited_to_the_revision_it_started_at_not_the_one_it_ends_at(
     deadline = time.monotonic() + 120
     while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    assert ready.exists(), f'the run never started (exit status {proc.poll()})'
     (repo / 'bench' / 'later.txt').write_text('a later commit\n')
     git(repo, 'add', '.')
     git(repo, 'commit', '-qm', 'later')

@@ -26,7 +26,7 @@ def test_jobs_run_slots_at_a_time_and_failures_and_the_deadline_are_reported(tmp
     script.write_text(JOB)
     done = tmp_path / 'done'
     done.mkdir()
-    jobs = [f'{name} 1.0 0' for name in 'abc'] + ['bad 0.1 3']
+    jobs = [f'{name} 2.5 0' for name in 'abc'] + ['bad 0.1 3']  # long enough to overlap on a loaded machine
     problems = run_sweep([f'{j} {done}' for j in jobs], slots=2, script=script, logs=tmp_path / 'logs', poll=0.05)
     spans = {p.name: tuple(map(float, p.read_text().split())) for p in done.iterdir()}
     assert set(spans) == {'a', 'b', 'c', 'bad'}

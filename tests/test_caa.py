@@ -347,3 +347,23 @@ def test_the_mask_stays_on_the_object_while_the_local_classifiers_learn():
         shares[source] = (mask[:, obj].float().mean().item(), mask[:, ~obj].float().mean().item())
     assert shares['logits'][0] > 0.9 and shares['logits'][1] < 0.1, shares
     assert shares['probabilities'][0] < 0.1 and shares['probabilities'][1] > 0.9, shares
+
+
+def test_object_head_max_pools_the_feature_map_over_the_otsu_mask_eq5(monkeypatch):
+    """Eq. 5: the object feature is the max of f(X) over the cells of M_b only (a cell outside can hold a channel's
+    larger value); an empty M_b pools the whole map; the object logits are the object head's on that feature."""
+    torch.manual_seed(0)
+    model = timm.create_model('caa_tiny', num_classes=4).eval()
+    x = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        out = model.attend(0, x)
+        feature_map = model.scale_backbone(0).forward_features(x)
+        mask = out['object_mask']
+        assert mask.any((1, 2)).all() and not mask.all((1, 2)).any()  # a real mask in each image
+        expected = torch.stack([feature_map[b][:, mask[b]].amax(-1) for b in range(3)])
+        assert not torch.allclose(expected, feature_map.amax((2, 3)))  # the mask matters here
+        assert torch.allclose(out['object_feature'], expected, atol=1e-6)
+        assert torch.allclose(out['object_logits'], model.heads['object_0'](expected), atol=1e-5)
+        monkeypatch.setattr(model, 'object_mask', lambda attention: torch.zeros_like(attention, dtype=torch.bool))
+        empty = model.attend(0, x)
+    assert torch.allclose(empty['object_feature'], feature_map.amax((2, 3)), atol=1e-6)

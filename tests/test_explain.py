@@ -101,6 +101,17 @@ def test_cli_writes_a_png_with_the_runs_class_names(tmp_path, make_run):
     assert code == 0 and out.stat().st_size > 1000
     from PIL import Image
     assert Image.open(out).height >= 2 * PANEL
+    # the sheet is the one drawn here from the run's weights, eval transform and class names (not 'class 2')
+    from timm_fgvc.inference import eval_transform, load_model
+    loaded = load_model(checkpoint=run, device='cpu')
+    transform, data_cfg = eval_transform(loaded, 64)
+    batch = torch.stack([transform(Image.open(tmp_path / f'{i}.png').convert('RGB')) for i in range(2)])
+    with torch.no_grad():
+        explanation = explain_images(loaded.model, batch)
+    named, unnamed = (np.asarray(render_explanation(batch, explanation, data_cfg['mean'], data_cfg['std'], names))
+                      for names in (['alpha', 'beta', 'gamma', 'delta'], None))
+    assert np.array_equal(np.asarray(Image.open(out).convert('RGB')), named[..., :3])
+    assert not np.array_equal(named, unnamed)
     assert main(['explain', '--model', 's3n_resnet18', '--image', str(tmp_path / 'missing.png'),
                  '--out', str(out), '--model-args', '{"backbone": "test_resnet"}']) == 2
     # a folder: its images, a file that is not one skipped with a warning; a wrong --out refused before any work
