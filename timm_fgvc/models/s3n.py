@@ -22,9 +22,11 @@ Choices where the paper is open (SPEC §6):
 - Peaks are found in float32 with autocast off (Eq. 1-3 and the peak search): a bf16 response map ties
   neighbouring cells; a plateau of equal maxima gives one peak.
 - beta1, beta2 train in their own optimiser group (`param_group_rules`): lr = `beta_lr_scale` x the new layers'
-  lr, no weight decay. The paper is silent; the authors train their width r (beta = sqrt(2) r) at 1e-4 x the base
-  lr 1e-3 = 1e-5 x the new layers' 1e-2; SGD on beta = sqrt(2) r with twice that lr moves the Gaussian as SGD on
-  r does, hence 2e-5. In the new-layer group (lr 1e-2 with weight decay) one SGD step moved beta1 by ~60%.
+  lr, no weight decay. This follows the authors' code, not the paper: Sec. 4 gives every new parameter lr 0.01,
+  and at that lr (with weight decay) one SGD step moved beta1 by ~60%. The authors train their width r
+  (beta = sqrt(2) r) at 1e-4 x the base lr 1e-3 = 1e-5 x the new layers' 1e-2; SGD on beta = sqrt(2) r with twice
+  that lr moves the Gaussian as SGD on r does, hence 2e-5. At that lr the widths stay near their start: Eq. 5's
+  beta are in practice fixed.
   Both are logged: `extras['beta1'/'beta2']` and the `beta1`/`beta2` entries of `loss()` (not summed into `loss`).
 - `recipe='authors'` (`s3n_resnet50_authors`) follows the authors' released code and CUB config
   (`demo/cub_s3n.yml`) where it differs from the paper: a 20-epoch warm-up stage in which every peak feeds both

@@ -24,6 +24,9 @@ Choices where the paper is open (SPEC §6):
   gives 1e-3 "for all training parameters". Sec. 4.1's stage-2 "3 times lower" lr of the "global fully-connected
   classifier" (SSANet has none: parts only) and Cars' lr step after 30 epochs of the OP stage are not implemented:
   every stage takes the run's schedule.
+- Precision: the navigator scores anchors and Eq. 7 aligns scales in float32, also under autocast (bf16 scores
+  tie and NMS then picks other parts); so under autocast the logits are float32 (with half weights: the weights'
+  dtype), where S3N's, LFD's and HSM's follow autocast.
 - The paper does not say how the proposal scorer learns: the navigator is trained as in NTS-Net's released code
   (github.com/yangze0930/NTS-Net, `core/model.py`): it scores the detached backbone map
   (`proposal_net(rpn_feature.detach())`), so only its own ranking (hinge) loss trains it and that loss never
