@@ -9,8 +9,8 @@ BENCH = Path(__file__).resolve().parents[1] / 'bench'
 
 
 def git(repo, *args):
-    return subprocess.run(['git', '-C', str(repo), '-c', 'user.email=t@t', '-c', 'user.name=t', *args], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(['git', '-C', str(repo), '-c', 'user.email=t@t', '-c', 'user.name=t', '-c',
+                           'commit.gpgsign=false', *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def repo_with_common(tmp_path, files=()):

@@ -129,8 +129,8 @@ def test_resume_continues_at_the_same_step_with_the_same_optimizer_state(tmp_pat
 
 
 def test_two_processes_agree_on_the_evaluated_accuracy(tmp_path):
-    launcher = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
-                '--mixed_precision', 'no', '--dynamo_backend', 'no')
+    launcher = (sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+                '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no')
     run_cli(SMALL + ['--max-steps', '2', '--output-dir', str(tmp_path)], launcher=launcher)
     results = json.loads((tmp_path / 'results.json').read_text())
     assert results['num_processes'] == 2 and results['effective_batch_size'] == 16
@@ -148,8 +148,8 @@ def test_two_processes_train_a_set_smaller_than_a_batch_per_process_and_agree_th
     """12 images, batch 8, 2 processes: a full round would need 16, so the round is padded (dropping it left each
     process no batch, and the run evaluated epoch 0 forever). HSM re-initialises its head at step 2 on every
     process alike, although each process draws its own random numbers: the weights agree at the end."""
-    launcher = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
-                '--mixed_precision', 'no', '--dynamo_backend', 'no')
+    launcher = (sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+                '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no')
     run_cli(SMALL + ['--model', 'hsm_tiny', '--shots', '3', '--stage-epochs', '1', '1', '--output-dir', str(tmp_path)],
             launcher=launcher, timeout=240)
     results = json.loads((tmp_path / 'results.json').read_text())
