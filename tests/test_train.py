@@ -154,6 +154,7 @@ def test_two_processes_train_a_set_smaller_than_a_batch_per_process_and_agree_th
             launcher=launcher, timeout=240)
     results = json.loads((tmp_path / 'results.json').read_text())
     assert [(r['epoch'], r['stage']) for r in results['history']] == [(1, 'saliency'), (2, 'finetune')]
+    assert results['effective_batch_size'] == 12  # the whole set per step, not 2 x 8
     checksums = results['per_process_weights_checksum']
     assert len(checksums) == 2 and checksums[0] == checksums[1]
 

@@ -788,7 +788,8 @@ def _train(cfg: TrainConfig) -> dict:
                                                          for k, v in data_cfg.items()},
         'config': cfg.to_dict(), 'history': state.history, 'final': final,
         'per_process_weights_checksum': per_process, 'num_processes': accelerator.num_processes,
-        'effective_batch_size': cfg.batch_size * accelerator.num_processes * cfg.grad_accum_steps,
+        # images per optimizer step (the data set itself when it is smaller than a whole step's batches)
+        'effective_batch_size': min(cfg.batch_size * accelerator.num_processes * cfg.grad_accum_steps, len(data.train)),
         'train_seconds': time.time() - start_time, 'device': str(accelerator.device),
         'params': sum(p.numel() for p in inner.parameters()),
         'model_args': model_kwargs(cfg),
