@@ -9,6 +9,7 @@ import pickle
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import torch.nn as nn
 from timm.models import register_model
 from timm.optim import param_groups_layer_decay
@@ -109,10 +110,16 @@ def test_transformers_take_any_input_size(name, kwargs):
 
 
 def test_backbone_without_dynamic_size_gets_resized_inputs():
+    """A ViT without dynamic sizing reads a 96 px input resized (bilinear) to its 224, not zero-padded to it."""
     backbone = create_backbone(VIT, depth=1, dynamic_img_size=False).eval()
     assert backbone_info(backbone).fixed_size == (224, 224)
+    x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
-        assert backbone.forward_features(torch.randn(1, 3, 96, 96)).shape == (1, 192, 14, 14)
+        features = backbone.forward_features(x)
+        resized = backbone.forward_features(F.interpolate(x, size=(224, 224), mode='bilinear', align_corners=False))
+        padded = backbone.forward_features(F.pad(x, (0, 128, 0, 128)))
+    assert features.shape == (1, 192, 14, 14) and torch.allclose(features, resized, atol=1e-5)
+    assert not torch.allclose(features, padded, atol=1e-2)
 
 
 def test_cnn_backbones_stay_plain_timm_models():

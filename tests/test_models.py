@@ -72,20 +72,29 @@ def test_works_under_autocast_and_channels_last(name):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out_bf16 = model(x)
     assert torch.isfinite(out_bf16).all()
-    assert (out_bf16.float().argmax(-1) == reference.argmax(-1)).float().mean() >= 0.5
+    # the fp32 prediction up to bf16 rounding (as test_low_precision), not merely the same top class on one image
+    assert torch.nn.functional.cosine_similarity(out_bf16.float().flatten(), reference.flatten(), 0) > 0.98
 
 
 @pytest.mark.parametrize('name', registered_methods())
 def test_num_classes_zero_gives_features_or_a_clear_error(name):
-    try:
+    """timm's `num_classes=0` (a feature extractor): HSM's attention needs no classifier, so it gives its pooled
+    features; S3N, LFD, CAA and SSANet attend through their classifier's weights and say so."""
+    if name.startswith('hsm_'):
+        torch.manual_seed(0)
         model = timm.create_model(name, num_classes=0, **TINY).eval()
-    except ValueError as e:
-        assert 'num_classes > 0' in str(e) and 'pre_logits=True' in str(e)
-        model = timm.create_model(name, num_classes=3, **TINY).eval()
-        with pytest.raises(ValueError, match='num_classes > 0'):
-            model.reset_classifier(0)
+        x = torch.randn(2, 3, 96, 96)
+        with torch.no_grad():
+            features = model(x)
+            assert features.shape == (2, model.num_features)
+            assert torch.allclose(features, model.forward_head(model.forward_features(x), pre_logits=True),
+                                  atol=1e-5)
         return
-    assert model(torch.randn(1, 3, 96, 96)).shape == (1, model.num_features)
+    with pytest.raises(ValueError, match=r'num_classes > 0.*pre_logits=True'):
+        timm.create_model(name, num_classes=0, **TINY)
+    model = timm.create_model(name, num_classes=3, **TINY).eval()
+    with pytest.raises(ValueError, match='num_classes > 0'):
+        model.reset_classifier(0)
 
 
 @pytest.mark.parametrize('name, kwargs', [(name, {}) for name in TINY_VARIANTS]
