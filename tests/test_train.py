@@ -443,3 +443,21 @@ def test_a_synthetic_run_records_no_local_folder_named_synthetic(tmp_path, monke
     (tmp_path / 'synthetic').mkdir()
     results = train(small_config(tmp_path / 'run', max_steps=1))
     assert results['dataset'] == 'synthetic' and results['dataset_path'] is None
+
+
+def test_the_engines_eval_reports_top5_of_the_main_logits_with_ten_classes():
+    """The top-5 the engine reports is of the main head at k = 5: targets ranked 1st, 3rd, 5th and 6th of ten
+    give top-1 25% and top-5 75% (with 4 classes or fewer, as in the runs above, top-5 is always 100%)."""
+    from accelerate import Accelerator
+
+    from timm_fgvc.engine.trainer import evaluate
+
+    class Ranked(torch.nn.Module):
+        def forward(self, images, labels):
+            logits = torch.arange(10, 0, -1).float().expand(len(labels), 10)  # class c ranked c + 1
+            return {'logits': {'main': logits, 'other': logits.flip(-1)}, 'main': 'main', 'masks': {},
+                    'losses': {'loss': torch.tensor(1.0)}}
+    batches = [{'pixel_values': torch.zeros(2, 3, 4, 4), 'labels': torch.tensor(pair)} for pair in ([0, 2], [4, 5])]
+    metrics = evaluate(Accelerator(cpu=True), Ranked(), batches, small_config('unused'))
+    assert metrics['eval_top1'] == pytest.approx(25.0) and metrics['eval_top5'] == pytest.approx(75.0)
+    assert metrics['eval_top1_other'] == pytest.approx(0.0) and metrics['eval_samples'] == 4
