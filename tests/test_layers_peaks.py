@@ -49,10 +49,12 @@ def test_batch_with_different_peak_counts():
     assert peaks.mask.sum(1).tolist() == [2, 0, 1, 0]
 
 
-def test_max_peaks_keeps_the_highest():
+def test_max_peaks_keeps_the_highest_and_counts_those_cut():
     peaks = find_peaks(_planted_map()[None], max_peaks=2)
     assert peaks.mask.all()
     assert peaks.coords[0].tolist() == [[3, 4], [9, 10]]
+    every = find_peaks(_planted_map()[None], max_peaks=16)
+    assert peaks.found.tolist() == every.found.tolist() == [int(every.mask.sum())] and every.found.item() > 2
 
 
 def test_window_suppresses_close_lower_peaks():

@@ -28,6 +28,7 @@ class Peaks(NamedTuple):
     coords: Tensor  # [B, K, 2] long, (row, col) in map cells; padded entries are 0
     scores: Tensor  # [B, K] map value at the peak; padded entries are 0
     mask: Tensor  # [B, K] bool, True for a real peak
+    found: Optional[Tensor] = None  # [B] peaks found before the `max_peaks` cap (more than K: the lowest were cut)
 
 
 def local_maxima(maps: Tensor, window: int = 3) -> Tensor:
@@ -100,7 +101,7 @@ def find_peaks(
         coords = F.pad(coords, (0, 0, 0, pad))
         scores = F.pad(scores, (0, pad))
         mask = F.pad(mask, (0, pad))
-    return Peaks(coords, scores, mask)
+    return Peaks(coords, scores, mask, is_peak.flatten(1).sum(1))
 
 
 def peaks_to_image_coords(

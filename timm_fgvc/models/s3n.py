@@ -329,7 +329,8 @@ class S3N(FGVCModel):
             peaks = find_peaks(response, window=self.peak_window, max_peaks=self.max_peaks)
         centers = peaks_to_image_coords(peaks, response.shape[-2:], (1, 1))  # (x, y) in [0, 1]
         return dict(response=response, use_top1=use_top1, entropy=entropy, peak_centers=centers,
-                    peak_scores=peaks.scores.float(), peak_mask=peaks.mask)
+                    peak_scores=peaks.scores.float(), peak_mask=peaks.mask,
+                    peaks_found=peaks.found)  # above max_peaks: the lowest peaks (T_c's most often) were cut
 
     def sampling_maps(self, peaks: Dict[str, torch.Tensor], size: Tuple[int, int],
                       return_attention: bool = True) -> Dict[str, torch.Tensor]:
