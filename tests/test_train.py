@@ -461,3 +461,13 @@ def test_the_engines_eval_reports_top5_of_the_main_logits_with_ten_classes():
     metrics = evaluate(Accelerator(cpu=True), Ranked(), batches, small_config('unused'))
     assert metrics['eval_top1'] == pytest.approx(25.0) and metrics['eval_top5'] == pytest.approx(75.0)
     assert metrics['eval_top1_other'] == pytest.approx(0.0) and metrics['eval_samples'] == 4
+
+
+def test_eval_every_evaluates_every_nth_epoch_and_always_the_last():
+    """--eval-every 2 over 3 epochs: epoch 2 and the final epoch 3 carry eval numbers, epoch 1 none."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        results = train(small_config(folder, epochs=3, eval_every=2, max_steps=None, checkpoint_every=0))
+    evaluated = [('eval_top1' in record) for record in results['history']]
+    assert [r['epoch'] for r in results['history']] == [1, 2, 3] and evaluated == [False, True, True]
+    assert results['final']['eval_top1'] == results['history'][-1]['eval_top1']
