@@ -4,6 +4,7 @@ read checkpoints; a test that damages files works on a copy."""
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -90,10 +91,22 @@ def test_a_wrong_model_or_schedule_fails_before_overwrite_clears_the_old_run(tin
     assert sorted(str(p.relative_to(run)) for p in run.rglob('*')) == before
 
 
-def test_a_second_run_into_a_folder_in_use_is_refused_and_a_file_is_not_a_folder(tiny_run, tmp_path):
+def test_a_second_run_into_a_folder_in_use_is_refused_and_a_file_is_not_a_folder(tiny_run, tmp_path, monkeypatch):
     """Two runs in one folder would delete and overwrite each other's checkpoints and results (each then credited
-    with the other's top-1): the folder is locked while a run trains in it, and freed when it ends."""
+    with the other's top-1): the folder is locked while a run trains in it, and freed when it ends. A forked data
+    worker does not keep it; a file system that cannot lock gets a warning and an unlocked run."""
+    fcntl = pytest.importorskip('fcntl')  # Windows: no advisory locks, runs are not locked
     from timm_fgvc.engine.checkpoint import run_folder_lock
+    trainer = os.fork()
+    if trainer == 0:  # a run that forks a data worker, then is killed (no cleanup) while the worker lives on
+        with run_folder_lock(tmp_path / 'forks'):
+            if os.fork() == 0:
+                time.sleep(3)
+                os._exit(0)
+            os._exit(0)
+    os.waitpid(trainer, 0)
+    with run_folder_lock(tmp_path / 'forks'):  # the dead run's worker does not hold the folder
+        pass
     folder = tmp_path / 'busy'
     with run_folder_lock(folder):
         with pytest.raises(ValueError, match=rf'Another process \(pid {os.getpid()}\) is training in --output-dir'):
@@ -103,6 +116,12 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_a_file_is_not_a_folder
     (tmp_path / 'a_file').write_text('')
     with pytest.raises(ValueError, match='is a file: name a folder'):
         train(tiny_config(tmp_path / 'a_file', max_steps=1))
+
+    def no_locks(fd, operation):
+        raise OSError(37, 'No locks available')  # ENOLCK: an NFS mount without lockd
+    monkeypatch.setattr(fcntl, 'flock', no_locks)
+    with pytest.warns(RuntimeWarning, match='cannot be locked'):
+        assert train(tiny_config(tmp_path / 'nfs', max_steps=1))['final']['step'] == 1
 
 
 def _holds_any_run_output(folder: Path) -> bool:
@@ -126,6 +145,8 @@ def test_a_resume_that_cannot_run_is_refused_before_the_data_is_read_and_leaves_
     assert not _holds_any_run_output(tmp_path / 'empty')
     with pytest.raises(ValueError, match=r'step_00000003 is at step 3, past --max-steps 2'):
         train(tiny_config(run, max_steps=2, resume='latest'))
+    with pytest.raises(ValueError, match=r'step_00000002 is at step 2, --max-steps 2 itself, saved inside an epoch'):
+        train(tiny_config(run, max_steps=2, resume=str(run / 'checkpoints' / 'step_00000002')))
     with pytest.raises(ValueError, match=r'another run configuration.*lr: 0\.02 there, 0\.5 here'):
         train(tiny_config(tmp_path / 'other', lr=0.5, resume=str(run / 'checkpoints' / 'step_00000002')))
     assert not _holds_any_run_output(tmp_path / 'other')

@@ -178,7 +178,8 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
     Keys: split (what was evaluated), warnings, top1, top5, loss, top1_per_head, per_class (label, samples, top1:
     None for a class with no image evaluated), confusion_matrix (rows: true class,
     columns: predicted), samples; with `robustness`, `robustness` = {'rotation': {angle: top1}, 'scale':
-    {scale: top1}, 'pad': pad}.
+    {scale: top1}, 'pad': pad}. A model whose outputs are not finite (diverged weights) raises FloatingPointError
+    instead of scoring them; the model is left in eval mode either way.
     """
     from .engine.trainer import TrainStep, build_transforms, eval_data_loader, evaluate, new_accelerator
 
@@ -234,7 +235,10 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
 
     def run(transform) -> Dict[str, float]:
         recorder.logits.clear(), recorder.targets.clear()
-        return evaluate(accelerator, recorder, accelerator.prepare(eval_data_loader(data, transform, cfg)), cfg)
+        try:
+            return evaluate(accelerator, recorder, accelerator.prepare(eval_data_loader(data, transform, cfg)), cfg)
+        finally:  # the engine's evaluate leaves its module in training mode, also when it raises (a diverged model)
+            model.eval()
 
     metrics = run(eval_tf)
     logits, targets = torch.cat(recorder.logits), torch.cat(recorder.targets)
@@ -279,7 +283,6 @@ def evaluate_model(loaded: LoadedModel, dataset: Optional[str] = None, split: Op
                       for a in rotations},
             scale={f'{s:g}': run(T.Compose([eval_tf, InputPerturbation(scale=s, fill=fill)]))['eval_top1']
                    for s in scales})
-    model.eval()  # the engine's evaluate leaves its module in training mode
     return report
 
 

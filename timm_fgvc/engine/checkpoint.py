@@ -188,18 +188,19 @@ def check_checkpoint_weights(path: Union[str, Path]) -> None:
     folder = path if path.is_dir() else path.parent
     if folder.parent.name != 'checkpoints' or not folder.name.startswith(('step_', _TMP_PREFIX)):
         return
-    complete = [p for p in list_checkpoints(folder.parent.parent)
-                if not checkpoint_problems(p, only=['model.safetensors'])]
-    hint = f' The newest complete checkpoint there is {complete[-1]}.' if complete else ''
+    def hint() -> str:  # looked for only when something is wrong: it hashes other checkpoints' weights
+        complete = next((p for p in reversed(list_checkpoints(folder.parent.parent))
+                         if p != folder and not checkpoint_problems(p, only=['model.safetensors'])), None)
+        return f' The newest complete checkpoint there is {complete}.' if complete else ''
     if folder.name.startswith(_TMP_PREFIX):
         raise ValueError(f'{folder} is a checkpoint whose save did not finish (the run was stopped while saving): '
-                         f'its weights may be partial.{hint}')
+                         f'its weights may be partial.{hint()}')
     problems = checkpoint_problems(folder, only=['model.safetensors'])
     if CHECKPOINT_INFO in problems:  # copied by hand, or saved before checkpoints had manifests
         warnings.warn(f'{folder} has no {CHECKPOINT_INFO}: its weights cannot be checked against what was saved (a '
-                      f'killed save leaves none).{hint}', stacklevel=3)
+                      f'killed save leaves none).{hint()}', stacklevel=3)
     elif problems:
-        raise ValueError(f'Cannot load the weights of damaged checkpoint {_describe(folder, problems)}.{hint}')
+        raise ValueError(f'Cannot load the weights of damaged checkpoint {_describe(folder, problems)}.{hint()}')
 
 
 def _describe(path: Path, problems: Dict[str, str]) -> str:
@@ -292,12 +293,23 @@ def read_training_state(path: Union[str, Path]) -> dict:
     state = {}
     for key, name in _LEGACY_STATE_FILES.items():
         try:
-            state[key] = accelerate_load(path / name, map_location='cpu', weights_only=True)
+            state[key] = torch.load(path / name, map_location='cpu', weights_only=True)
         except Exception as e:  # torch's UnpicklingError for anything beyond plain data
             raise ValueError(f'Checkpoint {path / name} holds more than plain numbers ({type(e).__name__}); it is '
                              'not loaded (unpickling runs code). Start a new run from the checkpoint\'s weights '
                              'with --initial-checkpoint.') from e
     return state
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A symlink, else a hard link, else a copy (Windows without symlink rights; another file system)."""
+    for make in (os.symlink, os.link):
+        try:
+            make(source, target)
+            return
+        except OSError:
+            continue
+    (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
 
 
 @contextlib.contextmanager
@@ -312,7 +324,7 @@ def accelerate_state_folder(path: Union[str, Path]):
     with tempfile.TemporaryDirectory(prefix='timm_fgvc_resume_') as folder:
         for file in path.iterdir():
             if file.name not in _LEGACY_STATE_FILES.values():
-                os.symlink(file.resolve(), Path(folder) / file.name)
+                _link_or_copy(file.resolve(), Path(folder) / file.name)
         yield Path(folder)
 
 
@@ -379,11 +391,26 @@ def check_output_dir(cfg: TrainConfig) -> None:
                      'latest to continue it, or --overwrite to start again.')
 
 
+_held_lock_fds: List[int] = []  # lock descriptors of this process, closed in forked children (DataLoader workers)
+
+
+def _close_held_locks_in_child() -> None:
+    for fd in _held_lock_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_lock_fds.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
 @contextlib.contextmanager
 def run_folder_lock(output_dir: Union[str, Path]):
     """Hold `output_dir` for one training process: a second run started into it is refused at once (two runs would
-    delete and overwrite each other's checkpoints and results). The lock goes with its process: a killed run holds
-    none, so its resume is not blocked."""
+    delete and overwrite each other's checkpoints and results). The lock goes with its process (forked workers do
+    not inherit it): a killed run holds none, so its resume is not blocked. A file system without locks (some
+    NFS / Lustre mounts) gets a warning and an unlocked run; so does Windows."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f'--output-dir {output_dir} is a file: name a folder (a new one, or a run\'s).')
@@ -392,36 +419,58 @@ def run_folder_lock(output_dir: Union[str, Path]):
     except ImportError:  # no advisory locks on Windows
         yield
         return
-    created = not output_dir.exists()
+    first_created = next((p for p in reversed([output_dir, *output_dir.parents]) if not p.exists()), None)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / LOCK_FILE, 'a+') as handle:
+    fd = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or '?'
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or '?'
             raise ValueError(f'Another process (pid {holder}) is training in --output-dir {output_dir}: wait for it '
-                             'to finish, or use another --output-dir.') from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+                             'to finish (its data workers may take a few seconds to exit after it), or use another '
+                             '--output-dir.') from None
+        except OSError as e:  # the file system cannot lock (ENOLCK, EOPNOTSUPP)
+            warnings.warn(f'--output-dir {output_dir} cannot be locked ({e}): nothing stops a second run from '
+                          'writing into it at the same time.', RuntimeWarning, stacklevel=3)
+            locked = False
+        if locked:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            _held_lock_fds.append(fd)
         try:
             yield
         finally:
-            if created and [p.name for p in output_dir.iterdir()] == [LOCK_FILE]:  # refused before it wrote anything
-                (output_dir / LOCK_FILE).unlink()
-                output_dir.rmdir()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if fd in _held_lock_fds:
+                _held_lock_fds.remove(fd)
+            if first_created is not None and [p.name for p in output_dir.iterdir()] == [LOCK_FILE]:
+                with contextlib.suppress(OSError):  # refused before it wrote anything: leave no folder behind
+                    (output_dir / LOCK_FILE).unlink()
+                    for folder in [output_dir, *output_dir.parents]:
+                        folder.rmdir()
+                        if folder == first_created:
+                            break
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_resume_steps(saved: dict, cfg: TrainConfig, path: Union[str, Path]) -> None:
-    """A checkpoint past `--max-steps` would train nothing and record its weights under the shorter run's
-    configuration."""
+    """A checkpoint at or past `--max-steps` trains nothing: past it, results.json would file its weights under the
+    shorter run's configuration; at it, only a checkpoint that carries its step's evaluated record (the end of an
+    epoch or of the run) can finish the run, as a run killed after its last save does."""
+    if cfg.max_steps is None:
+        return
     step = int(saved['train_state']['step'])
-    if cfg.max_steps is not None and step > cfg.max_steps:
-        raise ValueError(f'Checkpoint {path} is at step {step}, past --max-steps {cfg.max_steps}: nothing would '
-                         'train. Resume with a larger --max-steps, or name an earlier checkpoint folder with --resume.')
+    history = json.loads(saved['train_state'].get('history') or '[]')
+    if step > cfg.max_steps:
+        why = f'past --max-steps {cfg.max_steps}'
+    elif step == cfg.max_steps and (not history or history[-1].get('step') != step):
+        why = f'--max-steps {cfg.max_steps} itself, saved inside an epoch: its weights were never evaluated'
+    else:
+        return
+    raise ValueError(f'Checkpoint {path} is at step {step}, {why}, and nothing would train. Resume with a larger '
+                     '--max-steps, or name an earlier checkpoint folder with --resume.')
 
 
 def clear_run_outputs(output_dir: Union[str, Path]) -> None:

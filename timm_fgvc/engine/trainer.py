@@ -332,7 +332,7 @@ def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_
         start += length
     backbone_lr = resolve_backbone_lr(cfg)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    step_interval = max(1, int(round(cfg.step_epochs * steps_per_epoch)))  # whole steps, as the stage bounds
+    step_interval = cfg.step_epochs * steps_per_epoch
 
     def stage_of(step: int) -> int:
         return next((i for i, (a, b) in enumerate(bounds) if step < b), len(bounds) - 1)
@@ -344,7 +344,7 @@ def stage_schedule(stages: Sequence[TrainingStage], cfg: TrainConfig, steps_per_
         if cfg.scheduler == 'cosine':
             value = 0.5 * (1 + math.cos(math.pi * min(local / (b - a), 1.0)))
         elif cfg.scheduler == 'step':
-            value = cfg.step_gamma ** (local // step_interval)
+            value = cfg.step_gamma ** math.floor(local / step_interval + 1e-9)  # 0.14 x 50 is 7.000000000000001
         elif cfg.scheduler in ('none', 'constant'):
             value = 1.0
         else:
@@ -421,10 +421,11 @@ def _evaluate(accelerator: Accelerator, step_module: nn.Module, loader, cfg: Tra
     metrics['eval_loss'] = torch.cat(losses).mean().item() if losses else float('nan')
     if correct and (torch.cat(diverged).any() or not math.isfinite(metrics['eval_loss'])):
         step_module.train()
-        raise FloatingPointError(f'The model gives non-finite outputs for {int(torch.cat(diverged).sum())} of '
-                                 f'{len(torch.cat(diverged))} eval images (loss {metrics["eval_loss"]}): its '
-                                 'weights diverged, and a top-1 of them would mean nothing. Lower --lr and train '
-                                 'again, or evaluate an earlier checkpoint.')
+        bad = int(torch.cat(diverged).sum())
+        what = (f'non-finite outputs for {bad} of {len(torch.cat(diverged))} eval images' if bad else
+                f'a non-finite eval loss ({metrics["eval_loss"]})')
+        raise FloatingPointError(f'The model gives {what}: its weights diverged, and a top-1 of them would mean '
+                                 'nothing. Lower --lr and train again, or evaluate an earlier checkpoint.')
     metrics['eval_samples'] = int(torch.cat(correct['top1']).numel()) if correct else 0
     step_module.train()
     return metrics
@@ -514,14 +515,25 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adamw'.")
 
 
-def resume_state(accelerator: Accelerator, cfg: TrainConfig, signature: dict, scheduler,
-                 state: TrainState) -> Tuple[Path, List[str]]:
-    """Load the checkpoint `--resume` names (after checking it belongs to this run and data) into the prepared
+def checkpoint_to_resume(cfg: TrainConfig) -> Tuple[Path, List[str], dict]:
+    """The checkpoint `--resume` names, checked before the data work: it exists and is complete, belongs to this
+    configuration and number of processes, and has steps left to train. Returns its path, the warnings to show
+    and its training state (`read_training_state`)."""
+    path, messages = find_checkpoint(Path(cfg.output_dir), cfg.resume)
+    check_checkpoint_config(path, cfg, _world_size())
+    saved = read_training_state(path)
+    check_resume_steps(saved, cfg, path)
+    return path, messages, saved
+
+
+def resume_state(accelerator: Accelerator, cfg: TrainConfig, signature: dict, scheduler, state: TrainState,
+                 checkpoint: Tuple[Path, List[str], dict]) -> Tuple[Path, List[str]]:
+    """Load `checkpoint` (`checkpoint_to_resume`), once checked against this run's data, into the prepared
     objects, the lr `scheduler` and the `state` counters; returns its path and the warnings shown, a process's
     random state not restored among them."""
-    path, messages = find_checkpoint(Path(cfg.output_dir), cfg.resume)
+    path, messages, saved = checkpoint
+    messages = list(messages)
     check_checkpoint_config(path, cfg, accelerator.num_processes, data=signature)
-    saved = read_training_state(path)  # before any weight is loaded: a checkpoint that cannot resume fails here
     with accelerate_state_folder(path) as folder:
         accelerator.load_state(str(folder))
     scheduler.load_state_dict(saved['scheduler'])
@@ -588,9 +600,19 @@ def user_warnings_on_one_process_per_machine():
         yield
 
 
+def _world_size() -> int:
+    return int(os.environ.get('WORLD_SIZE') or os.environ.get('PMI_SIZE') or os.environ.get('OMPI_COMM_WORLD_SIZE')
+               or 1)
+
+
+def _global_rank() -> int:
+    """This process's rank as the launcher set it (torchrun / accelerate: RANK; MPI: PMI_RANK, OMPI_...)."""
+    return int(os.environ.get('RANK') or os.environ.get('PMI_RANK') or os.environ.get('OMPI_COMM_WORLD_RANK') or 0)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run a whole training job; returns the results that are also written to `results.json`."""
-    first_process = int(os.environ.get('RANK', '0')) == 0
+    first_process = _global_rank() == 0
     with user_warnings_on_one_process_per_machine(), (run_folder_lock(cfg.output_dir) if first_process
                                                       else contextlib.nullcontext()):
         return _train(cfg)
@@ -599,10 +621,7 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig) -> dict:
     output_dir = Path(cfg.output_dir)
     check_output_dir(cfg)  # before anything is written: one folder, one run
-    if cfg.resume:  # before the data work: the checkpoint exists, belongs to this configuration and can resume
-        path, _ = find_checkpoint(output_dir, cfg.resume)
-        check_checkpoint_config(path, cfg, int(os.environ.get('WORLD_SIZE', '1')))
-        check_resume_steps(read_training_state(path), cfg, path)
+    resume_from = checkpoint_to_resume(cfg) if cfg.resume else None  # before the data work
     if cfg.eval_split is not None and cfg.eval_split == cfg.train_split:  # `timm-fgvc eval --split` may score it
         raise ValueError(f'--eval-split {cfg.eval_split!r} is the training split: its top-1 would score images the '
                          'model trained on and be reported as its accuracy. Name another split, or leave '
@@ -611,7 +630,7 @@ def _train(cfg: TrainConfig) -> dict:
         raise ValueError('--skip-bad-images leaves out the images the load-time check finds, and --check-images '
                          'false turns that check off (a bad image would then stop the run mid-epoch): drop one.')
     check_model_up_front(cfg)
-    distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
+    distributed = _world_size() > 1
     ddp_kwargs = DistributedDataParallelKwargs()  # find_unused_parameters is set once the stages are known
     if cfg.mixed_precision == 'fp16' and (cfg.cpu or not _has_accelerator()):
         raise ValueError('--mixed-precision fp16 needs a GPU (Accelerate ignores it on the CPU, so the run would be '
@@ -677,8 +696,8 @@ def _train(cfg: TrainConfig) -> dict:
 
     signature = data_signature(data.train[data.label_column],
                                data.eval[data.label_column] if data.eval is not None else None, data.label_names)
-    resume_path, resume_warnings = (resume_state(accelerator, cfg, signature, scheduler, state) if cfg.resume
-                                    else (None, []))
+    resume_path, resume_warnings = (resume_state(accelerator, cfg, signature, scheduler, state, resume_from)
+                                    if resume_from else (None, []))
     if resume_path is not None:
         accelerator.print(f'Resumed from {resume_path} at step {state.step}')
     if accelerator.is_main_process:  # only now, with the data, model and any resume accepted: a typo in a flag
@@ -719,8 +738,7 @@ def _train(cfg: TrainConfig) -> dict:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f'Loss is {loss.item()} at step {state.step}: the run diverged. Lower '
                                              '--lr' + (' or use --mixed-precision no' if cfg.mixed_precision != 'no'
-                                                       else '') + ', and start again (--overwrite), or resume '
-                                             'from an earlier checkpoint with --resume <its folder>.')
+                                                       else '') + ' and start again (--overwrite).')
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.clip_grad:
                     accelerator.clip_grad_norm_(step_module.parameters(), cfg.clip_grad)

@@ -150,6 +150,10 @@ class Navigator(nn.Module):
 
 
 def _conv_float32(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` in float32: the module itself when its weights are (its hooks and wrappers run), else its weights
+    cast (half weights)."""
+    if conv.weight.dtype == torch.float32:
+        return conv(x)
     bias = None if conv.bias is None else conv.bias.float()
     return F.conv2d(x, conv.weight.float(), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
